@@ -1,0 +1,94 @@
+"""Argument checks shared by ops, methods and the public API.
+
+Every check raises ``TypeError`` or ``ValueError`` whose message starts with the
+argument's name, so a user can tell at once which input was wrong.
+"""
+from __future__ import annotations
+
+import math
+from numbers import Real
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_tensor(name: str, x: object, ndim: int | None = None) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    if ndim is not None and x.ndim != ndim:
+        raise ValueError(f"{name}: expected {ndim} dimensions, got shape {tuple(x.shape)}")
+    return x
+
+
+def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[int, int, int, int, int, int]:
+    """Validate SDPA-layout attention inputs.
+
+    q: (batch, heads, q_len, head_dim); k, v: (batch, kv_heads, kv_len, head_dim).
+    Queries are the last ``q_len`` positions of the ``kv_len``-long sequence (causal,
+    bottom-right aligned), so ``q_len <= kv_len``.
+
+    Returns (batch, heads, kv_heads, q_len, kv_len, head_dim).
+    """
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        check_tensor(name, x, ndim=4)
+        if x.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"{name}: dtype must be one of float16/bfloat16/float32/float64, got {x.dtype}")
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise TypeError(f"k, v: dtype must match q ({q.dtype}), got k={k.dtype}, v={v.dtype}")
+    if k.device != q.device or v.device != q.device:
+        raise ValueError(f"k, v: device must match q ({q.device}), got k={k.device}, v={v.device}")
+    if k.shape != v.shape:
+        raise ValueError(f"v: shape {tuple(v.shape)} must equal k's shape {tuple(k.shape)}")
+    b, h, lq, d = q.shape
+    bk, hkv, lk, dk = k.shape
+    if bk != b:
+        raise ValueError(f"k: batch {bk} must equal q's batch {b}")
+    if dk != d:
+        raise ValueError(f"k: head_dim {dk} must equal q's head_dim {d}")
+    if hkv < 1 or h % hkv != 0:
+        raise ValueError(f"k: kv_heads ({hkv}) must divide q's heads ({h})")
+    if lq < 1:
+        raise ValueError("q: q_len must be >= 1")
+    if lq > lk:
+        raise ValueError(f"q: q_len ({lq}) must be <= kv_len ({lk}); queries are the last q_len positions")
+    if b < 1 or d < 1:
+        raise ValueError(f"q: batch and head_dim must be >= 1, got shape {tuple(q.shape)}")
+    return b, h, hkv, lq, lk, d
+
+
+def check_compression(compression: object) -> float | None:
+    if compression is None:
+        return None
+    if isinstance(compression, bool) or not isinstance(compression, Real):
+        raise TypeError(f"compression: expected a number >= 1, got {type(compression).__name__}")
+    c = float(compression)
+    if not math.isfinite(c) or c < 1.0:
+        raise ValueError(f"compression: must be a finite number >= 1 (1 = dense), got {compression}")
+    return c
+
+
+def check_int(name: str, value: object, minimum: int = 0, maximum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
+    if value < minimum or (maximum is not None and value > maximum):
+        hi = "" if maximum is None else f" and <= {maximum}"
+        raise ValueError(f"{name}: must be >= {minimum}{hi}, got {value}")
+    return value
+
+
+def check_float(name: str, value: object, low: float, high: float, low_open: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
+    x = float(value)
+    ok = (x > low if low_open else x >= low) and x <= high
+    if not ok or not math.isfinite(x):
+        lo = "(" if low_open else "["
+        raise ValueError(f"{name}: must lie in {lo}{low}, {high}], got {value}")
+    return x
+
+
+def check_scale(scale: object, head_dim: int) -> float:
+    if scale is None:
+        return 1.0 / math.sqrt(head_dim)
+    return check_float("scale", scale, 0.0, math.inf, low_open=True)

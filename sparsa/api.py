@@ -1,0 +1,54 @@
+"""The one-call functional API."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+
+from ._validation import check_compression
+from .methods.base import AttentionStats, Method
+from .methods.registry import get_method
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    method: str | Method = "dense",
+    *,
+    compression: float | None = None,
+    return_stats: bool = False,
+    scale: float | None = None,
+    backend: str | None = None,
+    **params: Any,
+) -> torch.Tensor | tuple[torch.Tensor, AttentionStats]:
+    """Causal sparse attention in SDPA layout.
+
+    Args:
+        q: (batch, heads, q_len, head_dim) queries, the last ``q_len`` positions of the sequence.
+        k, v: (batch, kv_heads, kv_len, head_dim); ``heads`` must be a multiple of ``kv_heads``.
+        method: a registered name (see :func:`sparsa.list_methods`) or a method object.
+        compression: target compression (>= 1; 1 = dense-equivalent). Explicit
+            hyper-parameters in ``params`` override it.
+        return_stats: also return an :class:`AttentionStats` whose ``.compression`` is the
+            compression actually achieved.
+        scale: softmax scale, default ``head_dim ** -0.5``.
+        backend: "auto" (default), "reference" or "triton".
+        **params: the method's hyper-parameters (e.g. ``vertical=1000, slash=6096``).
+
+    Returns:
+        The output, shape and dtype of ``q`` (and the stats if asked).
+    """
+    compression = check_compression(compression)
+    if isinstance(method, Method):
+        if params:
+            raise TypeError(f"{next(iter(params))}: pass hyper-parameters to the method object, "
+                            "not to attention(), when `method` is an object")
+        m = dataclasses.replace(method, compression=compression) if compression is not None else method
+    else:
+        if compression is not None:
+            params["compression"] = compression
+        m = get_method(method, **params)
+    out, stats = m(q, k, v, scale=scale, backend=backend)
+    return (out, stats) if return_stats else out

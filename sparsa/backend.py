@@ -1,0 +1,40 @@
+"""Choice between the PyTorch reference ops and the Triton kernels.
+
+``backend`` arguments accept "auto" (Triton on CUDA tensors when a kernel exists, else the
+reference), "reference" or "triton". The environment variable ``SPARSA_BACKEND`` sets the
+default for "auto".
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+
+BACKENDS = ("auto", "reference", "triton")
+
+
+def triton_available() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def triton_interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def resolve_backend(backend: str | None, device: torch.device) -> str:
+    """Return "reference" or "triton" for tensors on ``device``."""
+    if backend is None:
+        backend = os.environ.get("SPARSA_BACKEND", "auto")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        usable = triton_available() and (device.type == "cuda" or triton_interpreted())
+        return "triton" if usable and device.type == "cuda" else "reference"
+    if backend == "triton":
+        if not triton_available():
+            raise ValueError("backend: 'triton' requested but triton is not installed (pip install 'sparsa[gpu]')")
+        if device.type != "cuda" and not triton_interpreted():
+            raise ValueError(f"backend: 'triton' needs CUDA tensors (got {device}); "
+                             "set TRITON_INTERPRET=1 to run kernels on the CPU")
+    return backend

@@ -1,0 +1,144 @@
+"""The method protocol: a dataclass of hyper-parameters that plans and runs sparse attention.
+
+Every method accepts ``compression`` (a target, >= 1; 1 means dense-equivalent). Explicit
+hyper-parameters override the target. After a call, the returned :class:`AttentionStats`
+reports the compression actually achieved, as DESIGN.md defines it:
+
+* prefill: pairs of the causal dense matrix / pairs computed;
+* decode: context tokens / KV tokens read by one decode step (metadata reads counted).
+
+Queries are the last ``q_len`` positions of the ``kv_len``-long sequence (causal,
+bottom-right aligned). Decode-phase methods called on a block of queries treat each query row
+as a decode step at its position: the row reads exactly the tokens the method would read at
+that step; their stats describe the last row.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+import torch
+
+from .._validation import check_compression, check_qkv, check_scale
+from ..ops.dense.reference import causal_pairs
+
+
+@dataclass
+class AttentionStats:
+    """What a call computed.
+
+    ``dense`` and ``computed`` are totals over batch and query heads (pairs for prefill,
+    tokens for decode); ``compression = dense / computed``; ``per_head`` (heads,) holds each
+    query head's compression, summed over the batch.
+    """
+
+    method: str
+    phase: str
+    dense: float
+    computed: float
+    per_head: torch.Tensor | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def compression(self) -> float:
+        return float("inf") if self.computed <= 0 else self.dense / self.computed
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - 1.0 / self.compression
+
+    def __repr__(self) -> str:
+        return (f"AttentionStats(method={self.method!r}, phase={self.phase!r}, "
+                f"compression={self.compression:.3f}, sparsity={self.sparsity:.4f})")
+
+
+def prefill_stats(method: str, pairs: torch.Tensor, q_len: int, kv_len: int, **info: Any) -> AttentionStats:
+    """Stats from per-(batch, head) pair counts of a prefill call."""
+    dense_per_head = float(causal_pairs(q_len, kv_len))
+    per_head_pairs = pairs.sum(0).double().cpu()
+    per_head = (dense_per_head * pairs.shape[0]) / per_head_pairs.clamp_min(1.0)
+    return AttentionStats(method, "prefill", dense_per_head * pairs.numel(), float(pairs.sum()), per_head, dict(info))
+
+
+def decode_stats(method: str, tokens_read: torch.Tensor, context_len: int, **info: Any) -> AttentionStats:
+    """Stats from per-(batch, head) token counts read by one decode step at ``context_len``."""
+    per_head_read = tokens_read.sum(0).double().cpu()
+    per_head = (context_len * tokens_read.shape[0]) / per_head_read.clamp_min(1.0)
+    return AttentionStats(method, "decode", float(context_len) * tokens_read.numel(), float(tokens_read.sum()),
+                          per_head, dict(info))
+
+
+def solve_budget(count: Callable[[int], float], target: float, lo: int, hi: int) -> int:
+    """Integer ``x`` in [lo, hi] whose ``count(x)`` (non-decreasing in x) is closest to ``target``."""
+    if hi <= lo:
+        return lo
+    a, b = lo, hi
+    while a < b:
+        mid = (a + b) // 2
+        if count(mid) < target:
+            a = mid + 1
+        else:
+            b = mid
+    best = a
+    if a > lo and abs(count(a - 1) - target) < abs(count(a) - target):
+        best = a - 1
+    return best
+
+
+@dataclass
+class Method:
+    """Base class of every sparse attention method. Subclasses are dataclasses."""
+
+    name: ClassVar[str] = ""
+    phase: ClassVar[str] = "prefill"      # "prefill", "decode" or "both"
+    paper: ClassVar[str] = ""
+
+    compression: float | None = None
+
+    def __post_init__(self) -> None:
+        self.compression = check_compression(self.compression)
+        self.validate()
+
+    def validate(self) -> None:
+        """Check hyper-parameters; raise ValueError/TypeError naming the field."""
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float,
+                backend: str | None) -> tuple[torch.Tensor, AttentionStats]:
+        raise NotImplementedError
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | None = None,
+                 backend: str | None = None) -> tuple[torch.Tensor, AttentionStats]:
+        """Run the method. q: (B, H, Lq, D); k, v: (B, Hkv, Lk, D). Returns (out like q, stats)."""
+        check_qkv(q, k, v)
+        return self.forward(q, k, v, scale=check_scale(scale, q.shape[-1]), backend=backend)
+
+    def params(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+class DecodeMethod(Method):
+    """Methods that decide what each decode step reads from the KV cache.
+
+    ``init_decode`` runs once after the prompt (it may evict); ``decode_step`` attends one new
+    query over the cache (whose last entry is the new token) and updates the state.
+    """
+
+    phase: ClassVar[str] = "decode"
+
+    def decode_tokens(self, context_len: int) -> int:
+        """KV tokens one decode step reads at ``context_len`` (metadata counted)."""
+        raise NotImplementedError
+
+    def init_decode(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Any:
+        """State after a prompt whose queries/keys/values are q (B, H, L, D), k/v (B, Hkv, L, D)."""
+        raise NotImplementedError
+
+    def select(self, q: torch.Tensor, k: torch.Tensor, state: Any) -> torch.Tensor:
+        """Token positions (B, Hkv, n) one step with query q (B, H, D) reads; -1 marks unused slots."""
+        raise NotImplementedError
+
+    def decode_step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: Any, *,
+                    scale: float | None = None) -> tuple[torch.Tensor, Any, torch.Tensor]:
+        """One decode step: returns (out (B, H, D), new state, tokens read per (B, H))."""
+        raise NotImplementedError
