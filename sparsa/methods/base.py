@@ -21,6 +21,7 @@ from typing import Any, Callable, ClassVar
 import torch
 
 from .._validation import check_compression, check_qkv, check_scale
+from ..backend import resolve_backend
 from ..ops.dense.reference import causal_pairs
 
 
@@ -111,6 +112,7 @@ class Method:
                  backend: str | None = None) -> tuple[torch.Tensor, AttentionStats]:
         """Run the method. q: (B, H, Lq, D); k, v: (B, Hkv, Lk, D). Returns (out like q, stats)."""
         check_qkv(q, k, v)
+        resolve_backend(backend, q.device)  # reject a bad backend argument up front
         return self.forward(q, k, v, scale=check_scale(scale, q.shape[-1]), backend=backend)
 
     def params(self) -> dict[str, Any]:
