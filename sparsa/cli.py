@@ -76,5 +76,28 @@ def demo(
     typer.echo(format_rows(rows))
 
 
+@app.command()
+def train(
+    recipe: str = typer.Option(..., "--recipe", help="Recipe file (.toml or .json), e.g. recipes/sparsa-tiny.toml."),
+    out: str = typer.Option(..., "--out", help="Output directory (checkpoint, log, exported model)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint in --out."),
+    max_steps: int = typer.Option(None, "--max-steps", min=1, help="Stop after this many steps in this call."),
+    time_limit: float = typer.Option(None, "--time-limit", min=0.0,
+                                     help="Minutes; checkpoint and stop once a step ends after this."),
+    device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:1, ... (default: cuda if present)."),
+    card: bool = typer.Option(True, "--card/--no-card", help="Evaluate the exported model for its model card."),
+) -> None:
+    """Train a model from a recipe (resumable), export it as a HuggingFace directory with its model card."""
+    from .train.run import run
+
+    try:
+        res = run(recipe, out, resume=resume, max_steps=max_steps,
+                  time_limit_s=None if time_limit is None else 60.0 * time_limit, device=device, card=card)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(res.message)
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 import torch
 
 from .._validation import check_int, check_qkv
-from ..ops.block_sparse import (block_sparse_attention, indices_from_block_mask, num_blocks,
-                                query_block_spans, tile_pairs)
+from ..ops.block_sparse import (block_sparse_attention, normalize_block_indices, num_blocks, query_block_spans,
+                                tile_pairs)
 from ..ops.dense.reference import causal_pairs
 from .base import AttentionStats, Method, prefill_stats, solve_budget
 from .registry import register
@@ -90,29 +90,35 @@ class BigBird(Method):
                 w if self.window_blocks is None else self.window_blocks,
                 r if self.random_blocks is None else self.random_blocks)
 
-    def _static_table(self, global_blocks: int, window_blocks: int, q_len: int, kv_len: int,
-                      device: torch.device | str | None) -> torch.Tensor:
-        """Window and global key blocks of each query block, bool (n_q_blocks, n_k_blocks)."""
-        lo, hi, _ = query_block_spans(q_len, kv_len, self.block_size, self.block_size, device)
-        kb = torch.arange(num_blocks(kv_len, self.block_size), device=device)[None, :]
+    def _static_table(self, global_blocks: int, window_blocks: int, lo: torch.Tensor, hi: torch.Tensor,
+                      n_key_blocks: int) -> torch.Tensor:
+        """Window and global key blocks of each query block, bool (n_q_blocks, n_k_blocks).
+
+        ``lo``/``hi``: each query block's first/last own key block (see ``query_block_spans``).
+        """
+        kb = torch.arange(n_key_blocks, device=lo.device)[None, :]
         window = (kb >= lo[:, None] - (window_blocks - 1)) & (kb <= hi[:, None])
         return (window | (kb < global_blocks)) & (kb <= hi[:, None])
 
-    def _candidates(self, global_blocks: int, window_blocks: int, q_len: int, kv_len: int,
-                    device: torch.device | str | None) -> torch.Tensor:
-        """Key blocks a query block may draw at random: after the global ones, before the window."""
-        lo, _, _ = query_block_spans(q_len, kv_len, self.block_size, self.block_size, device)
-        kb = torch.arange(num_blocks(kv_len, self.block_size), device=device)[None, :]
-        return (kb >= global_blocks) & (kb < lo[:, None] - (window_blocks - 1))
+    @staticmethod
+    def _n_candidates(global_blocks: int, window_blocks: int, lo: torch.Tensor) -> torch.Tensor:
+        """Key blocks a query block may draw at random: those after the global ones, before the window."""
+        return (lo - (window_blocks - 1) - global_blocks).clamp_min(0)
 
-    def pairs(self, global_blocks: int, window_blocks: int, random_blocks: int, q_len: int, kv_len: int) -> int:
-        """Causal pairs one head computes under this pattern (independent of the random draw)."""
-        tiles = tile_pairs(q_len, kv_len, self.block_size, self.block_size)
-        static = self._static_table(global_blocks, window_blocks, q_len, kv_len, None)
-        n_cand = self._candidates(global_blocks, window_blocks, q_len, kv_len, None).sum(-1)
-        _, _, rows = query_block_spans(q_len, kv_len, self.block_size, self.block_size)
+    def pairs(self, global_blocks: int, window_blocks: int, random_blocks: int, q_len: int, kv_len: int,
+              tiles: torch.Tensor | None = None) -> int:
+        """Causal pairs one head computes under this pattern (independent of the random draw).
+
+        ``tiles``: :func:`tile_pairs` for these lengths, if already computed.
+        """
+        bs = self.block_size
+        if tiles is None:
+            tiles = tile_pairs(q_len, kv_len, bs, bs)
+        lo, hi, rows = query_block_spans(q_len, kv_len, bs, bs)
+        static = self._static_table(global_blocks, window_blocks, lo, hi, tiles.shape[1])
+        n_cand = self._n_candidates(global_blocks, window_blocks, lo)
         # random blocks lie wholly before the query block, so each of its rows sees all their keys
-        random_pairs = torch.clamp(n_cand, max=random_blocks) * rows * self.block_size
+        random_pairs = torch.clamp(n_cand, max=random_blocks) * rows * bs
         return int((tiles * static).sum() + random_pairs.sum())
 
     def resolve(self, q_len: int, kv_len: int) -> tuple[int, int, int]:
@@ -122,41 +128,56 @@ class BigBird(Method):
         if None not in (self.global_blocks, self.window_blocks, self.random_blocks):
             return self._pinned(0, 0, 0)
         target = causal_pairs(q_len, kv_len) / self.compression
-        nk = num_blocks(kv_len, self.block_size)
+        tiles = tile_pairs(q_len, kv_len, self.block_size, self.block_size)
 
         def count(t: int) -> float:
-            return float(self.pairs(*self._pinned(*_schedule(t)), q_len, kv_len))
+            return float(self.pairs(*self._pinned(*_schedule(t)), q_len, kv_len, tiles))
 
-        return self._pinned(*_schedule(solve_budget(count, target, 0, 2 * nk + 1)))
+        return self._pinned(*_schedule(solve_budget(count, target, 0, 2 * tiles.shape[1] + 1)))
 
-    def block_table(self, heads: int, q_len: int, kv_len: int,
-                    device: torch.device | str | None = None) -> torch.Tensor:
-        """Attended key blocks, bool (heads, n_q_blocks, n_k_blocks) (causality applies on top)."""
-        g, w, r = self.resolve(q_len, kv_len)
-        static = self._static_table(g, w, q_len, kv_len, device)
-        table = static.unsqueeze(0).repeat(heads, 1, 1)
-        nk = static.shape[-1]
-        n_draw = min(r, nk)
-        if n_draw == 0:
-            return table
-        cand = self._candidates(g, w, q_len, kv_len, device)
+    def random_blocks_drawn(self, heads: int, global_blocks: int, window_blocks: int, random_blocks: int,
+                            q_len: int, kv_len: int, device: torch.device | str | None = None) -> torch.Tensor:
+        """Random key blocks, int64 (heads, n_q_blocks, random_blocks), -1 where fewer exist.
+
+        Floyd's sampling of ``random_blocks`` distinct candidates, its coin flips hashed from
+        (seed, head, query block position, draw number).
+        """
         lo, _, _ = query_block_spans(q_len, kv_len, self.block_size, self.block_size, device)
-        kb = torch.arange(nk, device=device)
-        base = _hash32(torch.tensor(self.seed, device=device))
-        for h in range(heads):  # one (n_q_blocks, n_k_blocks) score table at a time bounds memory
-            key = _hash32(_hash32(base ^ h)[None] ^ lo)[:, None]
-            score = torch.where(cand, _hash32(key ^ kb[None, :]), torch.full_like(key, -1))
-            top = score.topk(n_draw, dim=-1)
-            drawn = torch.zeros_like(cand)
-            drawn.scatter_(-1, top.indices, top.values >= 0)
-            table[h] |= drawn
-        return table
+        n_cand = self._n_candidates(global_blocks, window_blocks, lo)             # (nq,)
+        base = _hash32(torch.tensor(self.seed, dtype=torch.int64, device=device))
+        head_key = _hash32(base ^ torch.arange(heads, device=device))             # (H,)
+        key = _hash32(head_key[:, None] ^ lo[None, :])                              # (H, nq)
+        chosen = torch.full((heads, lo.shape[0], random_blocks), -1, dtype=torch.int64, device=device)
+        for i in range(random_blocks):
+            j = n_cand - random_blocks + i                                        # draw from [0, j]
+            t = _hash32(key ^ i) % (j + 1).clamp_min(1)
+            taken = (chosen[..., :i] == t[..., None]).any(-1)
+            pick = torch.where(taken, j.expand_as(t), t)
+            chosen[..., i] = torch.where(j >= 0, pick, torch.full_like(pick, -1))
+        return torch.where(chosen >= 0, chosen + global_blocks, chosen)
+
+    def block_indices(self, heads: int, q_len: int, kv_len: int,
+                      device: torch.device | str | None = None) -> torch.Tensor:
+        """Attended key blocks as (heads, n_q_blocks, max_blocks) int32 lists, sorted, -1 padded."""
+        g, w, r = self.resolve(q_len, kv_len)
+        nk = num_blocks(kv_len, self.block_size)
+        lo, hi, _ = query_block_spans(q_len, kv_len, self.block_size, self.block_size, device)
+        nq = lo.shape[0]
+        glob = torch.arange(min(g, nk), device=device).expand(nq, -1)
+        # own block(s) and the w - 1 before them: at most min(w + 1, nk) blocks
+        start = (lo - (w - 1)).clamp_min(0)
+        window = start[:, None] + torch.arange(min(w + 1, nk), device=device)[None, :]
+        parts = torch.cat([glob, window], dim=-1)
+        parts = torch.where((parts >= 0) & (parts <= hi[:, None]), parts, torch.full_like(parts, -1))
+        parts = parts.expand(heads, -1, -1)
+        if r > 0:
+            parts = torch.cat([parts, self.random_blocks_drawn(heads, g, w, min(r, nk), q_len, kv_len, device)], -1)
+        return normalize_block_indices(parts)
 
     def plan(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """Block indices (batch, heads, n_q_blocks, max_blocks), int32, sorted, -1 padded."""
         b, h, _, lq, lk, _ = check_qkv(q, k, k)
-        table = self.block_table(h, lq, lk, q.device)
-        return indices_from_block_mask(table[None]).expand(b, -1, -1, -1).contiguous()
+        return self.block_indices(h, lq, lk, q.device).expand(b, -1, -1, -1).contiguous()
 
     # ------------------------------------------------------------------ running
 

@@ -31,8 +31,9 @@ def block_sparse_attention(
     padded with -1 (see :mod:`sparsa.ops.block_sparse.indices`).
     Returns (out like q, pairs (batch, heads) float64: query-key pairs computed).
 
-    ``backend``: "auto", "reference" or "triton" (see :mod:`sparsa.backend`). Only the
-    reference exists so far: "auto" runs it on every device, "triton" is refused.
+    ``backend``: "auto", "reference" or "triton" (see :mod:`sparsa.backend`). "auto" runs the
+    Triton kernel on CUDA tensors it supports (head_dim 64/128, float16/bfloat16/float32,
+    block sizes 16/32/64/128) and the reference otherwise; "triton" raises on unsupported input.
     """
     b, h, hkv, lq, lk, _ = check_qkv(q, k, v)
     check_int("block_q", block_q, minimum=1)
@@ -40,8 +41,18 @@ def block_sparse_attention(
     check_block_indices(block_indices, batch=b, heads=h, kv_heads=hkv, q_len=lq, kv_len=lk,
                         block_q=block_q, block_k=block_k)
     requested = backend if backend is not None else os.environ.get("SPARSA_BACKEND", "auto")
-    if resolve_backend(backend, q.device) == "triton" and requested == "triton":
-        raise ValueError("backend: no Triton kernel for block_sparse_attention yet; use 'reference' or 'auto'")
+    if resolve_backend(backend, q.device) == "triton":
+        from .triton import BLOCK_SIZES, HEAD_DIMS, KERNEL_DTYPES, block_sparse_attention_triton, block_sparse_pairs
+        supported = q.shape[-1] in HEAD_DIMS and q.dtype in KERNEL_DTYPES and block_q in BLOCK_SIZES \
+            and block_k in BLOCK_SIZES
+        if not supported and requested == "triton":
+            raise ValueError(f"backend: the Triton kernel takes head_dim in {HEAD_DIMS}, float16/bfloat16/float32 "
+                             f"and block sizes in {BLOCK_SIZES}; got head_dim={q.shape[-1]}, {q.dtype}, "
+                             f"block_q={block_q}, block_k={block_k}; use backend='reference' or 'auto'")
+        if supported:
+            out = block_sparse_attention_triton(q, k, v, block_indices, block_q=block_q, block_k=block_k,
+                                                scale=scale, check_indices=False)
+            return out, block_sparse_pairs(block_indices, h, lq, lk, block_q, block_k)
     return block_sparse_attention_ref(q, k, v, block_indices, block_q=block_q, block_k=block_k, scale=scale)
 
 

@@ -1,0 +1,444 @@
+"""Prefill benchmark: sparse kernels and methods against dense attention on the same GPU.
+
+Shape: "Llama-3-8B attention" (32 query heads, 8 KV heads, head_dim 128, batch 1), bf16.
+Baselines, timed in the same run: SDPA with the cuDNN backend, SDPA FLASH (FA2) and
+FlexAttention (causal block mask, compiled) where they run. Times are
+``triton.testing.do_bench`` medians. Rows are written to the results file as they are
+measured, so an interruption loses nothing.
+
+Inputs (:func:`banded_qkv`) have the structure of real long-context attention: most mass on
+a band of recent keys a few thousand wide, attention sinks and a few heavy columns. The
+estimate of the vertical-slash method then picks mostly contiguous diagonals, as it does on
+real models; the kernel's cost is the number of 64-key tiles those diagonals need, so
+scattered diagonals cost more (the ``lines="scattered"`` rows measure that case).
+
+Measured per context and method:
+
+* ``block_sparse``: the kernel alone on random sorted lists at the given compression (block
+  density 1/compression among causal blocks, first and diagonal blocks forced), lists per KV
+  head and per query head; and the ``block_sparse`` method end to end (pooled estimation,
+  top-k, kernel) with lists per KV head.
+* ``vertical_slash``: the method end to end (estimation from the last 64 queries, selection,
+  conversion, kernel, pair count); the conversion alone (Triton, and the torch spec once);
+  the attention kernel alone with exact semantics and with the superset semantics; and the
+  kernel on scattered lines.
+
+TFLOP/s are given two ways in ``metrics``: over the pairs attended (``tflops_pairs``) and
+over the tile elements the kernel computes (``tflops_computed``), both 4·head_dim FLOPs per
+query-key pair.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..ops.dense.reference import causal_pairs
+from .timing import ResultsFile, attention_flops, bench_ms, once_ms, rel_err
+
+SHAPE = {"batch": 1, "heads": 32, "kv_heads": 8, "head_dim": 128}
+BASELINES = ("sdpa_cudnn", "sdpa_flash", "flex")
+CHECK_ROWS = 256
+CHECK_TOL = 1e-2
+
+
+# ----------------------------------------------------------------------------- inputs
+
+def _rope(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    freq = theta ** (-torch.arange(half, device=x.device, dtype=torch.float64) / half)
+    ang = positions.double()[:, None] * freq[None, :]
+    cos, sin = ang.cos().float(), ang.sin().float()
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+def banded_qkv(length: int, *, batch: int = 1, heads: int = 32, kv_heads: int = 8, head_dim: int = 128,
+               band: int = 8192, strength: float = 3.0, n_sinks: int = 4, n_vertical: int = 64,
+               theta: float = 500000.0, dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cuda",
+               seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random inputs whose attention favours the last ~``band`` keys, sinks and a few columns.
+
+    A per-KV-head direction in the RoPE channels whose wavelength is about ``band`` is added
+    to queries and keys: after rotary embedding their dot product decays with distance over
+    about ``band`` positions. ``n_sinks`` first keys and ``n_vertical`` random keys get a
+    boost in the slowest channels, which every later query sees. Generated on ``device``.
+    Returns q (batch, heads, length, head_dim), k/v (batch, kv_heads, length, head_dim).
+    """
+    gen = torch.Generator(device=device).manual_seed(seed)
+    half = head_dim // 2
+    group = heads // kv_heads
+    freq = theta ** (-torch.arange(half, dtype=torch.float64) / half)
+    local = ((freq * band > 0.3) & (freq * band < 3.0)).float()
+    slow = torch.zeros(half)
+    slow[-4:] = 1.0
+    def direction(channels: torch.Tensor) -> torch.Tensor:
+        u = torch.cat([channels, channels])
+        return (u / u.norm().clamp_min(1e-9)).to(device)
+    u_local = direction(local) * strength * head_dim ** 0.25
+    u_slow = direction(slow) * strength * head_dim ** 0.25
+    sign = torch.where(torch.rand(batch, kv_heads, 1, head_dim, generator=gen, device=device) < 0.5, -1.0, 1.0)
+    pos = torch.arange(length, device=device)
+    k = torch.randn(batch, kv_heads, length, head_dim, generator=gen, device=device)
+    k += sign * u_local
+    special = torch.cat([torch.arange(min(n_sinks, length), device=device),
+                         torch.randint(0, length, (n_vertical,), generator=gen, device=device)])
+    k[:, :, special] += u_slow
+    q = torch.randn(batch, heads, length, head_dim, generator=gen, device=device)
+    q += (sign * u_local).repeat_interleave(group, 1) + 0.5 * u_slow
+    q = _rope(q, pos, theta).to(dtype)
+    k = _rope(k, pos, theta).to(dtype)
+    v = torch.randn(batch, kv_heads, length, head_dim, generator=gen, device=device).to(dtype)
+    return q, k, v
+
+
+def random_block_indices(batch: int, heads_x: int, length: int, block: int, compression: float,
+                         gen: torch.Generator) -> torch.Tensor:
+    """Sorted random key-block lists (q_len = kv_len = length) keeping 1/compression of the
+    causal blocks of each query block, the first and diagonal blocks always included."""
+    from ..ops.block_sparse import normalize_block_indices
+    device = gen.device
+    n = math.ceil(length / block)
+    qb = torch.arange(n, device=device)
+    keep = torch.clamp(torch.round((qb + 1) / compression), min=2).long().clamp(max=qb + 1)
+    scores = torch.rand(batch, heads_x, n, n, generator=gen, device=device)
+    kb = torch.arange(n, device=device)
+    scores = torch.where((kb[None, :] == 0) | (kb[None, :] == qb[:, None]), torch.full_like(scores, 2.0), scores)
+    scores = torch.where(kb[None, :] > qb[:, None], torch.full_like(scores, -1.0), scores)
+    width = int(keep.max())
+    top = scores.topk(width, dim=-1)
+    chosen = torch.where(torch.arange(width, device=device) < keep[:, None], top.indices,
+                         torch.full_like(top.indices, -1))
+    return normalize_block_indices(chosen)
+
+
+def line_sets(kind: str, batch: int, heads: int, length: int, n_vertical: int, n_slash: int,
+              gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Vertical/slash index lists without estimation (B, heads, n), int32.
+
+    ``kind="band"``: the first 30 columns + random columns; the ``n_slash`` most recent
+    diagonals. ``kind="scattered"``: random columns; 100 recent diagonals + random offsets.
+    """
+    device = gen.device
+    cols = torch.rand(batch, heads, length, generator=gen, device=device)
+    cols[..., :30] = 2.0
+    vertical = cols.topk(min(n_vertical, length), dim=-1).indices.sort(-1).values.to(torch.int32)
+    if kind == "band":
+        slash = torch.arange(min(n_slash, length), device=device).expand(batch, heads, -1)
+    elif kind == "scattered":
+        diag = torch.rand(batch, heads, length, generator=gen, device=device)
+        diag[..., :100] = 2.0
+        slash = diag.topk(min(n_slash, length), dim=-1).indices.sort(-1).values
+    else:
+        raise ValueError(f"kind: must be 'band' or 'scattered', got {kind!r}")
+    return vertical, slash.to(torch.int32).contiguous()
+
+
+# ----------------------------------------------------------------------------- baselines
+
+def dense_baselines(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    names: Sequence[str] = BASELINES) -> dict[str, Callable[[], torch.Tensor]]:
+    """Callables of the dense causal baselines that run on this device (others are skipped)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    group = q.shape[1] // k.shape[1]
+    ke = k.repeat_interleave(group, 1)
+    ve = v.repeat_interleave(group, 1)
+    fns: dict[str, Callable[[], torch.Tensor]] = {}
+
+    def sdpa(backend: Any) -> Callable[[], torch.Tensor]:
+        def run() -> torch.Tensor:
+            with sdpa_kernel(backend):
+                return F.scaled_dot_product_attention(q, ke, ve, is_causal=True)
+        return run
+
+    if "sdpa_cudnn" in names:
+        fns["sdpa_cudnn"] = sdpa(SDPBackend.CUDNN_ATTENTION)
+    if "sdpa_flash" in names:
+        fns["sdpa_flash"] = sdpa(SDPBackend.FLASH_ATTENTION)
+    if "flex" in names:
+        try:
+            from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+            length = q.shape[2]
+            mask = create_block_mask(lambda b, h, qi, ki: qi >= ki, None, None, length, length, device=q.device)
+            compiled = torch.compile(flex_attention, dynamic=False)
+            fns["flex"] = lambda: compiled(q, k, v, block_mask=mask, enable_gqa=True)
+        except Exception as exc:  # noqa: BLE001 - a baseline that cannot be built is skipped
+            print(f"  flex: skipped ({type(exc).__name__}: {str(exc)[:120]})")
+    usable = {}
+    for name, fn in fns.items():
+        try:
+            fn()
+            if q.is_cuda:
+                torch.cuda.synchronize()
+            usable[name] = fn
+        except Exception as exc:  # noqa: BLE001 - e.g. no cuDNN kernel for this shape, out of memory
+            print(f"  {name}: skipped ({type(exc).__name__}: {str(exc)[:120]})")
+            torch.cuda.empty_cache()
+    return usable
+
+
+# ----------------------------------------------------------------------------- checks
+
+def _window(length: int, where: str) -> tuple[int, int]:
+    end = length if where == "end" else (length // 2 // 64) * 64
+    return end - CHECK_ROWS, end
+
+
+def check_block_sparse(q, k, v, idx, out, block: int) -> float:
+    """Largest rel. error of ``out`` against the reference on two windows of query rows."""
+    from ..ops.block_sparse import block_sparse_attention_ref, normalize_block_indices
+    worst = 0.0
+    for where in ("middle", "end"):
+        s, e = _window(q.shape[2], where)
+        nk = math.ceil(e / block)
+        sub = idx[:, :, s // block:e // block].to(torch.int64)
+        sub = normalize_block_indices(torch.where(sub < nk, sub, torch.full_like(sub, -1)))
+        ref, _ = block_sparse_attention_ref(q[:, :, s:e], k[:, :, :e], v[:, :, :e], sub, block_q=block, block_k=block)
+        worst = max(worst, rel_err(out[:, :, s:e], ref))
+    return worst
+
+
+def check_vertical_slash(q, k, v, vi, si, out) -> float:
+    """Largest rel. error of ``out`` against the reference on two windows of query rows."""
+    from ..ops.vertical_slash import vertical_slash_attention_ref
+    worst = 0.0
+    for where in ("middle", "end"):
+        s, e = _window(q.shape[2], where)
+        vv = torch.where(vi < e, vi, torch.full_like(vi, -1))
+        ss = torch.where(si < e, si, torch.full_like(si, -1))
+        ref, _ = vertical_slash_attention_ref(q[:, :, s:e], k[:, :, :e], v[:, :, :e], vv, ss)
+        worst = max(worst, rel_err(out[:, :, s:e], ref))
+    return worst
+
+
+# ----------------------------------------------------------------------------- runner
+
+class _Recorder:
+    def __init__(self, out_path: str | Path, progress: bool) -> None:
+        self.file = ResultsFile(out_path)
+        self.progress = progress
+        self.table: list[tuple[str, ...]] = []
+
+    def log(self, msg: str) -> None:
+        if self.progress:
+            print(msg, flush=True)
+
+    def emit(self, method: str, context: int, compression: float | None, params: dict[str, Any], ms: float,
+             baselines: dict[str, float], metrics: dict[str, Any], pass_: str = "fwd") -> None:
+        label = f"{method} {params}"
+        for base, base_ms in baselines.items():
+            self.file.add({"bench": "prefill", "method": method, "pass": pass_, "shape": dict(SHAPE),
+                           "context": context, "compression": compression, "params": params, "ms": round(ms, 4),
+                           "baseline": base, "baseline_ms": round(base_ms, 4),
+                           "speedup": round(base_ms / ms, 3), "metrics": metrics})
+        cud = baselines.get("sdpa_cudnn")
+        self.table.append((str(context), label[:86], f"{ms:9.3f}",
+                           f"{cud / ms:6.2f}x" if cud else "   -  ",
+                           f"{compression:6.2f}" if compression else "   -  ",
+                           f"{metrics.get('tflops_computed', float('nan')):6.0f}"))
+        self.log(f"  {context:>7} {label[:90]:<90} {ms:9.3f} ms  "
+                 + (f"{cud / ms:5.2f}x vs cuDNN" if cud else ""))
+
+    def print_table(self) -> None:
+        print(f"\n{'ctx':>7} | {'method / params':<86} | {'ms':>9} | {'vs cuDNN':>7} | {'compr':>6} | TF/s comp")
+        for row in self.table:
+            print(f"{row[0]:>7} | {row[1]:<86} | {row[2]} | {row[3]:>7} | {row[4]} | {row[5]}")
+
+
+def _bs_rows(rec: _Recorder, q, k, v, context: int, compression: float, base_ms: dict[str, float],
+             check: bool, gen: torch.Generator, configs: Sequence[tuple[int, int]] | None) -> None:
+    from ..ops.block_sparse.triton import block_counts, block_sparse_attention_triton, block_sparse_pairs
+    b, h, _, d = q.shape
+    hkv = k.shape[1]
+    dense = causal_pairs(context, context) * b * h
+    for lists, hx in (("kv_head", hkv), ("head", h)):
+        idx = random_block_indices(b, hx, context, 64, compression, gen)
+        pairs = float(block_sparse_pairs(idx, h, context, context, 64, 64).sum())
+        _, n_all = block_counts(idx, context, context, 64, 64)
+        computed = float(n_all.sum()) * 64 * 64 * (h // hx)
+        tried = configs if configs else [None]
+        for i_cfg, cfg in enumerate(tried):
+            kw = {} if cfg is None else {"num_warps": cfg[0], "num_stages": cfg[1]}
+
+            def run(kw=kw) -> torch.Tensor:
+                return block_sparse_attention_triton(q, k, v, idx, check_indices=False, **kw)
+            out = run()
+            metrics: dict[str, Any] = {}
+            if check and i_cfg == 0:
+                metrics["rel_err"] = check_block_sparse(q, k, v, idx, out, 64)
+                rec.log(f"  check block_sparse lists={lists}: rel err {metrics['rel_err']:.2e}")
+                if not metrics["rel_err"] <= CHECK_TOL:
+                    raise AssertionError(f"block_sparse kernel rel err {metrics['rel_err']:.3e} > {CHECK_TOL}")
+            ms = bench_ms(run)
+            metrics.update(tflops_pairs=attention_flops(pairs, d) / ms / 1e9,
+                           tflops_computed=attention_flops(computed, d) / ms / 1e9)
+            params = {"lists": lists, "block": 64, "indices": "random", "estimation": False}
+            if cfg is not None:
+                params.update(num_warps=cfg[0], num_stages=cfg[1])
+            rec.emit("block_sparse", context, dense / pairs, params, ms, base_ms, metrics)
+    # the method end to end: pooled estimation + top-k + kernel
+    from ..methods.registry import list_methods
+    if "block_sparse" not in list_methods():
+        rec.log("  block_sparse method not registered: end-to-end row skipped")
+        return
+    from ..methods.registry import get_method
+    m = get_method("block_sparse", compression=compression, per_kv_head=True)
+    out, stats = m(q, k, v)
+    metrics = {}
+    if check:
+        idx = m.plan(q, k)
+        metrics["rel_err"] = check_block_sparse(q, k, v, idx, out, m.block_size)
+        rec.log(f"  check block_sparse method: rel err {metrics['rel_err']:.2e}")
+    ms = bench_ms(lambda: m(q, k, v))
+    plan_ms = bench_ms(lambda: m.plan(q, k))
+    metrics.update(plan_ms=plan_ms, tflops_pairs=attention_flops(stats.computed, d) / ms / 1e9)
+    rec.emit("block_sparse", context, stats.compression,
+             {"lists": "kv_head", "block": m.block_size, "indices": "planned", "estimation": True,
+              "top_k": stats.info.get("top_k")}, ms, base_ms, metrics)
+
+
+def _vs_layout_tiles(layout: Any, heads: int) -> float:
+    hx = layout.tile_count.shape[1]
+    chunks = torch.ceil(layout.block_columns.double() / 64)
+    return float((layout.tile_count.double().sum() + chunks.sum()) * 64 * 64 * (heads // hx))
+
+
+def _vs_rows(rec: _Recorder, q, k, v, context: int, compression: float | None, base_ms: dict[str, float],
+             check: bool, gen: torch.Generator, vs_configs: Sequence[tuple[int, int]] | None = None) -> None:
+    from ..methods.registry import get_method, list_methods
+    from ..ops.vertical_slash.convert import prepare_vertical_slash, vertical_slash_pairs
+    from ..ops.vertical_slash.triton import vertical_slash_attention_triton, vertical_slash_layout
+    b, h, _, d = q.shape
+    dense = causal_pairs(context, context) * b * h
+    nv, ns = 1000, 6096
+    budget = {"vertical": nv, "slash": ns} if compression is None else {"compression": compression}
+    have_method = "vertical_slash" in list_methods()
+    if have_method:
+        m = get_method("vertical_slash", **budget)
+        out, stats = m(q, k, v)
+        vi, si = m.plan(q, k)
+        metrics: dict[str, Any] = {}
+        if check:
+            metrics["rel_err"] = check_vertical_slash(q, k, v, vi, si, out)
+            rec.log(f"  check vertical_slash method: rel err {metrics['rel_err']:.2e}")
+            if not metrics["rel_err"] <= CHECK_TOL:
+                raise AssertionError(f"vertical_slash rel err {metrics['rel_err']:.3e} > {CHECK_TOL}")
+        ms = bench_ms(lambda: m(q, k, v))
+        plan_ms = bench_ms(lambda: m.plan(q, k))
+        layout = vertical_slash_layout(q, k, vi, si)
+        computed = _vs_layout_tiles(layout, h)
+        metrics.update(plan_ms=plan_ms, tflops_pairs=attention_flops(stats.computed, d) / ms / 1e9,
+                       tflops_computed=attention_flops(computed, d) / ms / 1e9,
+                       mean_tiles_per_query_block=float(layout.tile_count.double().mean()))
+        rec.emit("vertical_slash", context, stats.compression,
+                 {**budget, "lines": "planned", "estimation": True, "exact": True}, ms, base_ms, metrics)
+        line_kinds = [("planned", vi, si)]
+    else:
+        rec.log("  vertical_slash method not registered: timing the kernel on banded lines only")
+        line_kinds = []
+    for kind in ("band", "scattered"):
+        if kind == "band" and have_method:
+            continue
+        vi_k, si_k = line_sets(kind, b, h, context, nv, ns, gen)
+        line_kinds.append((kind, vi_k, si_k))
+    for kind, vi_k, si_k in line_kinds:
+        conv_ms = bench_ms(lambda: vertical_slash_layout(q, k, vi_k, si_k))
+        layout = vertical_slash_layout(q, k, vi_k, si_k)
+        extra: dict[str, Any] = {"conversion_ms": conv_ms}
+        if kind in ("planned", "band"):
+            # the torch spec of the conversion, once (a Python loop over the diagonals)
+            extra["conversion_torch_spec_ms"] = once_ms(
+                lambda: prepare_vertical_slash(vi_k, si_k, context, context, use_triton=False))
+        pairs = float(vertical_slash_pairs(layout, h).sum())
+        computed = _vs_layout_tiles(layout, h)
+        variants: list[tuple[bool, tuple[int, int] | None]] = [(True, None), (False, None)]
+        if vs_configs and kind == line_kinds[0][0]:
+            variants += [(True, cfg) for cfg in vs_configs]
+        for exact, cfg in variants:
+            kw = {} if cfg is None else {"num_warps": cfg[0], "num_stages": cfg[1]}
+
+            def run(exact=exact, kw=kw) -> torch.Tensor:
+                return vertical_slash_attention_triton(q, k, v, layout=layout, exact=exact, **kw)
+            metrics = {}
+            if check and exact and cfg is None and kind != "planned":
+                metrics["rel_err"] = check_vertical_slash(q, k, v, vi_k, si_k, run())
+                rec.log(f"  check vertical_slash kernel lines={kind}: rel err {metrics['rel_err']:.2e}")
+                if not metrics["rel_err"] <= CHECK_TOL:
+                    raise AssertionError(f"vertical_slash kernel rel err {metrics['rel_err']:.3e} > {CHECK_TOL}")
+            ms = bench_ms(run)
+            metrics.update(extra, tflops_pairs=attention_flops(pairs, d) / ms / 1e9,
+                           tflops_computed=attention_flops(computed, d) / ms / 1e9,
+                           mean_tiles_per_query_block=float(layout.tile_count.double().mean()))
+            lines_budget = budget if kind == "planned" else {"vertical": nv, "slash": ns}
+            params = {**lines_budget, "lines": kind, "estimation": False, "exact": exact, "part": "kernel"}
+            if cfg is not None:
+                params.update(num_warps=cfg[0], num_stages=cfg[1])
+            rec.emit("vertical_slash", context, dense / pairs, params, ms, base_ms, metrics)
+
+
+def run_prefill_bench(contexts: Sequence[int], methods: Sequence[str], compressions: Sequence[float | None],
+                      check: bool, out_path: str | Path, progress: bool = True, *,
+                      baselines: Sequence[str] = BASELINES, seed: int = 0,
+                      bs_configs: Sequence[tuple[int, int]] | None = None,
+                      vs_configs: Sequence[tuple[int, int]] | None = None,
+                      device: str = "cuda") -> list[dict[str, Any]]:
+    """Time sparse prefill against the dense baselines; write rows to ``out_path`` as they come.
+
+    Args:
+        contexts: sequence lengths (q_len = kv_len).
+        methods: any of "block_sparse", "vertical_slash".
+        compressions: block-sparse: targets (block density 1/c among causal blocks; ``None``
+            entries are skipped); vertical-slash: ``None`` = the paper budgets (1000 vertical +
+            6096 slash), a number = the method's compression target.
+        check: compare each kernel with the reference on two windows of 256 query rows
+            (rel. error <= 1e-2 in bf16) before timing it; a failure raises.
+        out_path: results JSON (BENCHMARKS.md schema); rows are added as they are measured.
+        baselines: dense baselines to time ("sdpa_cudnn", "sdpa_flash", "flex").
+        bs_configs, vs_configs: (num_warps, num_stages) pairs to try for the block-sparse kernel
+            and for the vertical-slash attention kernel (exact, first line set).
+        device: "cuda"; "cpu" only as a smoke test under ``TRITON_INTERPRET=1`` (tiny contexts).
+
+    Returns the rows of the results file.
+    """
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("run_prefill_bench needs a CUDA GPU (device='cuda')")
+    unknown = set(methods) - {"block_sparse", "vertical_slash"}
+    if unknown:
+        raise ValueError(f"methods: unknown {sorted(unknown)}; choose from block_sparse, vertical_slash")
+    rec = _Recorder(out_path, progress)
+    rec.log(f"device: {rec.file.header['device']}, torch {rec.file.header['torch']}, "
+            f"triton {rec.file.header['triton']}")
+    gen = torch.Generator(device=device).manual_seed(seed)
+    for context in contexts:
+        q, k, v = banded_qkv(context, seed=seed, device=device,
+                             **{k_: SHAPE[k_] for k_ in ("batch", "heads", "kv_heads", "head_dim")})
+        fns = dense_baselines(q, k, v, baselines)
+        base_ms = {}
+        for name, fn in fns.items():
+            base_ms[name] = bench_ms(fn)
+            rec.log(f"  {context:>7} dense {name}: {base_ms[name]:.3f} ms "
+                    f"({attention_flops(causal_pairs(context, context) * SHAPE['heads'], SHAPE['head_dim']) / base_ms[name] / 1e9:.0f} TFLOP/s)")
+        del fns
+        if "sdpa_cudnn" in base_ms:
+            for name, ms in base_ms.items():
+                if name != "sdpa_cudnn":
+                    rec.emit(name, context, 1.0, {}, ms, {"sdpa_cudnn": base_ms["sdpa_cudnn"]}, {})
+        for method in methods:
+            for c in compressions:
+                if method == "block_sparse":
+                    if c is None:
+                        continue
+                    _bs_rows(rec, q, k, v, context, float(c), base_ms, check, gen, bs_configs)
+                else:
+                    _vs_rows(rec, q, k, v, context, c, base_ms, check, gen, vs_configs)
+        del q, k, v
+    if progress:
+        rec.print_table()
+    return rec.file.rows
+
+
+__all__ = ["BASELINES", "SHAPE", "banded_qkv", "check_block_sparse", "check_vertical_slash", "dense_baselines",
+           "line_sets", "random_block_indices", "run_prefill_bench"]

@@ -1,0 +1,95 @@
+"""Long-context task suite: seeded generators ``(length_in_tokens, seed, tokenizer) -> instance``.
+
+Each instance's prompt fills 90-100% of the requested length (in the given tokenizer's
+tokens), ends with a question and "Answer:", and comes with its reference answer and scorer::
+
+    from sparsa.eval.tasks import generate, list_tasks
+    inst = generate("niah_multikey", 4096, seed=0, tokenizer=tok)
+    prompt, answer, scorer = inst
+    scorer(" 4821937")  # -> 1.0 or 0.0
+
+Tasks (``describe_tasks()`` prints what each tests):
+
+=====================  =========================================================  ==============
+name                   what it tests                                              metric
+=====================  =========================================================  ==============
+niah_single            retrieve one needle from source code                        exact
+niah_multikey          one needle among many look-alike key-value distractors      exact
+niah_multivalue        every value given for one key                               set F1
+niah_multiquery        several needles asked in one question                       list accuracy
+variable_tracking      chains of assignments, several hops                         set IoU
+common_words           most frequent words of a long list (aggregation)            set F1
+story_retrieval        a fact of a given chapter of a generated story              exact
+story_multihop         two facts in different chapters, composed                   exact
+story_filter           which chapters lack an event                                set IoU
+doc_qa                 a question on one document among distractor documents       exact
+=====================  =========================================================  ==============
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from .base import Task, TaskInstance, fit_to_length
+from .common_words import CommonWords
+from .documents import DocumentQA
+from .needle import MultiKey, MultiQuery, MultiValue, SingleNeedle
+from .story import StoryFilter, StoryMultiHop, StoryRetrieval
+from .variables import VariableTracking
+
+_REGISTRY: dict[str, type[Task]] = {}
+
+
+def register(cls: type[Task]) -> type[Task]:
+    """Add a task class to the registry under ``cls.name``."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__}: a registered task needs a non-empty `name`")
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        raise ValueError(f"task name {cls.name!r} is already registered by {_REGISTRY[cls.name].__name__}")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+for _cls in (SingleNeedle, MultiKey, MultiValue, MultiQuery, VariableTracking, CommonWords, StoryRetrieval,
+             StoryMultiHop, StoryFilter, DocumentQA):
+    register(_cls)
+
+
+def list_tasks() -> list[str]:
+    """Names of all registered tasks, in registration order."""
+    return list(_REGISTRY)
+
+
+def task_class(name: str) -> type[Task]:
+    if not isinstance(name, str):
+        raise TypeError(f"task: expected a task name (str), got {type(name).__name__}")
+    if name not in _REGISTRY:
+        raise ValueError(f"task: unknown task {name!r}; available: {', '.join(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+def get_task(name: str, **params: Any) -> Task:
+    """The task registered as ``name``, with its parameters (e.g. ``distractors=8``) set."""
+    cls = task_class(name)
+    allowed = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(params) - allowed)
+    if unknown:
+        raise TypeError(f"{unknown[0]}: not a parameter of task {name!r}; "
+                        f"allowed: {', '.join(sorted(allowed)) or 'none'}")
+    return cls(**params)
+
+
+def generate(name: str, length: int, seed: int, tokenizer: Any, *, split: str = "eval",
+             **params: Any) -> TaskInstance:
+    """One instance of task ``name`` (see ``Task.generate``)."""
+    return get_task(name, **params).generate(length, seed, tokenizer, split=split)
+
+
+def describe_tasks() -> dict[str, dict[str, Any]]:
+    """name -> {description, metric, min_length} for every task."""
+    return {n: {"description": c.description, "metric": c.metric, "min_length": c.min_length}
+            for n, c in _REGISTRY.items()}
+
+
+__all__ = ["Task", "TaskInstance", "describe_tasks", "fit_to_length", "generate", "get_task", "list_tasks",
+           "register", "task_class"]

@@ -1,0 +1,1 @@
+"""Integrations with other libraries; each subpackage imports its library only when imported."""

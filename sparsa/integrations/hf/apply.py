@@ -1,0 +1,315 @@
+"""``sparsa.apply``: run a transformers causal LM with sparse attention, reversibly."""
+from __future__ import annotations
+
+import itertools
+import warnings
+import weakref
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+
+from ...methods.base import AttentionStats
+from . import compat
+from .attention import SparsaAttention, StatsRecorder, merge_stats
+from .cache import SparsaCache
+from .overrides import (ARCHITECTURES, AUTO, LayerPlan, attention_modules, layer_softcap, layer_window,
+                        resolve_plans, supported_text)
+
+ON_UNSUPPORTED = ("error", "dense")
+
+_counter = itertools.count()
+_active: "weakref.WeakKeyDictionary[torch.nn.Module, SparsaHandle]" = weakref.WeakKeyDictionary()
+
+
+class SparsaHandle:
+    """What :func:`apply` changed on a model, and the way back.
+
+    Use it as a context manager (``with sparsa.apply(model, ...):``) or call :meth:`remove`.
+    Attributes: ``name`` (the key registered with transformers), ``plans`` (one
+    :class:`~sparsa.integrations.hf.overrides.LayerPlan` per layer), ``prefill_chunk``.
+    """
+
+    def __init__(self, model: torch.nn.Module, name: str, plans: list[LayerPlan], fn: SparsaAttention,
+                 previous: str | None, prefill_chunk: int | None) -> None:
+        self.model = model
+        self.name = name
+        self.plans = plans
+        self.prefill_chunk = prefill_chunk
+        self._fn = fn
+        self._previous = previous
+        self._hook: Any = None
+        self._cache_kwarg = compat.cache_kwarg_name(model)
+        self.active = False
+
+    # -- caches -------------------------------------------------------------------------------------
+
+    def new_cache(self) -> SparsaCache:
+        """An empty :class:`SparsaCache` for this model (pass it as the cache of ``model()``/``generate()``)."""
+        return SparsaCache(compat.text_config(self.model))
+
+    # -- stats --------------------------------------------------------------------------------------
+
+    @property
+    def layer_stats(self) -> dict[tuple[int, str], AttentionStats]:
+        """The latest :class:`~sparsa.AttentionStats` of each (layer, phase) ("prefill" / "decode")."""
+        return dict(self._fn.stats.latest)
+
+    def stats(self, phase: str = "prefill") -> AttentionStats | None:
+        """The latest call of every layer in ``phase``, merged: the model-level achieved compression."""
+        if phase not in ("prefill", "decode"):
+            raise ValueError(f"phase: must be 'prefill' or 'decode', got {phase!r}")
+        parts = [s for (_, p), s in sorted(self._fn.stats.latest.items()) if p == phase]
+        return merge_stats(parts, "model", phase)
+
+    def reset_stats(self) -> None:
+        self._fn.stats.clear()
+
+    def describe(self) -> str:
+        """One line per layer: what it runs in prefill and decode."""
+        return "\n".join(p.describe() for p in self.plans)
+
+    # -- undo ---------------------------------------------------------------------------------------
+
+    def remove(self) -> None:
+        """Restore the model's attention implementation and unregister sparsa's functions (idempotent)."""
+        if not self.active:
+            return
+        model = self.model
+        try:
+            compat.set_attn_implementation(model, self._previous)
+        finally:
+            if self._hook is not None:
+                self._hook.remove()
+                self._hook = None
+            if model.__dict__.get("generate") is not None and getattr(model.__dict__["generate"],
+                                                                      "_sparsa_handle", None) is self:
+                del model.__dict__["generate"]
+            compat.unregister_attention(self.name)
+            compat.unregister_mask(self.name)
+            if _active.get(model) is self:
+                del _active[model]
+            self.active = False
+
+    def __enter__(self) -> "SparsaHandle":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        state = "active" if self.active else "removed"
+        return f"SparsaHandle({self.name!r}, {state}, {len(self.plans)} layers)"
+
+    # -- wiring -------------------------------------------------------------------------------------
+
+    def _forward_pre_hook(self, module: torch.nn.Module, args: tuple[Any, ...],
+                          kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+        """Give ``model(...)`` a SparsaCache when it would build a default cache, and reject caches
+        whose keys are not the sequence so far (static caches)."""
+        _, cache = compat.find_cache_kwarg(kwargs)
+        if cache is not None:
+            _check_cache(cache)
+            return None
+        use_cache = kwargs.get("use_cache")
+        if use_cache is None:
+            use_cache = getattr(compat.text_config(self.model), "use_cache", False)
+        if not use_cache or len(args) > 3:
+            return None
+        kwargs = dict(kwargs)
+        kwargs[self._cache_kwarg] = self.new_cache()
+        return args, kwargs
+
+    def _make_generate(self) -> Any:
+        original = type(self.model).generate.__get__(self.model)
+        handle = self
+
+        def generate(*args: Any, **kwargs: Any) -> Any:
+            key, cache = compat.find_cache_kwarg(kwargs)
+            gen_config = kwargs.get("generation_config") or getattr(handle.model, "generation_config", None)
+            impl = kwargs.get("cache_implementation", getattr(gen_config, "cache_implementation", None))
+            use_cache = kwargs.get("use_cache", getattr(gen_config, "use_cache", True))
+            if cache is None and impl is None and use_cache is not False:
+                kwargs[handle._cache_kwarg] = handle.new_cache()
+            if handle.prefill_chunk is not None and "prefill_chunk_size" not in kwargs:
+                if not compat.generate_supports_prefill_chunk():
+                    raise RuntimeError(f"prefill_chunk: generate() of transformers {compat.TRANSFORMERS_VERSION} "
+                                       "has no chunked prefill; use sparsa.integrations.hf.chunked_prefill")
+                kwargs["prefill_chunk_size"] = handle.prefill_chunk
+            return original(*args, **kwargs)
+
+        generate.__doc__ = original.__doc__
+        generate._sparsa_handle = handle  # type: ignore[attr-defined]
+        return generate
+
+
+def _check_cache(cache: Any) -> None:
+    from transformers.cache_utils import Cache
+    if isinstance(cache, Cache) and not isinstance(cache, compat.cache_base_classes()):
+        raise TypeError(f"cache: {type(cache).__name__} is not supported by sparsa attention, whose methods take "
+                        "the keys as the whole sequence so far; use a DynamicCache or handle.new_cache()")
+
+
+def _architecture(model: torch.nn.Module) -> tuple[Any, Any]:
+    if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
+        raise TypeError(f"model: expected a transformers PreTrainedModel, got {type(model).__name__}")
+    config = compat.text_config(model)
+    model_type = getattr(config, "model_type", None)
+    arch = ARCHITECTURES.get(model_type)
+    if arch is None:
+        raise ValueError(f"model: model type {model_type!r} ({type(model).__name__}) is not supported by "
+                         f"sparsa.apply; supported: {supported_text()}")
+    return config, arch
+
+
+def apply(model: torch.nn.Module, prefill: Any = None, decode: Any = AUTO, *,
+          layers: Mapping[int, Any] | None = None, prefill_chunk: int | None = None,
+          on_unsupported: str = "error", backend: str | None = None) -> SparsaHandle:
+    """Run ``model``'s attention through sparsa methods; returns a handle that undoes it.
+
+    Args:
+        model: a transformers causal LM of a supported family (Llama, Mistral, Qwen2, Qwen3,
+            Gemma2, Gemma3 text); other families raise ``ValueError`` before anything changes.
+        prefill: method for calls with several queries (prompt, prompt chunks): a registered
+            name, a method object (``sparsa.get_method(name, **params)``) or None (dense).
+            Decode-only methods (h2o, snapkv, ada_snapkv, quest) prefill densely.
+        decode: method for one-token decode steps. A decode method (h2o, snapkv, ada_snapkv,
+            quest, streaming, nsa) builds a per-layer state from the prompt and reads what it
+            selects at every step; another method is applied to the single query; None is
+            dense. The default follows ``prefill``: its decode rule if it has one, else dense.
+        layers: per-layer overrides, ``{layer index: spec}``; spec is a method (name/object/None)
+            for both phases, a ``(prefill, decode)`` tuple, or ``{"prefill": ..., "decode": ...}``
+            (missing keys take the global arguments). E.g. ``{0: None, 1: None}`` keeps the
+            first two layers dense, as Quest does.
+        prefill_chunk: run prompts through ``generate()`` in chunks of this many tokens (each
+            chunk attends sparsely to everything before it); see :func:`chunked_prefill` for
+            ``model()`` loops.
+        on_unsupported: what to do with layers whose attention a sparse method cannot honour
+            (score soft-capping, Gemma2): "error" (default) raises ``ValueError`` naming them,
+            "dense" runs them densely. Sliding-window layers always keep the model's window.
+        backend: passed to every method call ("auto", "reference", "triton").
+
+    Returns:
+        A :class:`SparsaHandle`; ``with sparsa.apply(...) as h:`` restores the model on exit.
+
+    Without a cache argument, ``model()`` and ``generate()`` get a :class:`SparsaCache`, where
+    decode methods keep their state. Batches may be padded (left or right): sparse rules run
+    per row on the real tokens.
+    """
+    compat.check_version()
+    config, arch = _architecture(model)
+    if on_unsupported not in ON_UNSUPPORTED:
+        raise ValueError(f"on_unsupported: must be one of {ON_UNSUPPORTED}, got {on_unsupported!r}")
+    if prefill_chunk is not None and (isinstance(prefill_chunk, bool) or not isinstance(prefill_chunk, int)
+                                      or prefill_chunk < 1):
+        raise ValueError(f"prefill_chunk: must be a positive int or None, got {prefill_chunk!r}")
+    if model in _active:
+        raise RuntimeError("model: sparsa is already applied to this model; remove() the existing handle first")
+    modules = attention_modules(model, arch)
+    n_layers = int(getattr(config, "num_hidden_layers", len(modules)))
+    if sorted(modules) != list(range(n_layers)):
+        raise ValueError(f"model: expected {arch.attention_class} modules for layers 0..{n_layers - 1}, found "
+                         f"{sorted(modules)}; supported: {supported_text()}")
+    plans = resolve_plans(n_layers, prefill, decode, layers)
+
+    windowed, capped = [], []
+    for plan in plans:
+        module = modules[plan.layer]
+        plan.window = layer_window(module, config, arch)
+        plan.softcap = layer_softcap(module, arch)
+        sparse = plan.prefill is not None or plan.decode is not None
+        if plan.window is not None:
+            if sparse:
+                windowed.append(plan.layer)
+                plan.notes.append("sliding-window layer: the model's window attention is kept")
+            plan.prefill = plan.decode = None
+        elif plan.softcap is not None and sparse:
+            capped.append(plan.layer)
+    if capped:
+        if on_unsupported == "error":
+            raise ValueError(
+                f"model: layers {capped} soft-cap attention scores (softcap={plans[capped[0]].softcap}), which "
+                "sparse methods cannot apply; pass on_unsupported='dense' to run them densely, or set "
+                "config.attn_logit_softcapping = None before loading if the model tolerates it")
+        for i in capped:
+            plans[i].prefill = plans[i].decode = None
+            plans[i].notes.append("score soft-capping: run densely")
+    if windowed:
+        warnings.warn(f"sparsa.apply: layers {windowed} have their own sliding window "
+                      f"({plans[windowed[0]].window}); they keep the model's window attention and do not run the "
+                      "sparse methods (pass layers={i: None, ...} for them to silence this)", stacklevel=2)
+    if capped:
+        warnings.warn(f"sparsa.apply: layers {capped} soft-cap attention scores; they run densely", stacklevel=2)
+
+    name = f"sparsa_{next(_counter)}"
+    fn = SparsaAttention(plans, backend=backend, stats=StatsRecorder())
+    previous = compat.get_attn_implementation(model)
+    handle = SparsaHandle(model, name, plans, fn, previous, prefill_chunk)
+    compat.register_attention(name, fn)
+    compat.register_mask(name, compat.padding_mask_function)
+    try:
+        compat.set_attn_implementation(model, name)
+        handle._hook = model.register_forward_pre_hook(handle._forward_pre_hook, with_kwargs=True)
+        model.__dict__["generate"] = handle._make_generate()
+    except BaseException:
+        handle.active = True
+        handle.remove()
+        raise
+    handle.active = True
+    _active[model] = handle
+    return handle
+
+
+@dataclass
+class PrefillResult:
+    """What :func:`chunked_prefill` returns: the filled cache and the last position's logits (B, vocab)."""
+
+    cache: Any
+    logits: torch.Tensor
+
+
+@torch.no_grad()
+def chunked_prefill(model: torch.nn.Module, input_ids: torch.Tensor, chunk: int, *,
+                    attention_mask: torch.Tensor | None = None, cache: Any = None) -> PrefillResult:
+    """Run a prompt through ``model`` in chunks of ``chunk`` tokens, filling one cache.
+
+    Each chunk is a forward over its tokens with the cache of all earlier chunks, so its
+    queries are the last positions of the keys and a sparse prefill method attends sparsely to
+    everything so far. With sparsa applied, decode methods build their state from the last
+    chunk. Continue with ``model.generate(full_ids, attention_mask=..., cache=result.cache)``
+    or with manual decode steps.
+
+    Args:
+        model: a causal LM (sparsa applied or not).
+        input_ids: (B, L) prompt tokens.
+        chunk: tokens per forward (>= 1).
+        attention_mask: (B, L) padding mask (1 = real token), if the batch is padded.
+        cache: a cache to extend; default a new :class:`SparsaCache`.
+    """
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"chunk: must be a positive int, got {chunk!r}")
+    if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.shape[1] < 1:
+        raise ValueError(f"input_ids: expected a (batch, length) tensor with length >= 1, got "
+                         f"{getattr(input_ids, 'shape', type(input_ids).__name__)}")
+    if attention_mask is not None and attention_mask.shape != input_ids.shape:
+        raise ValueError(f"attention_mask: shape {tuple(attention_mask.shape)} must equal input_ids' "
+                         f"{tuple(input_ids.shape)}")
+    if cache is None:
+        cache = SparsaCache(compat.text_config(model))
+    key = compat.cache_kwarg_name(model)
+    past = cache.get_seq_length()
+    length = input_ids.shape[1]
+    logits = None
+    for start in range(0, length, chunk):
+        end = min(length, start + chunk)
+        kwargs: dict[str, Any] = {key: cache, "use_cache": True}
+        if attention_mask is not None:
+            ones = attention_mask.new_ones(attention_mask.shape[0], past)
+            kwargs["attention_mask"] = torch.cat([ones, attention_mask[:, :end]], dim=1)
+            positions = (attention_mask[:, :end].long().cumsum(-1) - 1).clamp_min(0) + past
+            kwargs["position_ids"] = positions[:, start:end]
+        out = model(input_ids[:, start:end], **kwargs)
+        cache = compat.output_cache(out) or cache
+        logits = out.logits[:, -1]
+    assert logits is not None
+    return PrefillResult(cache, logits)

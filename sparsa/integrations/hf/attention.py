@@ -1,0 +1,335 @@
+"""sparsa's attention function for transformers' ``AttentionInterface``.
+
+transformers calls it once per attention layer and forward with
+``(module, query (B, H, q_len, D), key/value (B, Hkv, kv_len, D) after the cache update,
+attention_mask, scaling=, dropout=, **kwargs)`` and expects ``(attn_output (B, q_len, H, D), None)``.
+
+* Calls with more than one query (a prompt or a prompt chunk; also a one-token prompt) run
+  the layer's prefill rule; the queries are the last ``q_len`` positions of the keys, so a
+  chunk attends (sparsely) to everything cached before it. Afterwards a stateful decode
+  method builds its state with ``init_decode`` on the same queries and keys.
+* One-query calls after the prompt run the decode rule: ``decode_step`` on the state kept in
+  the :class:`~sparsa.integrations.hf.cache.SparsaCache`, or a stateless method call, or dense.
+* Padding: the mask function registered next to this function hands over which keys are real
+  tokens. Sparse rules run per batch row on that row's real tokens only, so sparse patterns
+  and budgets are computed on real tokens (left padding, right padding and holes all reduce
+  to this); output rows of padding queries are zero. Dense layers use the mask directly.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from ...methods.base import AttentionStats, DecodeMethod, Method, decode_stats, prefill_stats
+from ...ops.dense.reference import causal_pairs
+from . import compat
+from .cache import LayerState, SparsaCache, cache_for
+from .overrides import LayerPlan
+
+_ROW_CHUNK_ELEMENTS = 1 << 25
+_TORCH_HAS_GQA = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)
+
+
+# ------------------------------------------------------------------------------------ stats
+
+def merge_stats(parts: list[AttentionStats], method: str, phase: str) -> AttentionStats | None:
+    """One :class:`AttentionStats` for several calls (batch rows) of the same layer and phase."""
+    parts = [p for p in parts if p is not None]
+    if not parts:
+        return None
+    if len(parts) == 1:
+        return parts[0]
+    dense = sum(p.dense for p in parts)
+    computed = sum(p.computed for p in parts)
+    per_head = None
+    if all(p.per_head is not None for p in parts):
+        heads = parts[0].per_head.numel()
+        d_h = torch.zeros(heads, dtype=torch.float64)
+        c_h = torch.zeros(heads, dtype=torch.float64)
+        for p in parts:
+            share = p.dense / heads
+            d_h += share
+            c_h += share / p.per_head.double().clamp_min(1e-30)
+        per_head = d_h / c_h.clamp_min(1e-30)
+    return AttentionStats(method, phase, dense, computed, per_head, {"rows": len(parts)})
+
+
+def _dense_stats(phase: str, q_rows: list[int], k_rows: list[int], heads: int) -> AttentionStats:
+    if phase == "prefill":
+        pairs = float(sum(causal_pairs(m, n) for m, n in zip(q_rows, k_rows) if m > 0)) * heads
+    else:
+        pairs = float(sum(n for m, n in zip(q_rows, k_rows) if m > 0)) * heads
+    per_head = torch.ones(heads, dtype=torch.float64)
+    return AttentionStats("dense", phase, pairs, pairs, per_head)
+
+
+class StatsRecorder:
+    """The latest :class:`AttentionStats` of each (layer, phase)."""
+
+    def __init__(self) -> None:
+        self.latest: dict[tuple[int, str], AttentionStats] = {}
+
+    def record(self, layer: int, phase: str, stats: AttentionStats | None) -> None:
+        if stats is not None:
+            self.latest[(layer, phase)] = stats
+
+    def clear(self) -> None:
+        self.latest.clear()
+
+
+# ------------------------------------------------------------------------------------ dense
+
+def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, *,
+                    padding: torch.Tensor | None = None, mask4d: torch.Tensor | None = None,
+                    window: int | None = None, softcap: float | None = None) -> torch.Tensor:
+    """The model's own attention: causal (bottom-right aligned), optional window, padding, soft-cap.
+
+    q: (B, H, Lq, D); k, v: (B, Hkv, Lk, D); padding (B, Lk) bool, True = real token; mask4d a
+    caller-built (B, 1|H, Lq, >=Lk) mask used instead of causal/window/padding. Query rows that
+    see no key (padding) return zeros. Returns (B, H, Lq, D) in q's dtype.
+    """
+    b, h, lq, d = q.shape
+    hkv, lk = k.shape[1], k.shape[2]
+    if mask4d is not None:
+        allow = compat.mask_allows(mask4d[..., :lk]).to(q.device)
+    elif padding is None and window is None and (lq == lk or lq == 1):
+        allow = None  # plain causal: SDPA's is_causal (or no mask for a single query)
+    else:
+        rows = torch.arange(lk - lq, lk, device=q.device)[:, None]
+        cols = torch.arange(lk, device=q.device)[None, :]
+        allow = cols <= rows
+        if window is not None:
+            allow = allow & (cols > rows - window)
+        allow = allow[None, None]
+        if padding is not None:
+            allow = allow & padding.to(q.device)[:, None, None, :]
+    if softcap is None:
+        if allow is None:
+            return _sdpa(q, k, v, None, scale, causal=lq > 1)
+        seen = allow.any(-1, keepdim=True)
+        out = _sdpa(q, k, v, allow | ~seen, scale, causal=False)
+        return out.masked_fill(~seen, 0.0)
+    return _softcapped(q, k, v, scale, softcap, allow)
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float,
+          causal: bool) -> torch.Tensor:
+    g = q.shape[1] // k.shape[1]
+    if g > 1 and not _TORCH_HAS_GQA:
+        k, v = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)
+    kwargs: dict[str, Any] = {"enable_gqa": True} if g > 1 and _TORCH_HAS_GQA else {}
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale, **kwargs)
+
+
+def _softcapped(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, softcap: float,
+                allow: torch.Tensor | None) -> torch.Tensor:
+    """Eager attention with ``softcap * tanh(scores / softcap)`` (Gemma2), fp32, chunked over rows."""
+    b, h, lq, d = q.shape
+    hkv, lk = k.shape[1], k.shape[2]
+    g = h // hkv
+    ct = torch.float64 if q.dtype == torch.float64 else torch.float32
+    kf = k.to(ct).repeat_interleave(g, 1)
+    vf = v.to(ct).repeat_interleave(g, 1)
+    if allow is None:
+        rows = torch.arange(lk - lq, lk, device=q.device)[:, None]
+        allow = (torch.arange(lk, device=q.device)[None, :] <= rows)[None, None]
+    out = torch.empty(b, h, lq, d, dtype=ct, device=q.device)
+    step = max(1, _ROW_CHUNK_ELEMENTS // max(1, b * h * lk))
+    for s in range(0, lq, step):
+        e = min(lq, s + step)
+        sc = torch.matmul(q[:, :, s:e].to(ct), kf.transpose(-1, -2)) * scale
+        sc = torch.tanh(sc / softcap) * softcap
+        a = allow[:, :, s:e] if allow.shape[2] == lq else allow
+        sc = sc.masked_fill(~a, float("-inf"))
+        p = torch.softmax(sc, dim=-1).nan_to_num(0.0)
+        out[:, :, s:e] = torch.matmul(p, vf)
+    return out.to(q.dtype)
+
+
+# ------------------------------------------------------------------------------------ row handling
+
+def _take(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """x (1, heads, L, D) restricted to positions where ``mask`` (L,) is True, along dim 2."""
+    idx = mask.nonzero().flatten()
+    first, last = int(idx[0]), int(idx[-1])
+    if last - first + 1 == idx.numel():
+        return x[:, :, first:last + 1]
+    return x.index_select(2, idx.to(x.device))
+
+
+def _accepts_scale(fn: Callable[..., Any]) -> bool:
+    try:
+        return "scale" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _init_decode(m: DecodeMethod, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> Any:
+    if _accepts_scale(m.init_decode):
+        return m.init_decode(q, k, v, scale=scale)
+    return m.init_decode(q, k, v)
+
+
+# ------------------------------------------------------------------------------------ the function
+
+class SparsaAttention:
+    """Callable registered with ``AttentionInterface``; routes each call by the layer's plan."""
+
+    def __init__(self, plans: list[LayerPlan], *, backend: str | None = None,
+                 stats: StatsRecorder | None = None) -> None:
+        self.plans = plans
+        self.backend = backend
+        self.stats = stats if stats is not None else StatsRecorder()
+        self.__name__ = "sparsa_attention"
+
+    def __call__(self, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                 attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
+                 **kwargs: Any) -> tuple[torch.Tensor, None]:
+        layer = getattr(module, "layer_idx", None)
+        if not isinstance(layer, int) or not 0 <= layer < len(self.plans):
+            raise ValueError(f"sparsa attention: module {type(module).__name__} has layer_idx {layer!r}, "
+                             f"outside the {len(self.plans)} layers sparsa.apply planned for")
+        cache = cache_for(layer, key)
+        if dropout:
+            raise ValueError(f"dropout: sparsa attention has no attention dropout (got {dropout}); "
+                             "call model.eval() or set the config's attention_dropout to 0")
+        plan = self.plans[layer]
+        scale = float(scaling) if scaling is not None else 1.0 / math.sqrt(query.shape[-1])
+        softcap = kwargs.get("softcap")
+        window = plan.window if plan.window is not None else kwargs.get("sliding_window")
+        lq, lk = query.shape[2], key.shape[2]
+        phase = "decode" if lq == 1 and lk > 1 else "prefill"
+        method = plan.prefill if phase == "prefill" else plan.decode
+        if window is not None or method is None:
+            out = self._dense(layer, phase, query, key, value, attention_mask, scale, window, softcap)
+            if phase == "prefill" and plan.stateful and window is None:
+                self._init_state(plan, cache, query, key, value, compat.padding_mask(attention_mask, lq, lk), scale)
+            return out.transpose(1, 2).contiguous(), None
+        if softcap is not None:
+            raise ValueError(f"layer {layer}: the model soft-caps attention scores (softcap={softcap}), which "
+                             f"{method.name} cannot apply; run the layer densely (layers={{{layer}: None}})")
+        padding = compat.padding_mask(attention_mask, lq, lk)
+        if phase == "prefill":
+            out = self._sparse_call(layer, phase, method, query, key, value, padding, scale)
+            if plan.stateful:
+                self._init_state(plan, cache, query, key, value, padding, scale)
+        elif isinstance(method, DecodeMethod):
+            out = self._decode_step(plan, method, cache, query, key, value, padding, scale)
+        else:
+            out = self._sparse_call(layer, phase, method, query, key, value, padding, scale)
+        return out.transpose(1, 2).contiguous(), None
+
+    # -- dense ------------------------------------------------------------------------------------
+
+    def _dense(self, layer: int, phase: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               attention_mask: torch.Tensor | None, scale: float, window: int | None,
+               softcap: float | None) -> torch.Tensor:
+        lq, lk = q.shape[2], k.shape[2]
+        mask4d = attention_mask if attention_mask is not None and attention_mask.ndim == 4 else None
+        padding = None if mask4d is not None else compat.padding_mask(attention_mask, lq, lk)
+        out = dense_attention(q, k, v, scale, padding=padding, mask4d=mask4d, window=window, softcap=softcap)
+        if padding is None:
+            q_rows, k_rows = [lq] * q.shape[0], [lk] * q.shape[0]
+        else:
+            k_rows = padding.sum(-1).tolist()
+            q_rows = padding[:, lk - lq:].sum(-1).tolist()
+        if window is not None:
+            k_rows = [min(n, window) if phase == "decode" else n for n in k_rows]
+        self.stats.record(layer, phase, _dense_stats(phase, q_rows, k_rows, q.shape[1]))
+        return out
+
+    # -- sparse -----------------------------------------------------------------------------------
+
+    def _sparse_call(self, layer: int, phase: str, method: Method, q: torch.Tensor, k: torch.Tensor,
+                     v: torch.Tensor, padding: torch.Tensor | None, scale: float) -> torch.Tensor:
+        """``method(q, k, v)`` on every row's real tokens."""
+        if padding is None:
+            out, stats = method(q, k, v, scale=scale, backend=self.backend)
+            self.stats.record(layer, phase, stats)
+            return out
+        lq, lk = q.shape[2], k.shape[2]
+        out = torch.zeros_like(q)
+        parts = []
+        for b in range(q.shape[0]):
+            real_k = padding[b]
+            real_q = real_k[lk - lq:]
+            if not bool(real_q.any()):
+                continue
+            ob, stats = method(_take(q[b:b + 1], real_q), _take(k[b:b + 1], real_k), _take(v[b:b + 1], real_k),
+                               scale=scale, backend=self.backend)
+            out[b:b + 1, :, real_q.nonzero().flatten()] = ob
+            parts.append(stats)
+        self.stats.record(layer, phase, merge_stats(parts, method.name, phase))
+        return out
+
+    # -- decode state -----------------------------------------------------------------------------
+
+    def _init_state(self, plan: LayerPlan, cache: SparsaCache | None, q: torch.Tensor, k: torch.Tensor,
+                    v: torch.Tensor, padding: torch.Tensor | None, scale: float) -> None:
+        """Build the layer's decode state from a prompt (chunk) whose keys are the whole cache."""
+        if cache is None:
+            return  # no sparsa cache: a later decode step raises a clear error
+        m = plan.decode
+        assert isinstance(m, DecodeMethod)
+        lq, lk = q.shape[2], k.shape[2]
+        if padding is None:
+            state = LayerState(m.name, lk, batched=_init_decode(m, q, k, v, scale))
+        else:
+            rows: list[Any] = []
+            for b in range(q.shape[0]):
+                real_k = padding[b]
+                real_q = real_k[lk - lq:]
+                if not bool(real_q.any()):
+                    rows.append(None)
+                    continue
+                rows.append(_init_decode(m, _take(q[b:b + 1], real_q), _take(k[b:b + 1], real_k),
+                                         _take(v[b:b + 1], real_k), scale))
+            state = LayerState(m.name, lk, rows=rows, padding=padding.clone())
+        cache.sparsa_states[plan.layer] = state
+
+    def _decode_step(self, plan: LayerPlan, m: DecodeMethod, cache: SparsaCache | None, q: torch.Tensor,
+                     k: torch.Tensor, v: torch.Tensor, padding: torch.Tensor | None, scale: float) -> torch.Tensor:
+        layer, lk = plan.layer, k.shape[2]
+        state = cache.sparsa_states.get(layer) if cache is not None else None
+        if state is None:
+            where = "the cache is not a SparsaCache" if cache is None else "the prompt was not run through it"
+            raise RuntimeError(
+                f"layer {layer}: decode method {m.name!r} needs the state built from the prompt, but {where}. "
+                "Run the prompt and the decode steps through the model while sparsa is applied, with the "
+                "cache sparsa.apply provides (generate() and model() use one when no cache is passed; "
+                "or pass cache=handle.new_cache())")
+        if state.length + 1 != lk:
+            raise RuntimeError(f"layer {layer}: the cache holds {lk} tokens but the {m.name} state was built for "
+                               f"{state.length} plus one new token; decode one token per call after the prompt")
+        qt = q[:, :, 0]
+        if state.rows is None:
+            if padding is not None:
+                raise ValueError("attention_mask: padding appeared after an unpadded prompt; pass the same "
+                                 "attention mask (extended by ones) that the prompt used")
+            out, new, read = m.decode_step(qt, k, v, state.batched, scale=scale)
+            state.batched, state.length = new, lk
+            self.stats.record(layer, "decode", decode_stats(m.name, read, lk))
+            return out[:, :, None]
+        prev = state.padding
+        if padding is None:
+            padding = torch.cat([prev, prev.new_ones(prev.shape[0], 1)], dim=1)
+        elif not torch.equal(padding[:, :-1].to(prev.device), prev):
+            raise ValueError("attention_mask: the padding of earlier tokens changed since the prompt")
+        out = torch.zeros_like(q)
+        parts = []
+        for b in range(q.shape[0]):
+            if state.rows[b] is None or not bool(padding[b, -1]):
+                continue
+            real = padding[b]
+            kb, vb = _take(k[b:b + 1], real), _take(v[b:b + 1], real)
+            ob, new, read = m.decode_step(qt[b:b + 1], kb, vb, state.rows[b], scale=scale)
+            state.rows[b] = new
+            out[b:b + 1, :, 0] = ob
+            parts.append(decode_stats(m.name, read, kb.shape[2]))
+        state.padding, state.length = padding.clone(), lk
+        self.stats.record(layer, "decode", merge_stats(parts, m.name, "decode"))
+        return out

@@ -1,0 +1,240 @@
+"""Everything that depends on the installed transformers version, in one place.
+
+The rest of :mod:`sparsa.integrations.hf` only calls the functions here. What drifts between
+versions and is absorbed here:
+
+* registration: ``AttentionInterface`` (all supported versions) and ``AttentionMaskInterface``
+  (4.53 and later; earlier versions build 4-D masks themselves, which :func:`padding_mask`
+  reads back);
+* switching a model's attention: ``model.set_attn_implementation`` where it exists, else the
+  config's ``_attn_implementation``;
+* the cache keyword of ``forward``/``generate`` (``past_key_values`` in 4.x, ``cache`` from 5.x)
+  and of model outputs;
+* ``DynamicCache``'s constructor (``config=`` from 4.56) and ``crop``'s argument.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable
+
+import torch
+
+try:
+    import transformers
+except ImportError as exc:  # pragma: no cover - exercised only without the extra installed
+    raise ImportError("sparsa.integrations.hf needs transformers: pip install 'sparsa[hf]'") from exc
+
+from packaging.version import Version
+
+#: Supported transformers versions, [MIN, MAX); keep in sync with pyproject's ``hf`` extra.
+MIN_VERSION = Version("4.53")
+MAX_VERSION = Version("6")
+TRANSFORMERS_VERSION = Version(transformers.__version__)
+
+
+def check_version(version: Version | str | None = None) -> Version:
+    """Raise ``RuntimeError`` unless the installed (or given) transformers version is supported."""
+    v = TRANSFORMERS_VERSION if version is None else Version(str(version))
+    if not (MIN_VERSION <= Version(v.base_version) < MAX_VERSION):
+        raise RuntimeError(f"transformers {v} is not supported by sparsa.apply; supported: "
+                           f">={MIN_VERSION},<{MAX_VERSION} (pip install 'sparsa[hf]')")
+    return v
+
+
+# ---------------------------------------------------------------------------------- registration
+
+def _attention_interface() -> type:
+    return transformers.AttentionInterface
+
+
+def _mask_interface() -> type | None:
+    try:
+        from transformers.masking_utils import AttentionMaskInterface
+    except ImportError:
+        return None
+    return AttentionMaskInterface
+
+
+def has_mask_interface() -> bool:
+    return _mask_interface() is not None
+
+
+def register_attention(name: str, fn: Callable[..., Any]) -> None:
+    _attention_interface().register(name, fn)
+
+
+def unregister_attention(name: str) -> None:
+    # GeneralInterface has no public removal; the class-wide mapping is where register() wrote
+    _attention_interface()._global_mapping.pop(name, None)
+
+
+def register_mask(name: str, fn: Callable[..., Any]) -> bool:
+    """Register a mask function under ``name``; False where the version has no mask interface."""
+    iface = _mask_interface()
+    if iface is None:
+        return False
+    iface.register(name, fn)
+    return True
+
+
+def unregister_mask(name: str) -> None:
+    iface = _mask_interface()
+    if iface is not None:
+        iface._global_mapping.pop(name, None)
+
+
+def is_registered(name: str) -> bool:
+    iface = _mask_interface()
+    return name in _attention_interface()._global_mapping or (iface is not None and name in iface._global_mapping)
+
+
+# ---------------------------------------------------------------------------------- model switches
+
+def text_config(model: torch.nn.Module) -> Any:
+    """The decoder's config (the model's own for text-only causal LMs)."""
+    config = model.config
+    getter = getattr(config, "get_text_config", None)
+    if getter is not None:
+        try:
+            return getter(decoder=True)
+        except TypeError:
+            return getter()
+    return config
+
+
+def get_attn_implementation(model: torch.nn.Module) -> str | None:
+    return getattr(model.config, "_attn_implementation", None)
+
+
+def set_attn_implementation(model: torch.nn.Module, name: str | None) -> None:
+    """Make every attention layer of ``model`` dispatch to the implementation ``name``."""
+    setter = getattr(model, "set_attn_implementation", None)
+    if setter is not None and name is not None:
+        setter(name)
+        if get_attn_implementation(model) == name:
+            return
+    # older versions (or a refused dynamic switch): the config attribute is what layers read
+    seen: set[int] = set()
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if config is not None and id(config) not in seen and hasattr(config, "_attn_implementation"):
+            seen.add(id(config))
+            if hasattr(config, "_attn_implementation_internal"):
+                config._attn_implementation_internal = name
+            else:
+                config._attn_implementation = name
+
+
+# ---------------------------------------------------------------------------------- caches
+
+def dynamic_cache_class() -> type:
+    from transformers.cache_utils import DynamicCache
+    return DynamicCache
+
+
+def cache_base_classes() -> tuple[type, ...]:
+    """Cache classes sparsa can keep method state next to (caches that hold every token)."""
+    return (dynamic_cache_class(),)
+
+
+def init_dynamic_cache(cache: Any, config: Any | None) -> None:
+    """Run ``DynamicCache.__init__`` on ``cache``, passing ``config`` where the version accepts it.
+
+    A config with sliding-window layers then gets window-limited layers, as transformers'
+    default cache does.
+    """
+    base = dynamic_cache_class()
+    params = inspect.signature(base.__init__).parameters
+    if config is not None and "config" in params:
+        base.__init__(cache, config=config)
+    else:
+        base.__init__(cache)
+
+
+def cache_kwarg_name(model: torch.nn.Module) -> str:
+    """The keyword ``model.forward`` takes its KV cache under."""
+    params = inspect.signature(model.forward).parameters
+    if "cache" in params:
+        return "cache"
+    return "past_key_values"
+
+
+CACHE_KWARGS = ("cache", "past_key_values")
+
+
+def find_cache_kwarg(kwargs: dict[str, Any]) -> tuple[str | None, Any]:
+    """(keyword, cache) of a cache passed by keyword, (None, None) if none was."""
+    for key in CACHE_KWARGS:
+        if kwargs.get(key) is not None:
+            return key, kwargs[key]
+    return None, None
+
+
+def output_cache(outputs: Any) -> Any:
+    """The cache a model output carries (``cache`` in 5.x, ``past_key_values`` before)."""
+    for key in CACHE_KWARGS:
+        value = outputs.get(key) if hasattr(outputs, "get") else getattr(outputs, key, None)
+        if value is not None:
+            return value
+    return None
+
+
+def generate_supports_prefill_chunk() -> bool:
+    """Whether ``generate`` accepts ``prefill_chunk_size`` (chunked prefill inside generate)."""
+    return hasattr(transformers.GenerationConfig(), "prefill_chunk_size")
+
+
+# ---------------------------------------------------------------------------------- masks
+
+def padding_mask_function(batch_size: int, q_length: int, kv_length: int, q_offset: Any = 0, kv_offset: int = 0,
+                          mask_function: Any = None, attention_mask: torch.Tensor | None = None,
+                          **kwargs: Any) -> torch.Tensor | None:
+    """The mask function registered next to sparsa's attention.
+
+    sparsa's methods apply causality themselves (queries are the last ``q_length`` positions of
+    the keys) and a sliding window is taken from the layer, so all the attention function
+    needs is which keys are real tokens: a (batch, kv_length) bool tensor, or None when every
+    key is real. A 4-D mask handed in by the caller is passed through unchanged.
+    """
+    if attention_mask is None:
+        return None
+    if attention_mask.ndim != 2:
+        return attention_mask
+    mask = attention_mask.to(torch.bool)
+    need = int(kv_length) + int(kv_offset)
+    if mask.shape[-1] < need:
+        mask = torch.nn.functional.pad(mask, (0, need - mask.shape[-1]))
+    mask = mask[:, int(kv_offset):int(kv_offset) + int(kv_length)]
+    if bool(mask.all()):
+        return None
+    return mask
+
+
+def padding_mask(attention_mask: torch.Tensor | None, q_len: int, kv_len: int) -> torch.Tensor | None:
+    """(batch, kv_len) bool of real keys from what the attention function received.
+
+    Accepts None, the 2-D mask of :func:`padding_mask_function`, or a 4-D mask (bool: True =
+    attend; float: 0 = attend) as versions without a mask interface build it; a 4-D mask is
+    read on its last query row, which causality lets see every earlier real token.
+    """
+    if attention_mask is None:
+        return None
+    if attention_mask.ndim == 2:
+        mask = attention_mask.to(torch.bool)
+        if mask.shape[-1] != kv_len:
+            mask = mask[:, -kv_len:] if mask.shape[-1] > kv_len else torch.nn.functional.pad(
+                mask, (0, kv_len - mask.shape[-1]), value=True)
+        return None if bool(mask.all()) else mask
+    if attention_mask.ndim == 4:
+        row = attention_mask[:, 0, -1, :kv_len]
+        mask = row if row.dtype == torch.bool else row == 0
+        return None if bool(mask.all()) else mask
+    raise ValueError(f"attention_mask: expected a 2-D padding mask or a 4-D mask, got shape "
+                     f"{tuple(attention_mask.shape)}")
+
+
+def mask_allows(attention_mask: torch.Tensor) -> torch.Tensor:
+    """A 4-D mask (bool, or additive float) as a bool tensor, True = attend."""
+    if attention_mask.dtype == torch.bool:
+        return attention_mask
+    return attention_mask == 0

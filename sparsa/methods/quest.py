@@ -1,0 +1,169 @@
+"""Quest: query-aware page selection for decoding (Tang et al., 2024)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .._validation import check_int, check_qkv
+from ..ops.dense.reference import causal_mask_fn, masked_attention, query_positions
+from ..ops.sparse_decode import pages_to_tokens, sparse_decode_ref
+from ._scores import count_positions, page_bounds, page_scores, per_query_head
+from .base import AttentionStats, DecodeMethod, decode_stats, solve_budget
+from .registry import register
+
+PAGE_SIZE_DEFAULT = 16
+BUDGET_DEFAULT = 4096
+
+
+def quest_reads(context_len: int, page_size: int, pages: int | None) -> int:
+    """Token-equivalents one step at position ``context_len - 1`` reads.
+
+    Selected pages, plus the current page up to the query, plus one token-equivalent per
+    scored page (its key min and max) when there are more candidate pages than ``pages``; a
+    step that can read every earlier page reads the context and no metadata.
+    """
+    p = context_len - 1
+    current = p // page_size
+    if pages is None or current <= pages:
+        return context_len
+    return pages * page_size + (p - current * page_size + 1) + current
+
+
+@dataclass
+class QuestState:
+    """Decode state: the resolved page size and pages per step (None = every page)."""
+
+    page_size: int
+    pages: int | None
+
+
+@register
+@dataclass
+class Quest(DecodeMethod):
+    """Each step reads the pages its own query scores highest, plus its current page.
+
+    The cache is cut into pages of ``page_size`` consecutive tokens; each complete page keeps
+    the per-channel min and max of its keys. A query at position ``p`` scores every page fully
+    before its current page by ``Σ_d max(q_d·kmax_d, q_d·kmin_d)`` (an upper bound on ``q·k``
+    inside the page), summed over the KV head's query group, reads the ``budget // page_size``
+    best pages and its current page (causally). Nothing is evicted.
+
+    Cost per step: selected tokens + current page + one token-equivalent per scored page (the
+    min/max pair), e.g. about 4096 + 4096 at 64K with the defaults (``page_size=16``,
+    ``budget=4096``, the paper's).
+
+    ``compression = c`` with ``budget`` unset picks the page count whose reads, metadata
+    included, are closest to ``context / c``. When even one page would read too much (the
+    metadata alone of 16-token pages is 1/16 of the context), an unset ``page_size`` doubles
+    until the target is reachable. ``compression=1`` reads every page (dense attention).
+    """
+
+    name = "quest"
+    paper = "Tang et al., Quest: Query-Aware Sparsity for Efficient Long-Context LLM Inference, ICML 2024"
+
+    page_size: int | None = None
+    budget: int | None = None
+
+    def validate(self) -> None:
+        if self.page_size is not None:
+            check_int("page_size", self.page_size, minimum=1)
+        if self.budget is not None:
+            ps = PAGE_SIZE_DEFAULT if self.page_size is None else self.page_size
+            check_int("budget", self.budget, minimum=0)
+            if self.budget < ps:
+                raise ValueError(f"budget: must be >= page_size ({ps}) to select at least one page "
+                                 f"besides the current one, got {self.budget}")
+
+    def resolve(self, context_len: int) -> tuple[int, int | None]:
+        """(page_size, pages selected per step; None = all) for a context of ``context_len``."""
+        if self.budget is not None or self.compression is None:
+            ps = PAGE_SIZE_DEFAULT if self.page_size is None else self.page_size
+            return ps, (BUDGET_DEFAULT if self.budget is None else self.budget) // ps
+        if self.compression == 1.0:
+            return PAGE_SIZE_DEFAULT if self.page_size is None else self.page_size, None
+        target = context_len / self.compression
+        if self.page_size is not None:
+            ps = self.page_size
+        else:
+            sizes = [PAGE_SIZE_DEFAULT]
+            while sizes[-1] * 2 <= max(PAGE_SIZE_DEFAULT, context_len):
+                sizes.append(sizes[-1] * 2)
+            fits = [s for s in sizes if quest_reads(context_len, s, 1) <= target]
+            ps = fits[0] if fits else min(sizes, key=lambda s: quest_reads(context_len, s, 1))
+        current = (context_len - 1) // ps
+        if current <= 1:
+            return ps, None
+        pages = solve_budget(lambda n: quest_reads(context_len, ps, n), target, 1, current)
+        return ps, (None if pages >= current else pages)
+
+    def decode_tokens(self, context_len: int) -> int:
+        return quest_reads(context_len, *self.resolve(context_len))
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float,
+                backend: str | None) -> tuple[torch.Tensor, AttentionStats]:
+        b, h, lq, _ = q.shape
+        hkv, lk = k.shape[1], k.shape[2]
+        ps, pages = self.resolve(lk)
+        n_pages = (lk - 1) // ps                      # pages before the last row's current page
+        last: dict[str, torch.Tensor] = {}
+        if pages is None or n_pages <= pages:
+            mask_fn = causal_mask_fn(lq, lk, q.device)
+        else:
+            kmin, kmax = page_bounds(k, ps, n_pages)
+            cols = torch.arange(lk, device=q.device)
+            page_ids = torch.arange(n_pages, device=q.device)
+
+            def mask_fn(s: int, e: int) -> torch.Tensor:
+                pos = query_positions(lq, lk, s, e, q.device)
+                current = pos // ps
+                cand = page_ids[None, :] < current[:, None]                       # (cq, n_pages)
+                sc = page_scores(q[:, :, s:e], kmin, kmax).masked_fill(~cand, float("-inf"))
+                top = torch.zeros_like(sc, dtype=torch.bool)
+                top.scatter_(-1, sc.topk(pages, dim=-1).indices, True)
+                sel = (top & cand).repeat_interleave(ps, dim=-1)                  # (B, Hkv, cq, n_pages*ps)
+                m = torch.zeros(b, hkv, e - s, lk, dtype=torch.bool, device=q.device)
+                m[..., :n_pages * ps] = sel
+                m |= ((cols[None, :] >= (current * ps)[:, None]) & (cols[None, :] <= pos[:, None]))[None, None]
+                if e == lq:
+                    last["read"] = m[:, :, -1].sum(-1).double().cpu()
+                return m
+
+        out, _ = masked_attention(q, k, v, mask_fn, scale=scale)
+        if "read" in last:
+            read = last["read"] + (lk - 1) // ps        # one token-equivalent per scored page
+        else:
+            read = torch.full((b, hkv), float(lk), dtype=torch.float64)
+        return out, decode_stats(self.name, per_query_head(read, h), lk, page_size=ps,
+                                 budget=None if pages is None else pages * ps)
+
+    def init_decode(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
+                    scale: float | None = None) -> QuestState:
+        """Nothing is evicted; page budgets are resolved for the prompt length k.shape[2]."""
+        check_qkv(q, k, v)
+        return QuestState(*self.resolve(k.shape[2]))
+
+    def select(self, q: torch.Tensor, k: torch.Tensor, state: QuestState) -> torch.Tensor:
+        """Selected pages' tokens then the current page's, (B, Hkv, n); q (B, H, D)."""
+        b, hkv, s_len, _ = k.shape
+        ps, pages = state.page_size, state.pages
+        current = (s_len - 1) // ps
+        if pages is None or current <= pages:
+            return torch.arange(s_len, device=k.device).expand(b, hkv, s_len)
+        kmin, kmax = page_bounds(k, ps, current)
+        sc = page_scores(q[:, :, None], kmin, kmax)[:, :, 0]                   # (B, Hkv, current)
+        top = sc.topk(pages, dim=-1).indices.sort(dim=-1).values
+        tail = torch.arange(current * ps, s_len, device=k.device).expand(b, hkv, -1)
+        return torch.cat([pages_to_tokens(top, ps, s_len), tail], dim=-1)
+
+    def decode_step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: QuestState, *,
+                    scale: float | None = None) -> tuple[torch.Tensor, QuestState, torch.Tensor]:
+        """q: (B, H, D); k, v: (B, Hkv, S, D) whose last entry is the new token.
+
+        tokens read counts the page metadata (one token-equivalent per scored page).
+        """
+        idx = self.select(q, k, state)
+        out = sparse_decode_ref(q, k, v, idx, scale=scale)
+        current = (k.shape[2] - 1) // state.page_size
+        meta = 0 if state.pages is None or current <= state.pages else current
+        return out, state, per_query_head(count_positions(idx) + meta, q.shape[1])

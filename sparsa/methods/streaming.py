@@ -1,0 +1,166 @@
+"""A-shape / StreamingLLM: attention sinks plus a local window, in prefill and decode."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .._validation import check_int, check_scale
+from ..ops.dense.reference import causal_pairs, masked_attention, query_positions
+from ..ops.sparse_decode import sparse_decode_ref
+from .base import AttentionStats, DecodeMethod, decode_stats, prefill_stats, solve_budget
+from .registry import register
+
+MODES = ("decode", "prefill")
+
+
+def visible_tokens(positions: torch.Tensor, sink: int, window: int) -> torch.Tensor:
+    """Tokens a query at each position reads: |[0, sink) ∪ (p - window, p]|, int64 like ``positions``."""
+    seen = positions + 1
+    sinks = seen.clamp(max=sink)
+    recent = seen.clamp(max=window)
+    # sinks that also fall inside the window are counted once
+    overlap = (sinks - (positions - window + 1).clamp_min(0)).clamp_min(0)
+    return sinks + recent - overlap
+
+
+@dataclass
+class StreamingState:
+    """Decode state: what the cache keeps for the next step.
+
+    ``positions`` (batch, kv_heads, n) int64: kept token positions, ascending, -1 padded;
+    ``length``: tokens written so far (the next token lands at this position);
+    ``sink``/``window``: the budget resolved when the prompt was seen.
+    """
+
+    positions: torch.Tensor
+    length: int
+    sink: int
+    window: int
+
+
+@register
+@dataclass
+class Streaming(DecodeMethod):
+    """Each query at position ``p`` reads the first ``sink`` tokens and ``(p - window, p]``.
+
+    In decode the cache keeps exactly those tokens (``sink + window - 1`` plus the new one)
+    and evicts the rest. ``window`` counts the query's own token, so the default (4, 1020)
+    is a 1024-token cache.
+
+    ``mode`` says how ``compression`` is read and which stats :meth:`forward` reports:
+
+    * ``"decode"`` (default): forward simulates decode steps, one per query row; the target is
+      context / tokens read by one step, so ``sink + window = kv_len / compression`` and the
+      stats describe the last row (:func:`decode_stats`);
+    * ``"prefill"``: the target is dense causal pairs / pairs computed over all rows; the window
+      is solved for it and the stats count pairs (:func:`prefill_stats`).
+
+    The decode API (``init_decode``/``decode_step``) always uses the decode reading, resolved
+    against the prompt length.
+    """
+
+    name = "streaming"
+    phase = "both"
+    paper = "Xiao et al., Efficient Streaming Language Models with Attention Sinks, 2023"
+
+    sink: int = 4
+    window: int | None = None
+    mode: str = "decode"
+
+    def validate(self) -> None:
+        check_int("sink", self.sink, minimum=0)
+        if self.window is not None:
+            # the query's own token is always read
+            check_int("window", self.window, minimum=1)
+        if self.mode not in MODES:
+            raise ValueError(f"mode: must be one of {MODES}, got {self.mode!r}")
+
+    # ------------------------------------------------------------------ budget
+
+    def resolve_window(self, context_len: int, q_len: int | None = None) -> int:
+        """Window used for a context of ``context_len`` tokens.
+
+        ``q_len`` (prefill mode only) is the number of query rows the pairs are counted over.
+        """
+        if self.window is not None:
+            return self.window
+        if self.compression is None:
+            return 1020
+        if self.mode == "prefill" and q_len is not None:
+            target = causal_pairs(q_len, context_len) / self.compression
+            rows = query_positions(q_len, context_len)
+            return solve_budget(lambda w: float(visible_tokens(rows, self.sink, w).sum()), target, 1, context_len)
+        return max(1, round(context_len / self.compression) - self.sink)
+
+    def decode_tokens(self, context_len: int) -> int:
+        """Tokens one decode step reads when the context (new token included) is ``context_len``."""
+        return min(context_len, self.sink + self.resolve_window(context_len))
+
+    # ------------------------------------------------------------------ prefill / simulation
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float,
+                backend: str | None) -> tuple[torch.Tensor, AttentionStats]:
+        lq, lk = q.shape[2], k.shape[2]
+        window = self.resolve_window(lk, lq)
+        sink = self.sink
+        cols = torch.arange(lk, device=q.device)
+
+        def mask_fn(s: int, e: int) -> torch.Tensor:
+            pos = query_positions(lq, lk, s, e, q.device)[:, None]
+            m = (cols[None, :] <= pos) & ((cols[None, :] < sink) | (cols[None, :] > pos - window))
+            return m[None, None]
+
+        out, pairs = masked_attention(q, k, v, mask_fn, scale=scale)
+        if self.mode == "prefill":
+            return out, prefill_stats(self.name, pairs, lq, lk, sink=sink, window=window)
+        read = visible_tokens(torch.tensor(lk - 1), sink, window).item()
+        tokens = torch.full(pairs.shape, float(read), dtype=torch.float64)
+        return out, decode_stats(self.name, tokens, lk, sink=sink, window=window)
+
+    # ------------------------------------------------------------------ decode API
+
+    @staticmethod
+    def _kept(length: int, sink: int, window: int, batch: int, kv_heads: int,
+              device: torch.device | str) -> torch.Tensor:
+        """Positions kept after ``length`` tokens: sinks and the last ``window - 1`` tokens."""
+        tail_start = max(min(sink, length), length - (window - 1))
+        pos = torch.cat([torch.arange(min(sink, length), device=device),
+                         torch.arange(tail_start, length, device=device)])
+        return pos.expand(batch, kv_heads, -1).clone()
+
+    def init_decode(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> StreamingState:
+        """Prompt q (B, H, P, D), k/v (B, Hkv, P, D) -> state; the budget is resolved against P."""
+        b, hkv, p = k.shape[0], k.shape[1], k.shape[2]
+        window = self.resolve_window(p)
+        return StreamingState(self._kept(p, self.sink, window, b, hkv, k.device), p, self.sink, window)
+
+    def select(self, q: torch.Tensor, k: torch.Tensor, state: StreamingState) -> torch.Tensor:
+        """Positions (B, Hkv, n) read by the step whose new token is ``k``'s last entry."""
+        length = k.shape[2]
+        if length != state.length + 1:
+            raise ValueError(f"k: the cache must hold the {state.length} tokens seen so far plus the new one, "
+                             f"got {length}")
+        new = torch.full((*state.positions.shape[:2], 1), length - 1, dtype=torch.int64, device=k.device)
+        return torch.cat([state.positions.to(k.device), new], dim=-1)
+
+    def decode_step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: StreamingState, *,
+                    scale: float | None = None) -> tuple[torch.Tensor, StreamingState, torch.Tensor]:
+        """One step: q (B, H, D), k/v (B, Hkv, S, D) with the new token last.
+
+        Returns (out (B, H, D), state after evicting the token that left the window,
+        tokens read (B, H) float64).
+        """
+        positions = self.select(q, k, state)
+        out = sparse_decode_ref(q, k, v, positions, scale=check_scale(scale, q.shape[-1]))
+        length = k.shape[2]
+        # keep sinks and the tokens still inside the next step's window
+        keep = (positions >= 0) & ((positions < state.sink) | (positions > length - state.window))
+        width = int(keep.sum(-1).max())
+        key = torch.where(keep, positions, torch.full_like(positions, length))
+        kept, _ = key.sort(dim=-1)
+        kept = kept[..., :width]
+        kept = torch.where(kept == length, torch.full_like(kept, -1), kept)
+        read = (positions >= 0).sum(-1).double()
+        group = q.shape[1] // k.shape[1]
+        return out, StreamingState(kept, length, state.sink, state.window), read.repeat_interleave(group, dim=1)

@@ -1,0 +1,129 @@
+"""MInference's Vertical-Slash prefill pattern (Jiang et al., 2024)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .._validation import check_int, check_qkv, check_scale
+from ..ops.dense.reference import causal_pairs
+from ..ops.vertical_slash import vertical_slash_attention
+from ._estimate import last_q_line_mass, line_pairs, ranks, selection_order, take_prefix
+from .base import AttentionStats, Method, prefill_stats, solve_budget
+from .registry import register
+
+VERTICAL_DEFAULT = 1000
+SLASH_DEFAULT = 6096
+
+
+@register
+@dataclass
+class VerticalSlash(Method):
+    """Each head attends to a few key columns ("vertical") and a few diagonals ("slash").
+
+    Planning, per query head: the last ``last_q`` queries attend causally over all keys;
+    summing those probabilities down each key column ranks the columns, summing along each
+    diagonal (offset = query position - key position) ranks the diagonals. The first
+    ``init_tokens`` columns and the ``local_diagonals`` nearest diagonals (offset 0 = the
+    query itself) are always kept and count toward the budgets; the heaviest other lines fill
+    ``vertical`` columns and ``slash`` diagonals. Attention then covers exactly the union of
+    those columns and diagonals (causally). Budgets are clamped to ``kv_len``.
+
+    Defaults are MInference's: ``vertical=1000``, ``slash=6096``, ``last_q=64``; its
+    planner always keeps the first 30 columns and the last 100 diagonals.
+
+    ``compression``: when set and ``vertical``/``slash`` are unset, both budgets scale
+    together at the 1000:6096 ratio (never below the forced lines) and the scale is searched
+    on the exact pair count of the chosen lines, summed over batch and heads, so the achieved
+    compression is the closest reachable to the target. An explicit budget stays fixed and
+    only the other one is searched. With the forced lines alone at ``kv_len`` 4096 the
+    compression is about 16, so higher targets saturate there at short contexts.
+    ``compression=1`` keeps every line (dense attention).
+
+    ``stats.info`` holds ``vertical`` and ``slash`` (the budgets used, forced lines
+    included), ``last_q`` (estimate rows used) and the forced counts.
+    """
+
+    name = "vertical_slash"
+    paper = "Jiang et al., MInference 1.0, NeurIPS 2024"
+
+    vertical: int | None = None
+    slash: int | None = None
+    last_q: int = 64
+    init_tokens: int = 30
+    local_diagonals: int = 100
+
+    def validate(self) -> None:
+        check_int("last_q", self.last_q, minimum=1)
+        check_int("init_tokens", self.init_tokens, minimum=0)
+        check_int("local_diagonals", self.local_diagonals, minimum=1)
+        if self.vertical is not None:
+            check_int("vertical", self.vertical, minimum=0)
+            if self.vertical < self.init_tokens:
+                raise ValueError(f"vertical: must be >= init_tokens ({self.init_tokens}), the always-kept "
+                                 f"first columns count toward it; got {self.vertical}")
+        if self.slash is not None:
+            check_int("slash", self.slash, minimum=0)
+            if self.slash < self.local_diagonals:
+                raise ValueError(f"slash: must be >= local_diagonals ({self.local_diagonals}), the always-kept "
+                                 f"recent diagonals count toward it; got {self.slash}")
+
+    def _budgets(self, v_order: torch.Tensor, s_order: torch.Tensor, q_len: int, kv_len: int) -> tuple[int, int]:
+        """(vertical, slash) budgets for this call, forced lines included, each <= kv_len."""
+        init = min(self.init_tokens, kv_len)
+        local = min(self.local_diagonals, kv_len)
+        fixed_v = None if self.vertical is None else min(self.vertical, kv_len)
+        fixed_s = None if self.slash is None else min(self.slash, kv_len)
+        if self.compression is None or (fixed_v is not None and fixed_s is not None):
+            return (min(VERTICAL_DEFAULT, kv_len) if fixed_v is None else fixed_v,
+                    min(SLASH_DEFAULT, kv_len) if fixed_s is None else fixed_s)
+        if self.compression == 1.0 and fixed_v is None and fixed_s is None:
+            return kv_len, kv_len
+
+        def budgets(t: int) -> tuple[int, int]:
+            nv = fixed_v if fixed_v is not None else min(kv_len, max(init, round(t * VERTICAL_DEFAULT / SLASH_DEFAULT)))
+            ns = fixed_s if fixed_s is not None else min(kv_len, max(local, t))
+            return nv, ns
+
+        v_rank, s_rank = ranks(v_order), ranks(s_order)
+
+        def count(t: int) -> float:
+            nv, ns = budgets(t)
+            return float(line_pairs(v_rank < nv, s_rank < ns, q_len, kv_len).sum())
+
+        target = causal_pairs(q_len, kv_len) * v_order.shape[0] * v_order.shape[1] / self.compression
+        # t is the slash budget; its range lets the vertical budget alone reach kv_len too
+        hi = math.ceil(kv_len * SLASH_DEFAULT / VERTICAL_DEFAULT)
+        return budgets(solve_budget(count, target, 0, hi))
+
+    def _plan(self, q: torch.Tensor, k: torch.Tensor,
+              scale: float) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+        lq, lk = q.shape[2], k.shape[2]
+        col_mass, diag_mass = last_q_line_mass(q, k, scale, self.last_q)
+        init = min(self.init_tokens, lk)
+        local = min(self.local_diagonals, lk)
+        v_order = selection_order(col_mass, init)
+        s_order = selection_order(diag_mass, local)
+        nv, ns = self._budgets(v_order, s_order, lq, lk)
+        info = {"vertical": nv, "slash": ns, "last_q": min(self.last_q, lq), "init_tokens": init,
+                "local_diagonals": local}
+        return take_prefix(v_order, nv), take_prefix(s_order, ns), info
+
+    def plan(self, q: torch.Tensor, k: torch.Tensor, scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Choose the lines of every query head.
+
+        q: (B, H, q_len, D); k: (B, Hkv, kv_len, D). Returns ``(vertical_indices,
+        slash_indices)``, int32 (B, H, n_vertical) absolute key columns and (B, H, n_slash)
+        diagonal offsets, each row sorted ascending with -1 padding at the end.
+        """
+        check_qkv(q, k, k)
+        vi, si, _ = self._plan(q, k, check_scale(scale, q.shape[-1]))
+        return vi, si
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float,
+                backend: str | None) -> tuple[torch.Tensor, AttentionStats]:
+        vi, si, info = self._plan(q, k, scale)
+        out, pairs = vertical_slash_attention(q, k, v, vi, si, scale=scale, backend=backend)
+        return out, prefill_stats(self.name, pairs, q.shape[2], k.shape[2], **info)

@@ -1,0 +1,258 @@
+"""Triton forward kernel of block-sparse prefill attention.
+
+One program computes one query block for one query head, or, when the block lists are shared
+by a KV head's query group (``heads_x == kv_heads``), for several heads of the group at once:
+their rows are stacked along the tile's M dimension (``heads_per_program * block_q <= 128``
+rows) so each key/value tile is loaded once for all of them. The program walks exactly the
+listed key blocks of its row (a per-row count is computed beforehand), with a
+FlashAttention-2 style online softmax in float32. Only the key blocks that reach past the
+first row's position (the diagonal blocks, and a partial last block) are masked causally:
+the sorted list is split into a prefix that every row sees whole and a masked suffix.
+
+Layout is SDPA's: q (batch, heads, q_len, head_dim), k/v (batch, kv_heads, kv_len, head_dim);
+queries are the last ``q_len`` positions (bottom-right aligned). Inputs may have any strides;
+a tensor whose last dimension is not contiguous is copied once with ``.contiguous()``.
+
+Supported: head_dim 64 or 128; float16 and bfloat16 (float32 too, with exact "ieee" dot
+products: slow on a GPU, meant for checks); block sizes 16, 32, 64 or 128. CUDA tensors, or CPU
+tensors under ``TRITON_INTERPRET=1`` (the Triton interpreter, for tests).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..._validation import check_qkv, check_scale
+from ...backend import triton_interpreted
+from .geometry import tile_pairs
+from .indices import check_block_indices, num_blocks
+
+HEAD_DIMS = (64, 128)
+KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+BLOCK_SIZES = (16, 32, 64, 128)
+MAX_TILE_ROWS = 128
+LOG2E = 1.4426950408889634
+
+
+def check_kernel_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[int, int, int, int, int, int]:
+    """Validate q/k/v for a Triton attention kernel; returns check_qkv's shape tuple."""
+    dims = check_qkv(q, k, v)
+    if q.dtype not in KERNEL_DTYPES:
+        raise TypeError(f"q: the Triton kernel takes float16, bfloat16 or float32, got {q.dtype}")
+    if dims[5] not in HEAD_DIMS:
+        raise ValueError(f"q: the Triton kernel supports head_dim in {HEAD_DIMS}, got {dims[5]}")
+    if q.device.type != "cuda" and not triton_interpreted():
+        raise ValueError(f"q: the Triton kernel needs CUDA tensors (got {q.device}); "
+                         "set TRITON_INTERPRET=1 to run it on the CPU, or use backend='reference'")
+    return dims
+
+
+def last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
+    """``x`` itself when its last dimension has stride 1, else a contiguous copy."""
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def heads_per_program(heads: int, heads_x: int, kv_heads: int, block_q: int) -> int:
+    """Query heads stacked in one program: 1 for per-head lists, else the largest divisor of
+    the group size whose stacked rows fit ``MAX_TILE_ROWS``."""
+    group = heads // kv_heads
+    if heads_x == heads or group == 1:
+        return 1
+    best = 1
+    for g in range(1, group + 1):
+        if group % g == 0 and g * block_q <= MAX_TILE_ROWS:
+            best = g
+    return best
+
+
+def block_counts(block_indices: torch.Tensor, q_len: int, kv_len: int, block_q: int,
+                 block_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row counts of listed key blocks: (fully visible prefix, causally visible).
+
+    block_indices: (B, Hx, NQ, max_blocks), sorted, -1 padded. Returns two int32 tensors of
+    shape (B, Hx, NQ): the number of leading entries every row of the query block sees whole
+    (no mask needed), and the number of entries any row of the block can see.
+    """
+    nq = block_indices.shape[2]
+    idx = block_indices.to(torch.int64)
+    first = torch.arange(nq, device=idx.device) * block_q + (kv_len - q_len)      # first row's position
+    last = torch.clamp(first + block_q - 1, max=kv_len - 1)                         # last valid row's position
+    valid = idx >= 0
+    n_all = (valid & (idx * block_k <= last[:, None])).sum(-1, dtype=torch.int32)
+    n_full = (valid & ((idx + 1) * block_k - 1 <= first[:, None])).sum(-1, dtype=torch.int32)
+    return n_full, n_all
+
+
+def block_sparse_pairs(block_indices: torch.Tensor, heads: int, q_len: int, kv_len: int, block_q: int,
+                       block_k: int) -> torch.Tensor:
+    """Causal query-key pairs attended per (batch, query head), float64, from the index lists.
+
+    block_indices: (B, Hx, NQ, max_blocks) with Hx = heads or kv_heads (shared by a group;
+    every head of the group then attends the same pairs). Cost: one gather of the index tensor.
+    """
+    b, hx, nq, width = block_indices.shape
+    tiles = tile_pairs(q_len, kv_len, block_q, block_k, block_indices.device)     # (NQ, NK)
+    idx = block_indices.to(torch.int64)
+    rows = torch.arange(nq, device=idx.device)[:, None].expand(nq, width)
+    per = tiles[rows, idx.clamp_min(0)]                                            # (B, Hx, NQ, W)
+    total = torch.where(idx >= 0, per, torch.zeros_like(per)).sum(dim=(-1, -2)).to(torch.float64)
+    if hx != heads:
+        total = total.repeat_interleave(heads // hx, dim=1)
+    return total
+
+
+@triton.jit
+def _block_sparse_fwd_kernel(
+    Q, K, V, O, IDX, N_FULL, N_ALL,
+    stride_qb, stride_qh, stride_qm,
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
+    stride_ob, stride_oh, stride_om,
+    stride_ib, stride_ih, stride_iq,
+    stride_cb, stride_ch,
+    q_len, kv_len, n_qblocks, heads, qk_scale,
+    GROUP: tl.constexpr, HX_DIV: tl.constexpr, HPP: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, DOT_F32: tl.constexpr,
+):
+    BLOCK_M: tl.constexpr = HPP * BLOCK_Q
+    # heaviest query blocks (the last ones, which see the most keys) are scheduled first
+    qb = n_qblocks - 1 - tl.program_id(0)
+    pid = tl.program_id(1)
+    progs_per_batch = heads // HPP
+    b = (pid // progs_per_batch).to(tl.int64)
+    h0 = (pid % progs_per_batch) * HPP
+    hkv = (h0 // GROUP).to(tl.int64)
+    hx = h0 // HX_DIV
+
+    r = tl.arange(0, BLOCK_M)
+    row = qb * BLOCK_Q + (r % BLOCK_Q)
+    head = (h0 + r // BLOCK_Q).to(tl.int64)
+    d = tl.arange(0, HEAD_DIM)
+    n = tl.arange(0, BLOCK_N)
+    row_ok = row < q_len
+    pos = kv_len - q_len + row
+
+    q_ptrs = Q + b * stride_qb + head[:, None] * stride_qh + row[:, None] * stride_qm + d[None, :]
+    q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)
+    if DOT_F32:
+        q = q.to(tl.float32)
+    k_base = K + b * stride_kb + hkv * stride_kh
+    v_base = V + b * stride_vb + hkv * stride_vh
+    idx_row = IDX + b * stride_ib + hx * stride_ih + qb * stride_iq
+    cnt_off = b * stride_cb + hx * stride_ch + qb
+    n_full = tl.load(N_FULL + cnt_off)
+    n_all = tl.load(N_ALL + cnt_off)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+
+    # key blocks every row sees whole: no mask
+    for i in range(0, n_full):
+        kb = tl.load(idx_row + i)
+        kpos = kb * BLOCK_N + n
+        k = tl.load(k_base + kpos[:, None] * stride_kn + d[None, :])
+        s = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=DOT_PRECISION) * qk_scale
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_base + kpos[:, None] * stride_vn + d[None, :])
+        acc = acc * alpha[:, None]
+        acc = tl.dot(p.to(v.dtype).to(q.dtype), v.to(q.dtype), acc, input_precision=DOT_PRECISION)
+        m_i = m_new
+
+    # blocks reaching past the first row's position: causal mask (covers keys >= kv_len too)
+    for i in range(n_full, n_all):
+        kb = tl.load(idx_row + i)
+        kpos = kb * BLOCK_N + n
+        k_ok = kpos < kv_len
+        k = tl.load(k_base + kpos[:, None] * stride_kn + d[None, :], mask=k_ok[:, None], other=0.0)
+        s = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=DOT_PRECISION) * qk_scale
+        visible = (kpos[None, :] <= pos[:, None]) & k_ok[None, :]
+        s = tl.where(visible, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_use)
+        p = tl.exp2(s - m_use[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_base + kpos[:, None] * stride_vn + d[None, :], mask=k_ok[:, None], other=0.0)
+        acc = acc * alpha[:, None]
+        acc = tl.dot(p.to(v.dtype).to(q.dtype), v.to(q.dtype), acc, input_precision=DOT_PRECISION)
+        m_i = m_new
+
+    out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
+    o_ptrs = O + b * stride_ob + head[:, None] * stride_oh + row[:, None] * stride_om + d[None, :]
+    tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=row_ok[:, None])
+
+
+def _launch_config(block_m: int, block_n: int, head_dim: int) -> tuple[int, int]:
+    """(num_warps, num_stages) for a tile shape."""
+    num_warps = 8 if block_m >= 128 else 4
+    num_stages = 3 if head_dim <= 64 or block_n <= 64 else 2
+    return num_warps, num_stages
+
+
+def block_sparse_attention_triton(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    block_indices: torch.Tensor,
+    *,
+    block_q: int = 64,
+    block_k: int = 64,
+    scale: float | None = None,
+    check_indices: bool = True,
+    num_warps: int | None = None,
+    num_stages: int | None = None,
+) -> torch.Tensor:
+    """Block-sparse causal attention with the Triton kernel.
+
+    q: (batch, heads, q_len, head_dim); k, v: (batch, kv_heads, kv_len, head_dim);
+    block_indices: (batch, heads or kv_heads, ceil(q_len / block_q), max_blocks), rows sorted
+    ascending, -1 padded (see :mod:`sparsa.ops.block_sparse.indices`).
+    ``check_indices=False`` skips the index validation (it reads the indices back to the host).
+    Returns the output, shape and dtype of q; rows that see no key are zeros.
+    """
+    b, h, hkv, lq, lk, d = check_kernel_inputs(q, k, v)
+    if block_q not in BLOCK_SIZES:
+        raise ValueError(f"block_q: the Triton kernel supports {BLOCK_SIZES}, got {block_q}")
+    if block_k not in BLOCK_SIZES:
+        raise ValueError(f"block_k: the Triton kernel supports {BLOCK_SIZES}, got {block_k}")
+    if check_indices:
+        check_block_indices(block_indices, batch=b, heads=h, kv_heads=hkv, q_len=lq, kv_len=lk,
+                            block_q=block_q, block_k=block_k)
+    if block_indices.device != q.device:
+        raise ValueError(f"block_indices: device must match q ({q.device}), got {block_indices.device}")
+    sm_scale = check_scale(scale, d)
+    q, k, v = last_dim_contiguous(q), last_dim_contiguous(k), last_dim_contiguous(v)
+    idx = block_indices.to(torch.int32).contiguous()
+    hx = idx.shape[1]
+    nq = num_blocks(lq, block_q)
+    n_full, n_all = block_counts(idx, lq, lk, block_q, block_k)
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    hpp = heads_per_program(h, hx, hkv, block_q)
+    warps, stages = _launch_config(hpp * block_q, block_k, d)
+    grid = (nq, b * (h // hpp))
+    _block_sparse_fwd_kernel[grid](
+        q, k, v, out, idx, n_full, n_all,
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        out.stride(0), out.stride(1), out.stride(2),
+        idx.stride(0), idx.stride(1), idx.stride(2),
+        n_full.stride(0), n_full.stride(1),
+        lq, lk, nq, h, sm_scale * LOG2E,
+        GROUP=h // hkv, HX_DIV=h // hx, HPP=hpp,
+        BLOCK_Q=block_q, BLOCK_N=block_k, HEAD_DIM=d,
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        DOT_F32=triton_interpreted() and q.dtype == torch.bfloat16,
+        num_warps=num_warps or warps, num_stages=num_stages or stages,
+    )
+    return out
+
+
+__all__ = ["block_counts", "block_sparse_attention_triton", "block_sparse_pairs", "check_kernel_inputs",
+           "heads_per_program"]

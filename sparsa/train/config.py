@@ -1,0 +1,194 @@
+"""Training recipe: dataclasses and TOML/JSON loading.
+
+A recipe file has top-level keys (``name``, ``seed``, ``steps``, ...) and the tables
+``[model]``, ``[data]``, ``[optim]``, ``[eval]`` and ``[card]``; every key is optional
+(defaults below) and an unknown key is an error. ``recipes/sparsa-tiny.toml`` is the recipe
+of the shipped model.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class ModelConfig:
+    """Llama-architecture decoder (RMSNorm, RoPE, SwiGLU, grouped-query attention)."""
+
+    hidden_size: int = 256
+    num_layers: int = 8
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    head_dim: int = 64
+    intermediate_size: int = 768
+    rope_theta: float = 500_000.0
+    max_position_embeddings: int = 32768
+    tie_embeddings: bool = True
+    rms_norm_eps: float = 1e-5
+    init_std: float = 0.02
+
+
+@dataclass
+class DataConfig:
+    """The training stream: language modelling on stdlib text mixed with task instances.
+
+    Sequence length follows ``curriculum``: [[start_fraction_of_steps, seq_len], ...].
+    A task sequence is [BOS] prompt answer [EOS] followed by language-modelling text up to the
+    sequence length; the prompt takes ``length_fraction`` (uniform range) of the room left.
+    Loss weights: every predicted token 1, answer tokens (and their EOS) ``answer_weight``.
+    """
+
+    tokenizer: str = "default"
+    lm_fraction: float = 0.25
+    task_weights: dict[str, float] = field(default_factory=lambda: {
+        "niah_single": 1.0, "niah_multikey": 2.0, "niah_multivalue": 1.0, "niah_multiquery": 2.0,
+        "variable_tracking": 2.0, "common_words": 0.5, "story_retrieval": 1.0, "story_multihop": 1.0,
+        "story_filter": 1.0, "doc_qa": 1.0})
+    task_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    length_fraction: list[float] = field(default_factory=lambda: [0.3, 1.0])
+    answer_weight: float = 50.0
+    curriculum: list[list[float]] = field(default_factory=lambda: [[0.0, 1024], [0.15, 2048], [0.35, 4096],
+                                                                   [0.75, 8192]])
+    tokens_per_step: int = 65536
+    micro_batch_tokens: int = 32768
+    num_workers: int = 8
+    lm_max_files: int | None = None
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warm-up and cosine decay to ``min_lr_ratio * lr``."""
+
+    lr: float = 1.5e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+
+
+@dataclass
+class EvalConfig:
+    """Quick evaluation during training (greedy generation on fresh eval-split instances)."""
+
+    every: int = 500
+    tasks: list[str] = field(default_factory=lambda: ["niah_single", "niah_multikey", "niah_multiquery",
+                                                      "variable_tracking"])
+    samples: int = 8
+    batch_size: int = 8
+
+
+@dataclass
+class CardConfig:
+    """The final evaluation written into the model card."""
+
+    tasks: list[str] | None = None
+    lengths: list[int] = field(default_factory=lambda: [1024, 2048, 4096, 8192, 16384])
+    samples: int = 40
+    batch_size: int = 8
+    seed: int = 1234
+
+
+@dataclass
+class TrainConfig:
+    name: str = "sparsa-tiny"
+    seed: int = 0
+    steps: int = 4000
+    precision: str = "auto"
+    compile: bool = False
+    log_every: int = 10
+    ckpt_every: int = 200
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    card: CardConfig = field(default_factory=CardConfig)
+
+    def validate(self) -> TrainConfig:
+        """Check ranges and cross-field rules; returns self."""
+        from ..eval.tasks import get_task
+
+        m, d, o = self.model, self.data, self.optim
+        if self.steps < 1:
+            raise ValueError(f"steps: must be >= 1, got {self.steps}")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ValueError(f"precision: must be auto, bf16 or fp32, got {self.precision!r}")
+        if m.num_heads % m.num_kv_heads:
+            raise ValueError(f"model.num_kv_heads ({m.num_kv_heads}) must divide model.num_heads ({m.num_heads})")
+        if m.head_dim % 2:
+            raise ValueError(f"model.head_dim: must be even for RoPE, got {m.head_dim}")
+        if not 0.0 <= d.lm_fraction <= 1.0:
+            raise ValueError(f"data.lm_fraction: must be in [0, 1], got {d.lm_fraction}")
+        if d.lm_fraction < 1.0 and not any(w > 0 for w in d.task_weights.values()):
+            raise ValueError("data.task_weights: needs a positive weight unless data.lm_fraction is 1")
+        for name in list(d.task_weights) + list(d.task_params):
+            get_task(name, **d.task_params.get(name, {}))
+        lo, hi = d.length_fraction
+        if not 0.0 < lo <= hi <= 1.0:
+            raise ValueError(f"data.length_fraction: need 0 < low <= high <= 1, got {d.length_fraction}")
+        if not d.curriculum or d.curriculum[0][0] != 0:
+            raise ValueError("data.curriculum: must start with a stage at fraction 0")
+        fr = [s[0] for s in d.curriculum]
+        if fr != sorted(fr) or any(not 0 <= f < 1 for f in fr):
+            raise ValueError(f"data.curriculum: stage fractions must increase within [0, 1), got {fr}")
+        for _, L in d.curriculum:
+            if int(L) < 16 or int(L) > m.max_position_embeddings:
+                raise ValueError(f"data.curriculum: sequence length {L} must be in [16, "
+                                 f"model.max_position_embeddings={m.max_position_embeddings}]")
+            if d.tokens_per_step < L:
+                raise ValueError(f"data.tokens_per_step ({d.tokens_per_step}) must be >= every sequence length ({L})")
+        if o.lr <= 0 or o.warmup_steps < 0 or not 0 <= o.min_lr_ratio <= 1:
+            raise ValueError("optim: need lr > 0, warmup_steps >= 0 and 0 <= min_lr_ratio <= 1")
+        if self.log_every < 1 or self.ckpt_every < 1:
+            raise ValueError("log_every, ckpt_every: must be >= 1")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
+    if not isinstance(data, dict):
+        raise TypeError(f"{where or 'recipe'}: expected a table, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for k, v in data.items():
+        if k not in fields:
+            raise ValueError(f"{where + '.' if where else ''}{k}: unknown recipe key; allowed: {', '.join(fields)}")
+        sub = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "eval": EvalConfig,
+               "card": CardConfig}.get(k) if cls is TrainConfig else None
+        kwargs[k] = _from_dict(sub, v, k) if sub is not None else v
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any]) -> TrainConfig:
+    """A validated ``TrainConfig`` from nested dicts (unknown keys are errors)."""
+    return _from_dict(TrainConfig, data, "").validate()
+
+
+def load_recipe(path: str | Path) -> tuple[TrainConfig, str]:
+    """(config, recipe text) from a ``.toml`` or ``.json`` recipe file."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"recipe: no such file {p}")
+    text = p.read_text()
+    if p.suffix == ".toml":
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10
+            try:
+                import tomli as tomllib  # type: ignore[no-redef]
+            except ModuleNotFoundError:
+                raise ValueError("recipe: reading TOML on Python 3.10 needs the `tomli` package; "
+                                 "or use a .json recipe") from None
+        data = tomllib.loads(text)
+    elif p.suffix == ".json":
+        data = json.loads(text)
+    else:
+        raise ValueError(f"recipe: expected a .toml or .json file, got {p.name}")
+    return config_from_dict(data), text

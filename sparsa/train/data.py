@@ -1,0 +1,204 @@
+"""The training stream: language modelling on stdlib text mixed with task instances.
+
+Every example is a pure function of (recipe seed, step, index in step), so a resumed run sees
+exactly the batches an uninterrupted run would, whatever the number of loader workers.
+"""
+from __future__ import annotations
+
+import bisect
+import hashlib
+import math
+import os
+import random
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..eval.tasks import get_task, list_tasks
+from .config import DataConfig, TrainConfig
+
+LM_TASK_ID = -1
+
+
+def resolve_tokenizer_path(spec: str) -> Path:
+    """"default" -> the shipped tokenizer; else a path to a tokenizer.json."""
+    from ..assets import TOKENIZER_PATH
+
+    p = TOKENIZER_PATH if spec == "default" else Path(spec)
+    if not p.is_file():
+        raise FileNotFoundError(f"data.tokenizer: no tokenizer file at {p}")
+    return p
+
+
+def load_train_tokenizer(spec: str):
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(resolve_tokenizer_path(spec)))
+
+
+def special_token_ids(tok) -> tuple[int, int, int]:
+    """(pad, bos, eos) ids; the tokenizer must define <|pad|>, <|bos|>, <|eos|>."""
+    ids = tuple(tok.token_to_id(t) for t in ("<|pad|>", "<|bos|>", "<|eos|>"))
+    if any(i is None for i in ids):
+        raise ValueError("data.tokenizer: needs the special tokens <|pad|>, <|bos|> and <|eos|> "
+                         "(train one with sparsa.train.tokenizer)")
+    return ids  # type: ignore[return-value]
+
+
+def lm_tokens(tok, max_files: int | None = None, cache_dir: str | Path | None = None) -> np.ndarray:
+    """Token ids (int32) of the stdlib "train" split, files in order, each followed by <|eos|>.
+
+    Cached in ``cache_dir`` under a name that depends on the tokenizer and the file list.
+    """
+    from ..eval.corpus import read_stdlib, stdlib_files
+
+    files = list(stdlib_files("train"))
+    if max_files is not None:
+        files = files[:max_files]
+    key = hashlib.sha256((tok.to_str() + "\n".join(files) + sys.version).encode()).hexdigest()[:16]
+    cache = Path(cache_dir) / f"lm_tokens_{key}.npy" if cache_dir is not None else None
+    if cache is not None and cache.is_file():
+        return np.load(cache)
+    eos = special_token_ids(tok)[2]
+    texts = [read_stdlib(f) for f in files]
+    out: list[int] = []
+    for enc in tok.encode_batch(texts, add_special_tokens=False):
+        out.extend(enc.ids)
+        out.append(eos)
+    arr = np.asarray(out, dtype=np.int32)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp.npy")
+        np.save(tmp, arr)
+        os.replace(tmp, cache)
+    return arr
+
+
+def seq_len_at(cfg: DataConfig, step: int, steps: int) -> int:
+    """Sequence length of 0-based ``step`` under the curriculum."""
+    starts = [s[0] * steps for s in cfg.curriculum]
+    return int(cfg.curriculum[bisect.bisect_right(starts, step) - 1][1])
+
+
+def step_layout(cfg: DataConfig, step: int, steps: int) -> tuple[int, int, int]:
+    """(seq_len, sequences per step, sequences per micro-batch) of ``step``."""
+    L = seq_len_at(cfg, step, steps)
+    n = max(1, cfg.tokens_per_step // L)
+    return L, n, max(1, min(n, cfg.micro_batch_tokens // L))
+
+
+@dataclass
+class Example:
+    """One training sequence. ids: (L + 1,) int64; weights, answer: (L,) over the targets ids[1:]."""
+
+    ids: torch.Tensor
+    weights: torch.Tensor
+    answer: torch.Tensor
+    task_id: int
+
+
+class StreamDataset(torch.utils.data.Dataset):
+    """Map-style dataset indexed by (step, index_in_step); see ``make_example``."""
+
+    def __init__(self, cfg: TrainConfig, tok, lm: np.ndarray):
+        self.cfg, self.tok, self.lm = cfg, tok, lm
+        d = cfg.data
+        self.pad, self.bos, self.eos = special_token_ids(tok)
+        names = [n for n, w in d.task_weights.items() if w > 0]
+        self.tasks = [get_task(n, **d.task_params.get(n, {})) for n in names]
+        self.task_weights = [float(d.task_weights[n]) for n in names]
+        self.task_ids = [list_tasks().index(n) for n in names]
+
+    def __len__(self) -> int:  # pragma: no cover - indexed by tuples through the sampler
+        return self.cfg.steps * self.cfg.data.tokens_per_step
+
+    def __getitem__(self, key: tuple[int, int]) -> Example:
+        return self.make_example(*key)
+
+    def _lm_window(self, rng: random.Random, n: int) -> list[int]:
+        if n <= 0:
+            return []
+        start = rng.randrange(max(1, len(self.lm) - n))
+        w = self.lm[start:start + n].tolist()
+        while len(w) < n:
+            w.extend(self.lm[:n - len(w)].tolist())
+        return w
+
+    def make_example(self, step: int, index: int) -> Example:
+        cfg, d = self.cfg, self.cfg.data
+        L = seq_len_at(d, step, cfg.steps)
+        rng = random.Random(f"{cfg.seed}|{step}|{index}")
+        ids: list[int] = [self.bos]
+        w: list[float] = []
+        ans: list[bool] = []
+        task_id = LM_TASK_ID
+        if self.tasks and rng.random() >= d.lm_fraction:
+            feasible = [(t, wt, tid) for t, wt, tid in zip(self.tasks, self.task_weights, self.task_ids)
+                        if t.min_length <= L - t.max_new_tokens(L) - 2]
+            if feasible:
+                task, _, task_id = rng.choices(feasible, weights=[f[1] for f in feasible])[0]
+                room = L - task.max_new_tokens(L) - 2
+                target = max(task.min_length, int(rng.uniform(*d.length_fraction) * room))
+                inst = task.generate(target, rng.randrange(2**31), self.tok, split="train")
+                prompt = self.tok.encode(inst.prompt, add_special_tokens=False).ids
+                answer = self.tok.encode(" " + inst.answer_text, add_special_tokens=False).ids + [self.eos]
+                answer = answer[:L - len(prompt)]
+                ids += prompt + answer
+                w += [1.0] * len(prompt) + [d.answer_weight] * len(answer)
+                ans += [False] * len(prompt) + [True] * len(answer)
+        rest = L + 1 - len(ids)
+        if rest > 0:
+            if len(ids) > 1:  # a language-modelling document after the task: <|bos|> text
+                tail = [self.bos] + self._lm_window(rng, rest - 1)
+                w += [0.0] + [1.0] * (rest - 1)
+            else:
+                tail = self._lm_window(rng, rest)
+                w += [1.0] * rest
+            ids += tail
+            ans += [False] * rest
+        return Example(torch.tensor(ids[:L + 1], dtype=torch.long), torch.tensor(w[:L], dtype=torch.float32),
+                       torch.tensor(ans[:L], dtype=torch.bool), task_id)
+
+
+class StepSampler(torch.utils.data.Sampler):
+    """Yields the micro-batches [(step, i), ...] of steps ``start`` .. ``stop - 1`` in order."""
+
+    def __init__(self, cfg: TrainConfig, start: int, stop: int):
+        self.cfg, self.start, self.stop = cfg, start, stop
+
+    def __iter__(self):
+        for step in range(self.start, self.stop):
+            _, n, mb = step_layout(self.cfg.data, step, self.cfg.steps)
+            for i in range(0, n, mb):
+                yield [(step, j) for j in range(i, min(n, i + mb))]
+
+    def __len__(self) -> int:
+        total = 0
+        for step in range(self.start, self.stop):
+            _, n, mb = step_layout(self.cfg.data, step, self.cfg.steps)
+            total += math.ceil(n / mb)
+        return total
+
+
+def collate(batch: list[Example]) -> dict[str, Any]:
+    return {"ids": torch.stack([b.ids for b in batch]), "weights": torch.stack([b.weights for b in batch]),
+            "answer": torch.stack([b.answer for b in batch]),
+            "task_id": torch.tensor([b.task_id for b in batch], dtype=torch.long)}
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+def make_loader(cfg: TrainConfig, dataset: StreamDataset, start: int, stop: int):
+    """DataLoader over the micro-batches of steps [start, stop)."""
+    nw = cfg.data.num_workers
+    kw: dict[str, Any] = {}
+    if nw > 0:
+        kw = {"prefetch_factor": 4, "persistent_workers": False, "worker_init_fn": _worker_init}
+    return torch.utils.data.DataLoader(dataset, batch_sampler=StepSampler(cfg, start, stop), num_workers=nw,
+                                       collate_fn=collate, pin_memory=torch.cuda.is_available(), **kw)

@@ -1,0 +1,87 @@
+"""`sparsa train`: train a recipe, export the HuggingFace directory, evaluate it for the model card.
+
+Every stage can be interrupted and continued with ``resume=True``: training from its last
+checkpoint, the card evaluation from its JSON-lines rows.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import load_recipe
+from .loop import estimate_flops, train
+from .model import count_parameters
+
+
+@dataclass
+class RunResult:
+    out_dir: Path
+    step: int
+    trained: bool
+    model_dir: Path | None
+    card_complete: bool
+    message: str
+
+
+def run(recipe: str | Path, out_dir: str | Path, *, resume: bool = False, max_steps: int | None = None,
+        time_limit_s: float | None = None, device: str | None = None, card: bool = True,
+        progress: bool = True) -> RunResult:
+    """Train ``recipe`` into ``out_dir``; when training is complete, export ``out_dir/model`` and
+    (``card=True``) evaluate it and write its model card."""
+    t0 = time.perf_counter()
+    recipe = Path(recipe)
+    cfg, text = load_recipe(recipe)
+    res = train(cfg, out_dir, recipe_text=text, recipe_suffix=recipe.suffix, resume=resume, max_steps=max_steps,
+                time_limit_s=time_limit_s, device=device, progress=progress)
+    out = Path(out_dir)
+    if not res.finished:
+        return RunResult(out, res.step, False, None, False,
+                         f"stopped at step {res.step}/{cfg.steps} ({res.stopped_by}); continue with --resume")
+
+    import json
+
+    import torch
+
+    from ..eval.models import load_model
+    from ..eval.run import evaluate, read_rows
+    from ..eval.tasks import list_tasks
+    from .card import model_card
+    from .export import export_hf
+
+    ck = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
+    vocab = res.tokenizer.get_vocab_size()
+    fl = estimate_flops(cfg, vocab)
+    train_info = {"steps": cfg.steps, "tokens": f"{fl['tokens'] / 1e6:.0f}M",
+                  "training FLOPs": f"{fl['flops']:.2e}", "wall time": f"{ck['elapsed_s'] / 60:.1f} min",
+                  "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
+    log = out / "log.jsonl"
+    if log.exists():
+        last = [json.loads(x) for x in log.read_text().splitlines() if '"loss"' in x]
+        if last:
+            train_info["final loss"] = f"{last[-1]['loss']:.3f}"
+    params = count_parameters(res.model)
+    model_dir = out / "model"
+    rows_path = out / "card_eval.jsonl"
+    card_kw = dict(recipe_text=text, recipe_file=f"recipes/{recipe.name}", params=params,
+                   model_cfg=cfg.to_dict()["model"], train_info=train_info, vocab_size=vocab)
+
+    def write(rows):
+        return export_hf(res.model, cfg.data.tokenizer, model_dir, rope_theta=cfg.model.rope_theta,
+                         recipe_text=text, recipe_name=recipe.name,
+                         card=model_card(cfg.name, rows=rows, samples=cfg.card.samples, **card_kw))
+
+    write(read_rows(rows_path) if rows_path.exists() else None)
+    if not card:
+        return RunResult(out, res.step, True, model_dir, False, f"exported {model_dir} (no card evaluation)")
+    c = cfg.card
+    model, tok = load_model(model_dir, device=device)
+    left = None if time_limit_s is None else max(0.0, time_limit_s - (time.perf_counter() - t0))
+    tasks = c.tasks or list_tasks()
+    rows = evaluate(model, tok, tasks, c.lengths, c.samples, seed=c.seed, out=rows_path, batch_size=c.batch_size,
+                    progress=progress, time_limit_s=left)
+    complete = len(rows) == len(tasks) * len(c.lengths) * c.samples
+    write(rows)
+    msg = f"exported {model_dir}; model card " + ("complete" if complete else
+                                                  "evaluation incomplete: continue with --resume")
+    return RunResult(out, res.step, True, model_dir, complete, msg)
