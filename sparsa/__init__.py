@@ -2,6 +2,7 @@
 from typing import Any
 
 from .api import attention
+from . import nn
 from .methods import AttentionStats, DecodeMethod, Method, get_method, list_methods, register
 
 __version__ = "0.1.0"

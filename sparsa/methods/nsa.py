@@ -107,7 +107,7 @@ class NSA(DecodeMethod):
         if self.compression is None or (self.n_select is not None and self.window is not None):
             return self._config(self._rungs()[0], None, None)
         target = dense / self.compression
-        best: tuple[float, dict[str, int], Callable[[int], NSAConfig], int] | None = None
+        best: tuple[float, Callable[[int], NSAConfig], int] | None = None
         for geometry in self._rungs():
             base = max(1, geometry["n_forced_init"] + geometry["n_forced_local"])
             sel = geometry["sel_block"]
@@ -128,11 +128,11 @@ class NSA(DecodeMethod):
                 hi = kv_len
             reach = dense / max(count(make(0)), 1.0)
             if best is None or reach > best[0]:
-                best = (reach, geometry, make, hi)
+                best = (reach, make, hi)
             if reach >= self.compression:
                 break
         assert best is not None
-        _, _, make, hi = best
+        _, make, hi = best
         x = solve_budget(lambda x: count(make(x)), target, 0, hi)
         if x > 0 and count(make(x)) > dense:  # never report a compression below 1 when one step less avoids it
             x -= 1

@@ -31,7 +31,9 @@ def scores_table(rows: Sequence[Mapping[str, Any]], reference: int = 4096) -> st
         else:
             half_s = _fmt_len(half) if half else f"not within {_fmt_len(max(lengths))}"
         tgt = TARGETS_4K.get(task)
-        tgt_s = "" if tgt is None else (f">= {tgt:.2f} " + ("(met)" if ref is not None and ref >= tgt else "(missed)"))
+        tgt_s = ""
+        if tgt is not None:
+            tgt_s = f">= {tgt:.2f} " + ("(not measured)" if ref is None else "(met)" if ref >= tgt else "(missed)")
         cells = " | ".join(f"{by_len[L]:.2f}" if L in by_len else "" for L in lengths)
         lines.append(f"| {task} | {desc[task]['metric']} | {cells} | {half_s} | {tgt_s} |")
     return "\n".join(lines)
@@ -40,18 +42,22 @@ def scores_table(rows: Sequence[Mapping[str, Any]], reference: int = 4096) -> st
 def _fmt_len(L: int | None) -> str:
     if L is None:
         return ""
-    return f"{L // 1024}K" if L % 1024 == 0 else str(L)
+    return f"{L // 1024}K" if L % 1024 == 0 and L >= 1024 else str(L)
 
 
 def model_card(name: str, *, recipe_text: str, recipe_file: str, params: Mapping[str, int],
-               model_cfg: Mapping[str, Any], train_info: Mapping[str, Any], vocab_size: int,
-               rows: Sequence[Mapping[str, Any]] | None, samples: int | None = None) -> str:
+               model_cfg: Mapping[str, Any], data_cfg: Mapping[str, Any], train_info: Mapping[str, Any],
+               vocab_size: int, rows: Sequence[Mapping[str, Any]] | None, samples: int | None = None) -> str:
     """README.md text of the exported model."""
     m = model_cfg
+    lens = [int(s[1]) for s in data_cfg["curriculum"]]
+    default = (" It is sparsa's default model: it ships inside the package and loads offline."
+               if name == "sparsa-tiny" else "")
+    lang = "json" if recipe_file.endswith(".json") else "toml"
     parts = [
         f"# {name}\n",
-        f"A small Llama-architecture decoder trained from scratch by `sparsa train` for sparsa's long-context "
-        "task suite. It is sparsa's default model: it ships inside the package and loads offline.\n",
+        "A small Llama-architecture decoder trained from scratch by `sparsa train` for sparsa's long-context "
+        f"task suite.{default}\n",
         "```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
         f"model = AutoModelForCausalLM.from_pretrained(path)   # path: this directory\n"
         "tok = AutoTokenizer.from_pretrained(path)\n```\n",
@@ -65,14 +71,15 @@ def model_card(name: str, *, recipe_text: str, recipe_file: str, params: Mapping
         "(`sparsa.train.tokenizer`).\n",
         "## Training\n",
         "Language modelling on the standard library's source (\"train\" split of the files) mixed with "
-        "instances of sparsa's tasks (haystacks from the same split), sequence length growing from 1K to 8K "
-        "tokens. Answer tokens are up-weighted in the loss.\n",
+        f"instances of sparsa's tasks (haystacks from the same split; {1 - data_cfg['lm_fraction']:.0%} of the "
+        f"sequences), sequence length growing {' -> '.join(_fmt_len(L) for L in lens)} tokens. Answer tokens "
+        f"weigh {data_cfg['answer_weight']:g} times a context token in the loss.\n",
     ]
     info = ", ".join(f"{k}: {v}" for k, v in train_info.items())
     parts.append(f"Run: {info}.\n")
     parts.append(f"Recipe (`{recipe_file}`; `sparsa train --recipe {recipe_file} --out DIR` reproduces the "
                  "model on the same Python version):\n")
-    parts.append("```toml\n" + recipe_text.rstrip() + "\n```\n")
+    parts.append(f"```{lang}\n" + recipe_text.rstrip() + "\n```\n")
     parts.append("## Dense scores\n")
     if rows:
         parts.append(f"Greedy decoding, {samples or '?'} instances per cell (eval split of the haystack files, "

@@ -74,12 +74,25 @@ def _set_rng_state(st: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(st["cuda"])
 
 
-_RESUME_FREE = {"eval", "card", "log_every", "ckpt_every", "compile"}  # may change between a run and its resume
+# may change between a run and its resume (they do not change the trained weights)
+_RESUME_FREE = ("eval", "card", "log_every", "ckpt_every", "compile", "data.num_workers")
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = prefix + k
+        if isinstance(v, dict) and k not in ("task_weights", "task_params"):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
 
 
 def _recipe_diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
-    keys = sorted(set(a) | set(b))
-    return [k for k in keys if k not in _RESUME_FREE and a.get(k) != b.get(k)]
+    fa, fb = _flatten(a), _flatten(b)
+    free = lambda k: any(k == f or k.startswith(f + ".") for f in _RESUME_FREE)  # noqa: E731
+    return [k for k in sorted(set(fa) | set(fb)) if not free(k) and fa.get(k) != fb.get(k)]
 
 
 @dataclass

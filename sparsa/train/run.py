@@ -24,6 +24,13 @@ class RunResult:
     message: str
 
 
+def _display_path(p: Path) -> str:
+    try:
+        return p.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return p.name
+
+
 def run(recipe: str | Path, out_dir: str | Path, *, resume: bool = False, max_steps: int | None = None,
         time_limit_s: float | None = None, device: str | None = None, card: bool = True,
         progress: bool = True) -> RunResult:
@@ -52,7 +59,7 @@ def run(recipe: str | Path, out_dir: str | Path, *, resume: bool = False, max_st
     ck = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
     vocab = res.tokenizer.get_vocab_size()
     fl = estimate_flops(cfg, vocab)
-    train_info = {"steps": cfg.steps, "tokens": f"{fl['tokens'] / 1e6:.0f}M",
+    train_info = {"steps": cfg.steps, "tokens": f"{fl['tokens'] / 1e6:.3g}M",
                   "training FLOPs": f"{fl['flops']:.2e}", "wall time": f"{ck['elapsed_s'] / 60:.1f} min",
                   "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
     log = out / "log.jsonl"
@@ -63,8 +70,9 @@ def run(recipe: str | Path, out_dir: str | Path, *, resume: bool = False, max_st
     params = count_parameters(res.model)
     model_dir = out / "model"
     rows_path = out / "card_eval.jsonl"
-    card_kw = dict(recipe_text=text, recipe_file=f"recipes/{recipe.name}", params=params,
-                   model_cfg=cfg.to_dict()["model"], train_info=train_info, vocab_size=vocab)
+    card_kw = dict(recipe_text=text, recipe_file=_display_path(recipe), params=params,
+                   model_cfg=cfg.to_dict()["model"], data_cfg=cfg.to_dict()["data"], train_info=train_info,
+                   vocab_size=vocab)
 
     def write(rows):
         return export_hf(res.model, cfg.data.tokenizer, model_dir, rope_theta=cfg.model.rope_theta,

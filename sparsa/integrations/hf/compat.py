@@ -3,13 +3,14 @@
 The rest of :mod:`sparsa.integrations.hf` only calls the functions here. What drifts between
 versions and is absorbed here:
 
-* registration: ``AttentionInterface`` (all supported versions) and ``AttentionMaskInterface``
-  (4.53 and later; earlier versions build 4-D masks themselves, which :func:`padding_mask`
-  reads back);
+* registration: ``AttentionInterface`` and ``AttentionMaskInterface`` (the mask function is
+  what hands the attention function a plain padding mask; before 4.53 models built 4-D masks
+  themselves, hence the lower bound);
 * switching a model's attention: ``model.set_attn_implementation`` where it exists, else the
   config's ``_attn_implementation``;
 * the cache keyword of ``forward``/``generate`` (``past_key_values`` in 4.x, ``cache`` from 5.x)
   and of model outputs;
+* the mask function's arguments (``q_length``/``q_offset`` in 5.x, ``cache_position`` before);
 * ``DynamicCache``'s constructor (``config=`` from 4.56) and ``crop``'s argument.
 """
 from __future__ import annotations
@@ -186,15 +187,17 @@ def generate_supports_prefill_chunk() -> bool:
 
 # ---------------------------------------------------------------------------------- masks
 
-def padding_mask_function(batch_size: int, q_length: int, kv_length: int, q_offset: Any = 0, kv_offset: int = 0,
-                          mask_function: Any = None, attention_mask: torch.Tensor | None = None,
-                          **kwargs: Any) -> torch.Tensor | None:
+def padding_mask_function(batch_size: int | None = None, q_length: int | None = None, kv_length: int = 0,
+                          q_offset: Any = 0, kv_offset: int = 0, mask_function: Any = None,
+                          attention_mask: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor | None:
     """The mask function registered next to sparsa's attention.
 
     sparsa's methods apply causality themselves (queries are the last ``q_length`` positions of
     the keys) and a sliding window is taken from the layer, so all the attention function
     needs is which keys are real tokens: a (batch, kv_length) bool tensor, or None when every
-    key is real. A 4-D mask handed in by the caller is passed through unchanged.
+    key is real. A 4-D mask handed in by the caller is passed through unchanged. Versions
+    differ in the other arguments (``q_length``/``q_offset`` or ``cache_position``); only
+    ``kv_length``, ``kv_offset`` and ``attention_mask`` are used.
     """
     if attention_mask is None:
         return None
@@ -213,9 +216,10 @@ def padding_mask_function(batch_size: int, q_length: int, kv_length: int, q_offs
 def padding_mask(attention_mask: torch.Tensor | None, q_len: int, kv_len: int) -> torch.Tensor | None:
     """(batch, kv_len) bool of real keys from what the attention function received.
 
-    Accepts None, the 2-D mask of :func:`padding_mask_function`, or a 4-D mask (bool: True =
-    attend; float: 0 = attend) as versions without a mask interface build it; a 4-D mask is
-    read on its last query row, which causality lets see every earlier real token.
+    Accepts None, the 2-D mask of :func:`padding_mask_function`, or a 4-D mask a caller built
+    (bool: True = attend; float: 0 = attend). A 4-D mask must be causal attention restricted
+    to real keys (the only kind of mask sparse methods can honour); anything else raises
+    ``ValueError`` rather than being silently approximated.
     """
     if attention_mask is None:
         return None
@@ -226,9 +230,22 @@ def padding_mask(attention_mask: torch.Tensor | None, q_len: int, kv_len: int) -
                 mask, (0, kv_len - mask.shape[-1]), value=True)
         return None if bool(mask.all()) else mask
     if attention_mask.ndim == 4:
-        row = attention_mask[:, 0, -1, :kv_len]
-        mask = row if row.dtype == torch.bool else row == 0
-        return None if bool(mask.all()) else mask
+        allow = mask_allows(attention_mask)[..., :kv_len]
+        if allow.shape[1] != 1 and not bool((allow == allow[:, :1]).all()):
+            raise ValueError("attention_mask: a 4-D mask that differs across heads cannot be honoured by "
+                             "sparse methods; pass a 2-D padding mask")
+        allow = allow[:, 0]
+        if allow.shape[-2] != q_len:
+            allow = allow[:, -1:].expand(-1, q_len, -1) if allow.shape[-2] == 1 else allow
+        real = allow.any(-2)
+        rows = torch.arange(kv_len - q_len, kv_len, device=allow.device)[:, None]
+        expected = (torch.arange(kv_len, device=allow.device)[None, :] <= rows)[None] & real[:, None, :]
+        real_q = real[:, kv_len - q_len:, None]
+        if allow.shape[-2] != q_len or not bool(((allow == expected) | ~real_q).all()):
+            raise ValueError("attention_mask: sparse methods apply causality themselves and honour only "
+                             "padding; this 4-D mask is not causal attention over the real tokens. Pass a "
+                             "2-D padding mask, or keep this layer dense")
+        return None if bool(real.all()) else real
     raise ValueError(f"attention_mask: expected a 2-D padding mask or a 4-D mask, got shape "
                      f"{tuple(attention_mask.shape)}")
 

@@ -1,28 +1,40 @@
 """Index conversion for the vertical-slash kernel: diagonals -> key tiles, columns -> lists.
 
-The kernel works per query block of ``VS_BLOCK`` (64) rows. For query block ``qb`` (rows at
-positions ``p0 .. p0 + 63``), diagonal ``o`` covers keys ``p0 - o .. p0 + 63 - o``: a range
-of 64 keys. Walking the diagonals from the largest offset to the smallest (key ranges in
-ascending order), a greedy pass covers the ranges with disjoint tiles of 64 keys that may
-start anywhere (not only at multiples of 64): a range already covered up to ``covered`` is
-skipped, otherwise a tile starts at ``max(range start, covered)``. Nearby diagonals share
-tiles; an isolated diagonal costs one tile. This is MInference's block construction.
+The kernel works per query block of ``block_q`` (64 or 128) rows and per tile of
+``VS_TILE`` = 64 keys. For query block ``qb`` (rows at positions ``p0 .. p0 + block_q - 1``),
+diagonal ``o`` covers the keys ``p0 - o .. p0 + block_q - 1 - o``. Walking the diagonals from
+the largest offset to the smallest (key ranges in ascending order), a greedy pass covers the
+ranges with disjoint 64-key tiles that may start anywhere (not only at multiples of 64): a
+range already covered up to ``covered`` is skipped, otherwise tiles start at
+``max(range start, covered)`` until the range is covered. Nearby diagonals share tiles; an
+isolated diagonal costs ``block_q / 64`` tiles. This is MInference's block construction.
 
-The tiles cover more pairs than the diagonals themselves. The kernel attends only the exact
-pairs (``exact=True``, the default): inside a tile a pair ``(p, c)`` counts only if ``p - c``
-is a chosen offset, read from a per-head membership table of offsets. The vertical columns
-are attended in a second pass over the head's sorted column list (the columns a query block
-can see causally); inside tiles those columns are masked out, so no pair is counted twice.
+The tiles cover more pairs than the diagonals. With ``exact=True`` (the default) the kernel
+attends only the exact pairs: inside a tile, pair ``(p, c)`` counts only if ``p - c`` is a
+chosen offset (a gather from a per-head uint8 table of offsets). The vertical columns are
+attended in a second pass over the head's sorted column list (the columns a query block can
+see causally); inside tiles those columns are masked out, so no pair is counted twice.
 Attention then covers exactly the union of the columns and diagonals, as
 :func:`~sparsa.ops.vertical_slash.reference.vertical_slash_attention_ref` does.
+
+To keep masking off the common path, each tile is classified when it is emitted:
+
+* clean: wholly below the block's first row (no causal mask), no vertical column inside, and
+  (exact only) every offset it spans is a chosen diagonal: no mask at all. Clean tiles are
+  written from the left of the row, ``tiles[..., :clean_count]``.
+* masked: causal and column masks; with ``exact`` and an offset it spans not chosen, also the
+  offset gather (flag ``GATHER_BIT`` set in the code). Written from the right of the row,
+  ``tiles[..., width - masked_count:]``.
 
 ``exact=False`` attends every causal pair of the tiles (minus the vertical columns) plus the
 columns: MInference's superset semantics; :func:`vertical_slash_superset_ref` is its
 reference.
 
-All tensors here live on the inputs' device; the conversion itself runs as a Triton kernel on
-the Triton path (:func:`convert_vertical_slash` with ``use_triton=True``) and as a loop of
-vectorised torch ops over the diagonals otherwise (the spec the kernel is tested against).
+All tensors here live on the inputs' device. The conversion runs as a Triton kernel on the
+Triton path (:func:`prepare_vertical_slash` with ``use_triton=True``) and as a loop of
+vectorised torch ops over the diagonals otherwise: :func:`slash_tiles_reference`, the spec
+the kernel is tested against (the greedy is sequential along the diagonals, so torch can only
+vectorise it across heads and query blocks).
 """
 from __future__ import annotations
 
@@ -32,7 +44,12 @@ import torch
 
 from ..dense.reference import masked_attention, query_positions
 
-VS_BLOCK = 64
+VS_TILE = 64
+BLOCK_Q_CHOICES = (64, 128)
+DEFAULT_BLOCK_Q = 128
+GATHER_BIT = 1 << 30
+START_MASK = GATHER_BIT - 1
+DIAG_PAD = 256          # zero entries before offset 0 in the padded offset table (>= block_q + tile)
 
 
 def _check_range(name: str, indices: torch.Tensor, kv_len: int) -> None:
@@ -68,104 +85,177 @@ def _sorted_unique(indices: torch.Tensor, descending: bool, pad: int) -> tuple[t
     return key.to(torch.int32).contiguous(), count
 
 
-def _membership(indices: torch.Tensor, count: torch.Tensor, size: int) -> torch.Tensor:
-    """(B, Hx, N) sorted indices with ``count`` valid entries -> (B, Hx, size) uint8 table."""
+def _membership(indices: torch.Tensor, count: torch.Tensor, size: int, before: int = 0,
+                after: int = 0) -> torch.Tensor:
+    """(B, Hx, N) indices with ``count`` valid leading entries -> uint8 table
+    (B, Hx, before + size + after); entry ``before + i`` is 1 when ``i`` is listed."""
     b, hx, n = indices.shape
-    table = torch.zeros(b, hx, size + 1, dtype=torch.uint8, device=indices.device)
-    idx = indices.to(torch.int64)
+    total = before + size + after
+    table = torch.zeros(b, hx, total + 1, dtype=torch.uint8, device=indices.device)
+    idx = indices.to(torch.int64) + before
     idx = torch.where(torch.arange(n, device=idx.device) < count[..., None].to(torch.int64), idx,
-                      torch.full_like(idx, size))
+                      torch.full_like(idx, total))
     table.scatter_(-1, idx, 1)
-    return table[..., :size].contiguous()
+    return table[..., :total].contiguous()
+
+
+def _prefix(table: torch.Tensor) -> torch.Tensor:
+    """(B, Hx, L) 0/1 table -> (B, Hx, L + 1) int32 counts of entries below each index."""
+    return torch.nn.functional.pad(table.to(torch.int32).cumsum(-1, dtype=torch.int32), (1, 0)).contiguous()
+
+
+def tiles_width(n_slash: int, q_len: int, kv_len: int, block_q: int) -> int:
+    """Slots per (head, query block) row of the tile list: a bound on the tiles it can need."""
+    per_range = (block_q + VS_TILE - 1) // VS_TILE
+    return max(1, min(n_slash * per_range, (kv_len + VS_TILE - 1) // VS_TILE))
 
 
 @dataclass
 class VSLayout:
-    """What the vertical-slash kernel reads (Hx = heads or kv_heads, NQ = ceil(q_len / 64)).
+    """What the vertical-slash kernel reads (Hx = heads or kv_heads, NQ = ceil(q_len / block_q)).
 
     slash: (B, Hx, NS) int32 offsets sorted descending, unique, -1 padded; slash_count (B, Hx).
     columns: (B, Hx, NV) int32 columns sorted ascending, unique, padded with kv_len;
-        column_count (B, Hx); block_columns (B, Hx, NQ): columns each query block can see.
-    tile_start: (B, Hx, NQ, max_tiles) int32 key positions of the 64-key tiles covering the
-        diagonals (ascending, disjoint, -1 padded); tile_count (B, Hx, NQ).
-    diag_table, column_table: (B, Hx, kv_len) uint8 membership of offsets and of columns.
+        column_count (B, Hx); block_columns (B, Hx, NQ): columns each query block can see;
+        block_columns_below (B, Hx, NQ): columns at or before the block's first row.
+    tiles: (B, Hx, NQ, width) int32 tile codes (key start, plus ``GATHER_BIT`` when the offset
+        gather is needed): clean tiles in ``[:clean_count]``, masked ones in
+        ``[width - masked_count:]``, -1 elsewhere; clean_count, masked_count (B, Hx, NQ).
+    diag_table: (B, Hx, DIAG_PAD + kv_len + block_q) uint8, entry ``DIAG_PAD + o`` = 1 for a
+        chosen offset ``o``; column_table (B, Hx, kv_len) uint8 membership of columns.
+    diag_prefix, column_prefix: (B, Hx, kv_len + 1) int32 running counts of the two tables.
     """
 
     q_len: int
     kv_len: int
+    block_q: int
+    exact: bool
     slash: torch.Tensor
     slash_count: torch.Tensor
     columns: torch.Tensor
     column_count: torch.Tensor
     block_columns: torch.Tensor
-    tile_start: torch.Tensor
-    tile_count: torch.Tensor
+    block_columns_below: torch.Tensor
+    tiles: torch.Tensor
+    clean_count: torch.Tensor
+    masked_count: torch.Tensor
     diag_table: torch.Tensor
     column_table: torch.Tensor
+    diag_prefix: torch.Tensor
+    column_prefix: torch.Tensor
 
     @property
     def n_query_blocks(self) -> int:
-        return self.tile_count.shape[-1]
+        return self.clean_count.shape[-1]
+
+    @property
+    def tile_count(self) -> torch.Tensor:
+        """(B, Hx, NQ) tiles per query block."""
+        return self.clean_count + self.masked_count
+
+    @property
+    def offset_table(self) -> torch.Tensor:
+        """(B, Hx, kv_len) uint8 membership of the chosen offsets."""
+        return self.diag_table[..., DIAG_PAD:DIAG_PAD + self.kv_len]
+
+    def tile_starts(self) -> torch.Tensor:
+        """(B, Hx, NQ, width) int64 key start of every tile, ascending, -1 padded."""
+        t = self.tiles.to(torch.int64)
+        start = torch.where(t >= 0, t & START_MASK, torch.full_like(t, torch.iinfo(torch.int64).max))
+        start, _ = start.sort(dim=-1)
+        return torch.where(start == torch.iinfo(torch.int64).max, torch.full_like(start, -1), start)
 
 
-def slash_tiles_reference(slash: torch.Tensor, slash_count: torch.Tensor, q_len: int, kv_len: int,
-                          block: int = VS_BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
-    """Greedy tiles of the diagonals (the spec of the Triton conversion kernel).
+def slash_tiles_reference(slash: torch.Tensor, slash_count: torch.Tensor, diag_prefix: torch.Tensor,
+                          column_prefix: torch.Tensor, q_len: int, kv_len: int, block_q: int,
+                          exact: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Greedy, classified tiles of the diagonals (the spec of the Triton conversion kernel).
 
-    slash: (B, Hx, NS) offsets sorted descending (as from :func:`prepare_vertical_slash`).
-    Returns (tile_start (B, Hx, NQ, max_tiles) int32, -1 padded; tile_count (B, Hx, NQ) int32)
-    with ``max_tiles = max(1, min(NS, ceil(kv_len / block)))``. Loops over the diagonals in
-    Python; vectorised over batch, heads and query blocks.
+    slash: (B, Hx, NS) offsets sorted descending (as from :func:`prepare_vertical_slash`);
+    diag_prefix / column_prefix: (B, Hx, kv_len + 1) running counts of chosen offsets / columns.
+    Returns (tiles (B, Hx, NQ, width) int32, clean_count, masked_count (B, Hx, NQ) int32), in the
+    layout described by :class:`VSLayout`. Loops over the diagonals in Python, vectorised over
+    batch, heads and query blocks.
     """
     b, hx, ns = slash.shape
-    nq = (q_len + block - 1) // block
+    nq = (q_len + block_q - 1) // block_q
     dev = slash.device
-    width = max(1, min(ns, (kv_len + block - 1) // block))
-    p0 = torch.arange(nq, device=dev, dtype=torch.int64) * block + (kv_len - q_len)
-    end = torch.clamp(p0 + block, max=kv_len)
+    width = tiles_width(ns, q_len, kv_len, block_q)
+    p0 = torch.arange(nq, device=dev, dtype=torch.int64) * block_q + (kv_len - q_len)
+    end = torch.clamp(p0 + block_q, max=kv_len)
+    last = torch.clamp(p0 + block_q - 1, max=kv_len - 1)
     covered = torch.zeros(b, hx, nq, dtype=torch.int64, device=dev)
-    count = torch.zeros(b, hx, nq, dtype=torch.int64, device=dev)
-    starts = torch.full((b, hx, nq, width + 1), -1, dtype=torch.int64, device=dev)
+    n_clean = torch.zeros(b, hx, nq, dtype=torch.int64, device=dev)
+    n_masked = torch.zeros(b, hx, nq, dtype=torch.int64, device=dev)
+    tiles = torch.full((b, hx, nq, width + 1), -1, dtype=torch.int64, device=dev)
     sl = slash.to(torch.int64)
+    dpre, cpre = diag_prefix.to(torch.int64), column_prefix.to(torch.int64)
+    per_range = (block_q + VS_TILE - 1) // VS_TILE
     for i in range(ns):
         o = sl[:, :, i, None]                                   # (B, Hx, 1)
         active = (i < slash_count.to(torch.int64))[..., None]
         e = end - o
-        need = active & (e > covered)
-        s = torch.maximum(torch.clamp(p0 - o, min=0), covered)
-        slot = torch.where(need, count, torch.full_like(count, width))
-        starts.scatter_(-1, slot[..., None], torch.where(need, s, torch.full_like(s, -1))[..., None])
-        count += need.long()
-        covered = torch.where(need, s + block, covered)
-    return starts[..., :width].to(torch.int32).contiguous(), count.to(torch.int32)
+        r = torch.clamp(p0 - o, min=0)
+        for _ in range(per_range):
+            need = active & (e > covered)
+            s = torch.maximum(r, covered)
+            below = s + VS_TILE - 1 <= p0
+            hi_c = torch.clamp(s + VS_TILE, max=kv_len)
+            nocol = (cpre.gather(-1, hi_c) - cpre.gather(-1, torch.clamp(s, max=kv_len))) == 0
+            lo = torch.clamp(p0 - (s + VS_TILE - 1), min=0)
+            hi = torch.clamp(last - s, min=0)
+            full = (dpre.gather(-1, torch.clamp(hi + 1, max=kv_len)) - dpre.gather(-1, torch.clamp(lo, max=kv_len))
+                    ) == (hi - lo + 1)
+            clean = below & nocol & (full if exact else torch.ones_like(full))
+            code = s + GATHER_BIT * (~full).long() if exact else s
+            slot = torch.where(clean, n_clean, width - 1 - n_masked)
+            slot = torch.where(need, slot, torch.full_like(slot, width))
+            tiles.scatter_(-1, slot[..., None], torch.where(need, code, torch.full_like(code, -1))[..., None])
+            n_clean += (need & clean).long()
+            n_masked += (need & ~clean).long()
+            covered = torch.where(need, s + VS_TILE, covered)
+    return tiles[..., :width].to(torch.int32).contiguous(), n_clean.to(torch.int32), n_masked.to(torch.int32)
 
 
 def prepare_vertical_slash(vertical_indices: torch.Tensor, slash_indices: torch.Tensor, q_len: int,
-                           kv_len: int, *, use_triton: bool, block: int = VS_BLOCK) -> VSLayout:
+                           kv_len: int, *, use_triton: bool, block_q: int = DEFAULT_BLOCK_Q,
+                           exact: bool = True) -> VSLayout:
     """Validate and convert the index lists into the kernel's layout (all on the device).
 
     vertical_indices: (B, Hx, NV) absolute key columns; slash_indices: (B, Hx, NS) diagonal
     offsets; -1 marks unused slots, repeats are allowed. ``use_triton`` builds the tiles with
-    the Triton kernel, else with :func:`slash_tiles_reference`.
+    the Triton kernel, else with :func:`slash_tiles_reference`. ``exact`` chooses the
+    semantics the layout is built for (it decides which tiles need no mask).
     """
+    if block_q not in BLOCK_Q_CHOICES:
+        raise ValueError(f"block_q: must be one of {BLOCK_Q_CHOICES}, got {block_q}")
+    if not isinstance(exact, bool):
+        raise TypeError(f"exact: expected a bool, got {type(exact).__name__}")
     _check_range("vertical_indices", vertical_indices, kv_len)
     _check_range("slash_indices", slash_indices, kv_len)
     slash, slash_count = _sorted_unique(slash_indices, descending=True, pad=-1)
     columns, column_count = _sorted_unique(vertical_indices, descending=False, pad=kv_len)
-    nq = (q_len + block - 1) // block
+    nq = (q_len + block_q - 1) // block_q
     dev = columns.device
-    p0 = torch.arange(nq, device=dev, dtype=torch.int64) * block + (kv_len - q_len)
-    last = torch.clamp(p0 + block - 1, max=kv_len - 1).to(torch.int32)
     b, hx, _ = columns.shape
-    block_columns = torch.searchsorted(columns, last.expand(b, hx, nq).contiguous(), right=True).to(torch.int32)
+    p0 = torch.arange(nq, device=dev, dtype=torch.int64) * block_q + (kv_len - q_len)
+    last = torch.clamp(p0 + block_q - 1, max=kv_len - 1)
+    block_columns = torch.searchsorted(columns, last.to(torch.int32).expand(b, hx, nq).contiguous(), right=True)
+    below = torch.searchsorted(columns, p0.to(torch.int32).expand(b, hx, nq).contiguous(), right=True)
+    diag_table = _membership(slash, slash_count, kv_len, before=DIAG_PAD, after=block_q)
+    column_table = _membership(columns, column_count, kv_len)
+    diag_prefix = _prefix(diag_table[..., DIAG_PAD:DIAG_PAD + kv_len])
+    column_prefix = _prefix(column_table)
     if use_triton:
         from .triton import slash_tiles_triton
-        tile_start, tile_count = slash_tiles_triton(slash, slash_count, q_len, kv_len, block=block)
+        tiles, clean, masked = slash_tiles_triton(slash, slash_count, diag_prefix, column_prefix, q_len, kv_len,
+                                                  block_q, exact)
     else:
-        tile_start, tile_count = slash_tiles_reference(slash, slash_count, q_len, kv_len, block)
-    return VSLayout(q_len, kv_len, slash, slash_count, columns, column_count, block_columns.contiguous(),
-                    tile_start, tile_count, _membership(slash, slash_count, kv_len),
-                    _membership(columns, column_count, kv_len))
+        tiles, clean, masked = slash_tiles_reference(slash, slash_count, diag_prefix, column_prefix, q_len, kv_len,
+                                                     block_q, exact)
+    return VSLayout(q_len, kv_len, block_q, exact, slash, slash_count, columns, column_count,
+                    block_columns.to(torch.int32).contiguous(), below.to(torch.int32).contiguous(),
+                    tiles, clean, masked, diag_table, column_table, diag_prefix, column_prefix)
 
 
 def vertical_slash_pairs(layout: VSLayout, heads: int) -> torch.Tensor:
@@ -196,21 +286,28 @@ def vertical_slash_pairs(layout: VSLayout, heads: int) -> torch.Tensor:
     return total
 
 
-def tile_cover_mask(layout: VSLayout, block: int = VS_BLOCK) -> torch.Tensor:
+def computed_tile_elements(layout: VSLayout, heads: int) -> float:
+    """Query-key score elements the kernel computes (tiles and column chunks), all heads."""
+    hx = layout.clean_count.shape[1]
+    chunks = torch.ceil(layout.block_columns.double() / VS_TILE)
+    return float((layout.tile_count.double().sum() + chunks.sum()) * layout.block_q * VS_TILE * (heads // hx))
+
+
+def tile_cover_mask(layout: VSLayout) -> torch.Tensor:
     """Dense (B, Hx, q_len, kv_len) bool mask of the pairs inside tiles (no causality).
 
     Test helper for the superset semantics; memory O(q_len * kv_len).
     """
-    b, hx, nq, width = layout.tile_start.shape
+    starts = layout.tile_starts()
+    b, hx, nq, width = starts.shape
     lq, lk = layout.q_len, layout.kv_len
-    dev = layout.tile_start.device
-    cover = torch.zeros(b, hx, nq, lk + block + 1, dtype=torch.bool, device=dev)
-    starts = layout.tile_start.to(torch.int64)
-    keys = starts[..., None] + torch.arange(block, device=dev)                    # (B, Hx, NQ, W, block)
-    keys = torch.where(starts[..., None] >= 0, keys, torch.full_like(keys, lk + block))
+    dev = starts.device
+    cover = torch.zeros(b, hx, nq, lk + VS_TILE + 1, dtype=torch.bool, device=dev)
+    keys = starts[..., None] + torch.arange(VS_TILE, device=dev)                  # (B, Hx, NQ, W, tile)
+    keys = torch.where(starts[..., None] >= 0, keys, torch.full_like(keys, lk + VS_TILE))
     cover.scatter_(-1, keys.flatten(-2), True)
     cover = cover[..., :lk]
-    rows = torch.arange(lq, device=dev) // block
+    rows = torch.arange(lq, device=dev) // layout.block_q
     return cover[:, :, rows]
 
 
@@ -232,5 +329,6 @@ def vertical_slash_superset_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     return masked_attention(q, k, v, mask_fn, scale=scale)
 
 
-__all__ = ["VSLayout", "VS_BLOCK", "prepare_vertical_slash", "slash_tiles_reference", "tile_cover_mask",
-           "vertical_slash_pairs", "vertical_slash_superset_ref"]
+__all__ = ["BLOCK_Q_CHOICES", "DEFAULT_BLOCK_Q", "DIAG_PAD", "GATHER_BIT", "VSLayout", "VS_TILE",
+           "computed_tile_elements", "prepare_vertical_slash", "slash_tiles_reference", "tile_cover_mask",
+           "tiles_width", "vertical_slash_pairs", "vertical_slash_superset_ref"]

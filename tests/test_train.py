@@ -1,0 +1,158 @@
+"""Training code at toy scale on the CPU: loss goes down, resume is exact, export loads offline."""
+import json
+import math
+import shutil
+
+import pytest
+import torch
+
+pytest.importorskip("tokenizers")
+transformers = pytest.importorskip("transformers")
+
+from sparsa.train.config import config_from_dict, load_recipe  # noqa: E402
+from sparsa.train.loop import CHECKPOINT, LOG, lr_at, train  # noqa: E402
+
+TOY = {
+    "name": "toy", "seed": 0, "steps": 8, "log_every": 1, "ckpt_every": 3,
+    "model": {"hidden_size": 64, "num_layers": 2, "num_heads": 2, "num_kv_heads": 1, "head_dim": 32,
+              "intermediate_size": 128, "max_position_embeddings": 1024},
+    "data": {"curriculum": [[0, 128], [0.5, 256]], "tokens_per_step": 512, "micro_batch_tokens": 256,
+             "num_workers": 0, "lm_max_files": 2, "lm_fraction": 0.3,
+             "task_weights": {"niah_single": 1.0, "niah_multikey": 1.0}},
+    "optim": {"lr": 3e-3, "warmup_steps": 1},
+    "eval": {"every": 0},
+}
+
+
+def toy(**over):
+    d = json.loads(json.dumps(TOY))
+    for k, v in over.items():
+        d[k] = {**d[k], **v} if isinstance(v, dict) else v
+    return config_from_dict(d)
+
+
+def _losses(out):
+    return [r["loss"] for r in map(json.loads, (out / LOG).read_text().splitlines()) if "loss" in r]
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    out = tmp_path_factory.mktemp("straight")
+    res = train(toy(), out, progress=False)
+    return out, res
+
+
+def test_loss_decreases_and_log(straight):
+    out, res = straight
+    assert res.finished and res.step == 8
+    losses = _losses(out)
+    assert len(losses) == 8
+    assert all(math.isfinite(x) for x in losses)
+    assert sum(losses[-2:]) / 2 < losses[0] - 0.3
+    rows = [json.loads(x) for x in (out / LOG).read_text().splitlines()]
+    assert rows[-1]["seq_len"] == 256 and rows[1]["seq_len"] == 128
+    assert "answer_token_acc" in rows[-1] and "tokens_per_s" in rows[-1]
+
+
+def test_resume_is_exact(straight, tmp_path):
+    out_a, res_a = straight
+    out = tmp_path / "b"
+    first = train(toy(), out, max_steps=4, progress=False)
+    assert not first.finished and first.step == 4 and first.stopped_by == "max_steps"
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(toy(), out, progress=False)
+    with pytest.raises(ValueError, match="optim.lr"):
+        train(toy(optim={"lr": 1e-3}), out, resume=True, progress=False)
+    # a changed number of loader workers does not change the batches
+    res = train(toy(data={"num_workers": 1}), out, resume=True, progress=False)
+    assert res.finished and res.step == 8
+    sa, sb = res_a.model.state_dict(), res.model.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        torch.testing.assert_close(sa[k], sb[k], rtol=0, atol=0, msg=k)
+    ca = torch.load(out_a / CHECKPOINT, weights_only=False)
+    cb = torch.load(out / CHECKPOINT, weights_only=False)
+    assert ca["step"] == cb["step"] == 8 and ca["tokens"] == cb["tokens"]
+    for pa, pb in zip(ca["optimizer"]["state"].values(), cb["optimizer"]["state"].values()):
+        torch.testing.assert_close(pa["exp_avg_sq"], pb["exp_avg_sq"], rtol=0, atol=0)
+    steps = [json.loads(x)["step"] for x in (out / LOG).read_text().splitlines() if '"loss"' in x]
+    assert steps == list(range(1, 9))
+    assert _losses(out) == pytest.approx(_losses(out_a), rel=0, abs=0)
+
+
+def test_time_limit_stops_with_checkpoint(tmp_path):
+    res = train(toy(), tmp_path, time_limit_s=0.0, progress=False)
+    assert res.step == 1 and res.stopped_by == "time_limit"
+    assert torch.load(tmp_path / CHECKPOINT, weights_only=False)["step"] == 1
+
+
+def test_export_loads_offline(straight, tmp_path):
+    from sparsa.eval.tokenization import encode_for_model
+    from sparsa.train.export import export_hf
+
+    _, res = straight
+    d = export_hf(res.model, "default", tmp_path / "m", rope_theta=500000.0, recipe_text="x = 1\n", card="# toy\n")
+    for f in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "README.md"):
+        assert (d / f).is_file(), f
+    m = transformers.AutoModelForCausalLM.from_pretrained(str(d), local_files_only=True)
+    tok = transformers.AutoTokenizer.from_pretrained(str(d), local_files_only=True)
+    assert m.config.rope_parameters["rope_theta"] == 500000.0 if hasattr(m.config, "rope_parameters") else True
+    text = "def f(x):\n    return 42  # special number\n"
+    ids = tok(text)["input_ids"]
+    assert ids == encode_for_model(res.tokenizer, text) and ids[0] == tok.bos_token_id
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        ref = res.model.float()(input_ids=x).logits
+        got = m.float()(input_ids=x).logits
+    assert (got - ref).abs().max() < 0.05 * ref.abs().max()
+    with pytest.raises(ValueError, match="exceeds"):
+        export_hf(res.model, "default", tmp_path / "small", rope_theta=1e4, max_bytes=1000)
+
+
+def test_lr_schedule_and_recipe_errors(tmp_path):
+    cfg = toy(steps=100, optim={"lr": 1.0, "warmup_steps": 10, "min_lr_ratio": 0.1})
+    assert lr_at(cfg, 0) == pytest.approx(0.1) and lr_at(cfg, 9) == pytest.approx(1.0)
+    assert lr_at(cfg, 99) == pytest.approx(0.1, abs=1e-3)
+    with pytest.raises(ValueError, match="model.nope: unknown recipe key"):
+        config_from_dict({"model": {"nope": 1}})
+    with pytest.raises(ValueError, match="unknown task"):
+        config_from_dict({"data": {"task_weights": {"needle": 1.0}}})
+    with pytest.raises(ValueError, match="num_kv_heads"):
+        config_from_dict({"model": {"num_heads": 4, "num_kv_heads": 3}})
+    p = tmp_path / "r.yaml"
+    p.write_text("x")
+    with pytest.raises(ValueError, match="toml or .json"):
+        load_recipe(p)
+
+
+def test_shipped_recipe_fits_the_size_limit():
+    from pathlib import Path
+
+    from sparsa.train.loop import estimate_flops
+    from sparsa.train.model import build_model, count_parameters
+
+    cfg, text = load_recipe(Path(__file__).parents[1] / "recipes" / "sparsa-tiny.toml")
+    assert cfg.name == "sparsa-tiny" and "[model]" in text
+    with torch.device("meta"):
+        m = build_model(cfg.model, 8192, 0, 1, 2)
+    n = count_parameters(m)["total"]
+    assert 2 * n <= 25 * 2**20
+    assert cfg.model.head_dim == 64 and cfg.model.num_heads % cfg.model.num_kv_heads == 0
+    assert max(L for _, L in cfg.data.curriculum) == 8192
+    assert estimate_flops(cfg, 8192)["tokens"] > 1e8
+
+
+def test_cli_train(tmp_path):
+    from typer.testing import CliRunner
+
+    from sparsa.cli import app
+
+    recipe = tmp_path / "toy.json"
+    recipe.write_text(json.dumps({**TOY, "steps": 2}))
+    r = CliRunner().invoke(app, ["train", "--recipe", str(recipe), "--out", str(tmp_path / "o"), "--no-card"])
+    assert r.exit_code == 0, r.output
+    assert "exported" in r.output and (tmp_path / "o" / "model" / "model.safetensors").is_file()
+    assert (tmp_path / "o" / "model" / "README.md").read_text().startswith("# toy")
+    r = CliRunner().invoke(app, ["train", "--recipe", str(recipe), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "--resume" in r.output
+    shutil.rmtree(tmp_path / "o")
