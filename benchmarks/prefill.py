@@ -16,9 +16,8 @@ def _compression(text: str) -> float | None:
     return None if text.lower() in ("none", "paper") else float(text)
 
 
-def _config(text: str) -> tuple[int, int]:
-    warps, stages = text.lower().split("x")
-    return int(warps), int(stages)
+def _config(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.lower().split("x"))
 
 
 def main() -> None:
@@ -33,7 +32,9 @@ def main() -> None:
     ap.add_argument("--bs-configs", type=_config, nargs="+", default=None,
                     help="block-sparse kernel (num_warps)x(num_stages) variants to time, e.g. 8x2 8x3")
     ap.add_argument("--vs-configs", type=_config, nargs="+", default=None,
-                    help="vertical-slash attention kernel variants to time, e.g. 4x2 4x3")
+                    help="vertical-slash kernel variants (block_q)x(num_warps)x(num_stages), e.g. 128x4x2 64x4x3")
+    ap.add_argument("--vs-lines", nargs="*", default=["band", "scattered"],
+                    help="synthetic vertical-slash line sets to time besides the planned ones")
     ap.add_argument("--no-check", action="store_true", help="skip the correctness checks at real size")
     ap.add_argument("--out", default="benchmarks/results/prefill.json")
     args = ap.parse_args()
@@ -43,7 +44,7 @@ def main() -> None:
         compressions = args.compressions if args.compressions is not None else defaults[method][1]
         run_prefill_bench(contexts, [method], compressions, check=not args.no_check, out_path=args.out,
                           baselines=args.baselines, bs_configs=args.bs_configs,
-                          vs_configs=args.vs_configs)
+                          vs_configs=args.vs_configs, vs_lines=args.vs_lines)
 
 
 if __name__ == "__main__":

@@ -280,3 +280,27 @@ def test_import_sparsa_does_not_import_transformers() -> None:
     import sys
     code = "import sys, sparsa; assert 'transformers' not in sys.modules; assert callable(sparsa.apply)"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_caller_built_4d_masks(llama: torch.nn.Module) -> None:
+    ids = prompt(2, 30)
+    pad = torch.ones(2, 30, dtype=torch.bool)
+    pad[1, :9] = False
+    causal = torch.ones(30, 30, dtype=torch.bool).tril()
+    mask4d = causal[None, None] & pad[:, None, None, :]
+    with sparsa.apply(llama, small("sliding_window"), layers={0: None}):
+        with torch.no_grad():
+            a = llama(ids, attention_mask=pad.long(), use_cache=False).logits
+            b = llama(ids, attention_mask=mask4d, use_cache=False).logits
+            torch.testing.assert_close(b[pad], a[pad], atol=1e-4, rtol=0)
+            with pytest.raises(ValueError, match="attention_mask"):
+                llama(ids, attention_mask=torch.ones(2, 1, 30, 30, dtype=torch.bool), use_cache=False)
+
+
+def test_packed_sequences_are_rejected(llama: torch.nn.Module) -> None:
+    ids = prompt(1, 20)
+    packed = torch.cat([torch.arange(12), torch.arange(8)])[None]
+    with sparsa.apply(llama, small("sliding_window")), torch.no_grad():
+        llama(ids, position_ids=torch.arange(20)[None], use_cache=False)
+        with pytest.raises(ValueError, match="packed"):
+            llama(ids, position_ids=packed, use_cache=False)

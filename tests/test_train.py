@@ -24,6 +24,15 @@ TOY = {
 }
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # tiny matmuls: one thread is faster, and much faster on a shared machine
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def toy(**over):
     d = json.loads(json.dumps(TOY))
     for k, v in over.items():

@@ -53,6 +53,15 @@ def read_rows(path: str | Path) -> list[Row]:
     return rows
 
 
+def _drop_partial_line(path: Path) -> None:
+    """Cut an unfinished last line (an interrupted write) so appended rows start on a new line."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        path.write_bytes(data[:data.rfind(b"\n") + 1])
+
+
 class _NewlineStop:
     """Stops a row once its generated text contains a newline after some non-space text."""
 
@@ -156,6 +165,7 @@ def evaluate(model: Any, tokenizer: Any, tasks: Sequence[str] | Mapping[str, Map
     fh = None
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
+        _drop_partial_line(Path(out))
         fh = open(out, "a")
     counter = TokenCounter(tokenizer)
     t_start = time.perf_counter()

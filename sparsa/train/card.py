@@ -59,7 +59,7 @@ def model_card(name: str, *, recipe_text: str, recipe_file: str, params: Mapping
         "A small Llama-architecture decoder trained from scratch by `sparsa train` for sparsa's long-context "
         f"task suite.{default}\n",
         "```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
-        f"model = AutoModelForCausalLM.from_pretrained(path)   # path: this directory\n"
+        "model = AutoModelForCausalLM.from_pretrained(path)   # path: this directory\n"
         "tok = AutoTokenizer.from_pretrained(path)\n```\n",
         "## Model\n",
         f"- Llama architecture: {m['num_layers']} layers, hidden {m['hidden_size']}, {m['num_heads']} query heads / "

@@ -10,6 +10,7 @@ import hashlib
 import math
 import os
 import random
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,6 +193,10 @@ def collate(batch: list[Example]) -> dict[str, Any]:
 
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
+    # a stop signal sent to the whole process group is the main process's to handle: it
+    # checkpoints after the current step and then shuts the workers down itself
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def make_loader(cfg: TrainConfig, dataset: StreamDataset, start: int, stop: int):

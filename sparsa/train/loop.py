@@ -10,6 +10,7 @@ Layout of an output directory::
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -130,6 +131,10 @@ class _Stopper:
             signal.signal(sig, old)
 
 
+def _sha(tok) -> str:
+    return hashlib.sha256(tok.to_str().encode()).hexdigest()
+
+
 def _device(spec: str | None) -> torch.device:
     if spec is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -192,6 +197,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, recipe_text: str | None = No
         if diff:
             raise ValueError(f"recipe: differs from the checkpoint's in {', '.join(diff)}; a resumed run must "
                              "use the recipe it started with")
+        if ck.get("tokenizer_sha256") not in (None, _sha(tok)):
+            raise ValueError(f"data.tokenizer: {cfg.data.tokenizer} is not the tokenizer the checkpoint was trained "
+                             "with (its content changed)")
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         step, elapsed_prev, tokens_seen = ck["step"], ck["elapsed_s"], ck["tokens"]
@@ -297,7 +305,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, recipe_text: str | None = No
                 if step % cfg.ckpt_every == 0 or step == stop_at or stopper.reason is not None:
                     _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
                                   "elapsed_s": elapsed_prev + elapsed, "tokens": tokens_seen,
-                                  "rng": _rng_state(), "recipe": cfg.to_dict()}, ckpt_path)
+                                  "rng": _rng_state(), "recipe": cfg.to_dict(), "tokenizer_sha256": _sha(tok)},
+                                 ckpt_path)
                 if stopper.reason is not None:
                     stopped_by = stopper.reason
                     log_f.write(json.dumps({"step": step, "event": "stopped", "reason": stopped_by}) + "\n")

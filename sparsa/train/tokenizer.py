@@ -1,5 +1,8 @@
 """Train sparsa's byte-level BPE tokenizer on the Python standard library's source.
 
+Next to ``tokenizer.json`` it writes ``tokenizer.meta.json``: the Python version and the list of
+files it was trained on, since another Python version has other stdlib sources.
+
 The training text is every usable stdlib ``.py`` file (``sparsa.eval.corpus.stdlib_files("all")``,
 which leaves out ``corpus.CHECK_FILES``, kept for the tokenizer tests) in sorted path order,
 plus a small supplement that makes the task vocabulary compact: every 1-3 digit group
@@ -17,6 +20,9 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import platform
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -36,7 +42,7 @@ SPLIT_PATTERN = (r"'(?:s|t|re|ve|m|ll|d)(?!\p{L})"
                  r"|\s+")
 
 _DIGIT_REPEATS = 400
-_WORD_REPEATS = 60
+_WORD_REPEATS = 150
 
 
 def supplement_lines() -> Iterator[str]:
@@ -75,8 +81,8 @@ def training_texts(files: Sequence[str] | None = None, supplement: bool = True) 
 
 
 def build_empty_tokenizer():
-    """An untrained tokenizer with sparsa's normalisation, pre-tokenizer, post-processor and decoder."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+    """An untrained BPE tokenizer with sparsa's pre-tokenizer and decoder (no normaliser: bytes stay as they are)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence([
@@ -96,6 +102,8 @@ def train_tokenizer(vocab_size: int = 8192, files: Sequence[str] | None = None, 
     """
     from tokenizers import pre_tokenizers, processors, trainers
 
+    from ..eval.corpus import stdlib_files
+
     if not isinstance(vocab_size, int) or vocab_size < 512:
         raise ValueError(f"vocab_size: must be an int >= 512, got {vocab_size!r}")
     tok = build_empty_tokenizer()
@@ -109,6 +117,11 @@ def train_tokenizer(vocab_size: int = 8192, files: Sequence[str] | None = None, 
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         tok.save(str(out))
+        if files is None and supplement:
+            meta = {"python": platform.python_version(), "vocab_size": vocab_size,
+                    "files": len(stdlib_files("all")),
+                    "files_sha256": hashlib.sha256("\n".join(stdlib_files("all")).encode()).hexdigest()}
+            Path(out).with_name(Path(out).stem + ".meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return tok
 
 

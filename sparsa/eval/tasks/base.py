@@ -12,12 +12,12 @@ from ..scoring import Scorer
 from ..tokenization import TASK_CHARSET, TokenCounter, check_tokenizer
 
 SPLITS = ("train", "eval")
+LOW_FRACTION = 0.9  # a prompt fills 90-100% of the requested length
 _ATTEMPTS = 8  # fresh draws tried when the filler cannot hit the length window
 
 
 class FitError(ValueError):
     """The filler units could not bring a prompt into 90-100% of the requested length."""
-LOW_FRACTION = 0.9  # a prompt fills 90-100% of the requested length
 
 
 @dataclass(frozen=True)

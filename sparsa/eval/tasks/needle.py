@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any
 
 from ..tokenization import TokenCounter
 from .base import LineHaystack, Task, fit_to_length, insert_at_depths

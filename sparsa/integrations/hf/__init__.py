@@ -8,15 +8,16 @@ source is patched. See :func:`apply` for the per-phase and per-layer rules.
 Supported families: Llama, Mistral, Qwen2, Qwen3, Gemma2, Gemma3 (text). Supported
 transformers versions: see :data:`compat.MIN_VERSION` / :data:`compat.MAX_VERSION`.
 
-Chunked prefill of a long prompt::
+Chunked prefill of a long prompt: either ``sparsa.apply(..., prefill_chunk=8192)`` and a plain
+``model.generate(input_ids)``, or by hand::
 
     handle = sparsa.apply(model, prefill="vertical_slash", decode="quest")
-    res = sparsa.integrations.hf.chunked_prefill(model, input_ids, chunk=8192)
-    out = model.generate(input_ids, cache=res.cache, max_new_tokens=64)
+    res = sparsa.integrations.hf.chunked_prefill(model, input_ids[:, :-1], chunk=8192)
+    out = model.generate(input_ids, cache=res.cache, max_new_tokens=64)  # past_key_values= in 4.x
 
-or ``sparsa.apply(..., prefill_chunk=8192)`` and a plain ``model.generate(input_ids)``. Every
-chunk is a forward whose queries are the last positions of the cached keys, so a prefill
-method attends sparsely to everything before it.
+(``generate`` runs the prompt tokens the cache does not hold yet, here the last one, which
+then takes the decode rule.) Every chunk is a forward whose queries are the last positions of
+the cached keys, so a prefill method attends sparsely to everything before it.
 """
 from .apply import PrefillResult, SparsaHandle, apply, chunked_prefill
 from .cache import LayerState, SparsaCache

@@ -9,6 +9,7 @@ from typing import Any, Mapping
 
 import torch
 
+from ...backend import BACKENDS
 from ...methods.base import AttentionStats
 from . import compat
 from .attention import SparsaAttention, StatsRecorder, merge_stats
@@ -17,9 +18,16 @@ from .overrides import (ARCHITECTURES, AUTO, LayerPlan, attention_modules, layer
                         resolve_plans, supported_text)
 
 ON_UNSUPPORTED = ("error", "dense")
+_MISSING = object()
 
 _counter = itertools.count()
-_active: "weakref.WeakKeyDictionary[torch.nn.Module, SparsaHandle]" = weakref.WeakKeyDictionary()
+# model -> weak reference to its active handle (the handle itself refers to the model)
+_active: "weakref.WeakKeyDictionary[torch.nn.Module, weakref.ref[SparsaHandle]]" = weakref.WeakKeyDictionary()
+
+
+def _unregister(name: str) -> None:
+    compat.unregister_attention(name)
+    compat.unregister_mask(name)
 
 
 class SparsaHandle:
@@ -39,6 +47,7 @@ class SparsaHandle:
         self._fn = fn
         self._previous = previous
         self._hook: Any = None
+        self._previous_generate: Any = model.__dict__.get("generate", _MISSING)
         self._cache_kwarg = compat.cache_kwarg_name(model)
         self.active = False
 
@@ -82,12 +91,14 @@ class SparsaHandle:
             if self._hook is not None:
                 self._hook.remove()
                 self._hook = None
-            if model.__dict__.get("generate") is not None and getattr(model.__dict__["generate"],
-                                                                      "_sparsa_handle", None) is self:
-                del model.__dict__["generate"]
-            compat.unregister_attention(self.name)
-            compat.unregister_mask(self.name)
-            if _active.get(model) is self:
+            if getattr(model.__dict__.get("generate"), "_sparsa_handle", None) is self:
+                if self._previous_generate is _MISSING:
+                    del model.__dict__["generate"]
+                else:
+                    model.__dict__["generate"] = self._previous_generate
+            _unregister(self.name)
+            ref = _active.get(model)
+            if ref is not None and ref() is self:
                 del _active[model]
             self.active = False
 
@@ -114,18 +125,18 @@ class SparsaHandle:
         use_cache = kwargs.get("use_cache")
         if use_cache is None:
             use_cache = getattr(compat.text_config(self.model), "use_cache", False)
-        if not use_cache or len(args) > 3:
+        if not use_cache or len(args) > 3:  # a 4th positional argument may be the cache itself
             return None
         kwargs = dict(kwargs)
         kwargs[self._cache_kwarg] = self.new_cache()
         return args, kwargs
 
     def _make_generate(self) -> Any:
-        original = type(self.model).generate.__get__(self.model)
+        original = self.model.generate
         handle = self
 
         def generate(*args: Any, **kwargs: Any) -> Any:
-            key, cache = compat.find_cache_kwarg(kwargs)
+            _, cache = compat.find_cache_kwarg(kwargs)
             gen_config = kwargs.get("generation_config") or getattr(handle.model, "generation_config", None)
             impl = kwargs.get("cache_implementation", getattr(gen_config, "cache_implementation", None))
             use_cache = kwargs.get("use_cache", getattr(gen_config, "use_cache", True))
@@ -193,17 +204,32 @@ def apply(model: torch.nn.Module, prefill: Any = None, decode: Any = AUTO, *,
         A :class:`SparsaHandle`; ``with sparsa.apply(...) as h:`` restores the model on exit.
 
     Without a cache argument, ``model()`` and ``generate()`` get a :class:`SparsaCache`, where
-    decode methods keep their state. Batches may be padded (left or right): sparse rules run
-    per row on the real tokens.
+    decode methods keep their state (a plain ``DynamicCache`` works for everything but stateful
+    decode methods, which then raise; static caches and beam search are refused).
+
+    Batches may be padded (left or right, as ``generate`` or a training forward produce):
+    sparse rules run per batch row on that row's real tokens, so patterns and budgets never
+    count padding; unpadded batches run in one call.
+
+    A decode method's state is built after every multi-token call from that call's queries and
+    all cached keys. With chunked prefill it therefore sees the last chunk's queries: SnapKV /
+    Ada-SnapKV (observation window no longer than the chunk), Quest, Streaming and NSA get the
+    same state as from one prefill; H2O accumulates attention from the last chunk only.
+
+    The handle's :meth:`SparsaHandle.stats` / ``layer_stats`` report the compression achieved by
+    the latest prefill and decode calls (dense layers included in the model-level figure).
     """
     compat.check_version()
     config, arch = _architecture(model)
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f"backend: must be one of {BACKENDS} or None, got {backend!r}")
     if on_unsupported not in ON_UNSUPPORTED:
         raise ValueError(f"on_unsupported: must be one of {ON_UNSUPPORTED}, got {on_unsupported!r}")
     if prefill_chunk is not None and (isinstance(prefill_chunk, bool) or not isinstance(prefill_chunk, int)
                                       or prefill_chunk < 1):
         raise ValueError(f"prefill_chunk: must be a positive int or None, got {prefill_chunk!r}")
-    if model in _active:
+    ref = _active.get(model)
+    if ref is not None and ref() is not None and ref().active:
         raise RuntimeError("model: sparsa is already applied to this model; remove() the existing handle first")
     modules = attention_modules(model, arch)
     n_layers = int(getattr(config, "num_hidden_layers", len(modules)))
@@ -256,7 +282,8 @@ def apply(model: torch.nn.Module, prefill: Any = None, decode: Any = AUTO, *,
         handle.remove()
         raise
     handle.active = True
-    _active[model] = handle
+    _active[model] = weakref.ref(handle)
+    weakref.finalize(model, _unregister, name)  # a model dropped without remove() frees its registration
     return handle
 
 
@@ -276,8 +303,10 @@ def chunked_prefill(model: torch.nn.Module, input_ids: torch.Tensor, chunk: int,
     Each chunk is a forward over its tokens with the cache of all earlier chunks, so its
     queries are the last positions of the keys and a sparse prefill method attends sparsely to
     everything so far. With sparsa applied, decode methods build their state from the last
-    chunk. Continue with ``model.generate(full_ids, attention_mask=..., cache=result.cache)``
-    or with manual decode steps.
+    chunk. To continue with ``generate``, prefill ``input_ids[:, :-1]`` and pass the full
+    ``input_ids`` (and mask) with ``cache=result.cache`` (``past_key_values=`` in 4.x):
+    generate then runs the last prompt token as its first step. Manual decode steps can start
+    from ``result.logits``.
 
     Args:
         model: a causal LM (sparsa applied or not).

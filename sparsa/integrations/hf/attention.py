@@ -24,13 +24,15 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from ...methods.base import AttentionStats, DecodeMethod, Method, decode_stats, prefill_stats
+from ...methods.base import AttentionStats, DecodeMethod, Method, decode_stats
 from ...ops.dense.reference import causal_pairs
 from . import compat
 from .cache import LayerState, SparsaCache, cache_for
 from .overrides import LayerPlan
 
-_ROW_CHUNK_ELEMENTS = 1 << 25
+_ROW_CHUNK = 1024                 # query rows per chunk of a windowed dense layer (at most)
+_ROW_CHUNK_ELEMENTS = 1 << 25     # fp32 scores per chunk of the soft-capped path
+_MASK_CHUNK_ELEMENTS = 1 << 28    # bool mask entries per chunk of the SDPA path
 _TORCH_HAS_GQA = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)
 
 
@@ -59,6 +61,7 @@ def merge_stats(parts: list[AttentionStats], method: str, phase: str) -> Attenti
 
 
 def _dense_stats(phase: str, q_rows: list[int], k_rows: list[int], heads: int) -> AttentionStats:
+    """Stats of dense attention over rows with ``q_rows[i]`` real queries and ``k_rows[i]`` real keys."""
     if phase == "prefill":
         pairs = float(sum(causal_pairs(m, n) for m, n in zip(q_rows, k_rows) if m > 0)) * heads
     else:
@@ -68,17 +71,32 @@ def _dense_stats(phase: str, q_rows: list[int], k_rows: list[int], heads: int) -
 
 
 class StatsRecorder:
-    """The latest :class:`AttentionStats` of each (layer, phase)."""
+    """The latest :class:`AttentionStats` of each (layer, phase).
+
+    Entries may be recorded as zero-argument callables and are built when read, so that
+    recording never waits for the device.
+    """
 
     def __init__(self) -> None:
-        self.latest: dict[tuple[int, str], AttentionStats] = {}
+        self._latest: dict[tuple[int, str], AttentionStats | Callable[[], AttentionStats | None]] = {}
 
-    def record(self, layer: int, phase: str, stats: AttentionStats | None) -> None:
+    def record(self, layer: int, phase: str, stats: AttentionStats | Callable[[], AttentionStats | None] | None
+               ) -> None:
         if stats is not None:
-            self.latest[(layer, phase)] = stats
+            self._latest[(layer, phase)] = stats
+
+    @property
+    def latest(self) -> dict[tuple[int, str], AttentionStats]:
+        out = {}
+        for key, value in self._latest.items():
+            stats = value() if callable(value) else value
+            if stats is not None:
+                self._latest[key] = stats
+                out[key] = stats
+        return out
 
     def clear(self) -> None:
-        self.latest.clear()
+        self._latest.clear()
 
 
 # ------------------------------------------------------------------------------------ dense
@@ -91,29 +109,46 @@ def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: fl
     q: (B, H, Lq, D); k, v: (B, Hkv, Lk, D); padding (B, Lk) bool, True = real token; mask4d a
     caller-built (B, 1|H, Lq, >=Lk) mask used instead of causal/window/padding. Query rows that
     see no key (padding) return zeros. Returns (B, H, Lq, D) in q's dtype.
+
+    Masks are built per chunk of query rows over the keys those rows can reach (the window's
+    span for windowed layers), so memory stays bounded on long prompts.
     """
     b, h, lq, d = q.shape
-    hkv, lk = k.shape[1], k.shape[2]
+    lk = k.shape[2]
     if mask4d is not None:
-        allow = compat.mask_allows(mask4d[..., :lk]).to(q.device)
-    elif padding is None and window is None and (lq == lk or lq == 1):
-        allow = None  # plain causal: SDPA's is_causal (or no mask for a single query)
-    else:
-        rows = torch.arange(lk - lq, lk, device=q.device)[:, None]
-        cols = torch.arange(lk, device=q.device)[None, :]
+        return _attend(q, k, v, compat.mask_allows(mask4d[..., :lk]).to(q.device), scale, softcap)
+    if padding is None and window is None and softcap is None and (lq == lk or lq == 1):
+        return _sdpa(q, k, v, None, scale, causal=lq > 1)  # plain causal (or a single query)
+    reach = lk if window is None else min(lk, window + _ROW_CHUNK)
+    budget = _ROW_CHUNK_ELEMENTS if softcap is not None else _MASK_CHUNK_ELEMENTS
+    step = max(1, min(lq, budget // max(1, b * h * reach)))
+    if window is not None:
+        step = min(step, _ROW_CHUNK)
+    out = torch.empty_like(q)
+    for s in range(0, lq, step):
+        e = min(lq, s + step)
+        first, last = lk - lq + s, lk - lq + e          # absolute positions of rows s..e-1
+        lo = 0 if window is None else max(0, first - window + 1)
+        rows = torch.arange(first, last, device=q.device)[:, None]
+        cols = torch.arange(lo, last, device=q.device)[None, :]
         allow = cols <= rows
         if window is not None:
             allow = allow & (cols > rows - window)
         allow = allow[None, None]
         if padding is not None:
-            allow = allow & padding.to(q.device)[:, None, None, :]
-    if softcap is None:
-        if allow is None:
-            return _sdpa(q, k, v, None, scale, causal=lq > 1)
-        seen = allow.any(-1, keepdim=True)
-        out = _sdpa(q, k, v, allow | ~seen, scale, causal=False)
-        return out.masked_fill(~seen, 0.0)
-    return _softcapped(q, k, v, scale, softcap, allow)
+            allow = allow & padding[:, lo:last].to(q.device)[:, None, None, :]
+        out[:, :, s:e] = _attend(q[:, :, s:e], k[:, :, lo:last], v[:, :, lo:last], allow, scale, softcap)
+    return out
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allow: torch.Tensor, scale: float,
+            softcap: float | None) -> torch.Tensor:
+    """Attention under a bool mask (B|1, 1|H, Lq, Lk); rows with nothing allowed give zeros."""
+    if softcap is not None:
+        return _softcapped(q, k, v, scale, softcap, allow)
+    seen = allow.any(-1, keepdim=True)
+    out = _sdpa(q, k, v, allow | ~seen, scale, causal=False)
+    return out.masked_fill(~seen, 0.0)
 
 
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float,
@@ -126,28 +161,14 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor 
 
 
 def _softcapped(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, softcap: float,
-                allow: torch.Tensor | None) -> torch.Tensor:
-    """Eager attention with ``softcap * tanh(scores / softcap)`` (Gemma2), fp32, chunked over rows."""
-    b, h, lq, d = q.shape
-    hkv, lk = k.shape[1], k.shape[2]
-    g = h // hkv
+                allow: torch.Tensor) -> torch.Tensor:
+    """Eager attention with ``softcap * tanh(scores / softcap)`` (Gemma2) in fp32."""
+    g = q.shape[1] // k.shape[1]
     ct = torch.float64 if q.dtype == torch.float64 else torch.float32
-    kf = k.to(ct).repeat_interleave(g, 1)
-    vf = v.to(ct).repeat_interleave(g, 1)
-    if allow is None:
-        rows = torch.arange(lk - lq, lk, device=q.device)[:, None]
-        allow = (torch.arange(lk, device=q.device)[None, :] <= rows)[None, None]
-    out = torch.empty(b, h, lq, d, dtype=ct, device=q.device)
-    step = max(1, _ROW_CHUNK_ELEMENTS // max(1, b * h * lk))
-    for s in range(0, lq, step):
-        e = min(lq, s + step)
-        sc = torch.matmul(q[:, :, s:e].to(ct), kf.transpose(-1, -2)) * scale
-        sc = torch.tanh(sc / softcap) * softcap
-        a = allow[:, :, s:e] if allow.shape[2] == lq else allow
-        sc = sc.masked_fill(~a, float("-inf"))
-        p = torch.softmax(sc, dim=-1).nan_to_num(0.0)
-        out[:, :, s:e] = torch.matmul(p, vf)
-    return out.to(q.dtype)
+    sc = torch.matmul(q.to(ct), k.to(ct).repeat_interleave(g, 1).transpose(-1, -2)) * scale
+    sc = (torch.tanh(sc / softcap) * softcap).masked_fill(~allow, float("-inf"))
+    p = torch.softmax(sc, dim=-1).nan_to_num(0.0)
+    return torch.matmul(p, v.to(ct).repeat_interleave(g, 1)).to(q.dtype)
 
 
 # ------------------------------------------------------------------------------------ row handling
@@ -172,6 +193,15 @@ def _init_decode(m: DecodeMethod, q: torch.Tensor, k: torch.Tensor, v: torch.Ten
     if _accepts_scale(m.init_decode):
         return m.init_decode(q, k, v, scale=scale)
     return m.init_decode(q, k, v)
+
+
+def _reject_packed(position_ids: torch.Tensor | None) -> None:
+    """Packed sequences (positions restarting inside a row, no mask) would let sparse rules cross
+    sequence boundaries; transformers expresses them only through its own mask functions."""
+    if isinstance(position_ids, torch.Tensor) and position_ids.ndim == 2 and position_ids.shape[-1] > 1:
+        if bool((position_ids.diff(dim=-1) != 1).any()):
+            raise ValueError("position_ids: packed sequences (positions restarting inside a row) are not "
+                             "supported by sparse methods; pass one sequence per row with an attention mask")
 
 
 # ------------------------------------------------------------------------------------ the function
@@ -213,6 +243,8 @@ class SparsaAttention:
             raise ValueError(f"layer {layer}: the model soft-caps attention scores (softcap={softcap}), which "
                              f"{method.name} cannot apply; run the layer densely (layers={{{layer}: None}})")
         padding = compat.padding_mask(attention_mask, lq, lk)
+        if phase == "prefill" and padding is None and lq == lk and lq > 1:
+            _reject_packed(kwargs.get("position_ids"))
         if phase == "prefill":
             out = self._sparse_call(layer, phase, method, query, key, value, padding, scale)
             if plan.stateful:
@@ -232,14 +264,18 @@ class SparsaAttention:
         mask4d = attention_mask if attention_mask is not None and attention_mask.ndim == 4 else None
         padding = None if mask4d is not None else compat.padding_mask(attention_mask, lq, lk)
         out = dense_attention(q, k, v, scale, padding=padding, mask4d=mask4d, window=window, softcap=softcap)
-        if padding is None:
-            q_rows, k_rows = [lq] * q.shape[0], [lk] * q.shape[0]
-        else:
-            k_rows = padding.sum(-1).tolist()
-            q_rows = padding[:, lk - lq:].sum(-1).tolist()
-        if window is not None:
-            k_rows = [min(n, window) if phase == "decode" else n for n in k_rows]
-        self.stats.record(layer, phase, _dense_stats(phase, q_rows, k_rows, q.shape[1]))
+        heads, batch = q.shape[1], q.shape[0]
+        k_real = None if padding is None else padding.sum(-1)
+        q_real = None if padding is None else padding[:, lk - lq:].sum(-1)
+
+        def stats() -> AttentionStats:
+            k_rows = [lk] * batch if k_real is None else k_real.tolist()
+            q_rows = [lq] * batch if q_real is None else q_real.tolist()
+            if window is not None and phase == "decode":
+                k_rows = [min(n, window) for n in k_rows]
+            return _dense_stats(phase, q_rows, k_rows, heads)
+
+        self.stats.record(layer, phase, stats)
         return out
 
     # -- sparse -----------------------------------------------------------------------------------
@@ -322,8 +358,11 @@ class SparsaAttention:
         out = torch.zeros_like(q)
         parts = []
         for b in range(q.shape[0]):
-            if state.rows[b] is None or not bool(padding[b, -1]):
-                continue
+            if not bool(padding[b, -1]):
+                continue  # a padding step: the row's output is not used
+            if state.rows[b] is None:
+                raise RuntimeError(f"layer {layer}: batch row {b} had no real token in the last prompt chunk, so "
+                                   f"{m.name} has no state for it; end every row's prompt in the last chunk")
             real = padding[b]
             kb, vb = _take(k[b:b + 1], real), _take(v[b:b + 1], real)
             ob, new, read = m.decode_step(qt[b:b + 1], kb, vb, state.rows[b], scale=scale)

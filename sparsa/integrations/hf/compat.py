@@ -56,10 +56,6 @@ def _mask_interface() -> type | None:
     return AttentionMaskInterface
 
 
-def has_mask_interface() -> bool:
-    return _mask_interface() is not None
-
-
 def register_attention(name: str, fn: Callable[..., Any]) -> None:
     _attention_interface().register(name, fn)
 

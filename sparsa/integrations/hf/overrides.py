@@ -36,8 +36,7 @@ class _Auto:
 
 
 AUTO: Any = _Auto()
-
-MethodSpec = "str | Method | None"
+_UNSET: Any = object()
 
 
 @dataclass(frozen=True)
@@ -138,9 +137,6 @@ def _layer_value(value: Any, layer: int) -> tuple[Any, Any]:
             raise ValueError(f"{arg}: a tuple entry must be (prefill, decode), got {len(value)} items")
         return value
     return value, AUTO
-
-
-_UNSET: Any = object()
 
 
 def resolve_plans(n_layers: int, prefill: Any, decode: Any, layers: Mapping[int, Any] | None) -> list[LayerPlan]:

@@ -10,6 +10,8 @@ import math
 
 import torch
 
+from ..kv_quant import QuantizedTensor
+
 
 def pages_to_tokens(page_indices: torch.Tensor, page_size: int, kv_len: int) -> torch.Tensor:
     """(B, Hkv, P) page numbers (-1 = unused) -> (B, Hkv, P*page_size) token positions (-1 = unused)."""
@@ -73,13 +75,13 @@ def sparse_decode_ref(
 # ---------------------------------------------------------------------------------------------
 
 def _store_rows(store) -> int:
-    return int(store.data.shape[0] if hasattr(store, "dequantize") else store.shape[0])
+    return int(store.data.shape[0] if isinstance(store, QuantizedTensor) else store.shape[0])
 
 
 def gather_rows(store, rows: torch.Tensor) -> torch.Tensor:
     """float32 vectors (*rows.shape, head_dim) of a row store at int64 ``rows`` (all in range)."""
     flat = rows.reshape(-1)
-    if hasattr(store, "dequantize"):
+    if isinstance(store, QuantizedTensor):
         out = store.map(lambda x: x.index_select(0, flat)).dequantize(torch.float32)
     else:
         out = store.index_select(0, flat).float()
@@ -222,20 +224,23 @@ def quest_select_ref(scores: torch.Tensor, seq_lens: torch.Tensor, page_size: in
     nsel = torch.as_tensor(n_select, device=dev, dtype=torch.int64).expand(b)
     w = int(nsel.max()) + 1 if b else 1
     cur = current_pages(seq_lens, page_size).to(dev)
+    page = torch.arange(mp, device=dev)
+    cand = page[None, :] < cur[:, None]                                   # (B, mp)
+    scores = scores.masked_fill(~cand[:, None, :], float("-inf"))
     order = torch.argsort(scores, dim=-1, descending=True, stable=True)
     rank = torch.empty_like(order)
     rank.scatter_(-1, order, torch.arange(mp, device=dev).expand_as(order))
-    page = torch.arange(mp, device=dev)
-    cand = page[None, :] < cur[:, None]                                   # (B, mp)
     dense = (cur <= nsel)[:, None, None]
     chosen = torch.where(dense, cand[:, None, :], (rank < nsel[:, None, None]) & cand[:, None, :])
-    chosen |= (page[None, :] == cur[:, None])[:, None, :]                 # the current page, last in order
     key = torch.where(chosen, page.expand_as(chosen), torch.full_like(chosen, mp, dtype=torch.int64))
-    out = key.sort(dim=-1).values
-    if out.shape[-1] < w:
-        out = torch.cat([out, torch.full((b, hkv, w - out.shape[-1]), mp, device=dev, dtype=out.dtype)], -1)
-    out = out[..., :w]
-    return torch.where(out >= mp, torch.full_like(out, -1), out).to(torch.int32)
+    kept = key.sort(dim=-1).values
+    if kept.shape[-1] < w:
+        kept = torch.cat([kept, torch.full((b, hkv, w - kept.shape[-1]), mp, device=dev, dtype=kept.dtype)], -1)
+    kept = kept[..., :w]
+    out = torch.where(kept >= mp, torch.full_like(kept, -1), kept)
+    count = chosen.sum(-1, keepdim=True)                                  # the current page goes last
+    out = out.scatter(-1, count, cur.view(b, 1, 1).expand(b, hkv, 1).to(out.dtype))
+    return out.to(torch.int32)
 
 
 def h2o_victims_ref(score: torch.Tensor, pos: torch.Tensor, start: torch.Tensor, length: torch.Tensor,

@@ -1,0 +1,281 @@
+"""Paged KV cache with per-page key bounds: the layout Quest reads natively.
+
+Keys and values live in a pool of physical pages, each ``(kv_heads, page_size, head_dim)``
+(bf16/fp16, or int8/int4 codes with float16 parameters); ``page_table[b, i]`` names the
+physical page holding tokens ``[i * page_size, (i + 1) * page_size)`` of sequence ``b``. For
+every physical page and KV head the cache keeps the per-channel minimum and maximum of the keys
+(``kmin``, ``kmax``: (pages, kv_heads, head_dim)), updated on every append. For a quantized
+cache they bound the dequantized keys (the ones attention reads), rounded outwards to the
+bounds' dtype, so Quest's score stays an upper bound of every q·k in the page.
+
+Sequences may have different lengths. Pages are handed out by a host-side allocator when a
+sequence crosses a page boundary, so appending never waits for the device.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .._validation import check_int
+from ..ops.kv_quant import QuantizedTensor, QuantSpec, quantize
+from ..ops.kv_quant.reference import _quantize_unchecked
+from .varlen import _stores, check_kv, check_lengths, store_nbytes
+
+
+def _round_out(x: torch.Tensor, dtype: torch.dtype, up: bool) -> torch.Tensor:
+    """x (float32) in ``dtype``, rounded up (``up``) or down so the bound still holds."""
+    r = x.to(dtype)
+    if dtype == torch.float32:
+        return r
+    inf = torch.tensor(float("inf") if up else float("-inf"), dtype=dtype, device=x.device)
+    bad = (r.float() < x) if up else (r.float() > x)
+    return torch.where(bad, torch.nextafter(r, inf.expand_as(r)), r)
+
+
+class PagedKVCache:
+    """Paged K/V pools, page table and per-page key bounds (see the module docstring).
+
+    Attributes (device tensors): ``k``, ``v`` row stores of ``pages * kv_heads * page_size``
+    rows (row ``(page * kv_heads + h) * page_size + offset``); ``kmin``, ``kmax`` (pages,
+    kv_heads, head_dim) in the cache dtype; ``page_table`` (B, max_pages) int32 (-1 =
+    unassigned); ``seq_lens`` (B,) int64.
+    """
+
+    def __init__(self, batch: int, kv_heads: int, head_dim: int, page_size: int, *, dtype: torch.dtype,
+                 device: torch.device | str, quant: QuantSpec | str | None = None, pages: int = 0,
+                 max_pages_per_seq: int = 1) -> None:
+        check_int("page_size", page_size, minimum=1)
+        check_int("batch", batch, minimum=1)
+        check_int("kv_heads", kv_heads, minimum=1)
+        self.batch, self.kv_heads, self.head_dim, self.page_size = batch, kv_heads, head_dim, page_size
+        self.dtype, self.quant = dtype, QuantSpec.parse(quant)
+        dev = torch.device(device)
+        if self.quant is not None:
+            self.quant.groups(head_dim)
+        rows = pages * kv_heads * page_size
+        self.k = self._empty_store(rows, dev)
+        self.v = self._empty_store(rows, dev)
+        self.kmin = torch.zeros(pages, kv_heads, head_dim, dtype=dtype, device=dev)
+        self.kmax = torch.zeros(pages, kv_heads, head_dim, dtype=dtype, device=dev)
+        self.page_table = torch.full((batch, max(1, max_pages_per_seq)), -1, dtype=torch.int32, device=dev)
+        self.seq_lens = torch.zeros(batch, dtype=torch.int64, device=dev)
+        self._seq_host = [0] * batch
+        self._pages_host = [0] * batch
+        self._free = list(range(pages - 1, -1, -1))     # a stack: pop() hands out low pages first
+
+    def _empty_store(self, rows: int, dev: torch.device) -> torch.Tensor | QuantizedTensor:
+        d = self.head_dim
+        if self.quant is None:
+            return torch.zeros(rows, d, dtype=self.dtype, device=dev)
+        _, ng = self.quant.groups(d)
+        zero = torch.zeros(rows, ng, dtype=torch.float16, device=dev) if self.quant.bits == 4 else None
+        return QuantizedTensor(torch.zeros(rows, self.quant.stored_dim(d), dtype=torch.int8 if self.quant.bits == 8
+                                           else torch.uint8, device=dev),
+                               torch.zeros(rows, ng, dtype=torch.float16, device=dev), zero, self.quant, d)
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_dense(cls, k: torch.Tensor, v: torch.Tensor, page_size: int = 16, *, lengths: Any = None,
+                   quant: QuantSpec | str | None = None, reserve: int = 256) -> "PagedKVCache":
+        """Page a prompt's keys and values: k, v (B, Hkv, L, D) with RoPE applied; ``lengths``
+        (B,) real tokens per right-padded sequence; ``reserve`` tokens of room per sequence
+        allocated up front (more pages are handed out as needed)."""
+        check_kv("k", k, 4)
+        check_kv("v", v, 4)
+        if k.shape != v.shape or k.dtype != v.dtype or k.device != v.device:
+            raise ValueError("v: shape, dtype and device must equal k's")
+        check_int("page_size", page_size, minimum=1)
+        check_int("reserve", reserve, minimum=0)
+        b, hkv, L, d = k.shape
+        seq = check_lengths(lengths, b, L, k.device)
+        seq_host = [int(x) for x in seq.tolist()]
+        need = [-(-(s + reserve) // page_size) for s in seq_host]
+        cache = cls(b, hkv, d, page_size, dtype=k.dtype, device=k.device, quant=quant, pages=sum(need),
+                    max_pages_per_seq=max(need))
+        table = torch.full((b, max(need)), -1, dtype=torch.int32)
+        for i in range(b):
+            for j in range(need[i]):
+                table[i, j] = cache._free.pop()
+        cache.page_table = table.to(k.device)
+        cache._pages_host = list(need)
+        # scatter the prompt's tokens into their pages
+        t = torch.arange(L, device=k.device)
+        valid = t[None, :] < seq[:, None]                                    # (B, L)
+        phys = cache.page_table.to(torch.int64).gather(1, (t // page_size).clamp_max(max(need) - 1)
+                                                       .expand(b, L).contiguous())
+        head = torch.arange(hkv, device=k.device)
+        rows = ((phys[:, None, :] * hkv + head[None, :, None]) * page_size + (t % page_size)[None, None, :])
+        sel = valid[:, None, :].expand(b, hkv, L)
+        rows_v = rows[sel]
+        kk, vv = k[sel], v[sel]                                               # (n, D)
+        if cache.quant is None:
+            cache.k[rows_v] = kk
+            cache.v[rows_v] = vv
+            kdeq = kk.float()
+        else:
+            qk, qv = quantize(kk, cache.quant), quantize(vv, cache.quant)
+            for o, s in zip(_stores(cache.k), _stores(qk)):
+                o[rows_v] = s
+            for o, s in zip(_stores(cache.v), _stores(qv)):
+                o[rows_v] = s
+            kdeq = qk.dequantize(torch.float32)
+        # page bounds of the (dequantized) keys
+        n_pg = -(-L // page_size)
+        kd = torch.zeros(b, hkv, n_pg * page_size, d, dtype=torch.float32, device=k.device)
+        kd[:, :, :L][sel] = kdeq
+        ok = torch.zeros(b, hkv, n_pg * page_size, dtype=torch.bool, device=k.device)
+        ok[:, :, :L] = sel
+        kd = kd.view(b, hkv, n_pg, page_size, d)
+        ok = ok.view(b, hkv, n_pg, page_size, 1)
+        lo = torch.where(ok, kd, torch.full_like(kd, float("inf"))).amin(3)
+        hi = torch.where(ok, kd, torch.full_like(kd, float("-inf"))).amax(3)
+        has = ok.any(3)[..., 0]                                               # (B, Hkv, n_pg)
+        pg_phys = cache.page_table[:, :n_pg].to(torch.int64)                 # (B, n_pg)
+        mrow = (pg_phys[:, None, :] * hkv + head[None, :, None])             # (B, Hkv, n_pg)
+        kmin_f = cache.kmin.view(-1, d)
+        kmax_f = cache.kmax.view(-1, d)
+        kmin_f[mrow[has]] = _round_out(lo[has], k.dtype, up=False)
+        kmax_f[mrow[has]] = _round_out(hi[has], k.dtype, up=True)
+        cache.seq_lens = seq.clone()
+        cache._seq_host = seq_host
+        return cache
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    @property
+    def device(self) -> torch.device:
+        return self.seq_lens.device
+
+    @property
+    def seq_lens_host(self) -> list[int]:
+        return list(self._seq_host)
+
+    def num_pages(self) -> int:
+        return self.kmin.shape[0]
+
+    def nbytes(self) -> int:
+        """Bytes held: K/V pools (free pages included), page bounds, page table, lengths."""
+        return (store_nbytes(self.k) + store_nbytes(self.v) + (self.kmin.numel() + self.kmax.numel())
+                * self.kmin.element_size() + self.page_table.numel() * 4 + self.seq_lens.numel() * 8)
+
+    def kv_bytes_per_token(self) -> int:
+        """Bytes of one token of one KV head, keys plus values, as stored."""
+        if self.quant is None:
+            return 2 * self.head_dim * self.kmin.element_size()
+        return 2 * self.quant.bytes_per_token(self.head_dim)
+
+    def meta_bytes_per_page(self) -> int:
+        """Bytes of one page's key bounds for one KV head (min and max)."""
+        return 2 * self.head_dim * self.kmin.element_size()
+
+    def _grow_pool(self, extra_pages: int) -> None:
+        old = self.num_pages()
+        new = old + max(extra_pages, old // 4, 1)
+        rows_old = old * self.kv_heads * self.page_size
+        dev = self.device
+
+        def grow(x: torch.Tensor) -> torch.Tensor:
+            out = torch.zeros((new * self.kv_heads * self.page_size, *x.shape[1:]), dtype=x.dtype, device=dev)
+            out[:rows_old] = x
+            return out
+
+        if isinstance(self.k, QuantizedTensor):
+            self.k, self.v = self.k.map(grow), self.v.map(grow)
+        else:
+            self.k, self.v = grow(self.k), grow(self.v)
+        for name in ("kmin", "kmax"):
+            t = getattr(self, name)
+            out = torch.zeros(new, *t.shape[1:], dtype=t.dtype, device=dev)
+            out[:old] = t
+            setattr(self, name, out)
+        self._free = list(range(new - 1, old - 1, -1)) + self._free
+
+    def _ensure_page(self, b: int, logical: int) -> None:
+        while self._pages_host[b] <= logical:
+            if not self._free:
+                self._grow_pool(self.batch)
+            if self._pages_host[b] >= self.page_table.shape[1]:
+                pad = torch.full((self.batch, max(4, self.page_table.shape[1] // 4)), -1, dtype=torch.int32,
+                                 device=self.device)
+                self.page_table = torch.cat([self.page_table, pad], dim=1)
+            self.page_table[b, self._pages_host[b]] = self._free.pop()
+            self._pages_host[b] += 1
+
+    # ------------------------------------------------------------------ writing
+
+    def append(self, k_new: torch.Tensor, v_new: torch.Tensor) -> None:
+        """Append one token per sequence: k_new, v_new (B, Hkv, D), RoPE applied at
+        :attr:`seq_lens`. Updates the page's key bounds."""
+        shape = (self.batch, self.kv_heads, self.head_dim)
+        for name, x in (("k", k_new), ("v", v_new)):
+            if not isinstance(x, torch.Tensor):
+                raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+            if tuple(x.shape) != shape:
+                raise ValueError(f"{name}: expected shape (batch={shape[0]}, kv_heads={shape[1]}, "
+                                 f"head_dim={shape[2]}), got {tuple(x.shape)}")
+            if x.dtype != self.dtype:
+                raise TypeError(f"{name}: dtype must be the cache's {self.dtype}, got {x.dtype}")
+            if x.device != self.device:
+                raise ValueError(f"{name}: device must be the cache's {self.device}, got {x.device}")
+        for i, s in enumerate(self._seq_host):
+            self._ensure_page(i, s // self.page_size)
+        ps, hkv, d = self.page_size, self.kv_heads, self.head_dim
+        lp = self.seq_lens // ps
+        off = self.seq_lens % ps
+        phys = self.page_table.to(torch.int64).gather(1, lp[:, None])[:, 0]              # (B,)
+        head = torch.arange(hkv, device=self.device)
+        mrow = (phys[:, None] * hkv + head[None, :]).flatten()                          # (B*Hkv,)
+        rows = mrow * ps + off.repeat_interleave(hkv)
+        kf, vf = k_new.reshape(-1, d), v_new.reshape(-1, d)
+        if self.quant is None:
+            self.k.index_copy_(0, rows, kf)
+            self.v.index_copy_(0, rows, vf)
+            kdeq = kf.float()
+        else:
+            gs, ng = self.quant.groups(d)
+            qk = _quantize_unchecked(kf.float(), self.quant, gs, ng)
+            qv = _quantize_unchecked(vf.float(), self.quant, gs, ng)
+            for o, s in zip(_stores(self.k), _stores(qk)):
+                o.index_copy_(0, rows, s)
+            for o, s in zip(_stores(self.v), _stores(qv)):
+                o.index_copy_(0, rows, s)
+            kdeq = qk.dequantize(torch.float32)
+        first = (off == 0).repeat_interleave(hkv)[:, None]
+        kmin_f, kmax_f = self.kmin.view(-1, d), self.kmax.view(-1, d)
+        lo = _round_out(kdeq, self.dtype, up=False)
+        hi = _round_out(kdeq, self.dtype, up=True)
+        kmin_f.index_copy_(0, mrow, torch.where(first, lo, torch.minimum(kmin_f.index_select(0, mrow), lo)))
+        kmax_f.index_copy_(0, mrow, torch.where(first, hi, torch.maximum(kmax_f.index_select(0, mrow), hi)))
+        self.seq_lens += 1
+        self._seq_host = [s + 1 for s in self._seq_host]
+
+    def rewind(self, n: int = 1) -> None:
+        """Drop the ``n`` tokens appended last. Page bounds keep covering them (still valid bounds)."""
+        check_int("n", n, minimum=0)
+        if n and min(self._seq_host) < n:
+            raise ValueError(f"n: cannot rewind {n} tokens, a sequence holds {min(self._seq_host)}")
+        self.seq_lens -= n
+        self._seq_host = [s - n for s in self._seq_host]
+
+    # ------------------------------------------------------------------ reading
+
+    def to_dense(self, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+        """(k, v) (B, Hkv, max seq, D) dequantized, zero padded past each sequence. For checks."""
+        from ..ops.sparse_decode.reference import gather_rows, paged_rows
+        n_pg = -(-max(self._seq_host) // self.page_size) if self._seq_host else 0
+        plist = torch.arange(n_pg, device=self.device, dtype=torch.int32).expand(self.batch, self.kv_heads, n_pg)
+        rows, valid = paged_rows(self.page_table, self.seq_lens, plist, self.page_size, self.kv_heads)
+        k = gather_rows(self.k, rows) * valid[..., None]
+        v = gather_rows(self.v, rows) * valid[..., None]
+        L = max(self._seq_host)
+        return k[:, :, :L].to(dtype), v[:, :, :L].to(dtype)
+
+    def __repr__(self) -> str:
+        q = "bf16/fp16" if self.quant is None else str(self.quant)
+        return (f"PagedKVCache(batch={self.batch}, kv_heads={self.kv_heads}, head_dim={self.head_dim}, "
+                f"page_size={self.page_size}, pages={self.num_pages()}, storage={q}, bytes={self.nbytes()})")
+
+
+__all__ = ["PagedKVCache"]

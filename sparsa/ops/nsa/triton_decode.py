@@ -1,0 +1,314 @@
+"""Triton decode step of Native Sparse Attention: one query per sequence, KV loop split across programs.
+
+Per (batch, KV head) the group's query heads share one tile (padded to 16 rows). Four launches:
+
+1. ``_dec_cmp_kernel`` (chunks of compressed tokens x batch*kv_heads): raw scores of the chunk
+   (kept for the top-k, float32 (batch*kv_heads, group, n_cmp)) and a partial softmax
+   (max, sum, unnormalised output) per chunk.
+2. ``_dec_topk_kernel`` (chunks of selection blocks x batch*kv_heads): merges the partial
+   statistics into the exact log-sum-exp, turns the scores into block scores (each block sums
+   the probabilities of the compressed tokens overlapping it, weighted by overlap / stride,
+   over the group's heads) and keeps the chunk's top ``n_select`` keys (same int64 keys as the
+   prefill kernel: ties go to the lower block, forced blocks first).
+3. ``_dec_sparse_kernel`` (selection splits + window chunks x batch*kv_heads): each selection
+   program merges the chunk lists into the final top-k and attends its share of the chosen
+   blocks; each window program attends a chunk of the window; partial softmax out.
+4. ``_dec_combine_kernel`` (batch*kv_heads): merges the partials of each branch and mixes
+   them with the gates.
+
+Only the compressed tokens, the selected blocks and the window are read from the cache.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .triton_fwd import LOG2E, _cast, _key_block, _pack_keys, _pow2, dot_flags
+
+
+@triton.jit
+def _dec_cmp_kernel(
+    Q, KC, VC, SBUF, MPART, LPART, APART,
+    sqb, sqh, skb, skh, skn, svb, svh, svn,
+    n_cmp, kv_heads, qk_scale,
+    G: tl.constexpr, MP: tl.constexpr, CH: tl.constexpr, D: tl.constexpr, F32: tl.constexpr, PREC: tl.constexpr,
+):
+    c = tl.program_id(0)
+    nc = tl.num_programs(0)
+    bh = tl.program_id(1)
+    b = (bh // kv_heads).to(tl.int64)
+    kh = (bh % kv_heads).to(tl.int64)
+    r = tl.arange(0, MP)
+    row_ok = r < G
+    d = tl.arange(0, D)
+    i = c * CH + tl.arange(0, CH)
+    ok = i < n_cmp
+    q = _cast(tl.load(Q + b * sqb + (kh * G + r)[:, None] * sqh + d[None, :], mask=row_ok[:, None], other=0.0),
+              KC, F32)
+    kc = tl.load(KC + b * skb + kh * skh + i[:, None].to(tl.int64) * skn + d[None, :], mask=ok[:, None], other=0.0)
+    s = tl.dot(q, tl.trans(_cast(kc, KC, F32)), input_precision=PREC) * qk_scale
+    s = tl.where(ok[None, :], s, float("-inf"))
+    bh64 = bh.to(tl.int64)
+    tl.store(SBUF + bh64 * G * n_cmp + r[:, None] * n_cmp + i[None, :], s, mask=row_ok[:, None] & ok[None, :])
+    m = tl.max(s, 1)
+    m_use = tl.where(m == float("-inf"), 0.0, m)
+    p = tl.exp2(s - m_use[:, None])
+    vc = tl.load(VC + b * svb + kh * svh + i[:, None].to(tl.int64) * svn + d[None, :], mask=ok[:, None], other=0.0)
+    acc = tl.dot(_cast(p, VC, F32), _cast(vc, VC, F32), input_precision=PREC)
+    part = (bh64 * nc + c) * MP + r
+    tl.store(MPART + part, m)
+    tl.store(LPART + part, tl.sum(p, 1))
+    tl.store(APART + part[:, None] * D + d[None, :], acc)
+
+
+@triton.jit
+def _dec_topk_kernel(
+    SBUF, MPART, LPART, WTAPS, CAND,
+    n_cmp, n_chunks, pos,
+    G: tl.constexpr, MP: tl.constexpr, NCP: tl.constexpr, BSD: tl.constexpr, NSP: tl.constexpr,
+    R: tl.constexpr, C: tl.constexpr, NTAP: tl.constexpr, SEL: tl.constexpr,
+    N_INIT: tl.constexpr, N_LOCAL: tl.constexpr,
+):
+    c2 = tl.program_id(0)
+    nc2 = tl.num_programs(0)
+    bh = tl.program_id(1).to(tl.int64)
+    r = tl.arange(0, MP)
+    row_ok = r < G
+    cc = tl.arange(0, NCP)
+    part = (bh * n_chunks + cc[None, :]) * MP + r[:, None]
+    c_ok = cc[None, :] < n_chunks
+    m_p = tl.load(MPART + part, mask=c_ok, other=float("-inf"))
+    l_p = tl.load(LPART + part, mask=c_ok, other=0.0)
+    m = tl.max(m_p, 1)
+    m_use = tl.where(m == float("-inf"), 0.0, m)
+    l = tl.sum(l_p * tl.exp2(m_p - m_use[:, None]), 1)
+    lse = tl.where(l > 0.0, m_use + tl.log2(tl.where(l > 0.0, l, 1.0)), float("inf"))
+
+    j = c2 * BSD + tl.arange(0, BSD)
+    score = tl.zeros([BSD], dtype=tl.float32)
+    for tap in tl.static_range(NTAP):
+        i = j * R - (C - 1) + tap
+        ok = (i >= 0) & (i < n_cmp)
+        w = tl.load(WTAPS + tap)
+        sv = tl.load(SBUF + bh * G * n_cmp + r[:, None] * n_cmp + i[None, :], mask=row_ok[:, None] & ok[None, :],
+                     other=float("-inf"))
+        score += w * tl.sum(tl.exp2(sv - lse[:, None]), 0)
+    cur = pos // SEL
+    eligible = j <= cur
+    forced = eligible & ((j < N_INIT) | (j > cur - N_LOCAL))
+    keys = tl.sort(_pack_keys(score, j, eligible, forced), dim=0, descending=True)
+    keys2 = tl.reshape(keys, (BSD // NSP, NSP))
+    top = tl.sum(tl.where(tl.arange(0, BSD // NSP)[:, None] == 0, keys2, 0), axis=0)
+    tl.store(CAND + (bh * nc2 + c2) * NSP + tl.arange(0, NSP), top)
+
+
+@triton.jit
+def _attend(q, k_base, v_base, kpos, k_ok, skn, svn, m_i, l_i, acc, d, qk_scale,
+            REF, F32: tl.constexpr, PREC: tl.constexpr):
+    """One online-softmax step of q (rows, D) over the keys at kpos (masked by k_ok)."""
+    k = tl.load(k_base + kpos[:, None].to(tl.int64) * skn + d[None, :], mask=k_ok[:, None], other=0.0)
+    s = tl.dot(q, tl.trans(_cast(k, REF, F32)), input_precision=PREC) * qk_scale
+    s = tl.where(k_ok[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp2(m_i - m_use)
+    p = tl.exp2(s - m_use[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    v = tl.load(v_base + kpos[:, None].to(tl.int64) * svn + d[None, :], mask=k_ok[:, None], other=0.0)
+    acc = tl.dot(_cast(p, REF, F32), _cast(v, REF, F32), acc * alpha[:, None], input_precision=PREC)
+    return m_new, l_i, acc
+
+
+@triton.jit
+def _dec_sparse_kernel(
+    Q, K, V, KW, VW, CAND, IDX, MPART, LPART, APART,
+    sqb, sqh, skb, skh, skn, svb, svh, svn, swb, swh, swn, sxb, sxh, sxn, sib, sih,
+    n_chunks2, pos, window, kv_heads, qk_scale,
+    G: tl.constexpr, MP: tl.constexpr, D: tl.constexpr, SB: tl.constexpr, NS: tl.constexpr, NSP: tl.constexpr,
+    NSW: tl.constexpr, NCP2: tl.constexpr, BPS: tl.constexpr, NSPL: tl.constexpr, WCH: tl.constexpr,
+    F32: tl.constexpr, PREC: tl.constexpr,
+):
+    sp = tl.program_id(0)
+    nsp_all = tl.num_programs(0)
+    bh = tl.program_id(1)
+    bh64 = bh.to(tl.int64)
+    b = (bh // kv_heads).to(tl.int64)
+    kh = (bh % kv_heads).to(tl.int64)
+    r = tl.arange(0, MP)
+    row_ok = r < G
+    d = tl.arange(0, D)
+    q = tl.load(Q + b * sqb + (kh * G + r)[:, None] * sqh + d[None, :], mask=row_ok[:, None], other=0.0)
+    q = _cast(q, K, F32)
+    m_i = tl.full([MP], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([MP], dtype=tl.float32)
+    acc = tl.zeros([MP, D], dtype=tl.float32)
+    if sp < NSPL:
+        cc = tl.arange(0, NCP2 * NSP)
+        cand = tl.load(CAND + bh64 * n_chunks2 * NSP + cc, mask=cc < n_chunks2 * NSP, other=-1)
+        cand = tl.sort(cand, dim=0, descending=True)
+        top = tl.sum(tl.where(tl.arange(0, NCP2)[:, None] == 0, tl.reshape(cand, (NCP2, NSP)), 0), axis=0)
+        slot = tl.arange(0, NSP)
+        if sp == 0:
+            valid = (top >= 0) & (slot < NS)
+            idx = tl.sort(tl.where(valid, _key_block(top), 2147483647), dim=0)
+            idx = tl.where(idx == 2147483647, -1, idx)
+            tl.store(IDX + b * sib + kh * sih + slot, idx, mask=slot < NSW)
+        k_base = K + b * skb + kh * skh
+        v_base = V + b * svb + kh * svh
+        n = tl.arange(0, SB)
+        for u in tl.static_range(BPS):
+            s_id = sp * BPS + u
+            key = tl.sum(tl.where(slot == s_id, top, 0), 0)
+            if (key >= 0) & (s_id < NS):
+                kpos = _key_block(key) * SB + n
+                m_i, l_i, acc = _attend(q, k_base, v_base, kpos, kpos <= pos, skn, svn, m_i, l_i, acc, d,
+                                        qk_scale, K, F32, PREC)
+    else:
+        kw_base = KW + b * swb + kh * swh
+        vw_base = VW + b * sxb + kh * sxh
+        kpos = pos - window + 1 + (sp - NSPL) * WCH + tl.arange(0, WCH)
+        k_ok = (kpos >= 0) & (kpos <= pos)
+        m_i, l_i, acc = _attend(q, kw_base, vw_base, kpos, k_ok, swn, sxn, m_i, l_i, acc, d, qk_scale, K, F32,
+                                        PREC)
+    part = (bh64 * nsp_all + sp) * MP + r
+    tl.store(MPART + part, m_i)
+    tl.store(LPART + part, l_i)
+    tl.store(APART + part[:, None] * D + d[None, :], acc)
+
+
+@triton.jit
+def _merge(MPART, LPART, APART, base, lo, hi, r, d, MP: tl.constexpr, D: tl.constexpr):
+    """Merge partial softmax results lo..hi-1 of one (batch, KV head); returns the normalised output."""
+    m = tl.full([MP], float("-inf"), dtype=tl.float32)
+    l = tl.zeros([MP], dtype=tl.float32)
+    acc = tl.zeros([MP, D], dtype=tl.float32)
+    for c in range(lo, hi):
+        part = (base + c) * MP + r
+        mc = tl.load(MPART + part)
+        lc = tl.load(LPART + part)
+        ac = tl.load(APART + part[:, None] * D + d[None, :])
+        m_new = tl.maximum(m, mc)
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        a1 = tl.exp2(m - m_use)
+        a2 = tl.exp2(mc - m_use)
+        l = l * a1 + lc * a2
+        acc = acc * a1[:, None] + ac * a2[:, None]
+        m = m_new
+    return acc / tl.where(l > 0.0, l, 1.0)[:, None]
+
+
+@triton.jit
+def _dec_combine_kernel(
+    M1, L1, A1, M2, L2, A2, GATES, OUT,
+    sgb, sgh, sgc, sob, soh,
+    n_chunks1, n_parts2, kv_heads,
+    G: tl.constexpr, MP: tl.constexpr, D: tl.constexpr, NSPL: tl.constexpr,
+):
+    bh = tl.program_id(0)
+    bh64 = bh.to(tl.int64)
+    b = (bh // kv_heads).to(tl.int64)
+    kh = (bh % kv_heads).to(tl.int64)
+    r = tl.arange(0, MP)
+    row_ok = r < G
+    d = tl.arange(0, D)
+    head = kh * G + r
+    o_cmp = _merge(M1, L1, A1, bh64 * n_chunks1, 0, n_chunks1, r, d, MP, D)
+    o_slc = _merge(M2, L2, A2, bh64 * n_parts2, 0, NSPL, r, d, MP, D)
+    o_win = _merge(M2, L2, A2, bh64 * n_parts2, NSPL, n_parts2, r, d, MP, D)
+    g_ptr = GATES + b * sgb + head * sgh
+    g0 = tl.load(g_ptr, mask=row_ok, other=0.0).to(tl.float32)
+    g1 = tl.load(g_ptr + sgc, mask=row_ok, other=0.0).to(tl.float32)
+    g2 = tl.load(g_ptr + 2 * sgc, mask=row_ok, other=0.0).to(tl.float32)
+    out = g0[:, None] * o_cmp + g1[:, None] * o_slc + g2[:, None] * o_win
+    tl.store(OUT + b * sob + head[:, None] * soh + d[None, :], out.to(OUT.dtype.element_ty), mask=row_ok[:, None])
+
+
+def _tap_weights(cfg, device: torch.device) -> torch.Tensor:
+    """Overlap (in strides) of compressed token ``j*R - (C-1) + tap`` with selection block j."""
+    r_, c_ = cfg.sel_block // cfg.stride, cfg.block // cfg.stride
+    w = [max(0, min(delta + c_, r_) - max(delta, 0)) for delta in range(-(c_ - 1), r_)]
+    return torch.tensor(w, dtype=torch.float32, device=device)
+
+
+def nsa_decode_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: torch.Tensor, k_cmp: torch.Tensor,
+                   v_cmp: torch.Tensor, k_win: torch.Tensor, v_win: torch.Tensor, *, cfg, scale: float,
+                   interpreted: bool, target_programs: int = 264) -> tuple[torch.Tensor, torch.Tensor]:
+    """One decode step (see the module docstring).
+
+    q: (B, H, D); k, v, k_win, v_win: (B, Hkv, S, D), last dim contiguous; k_cmp, v_cmp:
+    (B, Hkv, n_cmp, D) in q's dtype; gates (B, H, 3). ``target_programs``: the split sizes
+    are chosen so that each launch has about this many programs (two waves of an H100).
+    Returns (out (B, H, D) q's dtype, block indices (B, Hkv, min(n_select, n_sel)) int32).
+    """
+    b, h, d = q.shape
+    hkv, lk = k.shape[1], k.shape[2]
+    n_cmp = k_cmp.shape[2]
+    group = h // hkv
+    mp = max(16, _pow2(group))
+    bh = b * hkv
+    dev = q.device
+    pos = lk - 1
+    f32, prec = dot_flags(q, interpreted)
+    qk_scale = scale * LOG2E
+    if n_cmp == 0:
+        k_cmp = q.new_zeros(b, hkv, 1, d)
+        v_cmp = k_cmp
+
+    ch = 256
+    while ch > 16 and bh * triton.cdiv(max(n_cmp, 1), ch) < target_programs:
+        ch //= 2
+    nc1 = triton.cdiv(max(n_cmp, 1), ch)
+    sbuf = torch.empty(bh * group * max(n_cmp, 1), device=dev, dtype=torch.float32)
+    m1 = torch.empty(bh, nc1, mp, device=dev, dtype=torch.float32)
+    l1 = torch.empty_like(m1)
+    a1 = torch.empty(bh, nc1, mp, d, device=dev, dtype=torch.float32)
+    _dec_cmp_kernel[(nc1, bh)](
+        q, k_cmp, v_cmp, sbuf, m1, l1, a1,
+        q.stride(0), q.stride(1), k_cmp.stride(0), k_cmp.stride(1), k_cmp.stride(2),
+        v_cmp.stride(0), v_cmp.stride(1), v_cmp.stride(2),
+        n_cmp, hkv, qk_scale, G=group, MP=mp, CH=ch, D=d, F32=f32, PREC=prec, num_warps=4,
+    )
+
+    r_, c_ = cfg.sel_block // cfg.stride, cfg.block // cfg.stride
+    n_sel = cfg.n_sel_blocks(lk)
+    nsp = _pow2(cfg.n_select)
+    bsd = max(nsp, 64)
+    nc2 = triton.cdiv(n_sel, bsd)
+    cand = torch.empty(bh, nc2, nsp, device=dev, dtype=torch.int64)
+    _dec_topk_kernel[(nc2, bh)](
+        sbuf, m1, l1, _tap_weights(cfg, dev), cand, n_cmp, nc1, pos,
+        G=group, MP=mp, NCP=_pow2(nc1), BSD=bsd, NSP=nsp, R=r_, C=c_, NTAP=c_ + r_ - 1, SEL=cfg.sel_block,
+        N_INIT=cfg.n_forced_init, N_LOCAL=cfg.n_forced_local, num_warps=4,
+    )
+
+    bps = 2 if bh * triton.cdiv(cfg.n_select, 2) >= target_programs else 1
+    nspl = triton.cdiv(cfg.n_select, bps)
+    wch = 64 * bps
+    nwin = triton.cdiv(min(cfg.window, lk), wch) if cfg.window > 0 else 0
+    nsw = min(cfg.n_select, n_sel)
+    idx = torch.empty(b, hkv, nsw, device=dev, dtype=torch.int32)
+    m2 = torch.empty(bh, nspl + nwin, mp, device=dev, dtype=torch.float32)
+    l2 = torch.empty_like(m2)
+    a2 = torch.empty(bh, nspl + nwin, mp, d, device=dev, dtype=torch.float32)
+    window = min(cfg.window, lk)
+    _dec_sparse_kernel[(nspl + nwin, bh)](
+        q, k, v, k_win, v_win, cand, idx, m2, l2, a2,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
+        k_win.stride(0), k_win.stride(1), k_win.stride(2), v_win.stride(0), v_win.stride(1), v_win.stride(2),
+        idx.stride(0), idx.stride(1),
+        nc2, pos, window, hkv, qk_scale,
+        G=group, MP=mp, D=d, SB=cfg.sel_block, NS=cfg.n_select, NSP=nsp, NSW=nsw, NCP2=_pow2(nc2), BPS=bps,
+        NSPL=nspl, WCH=wch, F32=f32, PREC=prec, num_warps=4,
+    )
+
+    out = torch.empty(b, h, d, device=dev, dtype=q.dtype)
+    _dec_combine_kernel[(bh,)](
+        m1, l1, a1, m2, l2, a2, gates, out,
+        gates.stride(0), gates.stride(1), gates.stride(2), out.stride(0), out.stride(1),
+        nc1, nspl + nwin, hkv, G=group, MP=mp, D=d, NSPL=nspl, num_warps=4,
+    )
+    return out, idx
+
+
+__all__ = ["nsa_decode_fwd"]

@@ -1,0 +1,460 @@
+"""Triton forward kernels of Native Sparse Attention (prefill): compression + top-k, window, selection.
+
+Layout is SDPA's: q (batch, heads, q_len, head_dim), k/v (batch, kv_heads, kv_len, head_dim);
+query row ``t`` sits at position ``kv_len - q_len + t``. Every kernel puts the query heads of
+one KV group in the same tile, so each key/value tile is loaded once for the whole group.
+Softmax statistics are kept in the log2 domain: ``lse2 = log2(sum(exp2(s * scale * log2(e))))``,
+``+inf`` for a row that sees no key (its probabilities are then exactly zero).
+
+* :func:`cmp_topk_fwd` — compression attention and block selection in one kernel. A program
+  takes ``BQ`` consecutive queries of one KV group (``GP * BQ`` rows). Pass 1 walks the
+  compressed tokens for the row statistics; pass 2 walks them again, accumulates the output
+  with the now exact probabilities and turns each tile of probabilities into selection-block
+  scores (overlap weights applied by a small matrix product, summed over the group's heads),
+  which it merges into a running per-query top-k. Neither the probabilities nor the
+  (q_len x blocks) score matrix ever reach memory.
+* :func:`window_fwd` — sliding-window attention, same tiling.
+* :func:`selection_fwd` — one program per (query, KV head): the group's heads (padded to 16
+  rows) walk the query's selected blocks. Its epilogue mixes the three branches with the gates.
+
+Top-k keys are int64: the float32 bit pattern of the (non-negative) block score in the high
+word, ``2**31 - 1 - block`` in the low word, so one descending sort orders by score and, on
+ties, by lower block first, like the reference's stable sort; forced blocks score ``+inf``,
+ineligible ones get key -1.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+INT31 = 2147483647
+
+
+# ----------------------------------------------------------------------------- shared jit helpers
+
+@triton.jit
+def _cast(x, REF, F32: tl.constexpr):
+    """``x`` as a dot operand: float32 under the interpreter / fp32 inputs, else REF's element type."""
+    if F32:
+        return x.to(tl.float32)
+    else:
+        return x.to(REF.dtype.element_ty)
+
+
+@triton.jit
+def _pack_keys(score, j, eligible, forced):
+    """int64 top-k keys of block scores (see the module docstring)."""
+    bits = tl.maximum(score, 0.0).to(tl.int32, bitcast=True)
+    bits = tl.where(forced, 0x7F800000, bits)
+    key = (bits.to(tl.int64) << 32) | (2147483647 - j).to(tl.int64)
+    return tl.where(eligible, key, -1)
+
+
+@triton.jit
+def _key_block(key):
+    """Block index of a key (garbage where key < 0)."""
+    return 2147483647 - key.to(tl.int32)  # the low word (truncation keeps it)
+
+
+@triton.jit
+def _first_cols(x, ROWS: tl.constexpr, N: tl.constexpr, K: tl.constexpr):
+    """The first K of N columns of an integer (ROWS, N) tensor."""
+    x3 = tl.reshape(x, (ROWS, N // K, K))
+    first = tl.arange(0, N // K)[None, :, None] == 0
+    return tl.sum(tl.where(first, x3, 0), axis=1)
+
+
+@triton.jit
+def _topk_merge(top, cand, ROWS: tl.constexpr, NSP: tl.constexpr, BS: tl.constexpr):
+    """Merge candidate keys (ROWS, BS) into a running top list (ROWS, NSP) sorted descending."""
+    if BS > NSP:
+        cand = _first_cols(tl.sort(cand, dim=1, descending=True), ROWS, BS, NSP)
+    both = tl.reshape(tl.join(top, cand), (ROWS, 2 * NSP))
+    both = tl.sort(both, dim=1, descending=True)
+    return _first_cols(both, ROWS, 2 * NSP, NSP)
+
+
+@triton.jit
+def _sorted_indices(top, slot, NS: tl.constexpr, BIG: tl.constexpr):
+    """Block indices of the first NS keys of a descending top list, ascending, -1 padded at the end."""
+    valid = (top >= 0) & (slot < NS)
+    idx = tl.where(valid, _key_block(top), BIG)
+    idx = tl.sort(idx, dim=1)
+    return tl.where(idx == BIG, -1, idx)
+
+
+# ----------------------------------------------------------------------------- compression + top-k
+
+@triton.jit
+def _cmp_topk_fwd_kernel(
+    Q, KC, VC, O, LSE, IDX,
+    sqb, sqh, sqt, skb, skh, skn, svb, svh, svn, sob, soh, sot, slb, slh, sib, sih, sit,
+    q_len, kv_len, n_cmp, kv_heads, qk_scale,
+    G: tl.constexpr, GP: tl.constexpr, BQ: tl.constexpr, BC: tl.constexpr, D: tl.constexpr,
+    STRIDE: tl.constexpr, CBLOCK: tl.constexpr, SEL: tl.constexpr, R: tl.constexpr, C: tl.constexpr,
+    BS: tl.constexpr, NS: tl.constexpr, NSP: tl.constexpr, NSW: tl.constexpr,
+    N_INIT: tl.constexpr, N_LOCAL: tl.constexpr,
+    F32: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr,
+):
+    M: tl.constexpr = GP * BQ
+    qt = tl.num_programs(0) - 1 - tl.program_id(0)          # longest rows first
+    pid = tl.program_id(1)
+    b = (pid // kv_heads).to(tl.int64)
+    kh = pid % kv_heads
+    off = kv_len - q_len
+
+    r = tl.arange(0, M)
+    g = r // BQ
+    t = qt * BQ + r % BQ
+    row_ok = (g < G) & (t < q_len)
+    head = (kh * G + g).to(tl.int64)
+    pos = off + t
+    d = tl.arange(0, D)
+    c = tl.arange(0, BC)
+
+    q = tl.load(Q + b * sqb + head[:, None] * sqh + t[:, None].to(tl.int64) * sqt + d[None, :],
+                mask=row_ok[:, None], other=0.0)
+    q = _cast(q, KC, F32)
+    kc_base = KC + b * skb + kh.to(tl.int64) * skh
+    vc_base = VC + b * svb + kh.to(tl.int64) * svh
+
+    p_last = off + tl.minimum(qt * BQ + BQ, q_len) - 1
+    n_vis = tl.where(p_last + 1 >= CBLOCK, (p_last + 1 - CBLOCK) // STRIDE + 1, 0)
+    n_vis = tl.minimum(n_vis, n_cmp)
+
+    # pass 1: row statistics
+    m_i = tl.full([M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([M], dtype=tl.float32)
+    for i0 in range(0, n_vis, BC):
+        i = i0 + c
+        kc = tl.load(kc_base + i[:, None].to(tl.int64) * skn + d[None, :], mask=(i < n_cmp)[:, None], other=0.0)
+        s = tl.dot(q, tl.trans(_cast(kc, KC, F32)), input_precision=PREC) * qk_scale
+        vis = (i[None, :] * STRIDE + (CBLOCK - 1) <= pos[:, None]) & (i[None, :] < n_cmp)
+        s = tl.where(vis, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        l_i = l_i * tl.exp2(m_i - m_use) + tl.sum(tl.exp2(s - m_use[:, None]), 1)
+        m_i = m_new
+    lse = tl.where(l_i > 0.0, m_i + tl.log2(tl.where(l_i > 0.0, l_i, 1.0)), float("inf"))
+
+    # pass 2: output with exact probabilities, block scores, running top-k
+    acc = tl.zeros([M, D], dtype=tl.float32)
+    rq = tl.arange(0, BQ)
+    pos_q = off + qt * BQ + rq
+    cur = pos_q // SEL
+    p_last_blk = p_last // SEL
+    jl = tl.arange(0, BS)
+    # overlap (in strides) of compressed token i0 + a with selection block j0 + b, i0 = j0 * R
+    wa = c[:, None]
+    w = tl.minimum(wa + C, (jl[None, :] + 1) * R) - tl.maximum(wa, jl[None, :] * R)
+    w = tl.maximum(w, 0).to(tl.float32)
+    w_spill = tl.maximum(c + C - BS * R, 0).to(tl.float32)  # into block j0 + BS (C <= R + 1)
+    carry = tl.zeros([BQ], dtype=tl.float32)
+    top = tl.full([BQ, NSP], -1, dtype=tl.int64)
+    for j0 in range(0, p_last_blk + 1, BS):
+        i = j0 * R + c
+        i_ok = i < n_cmp
+        kc = tl.load(kc_base + i[:, None].to(tl.int64) * skn + d[None, :], mask=i_ok[:, None], other=0.0)
+        s = tl.dot(q, tl.trans(_cast(kc, KC, F32)), input_precision=PREC) * qk_scale
+        vis = (i[None, :] * STRIDE + (CBLOCK - 1) <= pos[:, None]) & i_ok[None, :] & row_ok[:, None]
+        p = tl.where(vis, tl.exp2(s - lse[:, None]), 0.0)
+        vc = tl.load(vc_base + i[:, None].to(tl.int64) * svn + d[None, :], mask=i_ok[:, None], other=0.0)
+        acc = tl.dot(_cast(p, VC, F32), _cast(vc, VC, F32), acc, input_precision=PREC)
+
+        if SPLIT:
+            # float32 accuracy from bf16 matrix units: p = hi + mid + lo, w is exact in bf16
+            wb = w.to(tl.bfloat16)
+            p_hi = p.to(tl.bfloat16)
+            rest = p - p_hi.to(tl.float32)
+            p_mid = rest.to(tl.bfloat16)
+            p_lo = (rest - p_mid.to(tl.float32)).to(tl.bfloat16)
+            blk = tl.dot(p_hi, wb)
+            blk = tl.dot(p_mid, wb, blk)
+            blk = tl.dot(p_lo, wb, blk)
+        else:
+            blk = tl.dot(p, w, input_precision="ieee")
+        score = tl.sum(tl.reshape(blk, (GP, BQ, BS)), axis=0)                       # (BQ, BS)
+        spill = tl.sum(tl.reshape(tl.sum(p * w_spill[None, :], 1), (GP, BQ)), axis=0)
+        score = score + tl.where(jl[None, :] == 0, carry[:, None], 0.0)
+        carry = spill
+
+        j = j0 + jl[None, :]
+        eligible = j <= cur[:, None]
+        forced = eligible & ((j < N_INIT) | (j > cur[:, None] - N_LOCAL))
+        top = _topk_merge(top, _pack_keys(score, j, eligible, forced), BQ, NSP, BS)
+
+    o_ptrs = O + b * sob + head[:, None] * soh + t[:, None].to(tl.int64) * sot + d[None, :]
+    tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=row_ok[:, None])
+    tl.store(LSE + b * slb + head * slh + t, lse, mask=row_ok)
+
+    slot = tl.arange(0, NSP)[None, :]
+    idx = _sorted_indices(top, slot, NS, 2147483647)
+    tq = qt * BQ + rq
+    i_ptrs = IDX + b * sib + kh.to(tl.int64) * sih + tq[:, None].to(tl.int64) * sit + slot
+    tl.store(i_ptrs, idx, mask=(tq[:, None] < q_len) & (slot < NSW))
+
+
+# ----------------------------------------------------------------------------- sliding window
+
+@triton.jit
+def _window_fwd_kernel(
+    Q, K, V, O, LSE,
+    sqb, sqh, sqt, skb, skh, skn, svb, svh, svn, sob, soh, sot, slb, slh,
+    q_len, kv_len, kv_heads, window, qk_scale,
+    G: tl.constexpr, GP: tl.constexpr, BQ: tl.constexpr, BN: tl.constexpr, D: tl.constexpr,
+    F32: tl.constexpr, PREC: tl.constexpr,
+):
+    M: tl.constexpr = GP * BQ
+    qt = tl.program_id(0)
+    pid = tl.program_id(1)
+    b = (pid // kv_heads).to(tl.int64)
+    kh = pid % kv_heads
+    off = kv_len - q_len
+
+    r = tl.arange(0, M)
+    g = r // BQ
+    t = qt * BQ + r % BQ
+    row_ok = (g < G) & (t < q_len)
+    head = (kh * G + g).to(tl.int64)
+    pos = off + t
+    d = tl.arange(0, D)
+    n = tl.arange(0, BN)
+
+    q = tl.load(Q + b * sqb + head[:, None] * sqh + t[:, None].to(tl.int64) * sqt + d[None, :],
+                mask=row_ok[:, None], other=0.0)
+    q = _cast(q, K, F32)
+    k_base = K + b * skb + kh.to(tl.int64) * skh
+    v_base = V + b * svb + kh.to(tl.int64) * svh
+
+    p_first = off + qt * BQ
+    p_last = off + tl.minimum(qt * BQ + BQ, q_len) - 1
+    lo = tl.maximum(p_first - window + 1, 0)
+    lo = (lo // BN) * BN
+    m_i = tl.full([M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([M], dtype=tl.float32)
+    acc = tl.zeros([M, D], dtype=tl.float32)
+    for k0 in range(lo, p_last + 1, BN):
+        kpos = k0 + n
+        k_ok = kpos <= p_last
+        k = tl.load(k_base + kpos[:, None].to(tl.int64) * skn + d[None, :], mask=k_ok[:, None], other=0.0)
+        s = tl.dot(q, tl.trans(_cast(k, K, F32)), input_precision=PREC) * qk_scale
+        diff = pos[:, None] - kpos[None, :]
+        s = tl.where((diff >= 0) & (diff < window), s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_use)
+        p = tl.exp2(s - m_use[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_base + kpos[:, None].to(tl.int64) * svn + d[None, :], mask=k_ok[:, None], other=0.0)
+        acc = tl.dot(_cast(p, V, F32), _cast(v, V, F32), acc * alpha[:, None], input_precision=PREC)
+        m_i = m_new
+    ok = l_i > 0.0
+    out = acc / tl.where(ok, l_i, 1.0)[:, None]
+    lse = tl.where(ok, m_i + tl.log2(tl.where(ok, l_i, 1.0)), float("inf"))
+    tl.store(O + b * sob + head[:, None] * soh + t[:, None].to(tl.int64) * sot + d[None, :],
+             out.to(O.dtype.element_ty), mask=row_ok[:, None])
+    tl.store(LSE + b * slb + head * slh + t, lse, mask=row_ok)
+
+
+# ----------------------------------------------------------------------------- selection + gates
+
+@triton.jit
+def _selection_fwd_kernel(
+    Q, K, V, IDX, O, LSE, OUT, OC, OW, GATES,
+    sqb, sqh, sqt, skb, skh, skn, svb, svh, svn, sib, sih, sit, sob, soh, sot, slb, slh,
+    sgb, sgh, sgt, sgc,
+    q_len, kv_len, kv_heads, qk_scale,
+    G: tl.constexpr, MP: tl.constexpr, SB: tl.constexpr, D: tl.constexpr,
+    NSW: tl.constexpr, NSWP: tl.constexpr, HAS_WIN: tl.constexpr,
+    F32: tl.constexpr, PREC: tl.constexpr,
+):
+    t = tl.program_id(0)
+    pid = tl.program_id(1)
+    b = (pid // kv_heads).to(tl.int64)
+    kh = pid % kv_heads
+    pos = kv_len - q_len + t
+
+    r = tl.arange(0, MP)
+    row_ok = r < G
+    head = (kh * G + r).to(tl.int64)
+    d = tl.arange(0, D)
+    n = tl.arange(0, SB)
+    t64 = t.to(tl.int64)
+
+    q = tl.load(Q + b * sqb + head[:, None] * sqh + t64 * sqt + d[None, :], mask=row_ok[:, None], other=0.0)
+    q = _cast(q, K, F32)
+    k_base = K + b * skb + kh.to(tl.int64) * skh
+    v_base = V + b * svb + kh.to(tl.int64) * svh
+    idx_row = IDX + b * sib + kh.to(tl.int64) * sih + t64 * sit
+    slots = tl.arange(0, NSWP)
+    n_valid = tl.sum((tl.load(idx_row + slots, mask=slots < NSW, other=-1) >= 0).to(tl.int32), 0)
+
+    m_i = tl.full([MP], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([MP], dtype=tl.float32)
+    acc = tl.zeros([MP, D], dtype=tl.float32)
+    for i in range(0, n_valid):
+        blk = tl.load(idx_row + i)
+        kpos = blk * SB + n
+        k_ok = kpos <= pos
+        k = tl.load(k_base + kpos[:, None].to(tl.int64) * skn + d[None, :], mask=k_ok[:, None], other=0.0)
+        s = tl.dot(q, tl.trans(_cast(k, K, F32)), input_precision=PREC) * qk_scale
+        s = tl.where(k_ok[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_use)
+        p = tl.exp2(s - m_use[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_base + kpos[:, None].to(tl.int64) * svn + d[None, :], mask=k_ok[:, None], other=0.0)
+        acc = tl.dot(_cast(p, V, F32), _cast(v, V, F32), acc * alpha[:, None], input_precision=PREC)
+        m_i = m_new
+    ok = l_i > 0.0
+    o = acc / tl.where(ok, l_i, 1.0)[:, None]
+    lse = tl.where(ok, m_i + tl.log2(tl.where(ok, l_i, 1.0)), float("inf"))
+    o_off = b * sob + head[:, None] * soh + t64 * sot + d[None, :]
+    tl.store(O + o_off, o.to(O.dtype.element_ty), mask=row_ok[:, None])
+    tl.store(LSE + b * slb + head * slh + t, lse, mask=row_ok)
+
+    # gate mixing: out = g_cmp * o_cmp + g_slc * o_slc + g_win * o_win
+    g_ptr = GATES + b * sgb + head * sgh + t64 * sgt
+    g0 = tl.load(g_ptr, mask=row_ok, other=0.0).to(tl.float32)
+    g1 = tl.load(g_ptr + sgc, mask=row_ok, other=0.0).to(tl.float32)
+    oc = tl.load(OC + o_off, mask=row_ok[:, None], other=0.0).to(tl.float32)
+    mixed = g0[:, None] * oc + g1[:, None] * o
+    if HAS_WIN:
+        g2 = tl.load(g_ptr + 2 * sgc, mask=row_ok, other=0.0).to(tl.float32)
+        ow = tl.load(OW + o_off, mask=row_ok[:, None], other=0.0).to(tl.float32)
+        mixed += g2[:, None] * ow
+    tl.store(OUT + o_off, mixed.to(OUT.dtype.element_ty), mask=row_ok[:, None])
+
+
+# ----------------------------------------------------------------------------- launchers
+
+def _pow2(x: int) -> int:
+    return 1 << max(0, (int(x) - 1).bit_length())
+
+
+def tile_rows(group: int, rows: int = 128) -> tuple[int, int]:
+    """(GP, BQ): the group padded to a power of two and the queries per tile, GP * BQ >= 16."""
+    gp = _pow2(group)
+    bq = max(1, rows // gp)
+    while gp * bq < 16:
+        bq *= 2
+    return gp, bq
+
+
+def select_tile(r: int, nsp: int) -> tuple[int, int]:
+    """(BS, BC): selection blocks and compressed tokens per tile of the top-k pass."""
+    bs = max(nsp, 16, 64 // r)
+    return bs, bs * r
+
+
+def dot_flags(x: torch.Tensor, interpreted: bool) -> tuple[bool, str]:
+    """(F32, PREC): float32 operands under the interpreter or for fp32 input, and the dot precision."""
+    f32 = interpreted or x.dtype == torch.float32
+    return f32, ("ieee" if x.dtype == torch.float32 or interpreted else "tf32")
+
+
+def _warps(rows: int, head_dim: int) -> int:
+    return 8 if rows * head_dim >= 128 * 128 else 4
+
+
+def cmp_topk_fwd(q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tensor, *, kv_len: int, cfg, scale: float,
+                 interpreted: bool, rows: int = 128) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Compression branch and block selection.
+
+    q: (B, H, T, D); k_cmp, v_cmp: (B, Hkv, n_cmp, D) in q's dtype (n_cmp may be 0).
+    Returns (o_cmp (B, H, T, D) q's dtype, lse2 (B, H, T) float32, block indices
+    (B, Hkv, T, min(n_select, n_sel_blocks)) int32, ascending, -1 padded).
+    """
+    b, h, lq, d = q.shape
+    hkv, n_cmp = k_cmp.shape[1], k_cmp.shape[2]
+    group = h // hkv
+    gp, bq = tile_rows(group, rows)
+    r_ = cfg.sel_block // cfg.stride
+    c_ = cfg.block // cfg.stride
+    nsp = _pow2(cfg.n_select)
+    bs, bc = select_tile(r_, nsp)
+    nsw = min(cfg.n_select, cfg.n_sel_blocks(kv_len))
+    if n_cmp == 0:  # nothing to read, but the kernel needs valid pointers
+        k_cmp = q.new_zeros(b, hkv, 1, d)
+        v_cmp = k_cmp
+    o = torch.empty_like(q, memory_format=torch.contiguous_format)
+    lse = torch.empty(b, h, lq, device=q.device, dtype=torch.float32)
+    idx = torch.empty(b, hkv, lq, nsw, device=q.device, dtype=torch.int32)
+    f32, prec = dot_flags(q, interpreted)
+    grid = (triton.cdiv(lq, bq), b * hkv)
+    _cmp_topk_fwd_kernel[grid](
+        q, k_cmp, v_cmp, o, lse, idx,
+        q.stride(0), q.stride(1), q.stride(2), k_cmp.stride(0), k_cmp.stride(1), k_cmp.stride(2),
+        v_cmp.stride(0), v_cmp.stride(1), v_cmp.stride(2), o.stride(0), o.stride(1), o.stride(2),
+        lse.stride(0), lse.stride(1), idx.stride(0), idx.stride(1), idx.stride(2),
+        lq, kv_len, n_cmp, hkv, scale * LOG2E,
+        G=group, GP=gp, BQ=bq, BC=bc, D=d, STRIDE=cfg.stride, CBLOCK=cfg.block, SEL=cfg.sel_block,
+        R=r_, C=c_, BS=bs, NS=cfg.n_select, NSP=nsp, NSW=nsw,
+        N_INIT=cfg.n_forced_init, N_LOCAL=cfg.n_forced_local,
+        F32=f32, PREC=prec, SPLIT=not f32,
+        num_warps=8, num_stages=2,
+    )
+    return o, lse, idx
+
+
+def window_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window: int, scale: float,
+               interpreted: bool, rows: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sliding-window branch: keys (p - window, p]. Returns (o (B, H, T, D), lse2 (B, H, T) float32)."""
+    b, h, lq, d = q.shape
+    hkv, lk = k.shape[1], k.shape[2]
+    group = h // hkv
+    gp, bq = tile_rows(group, rows)
+    bn = 64
+    o = torch.empty_like(q, memory_format=torch.contiguous_format)
+    lse = torch.empty(b, h, lq, device=q.device, dtype=torch.float32)
+    f32, prec = dot_flags(q, interpreted)
+    grid = (triton.cdiv(lq, bq), b * hkv)
+    _window_fwd_kernel[grid](
+        q, k, v, o, lse,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
+        lse.stride(0), lse.stride(1),
+        lq, lk, hkv, window, scale * LOG2E,
+        G=group, GP=gp, BQ=bq, BN=bn, D=d, F32=f32, PREC=prec,
+        num_warps=_warps(gp * bq, d), num_stages=3 if d <= 64 else 2,
+    )
+    return o, lse
+
+
+def selection_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor, gates: torch.Tensor,
+                  o_cmp: torch.Tensor, o_win: torch.Tensor | None, *, sel_block: int, scale: float,
+                  interpreted: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Selected-block branch and the gated mix.
+
+    idx: (B, Hkv, T, NSW) int32 from :func:`cmp_topk_fwd`; gates (B, H, T, 3); o_cmp, o_win like q
+    (o_win None: window branch off). Returns (out like q, o_slc like q, lse2 (B, H, T) float32).
+    """
+    b, h, lq, d = q.shape
+    hkv, lk = k.shape[1], k.shape[2]
+    group = h // hkv
+    mp = max(16, _pow2(group))
+    nsw = idx.shape[-1]
+    o = torch.empty_like(q, memory_format=torch.contiguous_format)
+    out = torch.empty_like(o)
+    lse = torch.empty(b, h, lq, device=q.device, dtype=torch.float32)
+    ow = o_cmp if o_win is None else o_win
+    f32, prec = dot_flags(q, interpreted)
+    grid = (lq, b * hkv)
+    _selection_fwd_kernel[grid](
+        q, k, v, idx, o, lse, out, o_cmp, ow, gates,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), idx.stride(0), idx.stride(1), idx.stride(2),
+        o.stride(0), o.stride(1), o.stride(2), lse.stride(0), lse.stride(1),
+        gates.stride(0), gates.stride(1), gates.stride(2), gates.stride(3),
+        lq, lk, hkv, scale * LOG2E,
+        G=group, MP=mp, SB=sel_block, D=d, NSW=nsw, NSWP=_pow2(nsw), HAS_WIN=o_win is not None,
+        F32=f32, PREC=prec,
+        num_warps=4, num_stages=3 if d <= 64 else 2,
+    )
+    return out, o, lse
+
+
+__all__ = ["LOG2E", "cmp_topk_fwd", "dot_flags", "selection_fwd", "select_tile", "tile_rows", "window_fwd"]

@@ -1,0 +1,225 @@
+"""The Triton decode kernels against the references, on the CPU under the Triton interpreter."""
+import os
+
+import pytest
+
+os.environ["TRITON_INTERPRET"] = "1"          # before any triton-dependent import
+pytest.importorskip("triton", reason="triton is not installed")
+
+import torch  # noqa: E402
+
+from sparsa.ops.kv_quant import quantize  # noqa: E402
+from sparsa.ops.sparse_decode import paged_decode, quest_select, use_triton, varlen_decode  # noqa: E402
+from sparsa.ops.sparse_decode.reference import (h2o_victims_ref, paged_decode_ref, quest_page_scores_ref,  # noqa: E402
+                                                quest_select_ref, streaming_victims_ref, varlen_decode_ref)
+from sparsa.ops.sparse_decode.triton import (evict_update_triton, paged_decode_triton,  # noqa: E402
+                                             quest_page_scores_triton, quest_select_triton, varlen_decode_triton)
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def varlen_layout(lengths: list[list[int]], spare: int = 3):
+    length = torch.tensor(lengths, dtype=torch.int32)
+    cap = length.to(torch.int64) + spare
+    start = (cap.flatten().cumsum(0) - cap.flatten()).view(length.shape)
+    return start, length, int(cap.sum())
+
+
+TOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
+
+
+@pytest.mark.parametrize("h,hkv,d,dtype,quant,splits", [
+    (4, 4, 32, torch.float32, None, 1),          # MHA
+    (8, 2, 64, torch.float32, None, 3),          # GQA 4, split-K
+    (8, 1, 32, torch.bfloat16, None, 2),         # GQA 8
+    (16, 1, 32, torch.float16, None, 1),         # GQA 16
+    (4, 1, 128, torch.float32, "int8", 2),
+    (8, 2, 64, torch.float32, "int4", 2),
+    (8, 2, 64, torch.bfloat16, "int4:g16", 1),
+    (4, 2, 32, torch.float32, "int8:g8", 4),
+])
+def test_varlen_kernel_matches_reference(h, hkv, d, dtype, quant, splits):
+    gen = torch.Generator().manual_seed(h * 100 + d)
+    b = 2
+    lens = [[37, 0, 5, 70][:hkv], [1, 66, 19, 3][:hkv]]
+    start, length, rows = varlen_layout(lens)
+    q = torch.randn(b, h, d, generator=gen).to(dtype)
+    k = torch.randn(rows, d, generator=gen).to(dtype)
+    v = torch.randn(rows, d, generator=gen).to(dtype)
+    if quant:
+        k, v = quantize(k, quant), quantize(v, quant)
+    logits = torch.full((h // hkv, rows), float("nan"))
+    out, lse = varlen_decode_triton(q, k, v, start, length, scale=0.3, logits=logits, block_n=16, num_splits=splits)
+    ref, probs = varlen_decode_ref(q, k, v, start, length, scale=0.3, return_probs=True)
+    assert out.dtype == dtype and torch.isfinite(out).all()
+    assert rel_err(out, ref) <= TOL[dtype]
+    # a head with no tokens gives zeros
+    for bi in range(b):
+        for hi in range(hkv):
+            if lens[bi][hi] == 0:
+                g = h // hkv
+                assert out[bi, hi * g:(hi + 1) * g].abs().max() == 0
+    # the logits and lse give back each row's group-summed probabilities
+    g = h // hkv
+    for bi in range(b):
+        for hi in range(hkv):
+            n = lens[bi][hi]
+            if n == 0:
+                continue
+            r0 = int(start[bi, hi])
+            lg = logits[:, r0:r0 + n]
+            p = torch.exp2(lg - lse[bi * hkv + hi, :g, None]).sum(0)
+            torch.testing.assert_close(p, probs[bi, hi, :n], atol=TOL[dtype] * 3, rtol=TOL[dtype] * 3)
+
+
+def test_varlen_dispatch_and_errors():
+    start, length, rows = varlen_layout([[4, 9]])
+    q = torch.randn(1, 4, 32)
+    k, v = torch.randn(rows, 32), torch.randn(rows, 32)
+    assert use_triton("triton", q)
+    out = varlen_decode(q, k, v, start, length, backend="triton")
+    assert rel_err(out, varlen_decode_ref(q, k, v, start, length)) <= 1e-5
+    with pytest.raises(ValueError, match="head_dim"):
+        varlen_decode(torch.randn(1, 4, 24), torch.randn(rows, 24), torch.randn(rows, 24), start, length,
+                      backend="triton")
+    # auto falls back to the reference for an unsupported head_dim
+    out = varlen_decode(torch.randn(1, 4, 24), torch.randn(rows, 24), torch.randn(rows, 24), start, length)
+    assert out.shape == (1, 4, 24)
+    with pytest.raises(TypeError, match="dtype"):
+        varlen_decode_triton(q, k.half(), v.half(), start, length)
+    with pytest.raises(ValueError, match="start, length"):
+        varlen_decode_ref(q, k, v, start, length[:, :1])
+
+
+def paged_setup(gen, b=2, hkv=2, d=32, page=4, pages=30, seq=(45, 13), dtype=torch.float32):
+    table = torch.randperm(pages, generator=gen)[:b * 12].view(b, 12).to(torch.int32)
+    rows = pages * hkv * page
+    k = torch.randn(rows, d, generator=gen).to(dtype)
+    v = torch.randn(rows, d, generator=gen).to(dtype)
+    kk = k.float().view(pages, hkv, page, d)
+    return table, torch.tensor(seq), k, v, kk.amin(2).to(dtype), kk.amax(2).to(dtype)
+
+
+@pytest.mark.parametrize("page,nsel,h,quant", [(4, 2, 8, None), (4, 5, 4, "int4"), (8, 20, 8, None),
+                                               (5, 3, 4, "int8"), (16, 1, 8, None)])
+def test_quest_kernels_match_reference(page, nsel, h, quant):
+    gen = torch.Generator().manual_seed(page * 10 + nsel)
+    b, hkv, d = 2, 2, 32
+    table, seq, k, v, kmin, kmax = paged_setup(gen, page=page, seq=(min(45, 12 * page), 13))
+    q = torch.randn(b, h, d, generator=gen)
+    ref_s = quest_page_scores_ref(q, kmin, kmax, table, seq, page)
+    tri_s = quest_page_scores_triton(q, kmin, kmax, table, seq, page, block_p=4)
+    assert torch.equal(torch.isinf(ref_s), torch.isinf(tri_s))
+    fin = torch.isfinite(ref_s)
+    torch.testing.assert_close(tri_s[fin], ref_s[fin], atol=1e-4, rtol=1e-5)
+    plist_ref = quest_select_ref(ref_s, seq, page, nsel)
+    plist, nlist = quest_select_triton(ref_s, seq, page, torch.full((b,), nsel, dtype=torch.int32),
+                                       plist_ref.shape[-1])
+    assert torch.equal(plist, plist_ref)
+    assert torch.equal(nlist, (plist_ref >= 0).sum(-1, dtype=torch.int32))
+    if quant:
+        k, v = quantize(k, quant), quantize(v, quant)
+    out = paged_decode_triton(q, k, v, table, seq, plist, nlist, page_size=page, block_n=16, num_splits=2)
+    ref = paged_decode_ref(q, k, v, table, seq, plist_ref, page_size=page)
+    assert rel_err(out, ref) <= 1e-5
+    assert torch.equal(paged_decode(q, k, v, table, seq, plist_ref, page_size=page, backend="triton"), out) or \
+        rel_err(paged_decode(q, k, v, table, seq, plist_ref, page_size=page, backend="triton"), ref) <= 1e-5
+
+
+def test_quest_select_ties_dense_rows_and_per_row_budgets():
+    # equal scores: the lower pages win; the current page is listed last
+    s = torch.zeros(1, 1, 10)
+    s[0, 0, 3] = 1.0
+    seq = torch.tensor([41])
+    ref = quest_select_ref(s, seq, 4, 3)
+    assert ref.tolist() == [[[0, 1, 3, 10]]]
+    tri, n = quest_select_triton(s, seq, 4, torch.tensor([3], dtype=torch.int32), 4)
+    assert tri.tolist() == ref.tolist() and n.tolist() == [[4]]
+    # negative and -0.0 scores order correctly
+    s = torch.tensor([[[-1.0, -0.0, 0.0, -3.0, 2.0, -2.5]]])
+    tri, _ = quest_select_triton(s, torch.tensor([30]), 4, torch.tensor([3], dtype=torch.int32), 4)
+    assert tri.tolist() == quest_select_ref(s, torch.tensor([30]), 4, 3).tolist() == [[[1, 2, 4, 7]]]
+    # a sequence whose current page is within the budget reads every page; per-row budgets
+    gen = torch.Generator().manual_seed(3)
+    scores = torch.randn(2, 3, 16, generator=gen)
+    seq = torch.tensor([61, 9])                     # current pages 15 and 2
+    nsel = torch.tensor([4, 6], dtype=torch.int32)
+    ref = quest_select_ref(scores, seq, 4, nsel)
+    tri, _ = quest_select_triton(scores, seq, 4, nsel, ref.shape[-1])
+    assert torch.equal(tri, ref)
+    assert ref[1, 0].tolist() == [0, 1, 2, -1, -1, -1, -1]
+    assert quest_select(scores, seq, 4, nsel, backend="triton").tolist() == ref.tolist()
+
+
+def test_quest_bound_holds_for_every_key():
+    gen = torch.Generator().manual_seed(5)
+    b, h, hkv, d, page = 2, 8, 2, 32, 4
+    table, seq, k, v, kmin, kmax = paged_setup(gen, page=page, seq=(48, 48))
+    q = torch.randn(b, h, d, generator=gen)
+    s = quest_page_scores_triton(q, kmin, kmax, table, seq, page)
+    kk = k.view(-1, hkv, page, d)
+    g = h // hkv
+    for bi in range(b):
+        for hi in range(hkv):
+            for p in range(11):
+                keys = kk[table[bi, p].long(), hi]                          # (page, d)
+                true = (q[bi, hi * g:(hi + 1) * g] @ keys.T).sum(0)        # group-summed q·k per key
+                assert bool((true <= s[bi, hi, p] + 1e-4).all())
+
+
+@pytest.mark.parametrize("quant", [None, "int8", "int4:g16"])
+def test_evict_kernels_match_reference(quant):
+    gen = torch.Generator().manual_seed(7)
+    b, h, hkv, d = 2, 8, 2, 32
+    lens = [[9, 14], [4, 12]]
+    start, length, rows = varlen_layout(lens, spare=2)
+    q = torch.randn(b, h, d, generator=gen)
+    k = torch.randn(rows, d, generator=gen)
+    v = torch.randn(rows, d, generator=gen)
+    if quant:
+        k, v = quantize(k, quant), quantize(v, quant)
+    pos = torch.full((rows,), -1, dtype=torch.int32)
+    for bi in range(b):
+        for hi in range(hkv):
+            r0 = int(start[bi, hi])
+            pos[r0:r0 + lens[bi][hi]] = torch.randperm(20, generator=gen)[:lens[bi][hi]].to(torch.int32)
+    score = torch.rand(rows, generator=gen)
+    seq = torch.tensor([20, 20])
+    heavy, recent = torch.tensor([3, -1]), torch.tensor([6, 6])
+    # H2O: the kernel recovers the probabilities from the logits, then evicts
+    logits = torch.empty(h // hkv, rows)
+    _, lse = varlen_decode_triton(q, k, v, start, length, logits=logits, block_n=16)
+    _, probs = varlen_decode_ref(q, k, v, start, length, return_probs=True)
+    ref_score = score.clone()
+    for bi in range(b):
+        for hi in range(hkv):
+            r0 = int(start[bi, hi])
+            ref_score[r0:r0 + lens[bi][hi]] += probs[bi, hi, :lens[bi][hi]]
+    victims = h2o_victims_ref(ref_score, pos, start, length, seq, torch.where(heavy < 0, 10**9, heavy), recent)
+    assert (victims[0] >= 0).all() and (victims[1] < 0).all()
+    t_len, t_pos, t_score = length.clone(), pos.clone(), score.clone()
+    kk = k.map(torch.clone) if quant else k.clone()
+    vv = v.map(torch.clone) if quant else v.clone()
+    evict_update_triton("h2o", kk, vv, t_pos, start, t_len, seq, heavy, recent, score=t_score, logits=logits,
+                        lse=lse, head_dim=d, block=8)
+    assert torch.equal(t_len, length - (victims >= 0).to(torch.int32))
+    for bi in range(b):
+        for hi in range(hkv):
+            r0, n = int(start[bi, hi]), lens[bi][hi]
+            kept_ref = set(pos[r0:r0 + n].tolist()) - ({int(pos[r0 + victims[bi, hi]])} if victims[bi, hi] >= 0
+                                                        else set())
+            assert set(t_pos[r0:r0 + int(t_len[bi, hi])].tolist()) == kept_ref
+            # scores travel with their tokens
+            by_pos = {int(p): float(s) for p, s in zip(pos[r0:r0 + n], ref_score[r0:r0 + n])}
+            for p_, s_ in zip(t_pos[r0:r0 + int(t_len[bi, hi])].tolist(), t_score[r0:r0 + int(t_len[bi, hi])]):
+                assert abs(by_pos[p_] - float(s_)) <= 1e-5
+    # StreamingLLM: the oldest non-sink token goes once it left the window
+    sink, window = torch.tensor([2, 2]), torch.tensor([9, 30])
+    victims = streaming_victims_ref(pos, start, length, seq, sink, window)
+    t_len, t_pos = length.clone(), pos.clone()
+    evict_update_triton("streaming", k, v, t_pos, start, t_len, seq, sink, window, head_dim=d, block=8)
+    assert torch.equal(t_len, length - (victims >= 0).to(torch.int32))
+    assert (victims[1] < 0).all()

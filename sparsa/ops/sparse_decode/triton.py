@@ -1,0 +1,574 @@
+"""Triton kernels of decode attention over compact KV caches (see reference.py for the spec).
+
+Kernels:
+
+* :func:`varlen_decode_triton` / :func:`paged_decode_triton`: one decode query per head over a
+  variable-length per-KV-head store, or over a list of pages of a paged store. One program
+  handles one KV head's whole query group (its rows padded to 16 for the matrix units) and one
+  split of the tokens (split-K, "flash decoding"); a small second kernel merges the splits.
+  Keys and values may be int8 / int4 codes: they are dequantized in registers (fused), so the
+  cache is read once at its stored width. With ``logits`` given, the scaled scores of every
+  row are written out, so that H2O's attention mass is accumulated later from those scores
+  and the softmax normaliser, without reading the cache a second time.
+* :func:`evict_update_triton`: H2O's accumulation and single-token eviction, or StreamingLLM's
+  eviction, one program per KV head: it adds this step's probabilities to the accumulated
+  scores, picks the victim and moves the head's last token into the victim's slot (the store
+  stays compact and its order is irrelevant to attention).
+* :func:`quest_page_scores_triton` and :func:`quest_select_triton`: Quest's page upper bound
+  summed over the KV head's query group (the group sum folds into one vector pair, so each
+  page's min/max is read once), and an exact top-k by radix selection on the scores' bits
+  (ties to the lower page), writing the sorted page list plus the current page.
+
+Supported: head_dim 32, 64, 128 or 256; float16 / bfloat16 (float32 with exact dot products,
+for checks); CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from ...backend import triton_interpreted
+from ..kv_quant import QuantizedTensor
+
+HEAD_DIMS = (32, 64, 128, 256)
+KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+LOG2E = 1.4426950408889634
+MAX_SELECT_PAGES = 1 << 15
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def group_rows(group: int) -> int:
+    """Rows of the query tile: the group size padded to a power of two >= 16 (tl.dot's minimum)."""
+    return max(16, _pow2(group))
+
+
+def check_kernel_query(q: torch.Tensor, kv_heads: int) -> None:
+    if q.dtype not in KERNEL_DTYPES:
+        raise TypeError(f"q: the Triton decode kernels take float16, bfloat16 or float32, got {q.dtype}")
+    if q.shape[-1] not in HEAD_DIMS:
+        raise ValueError(f"q: the Triton decode kernels support head_dim in {HEAD_DIMS}, got {q.shape[-1]}")
+    if q.device.type != "cuda" and not triton_interpreted():
+        raise ValueError(f"q: the Triton kernels need CUDA tensors (got {q.device}); set TRITON_INTERPRET=1 "
+                         "to run them on the CPU, or use backend='reference'")
+    if q.shape[1] % kv_heads:
+        raise ValueError(f"q: kv_heads ({kv_heads}) must divide heads ({q.shape[1]})")
+
+
+class _Store:
+    """Kernel view of a row store: data pointer, scale / zero pointers and the quantization mode."""
+
+    def __init__(self, store, head_dim: int, dtype: torch.dtype) -> None:
+        if isinstance(store, QuantizedTensor):
+            gs, ng = store.spec.groups(head_dim)
+            self.data, self.scale = store.data, store.scale
+            self.zero = store.zero if store.zero is not None else store.scale
+            self.quant, self.ng, self.gs = store.spec.bits, ng, gs
+            self.has_zero = store.zero is not None
+        else:
+            if store.dtype != dtype:
+                raise TypeError(f"k, v: dtype must match q ({dtype}), got {store.dtype}")
+            self.data = self.scale = self.zero = store
+            self.quant, self.ng, self.gs, self.has_zero = 0, 1, head_dim, False
+        if not self.data.is_contiguous():
+            raise ValueError("k, v: row stores must be contiguous")
+        self.width = self.data.shape[-1]
+        self.rows = self.data.shape[0]
+
+
+def default_splits(rows: int, max_tokens: int, block_n: int) -> int:
+    """Splits per KV head: enough programs to fill the GPU, each with >= 4 tiles of work."""
+    if q_device_sms() == 0:
+        return max(1, min(4, triton.cdiv(max_tokens, 4 * block_n)))
+    want = triton.cdiv(2 * q_device_sms(), max(rows, 1))
+    most = max(1, triton.cdiv(max_tokens, 4 * block_n))
+    return min(_pow2(max(1, want)), _pow2(most), 128)
+
+
+_SMS: list[int] = []
+
+
+def q_device_sms() -> int:
+    if not _SMS:
+        _SMS.append(torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+                    if torch.cuda.is_available() else 0)
+    return _SMS[0]
+
+
+# ----------------------------------------------------------------------------- jit pieces
+
+@triton.jit
+def _load_half(X, XS, XZ, rows, ok, ch, DSTORE: tl.constexpr, QUANT: tl.constexpr, NG: tl.constexpr,
+               GS: tl.constexpr, HAS_ZERO: tl.constexpr, HI: tl.constexpr):
+    """float32 (BLOCK_N, len(ch)) values of channels ``ch`` (of one half) at ``rows``."""
+    if QUANT == 4:
+        byte = tl.load(X + rows[:, None] * DSTORE + (ch % DSTORE)[None, :], mask=ok[:, None], other=0)
+        if HI:
+            code = (byte >> 4).to(tl.float32)
+        else:
+            code = (byte & 15).to(tl.float32)
+    else:
+        code = tl.load(X + rows[:, None] * DSTORE + ch[None, :], mask=ok[:, None], other=0).to(tl.float32)
+    if QUANT == 0:
+        return code
+    if NG == 1:
+        sc = tl.load(XS + rows, mask=ok, other=0.0).to(tl.float32)[:, None]
+        val = code * sc
+        if HAS_ZERO:
+            val += tl.load(XZ + rows, mask=ok, other=0.0).to(tl.float32)[:, None]
+    else:
+        gi = rows[:, None] * NG + (ch // GS)[None, :]
+        val = code * tl.load(XS + gi, mask=ok[:, None], other=0.0).to(tl.float32)
+        if HAS_ZERO:
+            val += tl.load(XZ + gi, mask=ok[:, None], other=0.0).to(tl.float32)
+    return val
+
+
+@triton.jit
+def _decode_kernel(
+    Q, K, KS, KZ, V, VS, VZ,
+    START, LEN, PLIST, NLIST, TABLE, SEQ,
+    PO, PM, PL, LOGITS,
+    stride_qb, stride_qh, stride_plist, stride_table, logit_rows,
+    kv_heads, chunk, qk_scale,
+    G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, DSTORE: tl.constexpr,
+    QUANT: tl.constexpr, NG: tl.constexpr, GS: tl.constexpr, HAS_ZERO: tl.constexpr,
+    PAGED: tl.constexpr, PAGE: tl.constexpr, WRITE_LOGITS: tl.constexpr,
+    BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr, F32: tl.constexpr,
+):
+    DH: tl.constexpr = D // 2
+    r = tl.program_id(0)
+    s = tl.program_id(1)
+    n_splits = tl.num_programs(1)
+    b = r // kv_heads
+    kvh = r % kv_heads
+    g = tl.arange(0, GP)
+    g_ok = g < G
+    dh = tl.arange(0, DH)
+    n = tl.arange(0, BLOCK_N)
+
+    q_rows = Q + b.to(tl.int64) * stride_qb + (kvh * G + g).to(tl.int64)[:, None] * stride_qh
+    q_lo = tl.load(q_rows + dh[None, :], mask=g_ok[:, None], other=0.0)
+    q_hi = tl.load(q_rows + DH + dh[None, :], mask=g_ok[:, None], other=0.0)
+    if F32:
+        q_lo = q_lo.to(tl.float32)
+        q_hi = q_hi.to(tl.float32)
+
+    if PAGED:
+        seq = tl.load(SEQ + b).to(tl.int64)
+        total = tl.load(NLIST + r) * PAGE
+        base = 0
+    else:
+        seq = 0
+        base = tl.load(START + r).to(tl.int64)
+        total = tl.load(LEN + r)
+    lo = s * chunk
+    hi = tl.minimum(lo + chunk, total)
+
+    m_i = tl.full([GP], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([GP], dtype=tl.float32)
+    acc_lo = tl.zeros([GP, DH], dtype=tl.float32)
+    acc_hi = tl.zeros([GP, DH], dtype=tl.float32)
+
+    for j0 in range(lo, hi, BLOCK_N):
+        j = j0 + n
+        ok = j < hi
+        if PAGED:
+            li = j // PAGE
+            off = j % PAGE
+            lp = tl.load(PLIST + r.to(tl.int64) * stride_plist + li, mask=ok, other=-1)
+            ok = ok & (lp >= 0) & (lp.to(tl.int64) * PAGE + off < seq)
+            phys = tl.load(TABLE + b.to(tl.int64) * stride_table + lp, mask=ok, other=0).to(tl.int64)
+            rows = (phys * kv_heads + kvh) * PAGE + off
+        else:
+            rows = base + j
+        k_lo = _load_half(K, KS, KZ, rows, ok, dh, DSTORE, QUANT, NG, GS, HAS_ZERO, False)
+        k_hi = _load_half(K, KS, KZ, rows, ok, DH + dh, DSTORE, QUANT, NG, GS, HAS_ZERO, True)
+        k_lo = k_lo.to(q_lo.dtype)
+        k_hi = k_hi.to(q_lo.dtype)
+        sc = tl.dot(q_lo, tl.trans(k_lo), input_precision=DOT_PRECISION)
+        sc = tl.dot(q_hi, tl.trans(k_hi), sc, input_precision=DOT_PRECISION)
+        sc = tl.where(ok[None, :], sc * qk_scale, float("-inf"))
+        if WRITE_LOGITS:
+            tl.store(LOGITS + g.to(tl.int64)[:, None] * logit_rows + rows[None, :], sc,
+                     mask=g_ok[:, None] & ok[None, :])
+        m_new = tl.maximum(m_i, tl.max(sc, 1))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_use)
+        p = tl.exp2(sc - m_use[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v_lo = _load_half(V, VS, VZ, rows, ok, dh, DSTORE, QUANT, NG, GS, HAS_ZERO, False).to(q_lo.dtype)
+        v_hi = _load_half(V, VS, VZ, rows, ok, DH + dh, DSTORE, QUANT, NG, GS, HAS_ZERO, True).to(q_lo.dtype)
+        pp = p.to(q_lo.dtype)
+        acc_lo = tl.dot(pp, v_lo, acc_lo * alpha[:, None], input_precision=DOT_PRECISION)
+        acc_hi = tl.dot(pp, v_hi, acc_hi * alpha[:, None], input_precision=DOT_PRECISION)
+        m_i = m_new
+
+    part = (r * n_splits + s).to(tl.int64)
+    o_ptrs = PO + (part * GP + g)[:, None] * D + dh[None, :]
+    tl.store(o_ptrs, acc_lo)
+    tl.store(o_ptrs + DH, acc_hi)
+    tl.store(PM + part * GP + g, m_i)
+    tl.store(PL + part * GP + g, l_i)
+
+
+@triton.jit
+def _combine_kernel(PO, PM, PL, OUT, LSE, stride_ob, stride_oh, kv_heads, n_splits,
+                    G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, SP: tl.constexpr):
+    r = tl.program_id(0)
+    b = r // kv_heads
+    kvh = r % kv_heads
+    g = tl.arange(0, GP)
+    d = tl.arange(0, D)
+    sp = tl.arange(0, SP)
+    part = r.to(tl.int64) * n_splits
+    sp_ok = sp < n_splits
+    ms = tl.load(PM + (part + sp)[:, None] * GP + g[None, :], mask=sp_ok[:, None], other=float("-inf"))
+    ls = tl.load(PL + (part + sp)[:, None] * GP + g[None, :], mask=sp_ok[:, None], other=0.0)
+    m = tl.max(ms, 0)
+    m_use = tl.where(m == float("-inf"), 0.0, m)
+    l_tot = tl.sum(tl.exp2(ms - m_use[None, :]) * ls, 0)
+    acc = tl.zeros([GP, D], dtype=tl.float32)
+    for i in range(0, n_splits):
+        w = tl.exp2(tl.load(PM + (part + i) * GP + g) - m_use)
+        acc += w[:, None] * tl.load(PO + ((part + i) * GP + g)[:, None] * D + d[None, :])
+    out = acc / tl.where(l_tot > 0.0, l_tot, 1.0)[:, None]
+    o_ptrs = OUT + b.to(tl.int64) * stride_ob + (kvh * G + g).to(tl.int64)[:, None] * stride_oh + d[None, :]
+    tl.store(o_ptrs, out.to(OUT.dtype.element_ty), mask=(g < G)[:, None])
+    lse = tl.where(l_tot > 0.0, m_use + tl.log2(tl.where(l_tot > 0.0, l_tot, 1.0)), float("-inf"))
+    tl.store(LSE + r.to(tl.int64) * GP + g, lse)
+
+
+# ----------------------------------------------------------------------------- decode attention
+
+def _launch_decode(q: torch.Tensor, k, v, kv_heads: int, *, scale: float | None, max_tokens: int,
+                   start=None, length=None, plist=None, nlist=None, table=None, seq=None, page_size: int = 1,
+                   logits: torch.Tensor | None = None, block_n: int | None = None, num_splits: int | None = None,
+                   num_warps: int | None = None, num_stages: int | None = None,
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    b, h, d = q.shape
+    check_kernel_query(q, kv_heads)
+    ks, vs = _Store(k, d, q.dtype), _Store(v, d, q.dtype)
+    if (ks.quant, ks.ng, ks.gs, ks.has_zero) != (vs.quant, vs.ng, vs.gs, vs.has_zero):
+        raise ValueError("k, v: keys and values must share one storage format")
+    if q.stride(-1) != 1:
+        q = q.contiguous()
+    group = h // kv_heads
+    gp = group_rows(group)
+    rows = b * kv_heads
+    if block_n is None:
+        block_n = 64 if d <= 128 else 32
+    max_tokens = max(int(max_tokens), 1)
+    splits = num_splits or default_splits(rows, max_tokens, block_n)
+    chunk = triton.cdiv(triton.cdiv(max_tokens, splits), block_n) * block_n
+    dev = q.device
+    po = torch.empty(rows * splits * gp * d, device=dev, dtype=torch.float32)
+    pm = torch.empty(rows * splits * gp, device=dev, dtype=torch.float32)
+    pl = torch.empty(rows * splits * gp, device=dev, dtype=torch.float32)
+    out = torch.empty(b, h, d, device=dev, dtype=q.dtype)
+    lse = torch.empty(rows, gp, device=dev, dtype=torch.float32)
+    paged = plist is not None
+    dummy = pm
+    qk_scale = (1.0 / math.sqrt(d) if scale is None else scale) * LOG2E
+    # the interpreter's bf16 dot is unreliable: it computes in float32 there (rounding of the
+    # dot operands is then the only difference from the GPU path)
+    f32 = q.dtype == torch.float32 or (q.dtype == torch.bfloat16 and triton_interpreted())
+    if num_warps is None:
+        num_warps = 4
+    if num_stages is None:
+        num_stages = 3 if not paged else 2
+    _decode_kernel[(rows, splits)](
+        q, ks.data, ks.scale, ks.zero, vs.data, vs.scale, vs.zero,
+        start if start is not None else dummy, length if length is not None else dummy,
+        plist if paged else dummy, nlist if paged else dummy, table if paged else dummy, seq if paged else dummy,
+        po, pm, pl, logits if logits is not None else dummy,
+        q.stride(0), q.stride(1), plist.stride(1) if paged else 0, table.stride(0) if paged else 0,
+        logits.shape[1] if logits is not None else 0,
+        kv_heads, chunk, qk_scale,
+        G=group, GP=gp, D=d, DSTORE=ks.width, QUANT=ks.quant, NG=ks.ng, GS=ks.gs, HAS_ZERO=ks.has_zero,
+        PAGED=paged, PAGE=page_size, WRITE_LOGITS=logits is not None,
+        BLOCK_N=block_n, DOT_PRECISION="ieee" if f32 else "tf32", F32=f32,
+        num_warps=num_warps, num_stages=num_stages,
+    )
+    _combine_kernel[(rows,)](po, pm, pl, out, lse, out.stride(0), out.stride(1), kv_heads, splits,
+                             G=group, GP=gp, D=d, SP=_pow2(splits), num_warps=4)
+    return out, lse
+
+
+def varlen_decode_triton(q: torch.Tensor, k, v, start: torch.Tensor, length: torch.Tensor, *,
+                         scale: float | None = None, max_len: int | None = None,
+                         logits: torch.Tensor | None = None, **launch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode attention over a variable-length store (see :func:`reference.varlen_decode_ref`).
+
+    start (B, Hkv) int64 and length (B, Hkv) int32, contiguous. ``max_len`` is an upper bound
+    of ``length`` known to the caller (avoids a device sync; default: computed). ``logits``, a
+    float32 (G, rows) buffer with G = heads // kv_heads, receives each row's scaled score
+    ``q·k * scale * log2(e)`` (base-2 logits) for every query head of its group.
+    Returns (out (B, H, D) in q's dtype, lse (B * Hkv, GP) float32 base-2 log-sum-exp per query
+    row of each group, GP = :func:`group_rows` of the group size).
+    """
+    if max_len is None:
+        max_len = int(length.max()) if length.numel() else 0
+    if start.dtype != torch.int64 or length.dtype != torch.int32:
+        raise TypeError("start, length: expected int64 and int32 tensors")
+    if logits is not None:
+        g = q.shape[1] // start.shape[1]
+        if logits.dtype != torch.float32 or logits.ndim != 2 or logits.shape[0] != g or not logits.is_contiguous():
+            raise ValueError(f"logits: expected a contiguous float32 ({g}, rows) buffer")
+    return _launch_decode(q, k, v, start.shape[1], scale=scale, max_tokens=max_len, start=start.contiguous(),
+                          length=length.contiguous(), logits=logits, **launch)
+
+
+def paged_decode_triton(q: torch.Tensor, k_pages, v_pages, page_table: torch.Tensor, seq_lens: torch.Tensor,
+                        page_list: torch.Tensor, list_len: torch.Tensor, *, page_size: int,
+                        scale: float | None = None, **launch) -> torch.Tensor:
+    """Decode attention over listed pages of a paged store (see :func:`reference.paged_decode_ref`).
+
+    page_table (B, max_pages) int32; seq_lens (B,) int64; page_list (B, Hkv, W) int32 with the
+    first ``list_len[b, h]`` entries valid (list_len (B, Hkv) int32).
+    """
+    b, hkv, w = page_list.shape
+    out, _ = _launch_decode(q, k_pages, v_pages, hkv, scale=scale, max_tokens=w * page_size,
+                            plist=page_list.contiguous(), nlist=list_len.contiguous(),
+                            table=page_table.contiguous(), seq=seq_lens.contiguous(), page_size=page_size, **launch)
+    return out
+
+
+# ----------------------------------------------------------------------------- eviction updates
+
+@triton.jit
+def _move_row(X, src, dst, W: tl.constexpr, WP: tl.constexpr):
+    i = tl.arange(0, WP)
+    ok = i < W
+    x = tl.load(X + src * W + i, mask=ok)
+    tl.store(X + dst * W + i, x, mask=ok)
+
+
+@triton.jit
+def _evict_kernel(LOGITS, LSE, SCORE, POS, START, LEN, SEQ, PA, PB,
+                  K, KS, KZ, V, VS, VZ,
+                  logit_rows, kv_heads,
+                  MODE: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, BLOCK: tl.constexpr,
+                  QUANT: tl.constexpr, DSTORE: tl.constexpr, DSTORE_P: tl.constexpr,
+                  NG: tl.constexpr, NG_P: tl.constexpr, HAS_ZERO: tl.constexpr, HAS_SCORE: tl.constexpr):
+    """MODE 0: H2O (PA = heavy, PB = recent); MODE 1: StreamingLLM (PA = sink, PB = window)."""
+    r = tl.program_id(0)
+    b = r // kv_heads
+    base = tl.load(START + r).to(tl.int64)
+    n = tl.load(LEN + r)
+    seq = tl.load(SEQ + b).to(tl.int64)
+    pa = tl.load(PA + b).to(tl.int64)
+    limit = seq - tl.load(PB + b).to(tl.int64)
+    jj = tl.arange(0, BLOCK)
+    g = tl.arange(0, GP)
+    g_ok = g < G
+    cnt = tl.zeros([], dtype=tl.int32)
+    best_pos = tl.full([], -1, dtype=tl.int64)
+    best_slot = tl.full([], -1, dtype=tl.int64)
+    if MODE == 0:
+        lse = tl.load(LSE + r.to(tl.int64) * GP + g)
+        lse = tl.where(g_ok, lse, 0.0)
+        best = tl.full([], float("inf"), dtype=tl.float32)
+        for j0 in range(0, n, BLOCK):
+            j = j0 + jj
+            ok = j < n
+            rows = base + j
+            p = tl.load(POS + rows, mask=ok, other=-1).to(tl.int64)
+            lg = tl.load(LOGITS + g.to(tl.int64)[:, None] * logit_rows + rows[None, :],
+                         mask=g_ok[:, None] & ok[None, :], other=float("-inf"))
+            prob = tl.sum(tl.exp2(lg - lse[:, None]), 0)
+            sc = tl.load(SCORE + rows, mask=ok, other=0.0) + prob
+            tl.store(SCORE + rows, sc, mask=ok)
+            cand = ok & (p <= limit)
+            cnt += tl.sum(cand.to(tl.int32), 0)
+            key = tl.where(cand, sc, float("inf"))
+            bmin = tl.min(key, 0)
+            tie = cand & (key == bmin)
+            bpos = tl.max(tl.where(tie, p, -1), 0)
+            bslot = tl.max(tl.where(tie & (p == bpos), j.to(tl.int64), -1), 0)
+            better = (bpos >= 0) & ((bmin < best) | ((bmin == best) & (bpos > best_pos)))
+            best = tl.where(better, bmin, best)
+            best_pos = tl.where(better, bpos, best_pos)
+            best_slot = tl.where(better, bslot, best_slot)
+        evict = (pa >= 0) & (cnt.to(tl.int64) > pa)
+    else:
+        best_pos = tl.full([], 9223372036854775807, dtype=tl.int64)
+        for j0 in range(0, n, BLOCK):
+            j = j0 + jj
+            ok = j < n
+            p = tl.load(POS + base + j, mask=ok, other=-1).to(tl.int64)
+            cand = ok & (p >= pa)
+            key = tl.where(cand, p, 9223372036854775807)
+            bmin = tl.min(key, 0)
+            bslot = tl.max(tl.where(cand & (key == bmin), j.to(tl.int64), -1), 0)
+            better = bmin < best_pos
+            best_pos = tl.where(better, bmin, best_pos)
+            best_slot = tl.where(better, bslot, best_slot)
+        evict = (best_slot >= 0) & (best_pos <= limit)
+    if evict:
+        tl.debug_barrier()
+        src = base + n - 1
+        dst = base + best_slot
+        _move_row(K, src, dst, DSTORE, DSTORE_P)
+        _move_row(V, src, dst, DSTORE, DSTORE_P)
+        if QUANT != 0:
+            _move_row(KS, src, dst, NG, NG_P)
+            _move_row(VS, src, dst, NG, NG_P)
+            if HAS_ZERO:
+                _move_row(KZ, src, dst, NG, NG_P)
+                _move_row(VZ, src, dst, NG, NG_P)
+        _move_row(POS, src, dst, 1, 1)
+        if HAS_SCORE:
+            _move_row(SCORE, src, dst, 1, 1)
+        tl.store(LEN + r, n - 1)
+
+
+def evict_update_triton(mode: str, k, v, pos: torch.Tensor, start: torch.Tensor, length: torch.Tensor,
+                        seq_lens: torch.Tensor, param_a: torch.Tensor, param_b: torch.Tensor, *,
+                        score: torch.Tensor | None = None, logits: torch.Tensor | None = None,
+                        lse: torch.Tensor | None = None, head_dim: int, block: int = 256) -> None:
+    """One eviction update per KV head, in place (see :func:`reference.h2o_victims_ref` and
+    :func:`reference.streaming_victims_ref` for which token goes).
+
+    mode "h2o": param_a = heavy (B,) (negative = unlimited), param_b = recent (B,); ``score``
+    (rows,) float32 accumulates this step's probabilities, recovered from ``logits`` (G, rows)
+    and ``lse`` (B * Hkv, GP) written by :func:`varlen_decode_triton`. mode "streaming":
+    param_a = sink, param_b = window. The victim's slot receives the head's last token (codes,
+    scales, position, score) and ``length`` drops by one.
+    """
+    if mode not in ("h2o", "streaming"):
+        raise ValueError(f"mode: must be 'h2o' or 'streaming', got {mode!r}")
+    b, hkv = start.shape
+    ks, vs = _Store(k, head_dim, k.dtype if not isinstance(k, QuantizedTensor) else torch.float32), \
+        _Store(v, head_dim, v.dtype if not isinstance(v, QuantizedTensor) else torch.float32)
+    h2o = mode == "h2o"
+    if h2o and (score is None or logits is None or lse is None):
+        raise ValueError("score, logits, lse: H2O's update needs all three")
+    g = logits.shape[0] if h2o else 1
+    gp = lse.shape[1] if h2o else 16
+    dummy = pos
+    if pos.device.type != "cuda" and not triton_interpreted():
+        raise ValueError("pos: the Triton kernels need CUDA tensors; set TRITON_INTERPRET=1 to run them on the CPU")
+    _evict_kernel[(b * hkv,)](
+        logits if h2o else dummy, lse if h2o else dummy, score if score is not None else dummy, pos,
+        start, length, seq_lens, param_a, param_b,
+        ks.data, ks.scale, ks.zero, vs.data, vs.scale, vs.zero,
+        logits.shape[1] if h2o else 0, hkv,
+        MODE=0 if h2o else 1, G=g, GP=gp, BLOCK=block, QUANT=ks.quant, DSTORE=ks.width, DSTORE_P=_pow2(ks.width),
+        NG=ks.ng, NG_P=_pow2(ks.ng), HAS_ZERO=ks.has_zero, HAS_SCORE=score is not None,
+        num_warps=4,
+    )
+
+
+# ----------------------------------------------------------------------------- Quest
+
+@triton.jit
+def _quest_score_kernel(Q, KMIN, KMAX, TABLE, SEQ, OUT, stride_qb, stride_qh, stride_table, stride_out,
+                        kv_heads, page_size,
+                        G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BLOCK_P: tl.constexpr):
+    r = tl.program_id(0)
+    pb = tl.program_id(1)
+    b = r // kv_heads
+    kvh = r % kv_heads
+    g = tl.arange(0, GP)
+    d = tl.arange(0, D)
+    q = tl.load(Q + b.to(tl.int64) * stride_qb + (kvh * G + g).to(tl.int64)[:, None] * stride_qh + d[None, :],
+                mask=(g < G)[:, None], other=0.0).to(tl.float32)
+    qpos = tl.sum(tl.maximum(q, 0.0), 0)
+    qneg = tl.sum(tl.minimum(q, 0.0), 0)
+    seq = tl.load(SEQ + b).to(tl.int64)
+    cur = tl.maximum(seq - 1, 0) // page_size
+    p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
+    ok = p < cur
+    phys = tl.load(TABLE + b.to(tl.int64) * stride_table + p, mask=ok, other=0).to(tl.int64)
+    meta = (phys * kv_heads + kvh) * D
+    kx = tl.load(KMAX + meta[:, None] + d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
+    kn = tl.load(KMIN + meta[:, None] + d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
+    sc = tl.sum(kx * qpos[None, :] + kn * qneg[None, :], 1)
+    tl.store(OUT + r.to(tl.int64) * stride_out + p, tl.where(ok, sc, float("-inf")), mask=p < stride_out)
+
+
+def quest_page_scores_triton(q: torch.Tensor, kmin: torch.Tensor, kmax: torch.Tensor, page_table: torch.Tensor,
+                             seq_lens: torch.Tensor, page_size: int, *, max_pages: int | None = None,
+                             block_p: int = 64) -> torch.Tensor:
+    """Quest page scores (see :func:`reference.quest_page_scores_ref`); (B, Hkv, max_pages) float32.
+
+    ``max_pages`` bounds the pages scored (default: the page table's width); entries past it
+    are left unwritten, so pass a bound >= every sequence's current page.
+    """
+    b, h, d = q.shape
+    hkv = kmin.shape[1]
+    check_kernel_query(q, hkv)
+    mp = page_table.shape[1]
+    bound = mp if max_pages is None else min(mp, max_pages)
+    out = torch.full((b, hkv, mp), float("-inf"), device=q.device, dtype=torch.float32) if bound < mp else \
+        torch.empty(b, hkv, mp, device=q.device, dtype=torch.float32)
+    if q.stride(-1) != 1:
+        q = q.contiguous()
+    group = h // hkv
+    grid = (b * hkv, triton.cdiv(max(bound, 1), block_p))
+    _quest_score_kernel[grid](q, kmin.contiguous(), kmax.contiguous(), page_table.contiguous(), seq_lens.contiguous(),
+                              out, q.stride(0), q.stride(1), page_table.stride(0), mp, hkv, page_size,
+                              G=group, GP=group_rows(group), D=d, BLOCK_P=block_p, num_warps=4)
+    return out
+
+
+@triton.jit
+def _quest_select_kernel(SCORES, SEQ, NSEL, PLIST, NLIST, stride_s, n_pages, stride_pl, kv_heads, page_size,
+                         NP: tl.constexpr, WP: tl.constexpr):
+    r = tl.program_id(0)
+    b = r // kv_heads
+    seq = tl.load(SEQ + b).to(tl.int64)
+    cur = tl.maximum(seq - 1, 0) // page_size
+    nsel = tl.load(NSEL + b).to(tl.int64)
+    p = tl.arange(0, NP)
+    cand = (p < cur) & (p < n_pages)
+    sc = tl.load(SCORES + r.to(tl.int64) * stride_s + p, mask=cand, other=float("-inf"))
+    bits = sc.to(tl.int32, bitcast=True)
+    # order-preserving map of float32 to unsigned 32-bit values, held in int64
+    key = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF).to(tl.int64) + 2147483648
+    thr = tl.zeros([], dtype=tl.int64)
+    for i in range(0, 32):
+        trial = thr | (tl.full([], 1, tl.int64) << (31 - i))
+        c = tl.sum((cand & (key >= trial)).to(tl.int32), 0)
+        thr = tl.where(c.to(tl.int64) >= nsel, trial, thr)
+    gt = cand & (key > thr)
+    tie = cand & (key == thr)
+    tie_rank = tl.cumsum(tie.to(tl.int32), 0) - 1
+    need = nsel - tl.sum(gt.to(tl.int32), 0)
+    sel = gt | (tie & (tie_rank.to(tl.int64) < need))
+    sel = tl.where(cur <= nsel, cand, sel)
+    rank = tl.cumsum(sel.to(tl.int32), 0) - 1
+    count = tl.sum(sel.to(tl.int32), 0)
+    row = PLIST + r.to(tl.int64) * stride_pl
+    w = tl.arange(0, WP)
+    tl.store(row + w, tl.full([WP], -1, tl.int32), mask=(w > count) & (w < stride_pl))
+    tl.store(row + rank, p.to(tl.int32), mask=sel)
+    tl.store(row + count, cur.to(tl.int32))
+    tl.store(NLIST + r, count + 1)
+
+
+def quest_select_triton(scores: torch.Tensor, seq_lens: torch.Tensor, page_size: int, n_select: torch.Tensor,
+                        width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quest's page list (see :func:`reference.quest_select_ref`).
+
+    n_select (B,) int32; ``width`` >= max(n_select) + 1. Returns (page_list (B, Hkv, width)
+    int32 -1 padded, list_len (B, Hkv) int32).
+    """
+    b, hkv, mp = scores.shape
+    if mp > MAX_SELECT_PAGES:
+        raise ValueError(f"scores: at most {MAX_SELECT_PAGES} pages per sequence in the Triton selection, got {mp}")
+    plist = torch.empty(b, hkv, width, device=scores.device, dtype=torch.int32)
+    nlist = torch.empty(b, hkv, device=scores.device, dtype=torch.int32)
+    np_ = max(16, _pow2(mp))
+    _quest_select_kernel[(b * hkv,)](scores.contiguous(), seq_lens.contiguous(), n_select.contiguous(), plist, nlist,
+                                     mp, mp, width, hkv, page_size, NP=np_, WP=max(16, _pow2(width)),
+                                     num_warps=8 if np_ >= 4096 else 4)
+    return plist, nlist
