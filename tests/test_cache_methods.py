@@ -172,7 +172,7 @@ def test_ragged_batch_equals_each_sequence_alone(method):
 
 
 def test_memory_freed_at_compression_ten():
-    b, h, hkv, L, d = 1, 8, 2, 4096, 64
+    b, h, hkv, L, d = 1, 8, 2, 3000, 128
     g = torch.Generator().manual_seed(7)
     q = torch.randn(b, h, 64, d, generator=g).bfloat16()
     k = torch.randn(b, hkv, L, d, generator=g).bfloat16()
@@ -181,9 +181,10 @@ def test_memory_freed_at_compression_ten():
         dec = init_cache(sparsa.get_method(name, compression=10), q, k, k, backend="reference")
         assert dec.nbytes() <= dense / 8, name
         dec4 = init_cache(sparsa.get_method(name, compression=10), q, k, k, quant="int4", backend="reference")
-        assert dec.nbytes() / dec4.nbytes() >= 3.0, name       # positions and scores are not quantized
-    dense4 = init_cache(None, q, k, k, quant="int4", backend="reference")
-    assert dense / dense4.nbytes() >= 3.5
+        assert dec.nbytes() / dec4.nbytes() >= 3.3, name       # positions and scores are not quantized
+    full = init_cache(None, q, k, k, backend="reference").nbytes()
+    full4 = init_cache(None, q, k, k, quant="int4", backend="reference").nbytes()
+    assert full / full4 >= 3.5
 
 
 def test_bad_input_is_refused():

@@ -17,15 +17,7 @@ from .test_hf_models import _quiet_transformers, greedy, logits, prompt, tiny_mo
 #: Methods whose compression-1 form is not dense attention (NSA mixes three gated branches).
 NOT_DENSE_AT_1 = {"nsa"}
 
-#: Methods whose decode budget at compression 1 is fixed at the prompt length, so decode steps
-#: evict once generation outgrows the prompt (a method-level choice, reported, not hidden).
-EVICTS_AT_1 = {"streaming": "Streaming resolves its window against the prompt length: at compression 1 "
-                            "decode steps evict once the context outgrows the prompt"}
-
-
 def _check_generation(name: str, got: torch.Tensor, expected: torch.Tensor) -> None:
-    if name in EVICTS_AT_1 and not torch.equal(got, expected):
-        pytest.xfail(EVICTS_AT_1[name])
     assert torch.equal(got, expected)
 
 

@@ -330,7 +330,7 @@ def _vs_rows(rec: _Recorder, q, k, v, context: int, compression: float | None, b
              check: bool, gen: torch.Generator, vs_configs: Sequence[tuple[int, int, int]] | None = None,
              line_sets_to_time: Sequence[str] = ("band", "scattered")) -> None:
     from ..methods.registry import get_method, list_methods
-    from ..ops.vertical_slash.convert import (DEFAULT_BLOCK_Q, computed_tile_elements, prepare_vertical_slash,
+    from ..ops.vertical_slash.convert import (computed_tile_elements, default_block_q, prepare_vertical_slash,
                                              vertical_slash_pairs)
     from ..ops.vertical_slash.triton import vertical_slash_attention_triton, vertical_slash_layout
     b, h, _, d = q.shape
@@ -374,8 +374,8 @@ def _vs_rows(rec: _Recorder, q, k, v, context: int, compression: float | None, b
             extra["conversion_torch_spec_ms"] = once_ms(
                 lambda: prepare_vertical_slash(vi_k, si_k, context, context, use_triton=False))
         layouts: dict[tuple[bool, int], Any] = {}
-        variants: list[tuple[bool, int, tuple[int, int] | None]] = [(True, DEFAULT_BLOCK_Q, None),
-                                                                   (False, DEFAULT_BLOCK_Q, None)]
+        variants: list[tuple[bool, int, tuple[int, int] | None]] = [(True, default_block_q(True), None),
+                                                                   (False, default_block_q(False), None)]
         if vs_configs and kind == line_kinds[0][0]:
             variants += [(True, cfg[0], (cfg[1], cfg[2])) for cfg in vs_configs]
         for exact, bq, cfg in variants:

@@ -31,7 +31,12 @@ from .paged import PagedKVCache
 from .varlen import VarlenKVCache, check_lengths
 
 H2O_RESERVE = 16          # free rows per head above the budget: one host sync per this many steps
-GROWING_RESERVE = 64      # free rows per head for methods that keep every generated token
+
+
+def growing_reserve(kept: int) -> int:
+    """Free rows per head for methods that keep every generated token: 1/16 of what is kept
+    (at least 16), so growth costs a re-layout every ~kept/16 steps and little memory."""
+    return max(16, kept // 16)
 _UNLIMITED = -1
 
 
@@ -154,6 +159,7 @@ class QuestDecoder(CacheDecoder):
                  n_select: list[int | None]) -> None:
         super().__init__(method, cache, heads, scale, backend)
         self.n_select_host = n_select
+        self.last_page_list: torch.Tensor | None = None     # (B, Hkv, W) pages the last step read
         big = 1 << 30
         self.n_select = torch.tensor([big if n is None else n for n in n_select], dtype=torch.int32,
                                      device=cache.device)
@@ -184,6 +190,7 @@ class QuestDecoder(CacheDecoder):
             scores = quest_page_scores_ref(q, c.kmin, c.kmax, c.page_table[:, :bound], c.seq_lens, ps)
             plist = quest_select_ref(scores, c.seq_lens, ps, torch.tensor(nsel, device=c.device))
             out = paged_decode_ref(q, c.k, c.v, c.page_table, c.seq_lens, plist, page_size=ps, scale=self.scale)
+        self.last_page_list = plist
         # reads per sequence, known on the host: selected pages + current page (+ bounds of the
         # scored pages), or the whole sequence when every page is read
         reads, nbytes = [], []
@@ -265,7 +272,7 @@ def init_cache(method: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *
                                         reserve=256 if reserve is None else reserve)
         return QuestDecoder(m, cache, h, sc, backend, n_select)
 
-    res = GROWING_RESERVE if reserve is None else reserve
+    res = growing_reserve(L) if reserve is None else reserve
     if m is None:
         cache = VarlenKVCache.from_dense(k, v, None, lengths=seq if ragged else None, quant=spec, reserve=res)
         return EvictingDecoder(None, cache, h, sc, backend, None)
@@ -280,6 +287,11 @@ def init_cache(method: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *
         recent = torch.tensor([0 if s.heavy is None or s.recent is None else s.recent for s in states] * (
             1 if ragged else b), dtype=torch.int64, device=k.device)
         return EvictingDecoder(m, cache, h, sc, backend, "h2o", heavy, recent)
+    if isinstance(m, Streaming) and m.compression == 1.0 and m.window is None:
+        # full budget: nothing is evicted, as for H2O at compression 1 (the window would
+        # otherwise stay at the prompt's length and drop tokens as the sequence grows)
+        cache = VarlenKVCache.from_dense(k, v, None, lengths=seq if ragged else None, quant=spec, reserve=res)
+        return EvictingDecoder(m, cache, h, sc, backend, None)
     if isinstance(m, Streaming):
         states = rows(lambda qq, kk, vv: m.init_decode(qq, kk, vv))
         pos = stack_positions([s.positions for s in states])
@@ -291,6 +303,8 @@ def init_cache(method: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *
     if isinstance(m, _PromptCompressor):
         states = rows(lambda qq, kk, vv: m.init_decode(qq, kk, vv, scale=sc))
         pos = stack_positions([s.positions for s in states])
+        if reserve is None:
+            res = growing_reserve(int((pos >= 0).sum(-1).max()))
         cache = VarlenKVCache.from_dense(k, v, pos, lengths=seq if ragged else None, quant=spec, reserve=res)
         return EvictingDecoder(m, cache, h, sc, backend, None)
     raise TypeError(f"method: {type(m).__name__} has no cache adapter; supported: h2o, snapkv, ada_snapkv, "

@@ -14,6 +14,10 @@ from .registry import register
 MODES = ("decode", "prefill")
 
 
+#: window of compression 1: larger than any context, so nothing is ever evicted
+UNBOUNDED = 1 << 62
+
+
 def visible_tokens(positions: torch.Tensor, sink: int, window: int) -> torch.Tensor:
     """Tokens a query at each position reads: |[0, sink) ∪ (p - window, p]|, int64 like ``positions``."""
     seen = positions + 1
@@ -87,6 +91,8 @@ class Streaming(DecodeMethod):
             return self.window
         if self.compression is None:
             return 1020
+        if self.compression == 1.0:
+            return UNBOUNDED  # dense: nothing ever leaves the window, however long decoding runs
         if self.mode == "prefill" and q_len is not None:
             target = causal_pairs(q_len, context_len) / self.compression
             rows = query_positions(q_len, context_len)

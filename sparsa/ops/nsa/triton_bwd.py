@@ -27,10 +27,11 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_fwd import LOG2E, _cast, _pow2, dot_flags, tile_rows
+from .triton_fwd import LOG2E, _pow2, dot_flags, tile_rows
 
 MODE_CMP = 0
 MODE_WIN = 1
+SEGMENT = 256  # queries per selection dK/dV program; longer lists are split
 
 
 @triton.jit
@@ -86,7 +87,7 @@ def _band_dq_kernel(
     q_len, kv_len, n_keys, kv_heads, window, qk_scale, sm_scale,
     MODE: tl.constexpr, BRANCH: tl.constexpr, ACCUM: tl.constexpr,
     G: tl.constexpr, GP: tl.constexpr, BQ: tl.constexpr, BN: tl.constexpr, D: tl.constexpr,
-    STRIDE: tl.constexpr, CBLOCK: tl.constexpr, F32: tl.constexpr, PREC: tl.constexpr,
+    STRIDE: tl.constexpr, CBLOCK: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr,
 ):
     M: tl.constexpr = GP * BQ
     qt = tl.num_programs(0) - 1 - tl.program_id(0)
@@ -104,11 +105,10 @@ def _band_dq_kernel(
     d = tl.arange(0, D)
     n = tl.arange(0, BN)
 
-    q = _cast(tl.load(Q + b * sqb + head[:, None] * sqh + t64[:, None] * sqt + d[None, :],
-                      mask=row_ok[:, None], other=0.0), K, F32)
+    q = (tl.load(Q + b * sqb + head[:, None] * sqh + t64[:, None] * sqt + d[None, :], mask=row_ok[:, None], other=0.0)).to(DT)
     gate = tl.load(GATES + b * sgb + head * sgh + t64 * sgt + BRANCH, mask=row_ok, other=0.0).to(tl.float32)
     do = tl.load(DO + b * sdb + head[:, None] * sdh + t64[:, None] * sdt + d[None, :], mask=row_ok[:, None], other=0.0)
-    do = _cast(do.to(tl.float32) * gate[:, None], K, F32)
+    do = (do.to(tl.float32) * gate[:, None]).to(DT)
     lse = tl.load(LSE + b * slb + head * slh + t, mask=row_ok, other=float("inf"))
     delta = tl.load(DELTA + b * slb + head * slh + t, mask=row_ok, other=0.0)
     k_base = K + b * skb + kh.to(tl.int64) * skh
@@ -127,16 +127,14 @@ def _band_dq_kernel(
     for k0 in range(lo, hi, BN):
         kk = k0 + n
         k_ok = kk < hi
-        k = _cast(tl.load(k_base + kk[:, None].to(tl.int64) * skn + d[None, :], mask=k_ok[:, None], other=0.0),
-                  K, F32)
-        v = _cast(tl.load(v_base + kk[:, None].to(tl.int64) * svn + d[None, :], mask=k_ok[:, None], other=0.0),
-                  K, F32)
+        k = (tl.load(k_base + kk[:, None].to(tl.int64) * skn + d[None, :], mask=k_ok[:, None], other=0.0)).to(DT)
+        v = (tl.load(v_base + kk[:, None].to(tl.int64) * svn + d[None, :], mask=k_ok[:, None], other=0.0)).to(DT)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
         vis = _visible(pos, kk, hi, window, MODE, STRIDE, CBLOCK) & row_ok[:, None]
         p = tl.where(vis, tl.exp2(s - lse[:, None]), 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=PREC)
         ds = p * (dp - delta[:, None])
-        dq = tl.dot(_cast(ds, K, F32), k, dq, input_precision=PREC)
+        dq = tl.dot((ds).to(DT), k, dq, input_precision=PREC)
     dq = dq * sm_scale
     dq_ptrs = DQ + b * sxb + head[:, None] * sxh + t64[:, None] * sxt + d[None, :]
     if ACCUM:
@@ -152,7 +150,7 @@ def _band_dkdv_kernel(
     q_len, kv_len, n_keys, kv_heads, window, qk_scale, sm_scale,
     MODE: tl.constexpr, BRANCH: tl.constexpr, ACCUM: tl.constexpr,
     G: tl.constexpr, GP: tl.constexpr, BQ: tl.constexpr, BN: tl.constexpr, D: tl.constexpr,
-    STRIDE: tl.constexpr, CBLOCK: tl.constexpr, F32: tl.constexpr, PREC: tl.constexpr,
+    STRIDE: tl.constexpr, CBLOCK: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr,
 ):
     M: tl.constexpr = GP * BQ
     kb = tl.program_id(0)
@@ -164,10 +162,8 @@ def _band_dkdv_kernel(
     kk = kb * BN + n
     k_ok = kk < n_keys
     d = tl.arange(0, D)
-    k = _cast(tl.load(K + b * skb + kh.to(tl.int64) * skh + kk[:, None].to(tl.int64) * skn + d[None, :],
-                      mask=k_ok[:, None], other=0.0), K, F32)
-    v = _cast(tl.load(V + b * svb + kh.to(tl.int64) * svh + kk[:, None].to(tl.int64) * svn + d[None, :],
-                      mask=k_ok[:, None], other=0.0), K, F32)
+    k = (tl.load(K + b * skb + kh.to(tl.int64) * skh + kk[:, None].to(tl.int64) * skn + d[None, :], mask=k_ok[:, None], other=0.0)).to(DT)
+    v = (tl.load(V + b * svb + kh.to(tl.int64) * svh + kk[:, None].to(tl.int64) * svn + d[None, :], mask=k_ok[:, None], other=0.0)).to(DT)
     if MODE == 0:
         t_lo = tl.maximum(kb * BN * STRIDE + (CBLOCK - 1) - off, 0)
         t_hi = q_len
@@ -186,21 +182,20 @@ def _band_dkdv_kernel(
         row_ok = (g < G) & (t < q_len)
         t64 = t.to(tl.int64)
         pos = off + t
-        q = _cast(tl.load(Q + b * sqb + head[:, None] * sqh + t64[:, None] * sqt + d[None, :],
-                          mask=row_ok[:, None], other=0.0), K, F32)
+        q = (tl.load(Q + b * sqb + head[:, None] * sqh + t64[:, None] * sqt + d[None, :], mask=row_ok[:, None], other=0.0)).to(DT)
         gate = tl.load(GATES + b * sgb + head * sgh + t64 * sgt + BRANCH, mask=row_ok, other=0.0).to(tl.float32)
         do = tl.load(DO + b * sdb + head[:, None] * sdh + t64[:, None] * sdt + d[None, :],
                      mask=row_ok[:, None], other=0.0)
-        do = _cast(do.to(tl.float32) * gate[:, None], K, F32)
+        do = (do.to(tl.float32) * gate[:, None]).to(DT)
         lse = tl.load(LSE + b * slb + head * slh + t, mask=row_ok, other=float("inf"))
         delta = tl.load(DELTA + b * slb + head * slh + t, mask=row_ok, other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
         vis = _visible(pos, kk, n_keys, window, MODE, STRIDE, CBLOCK) & row_ok[:, None]
         p = tl.where(vis, tl.exp2(s - lse[:, None]), 0.0)
-        dv = tl.dot(tl.trans(_cast(p, K, F32)), do, dv, input_precision=PREC)
+        dv = tl.dot(tl.trans((p).to(DT)), do, dv, input_precision=PREC)
         dp = tl.dot(do, tl.trans(v), input_precision=PREC)
         ds = p * (dp - delta[:, None])
-        dk = tl.dot(tl.trans(_cast(ds, K, F32)), q, dk, input_precision=PREC)
+        dk = tl.dot(tl.trans((ds).to(DT)), q, dk, input_precision=PREC)
     dk = dk * sm_scale
     x_off = b * sxb + kh.to(tl.int64) * sxh + kk[:, None].to(tl.int64) * sxn + d[None, :]
     if ACCUM:
@@ -217,7 +212,7 @@ def _selection_dq_kernel(
     sxb, sxh, sxt,
     q_len, kv_len, kv_heads, qk_scale, sm_scale,
     ACCUM: tl.constexpr, G: tl.constexpr, MP: tl.constexpr, SB: tl.constexpr, D: tl.constexpr,
-    NSW: tl.constexpr, NSWP: tl.constexpr, F32: tl.constexpr, PREC: tl.constexpr,
+    NSW: tl.constexpr, NSWP: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr,
 ):
     t = tl.program_id(0)
     pid = tl.program_id(1)
@@ -231,11 +226,10 @@ def _selection_dq_kernel(
     d = tl.arange(0, D)
     n = tl.arange(0, SB)
 
-    q = _cast(tl.load(Q + b * sqb + head[:, None] * sqh + t64 * sqt + d[None, :], mask=row_ok[:, None], other=0.0),
-              K, F32)
+    q = (tl.load(Q + b * sqb + head[:, None] * sqh + t64 * sqt + d[None, :], mask=row_ok[:, None], other=0.0)).to(DT)
     gate = tl.load(GATES + b * sgb + head * sgh + t64 * sgt + 1, mask=row_ok, other=0.0).to(tl.float32)
     do = tl.load(DO + b * sdb + head[:, None] * sdh + t64 * sdt + d[None, :], mask=row_ok[:, None], other=0.0)
-    do = _cast(do.to(tl.float32) * gate[:, None], K, F32)
+    do = (do.to(tl.float32) * gate[:, None]).to(DT)
     lse = tl.load(LSE + b * slb + head * slh + t, mask=row_ok, other=float("inf"))
     delta = tl.load(DELTA + b * slb + head * slh + t, mask=row_ok, other=0.0)
     k_base = K + b * skb + kh.to(tl.int64) * skh
@@ -249,15 +243,13 @@ def _selection_dq_kernel(
         blk = tl.load(idx_row + i)
         kpos = blk * SB + n
         k_ok = kpos <= pos
-        k = _cast(tl.load(k_base + kpos[:, None].to(tl.int64) * skn + d[None, :], mask=k_ok[:, None], other=0.0),
-                  K, F32)
-        v = _cast(tl.load(v_base + kpos[:, None].to(tl.int64) * svn + d[None, :], mask=k_ok[:, None], other=0.0),
-                  K, F32)
+        k = (tl.load(k_base + kpos[:, None].to(tl.int64) * skn + d[None, :], mask=k_ok[:, None], other=0.0)).to(DT)
+        v = (tl.load(v_base + kpos[:, None].to(tl.int64) * svn + d[None, :], mask=k_ok[:, None], other=0.0)).to(DT)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
         p = tl.where(k_ok[None, :] & row_ok[:, None], tl.exp2(s - lse[:, None]), 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=PREC)
         ds = p * (dp - delta[:, None])
-        dq = tl.dot(_cast(ds, K, F32), k, dq, input_precision=PREC)
+        dq = tl.dot((ds).to(DT), k, dq, input_precision=PREC)
     dq = dq * sm_scale
     dq_ptrs = DQ + b * sxb + head[:, None] * sxh + t64 * sxt + d[None, :]
     if ACCUM:
@@ -272,7 +264,7 @@ def _selection_dkdv_kernel(
     sxb, sxh, sxn,
     q_len, kv_len, kv_heads, qk_scale, sm_scale,
     G: tl.constexpr, GP: tl.constexpr, BQ: tl.constexpr, SB: tl.constexpr, D: tl.constexpr,
-    F32: tl.constexpr, PREC: tl.constexpr,
+    DT: tl.constexpr, PREC: tl.constexpr,
 ):
     M: tl.constexpr = GP * BQ
     sg = tl.program_id(0)
@@ -288,10 +280,8 @@ def _selection_dkdv_kernel(
     d = tl.arange(0, D)
     kpos = blk * SB + n
     k_ok = kpos < kv_len
-    k = _cast(tl.load(K + b * skb + kh.to(tl.int64) * skh + kpos[:, None].to(tl.int64) * skn + d[None, :],
-                      mask=k_ok[:, None], other=0.0), K, F32)
-    v = _cast(tl.load(V + b * svb + kh.to(tl.int64) * svh + kpos[:, None].to(tl.int64) * svn + d[None, :],
-                      mask=k_ok[:, None], other=0.0), K, F32)
+    k = (tl.load(K + b * skb + kh.to(tl.int64) * skh + kpos[:, None].to(tl.int64) * skn + d[None, :], mask=k_ok[:, None], other=0.0)).to(DT)
+    v = (tl.load(V + b * svb + kh.to(tl.int64) * svh + kpos[:, None].to(tl.int64) * svn + d[None, :], mask=k_ok[:, None], other=0.0)).to(DT)
     r = tl.arange(0, M)
     g = r // BQ
     head = (kh * G + g).to(tl.int64)
@@ -304,24 +294,23 @@ def _selection_dkdv_kernel(
         t = tl.load(TLIST + e, mask=e_ok, other=0)
         t64 = t.to(tl.int64)
         pos = off + t
-        q = _cast(tl.load(Q + b * sqb + head[:, None] * sqh + t64[:, None] * sqt + d[None, :],
-                          mask=row_ok[:, None], other=0.0), K, F32)
+        q = (tl.load(Q + b * sqb + head[:, None] * sqh + t64[:, None] * sqt + d[None, :], mask=row_ok[:, None], other=0.0)).to(DT)
         gate = tl.load(GATES + b * sgb + head * sgh + t64 * sgt + 1, mask=row_ok, other=0.0).to(tl.float32)
         do = tl.load(DO + b * sdb + head[:, None] * sdh + t64[:, None] * sdt + d[None, :],
                      mask=row_ok[:, None], other=0.0)
-        do = _cast(do.to(tl.float32) * gate[:, None], K, F32)
+        do = (do.to(tl.float32) * gate[:, None]).to(DT)
         lse = tl.load(LSE + b * slb + head * slh + t, mask=row_ok, other=float("inf"))
         delta = tl.load(DELTA + b * slb + head * slh + t, mask=row_ok, other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
         vis = (kpos[None, :] <= pos[:, None]) & row_ok[:, None]
         p = tl.where(vis, tl.exp2(s - lse[:, None]), 0.0)
-        dv = tl.dot(tl.trans(_cast(p, K, F32)), do, dv, input_precision=PREC)
+        dv = tl.dot(tl.trans((p).to(DT)), do, dv, input_precision=PREC)
         dp = tl.dot(do, tl.trans(v), input_precision=PREC)
         ds = p * (dp - delta[:, None])
-        dk = tl.dot(tl.trans(_cast(ds, K, F32)), q, dk, input_precision=PREC)
+        dk = tl.dot(tl.trans((ds).to(DT)), q, dk, input_precision=PREC)
     dk = dk * sm_scale
     x_off = b * sxb + kh.to(tl.int64) * sxh + kpos[:, None].to(tl.int64) * sxn + d[None, :]
-    ok = k_ok[:, None] & (en > st)
+    ok = (k_ok & (n * 0 + en > st))[:, None] & (d[None, :] < D)  # scalar test widened first
     if one != 0:
         tl.store(DK + x_off, dk, mask=ok)
         tl.store(DV + x_off, dv, mask=ok)
@@ -366,13 +355,13 @@ def band_dq(q, k, v, do, lse, delta, gates, dq, *, mode: int, branch: int, accum
     hkv, n_keys = k.shape[1], k.shape[2]
     group = h // hkv
     gp, bq = tile_rows(group, rows)
-    f32, prec = dot_flags(q, interpreted)
+    dt, prec = dot_flags(q, interpreted)
     _band_dq_kernel[(triton.cdiv(lq, bq), b * hkv)](
         q, k, v, do, lse, delta, gates, dq, *_common(q, k, v, do, lse, gates),
         dq.stride(0), dq.stride(1), dq.stride(2),
         lq, kv_len, n_keys, hkv, window, scale * LOG2E, scale,
         MODE=mode, BRANCH=branch, ACCUM=accumulate, G=group, GP=gp, BQ=bq, BN=64, D=d,
-        STRIDE=cfg.stride, CBLOCK=cfg.block, F32=f32, PREC=prec,
+        STRIDE=cfg.stride, CBLOCK=cfg.block, DT=dt, PREC=prec,
         num_warps=8 if d >= 128 else 4, num_stages=2,
     )
 
@@ -388,13 +377,13 @@ def band_dkdv(q, k, v, do, lse, delta, gates, dk, dv, *, mode: int, branch: int,
     group = h // hkv
     gp, bq = tile_rows(group, rows)
     bn = 64
-    f32, prec = dot_flags(q, interpreted)
+    dt, prec = dot_flags(q, interpreted)
     _band_dkdv_kernel[(triton.cdiv(n_keys, bn), b * hkv)](
         q, k, v, do, lse, delta, gates, dk, dv, *_common(q, k, v, do, lse, gates),
         dk.stride(0), dk.stride(1), dk.stride(2),
         lq, kv_len, n_keys, hkv, window, scale * LOG2E, scale,
         MODE=mode, BRANCH=branch, ACCUM=accumulate, G=group, GP=gp, BQ=bq, BN=bn, D=d,
-        STRIDE=cfg.stride, CBLOCK=cfg.block, F32=f32, PREC=prec,
+        STRIDE=cfg.stride, CBLOCK=cfg.block, DT=dt, PREC=prec,
         num_warps=8 if d >= 128 else 4, num_stages=2,
     )
 
@@ -406,7 +395,7 @@ def selection_dq(q, k, v, idx, do, lse, delta, gates, dq, *, sel_block: int, sca
     hkv, lk = k.shape[1], k.shape[2]
     group = h // hkv
     nsw = idx.shape[-1]
-    f32, prec = dot_flags(q, interpreted)
+    dt, prec = dot_flags(q, interpreted)
     _selection_dq_kernel[(lq, b * hkv)](
         q, k, v, idx, do, lse, delta, gates, dq,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
@@ -415,7 +404,7 @@ def selection_dq(q, k, v, idx, do, lse, delta, gates, dq, *, sel_block: int, sca
         gates.stride(0), gates.stride(1), gates.stride(2), dq.stride(0), dq.stride(1), dq.stride(2),
         lq, lk, hkv, scale * LOG2E, scale,
         ACCUM=accumulate, G=group, MP=max(16, _pow2(group)), SB=sel_block, D=d, NSW=nsw, NSWP=_pow2(nsw),
-        F32=f32, PREC=prec, num_warps=4, num_stages=2,
+        DT=dt, PREC=prec, num_warps=4, num_stages=2,
     )
 
 
@@ -457,20 +446,23 @@ def inverted_index(idx: torch.Tensor, n_blocks: int, segment: int) -> tuple[torc
 
 
 def selection_dkdv(q, k, v, idx, do, lse, delta, gates, dk, dv, *, sel_block: int, scale: float,
-                   interpreted: bool, segment: int = 256, rows: int = 64) -> None:
-    """Write the selection branch's dK, dV into the zero-initialised float32 buffers dk, dv."""
+                   interpreted: bool, segment: int | None = None, rows: int = 64) -> None:
+    """Write the selection branch's dK, dV into the zero-initialised float32 buffers dk, dv.
+
+    ``segment``: queries per program (default :data:`SEGMENT`)."""
+    segment = SEGMENT if segment is None else segment
     b, h, lq, d = q.shape
     hkv, lk = k.shape[1], k.shape[2]
     group = h // hkv
     gp, bq = tile_rows(group, rows)
     n_blocks = -(-lk // sel_block)
     seg_bh, seg_j, seg_st, seg_en, seg_one, t_list = inverted_index(idx, n_blocks, segment)
-    f32, prec = dot_flags(q, interpreted)
+    dt, prec = dot_flags(q, interpreted)
     _selection_dkdv_kernel[(seg_bh.numel(),)](
         q, k, v, do, lse, delta, gates, dk, dv, seg_bh, seg_j, seg_st, seg_en, seg_one, t_list,
         *_common(q, k, v, do, lse, gates), dk.stride(0), dk.stride(1), dk.stride(2),
         lq, lk, hkv, scale * LOG2E, scale,
-        G=group, GP=gp, BQ=bq, SB=sel_block, D=d, F32=f32, PREC=prec,
+        G=group, GP=gp, BQ=bq, SB=sel_block, D=d, DT=dt, PREC=prec,
         num_warps=8 if d >= 128 else 4, num_stages=2,
     )
 

@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_fwd import LOG2E, _cast, _key_block, _pack_keys, _pow2, dot_flags
+from .triton_fwd import LOG2E, _key_block, _pack_keys, _pow2, _sorted_indices, _topk_init, _topk_merge, dot_flags
 
 
 @triton.jit
@@ -32,7 +32,7 @@ def _dec_cmp_kernel(
     Q, KC, VC, SBUF, MPART, LPART, APART,
     sqb, sqh, skb, skh, skn, svb, svh, svn,
     n_cmp, kv_heads, qk_scale,
-    G: tl.constexpr, MP: tl.constexpr, CH: tl.constexpr, D: tl.constexpr, F32: tl.constexpr, PREC: tl.constexpr,
+    G: tl.constexpr, MP: tl.constexpr, CH: tl.constexpr, D: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr,
 ):
     c = tl.program_id(0)
     nc = tl.num_programs(0)
@@ -44,10 +44,9 @@ def _dec_cmp_kernel(
     d = tl.arange(0, D)
     i = c * CH + tl.arange(0, CH)
     ok = i < n_cmp
-    q = _cast(tl.load(Q + b * sqb + (kh * G + r)[:, None] * sqh + d[None, :], mask=row_ok[:, None], other=0.0),
-              KC, F32)
+    q = (tl.load(Q + b * sqb + (kh * G + r)[:, None] * sqh + d[None, :], mask=row_ok[:, None], other=0.0)).to(DT)
     kc = tl.load(KC + b * skb + kh * skh + i[:, None].to(tl.int64) * skn + d[None, :], mask=ok[:, None], other=0.0)
-    s = tl.dot(q, tl.trans(_cast(kc, KC, F32)), input_precision=PREC) * qk_scale
+    s = tl.dot(q, tl.trans((kc).to(DT)), input_precision=PREC) * qk_scale
     s = tl.where(ok[None, :], s, float("-inf"))
     bh64 = bh.to(tl.int64)
     tl.store(SBUF + bh64 * G * n_cmp + r[:, None] * n_cmp + i[None, :], s, mask=row_ok[:, None] & ok[None, :])
@@ -55,7 +54,7 @@ def _dec_cmp_kernel(
     m_use = tl.where(m == float("-inf"), 0.0, m)
     p = tl.exp2(s - m_use[:, None])
     vc = tl.load(VC + b * svb + kh * svh + i[:, None].to(tl.int64) * svn + d[None, :], mask=ok[:, None], other=0.0)
-    acc = tl.dot(_cast(p, VC, F32), _cast(vc, VC, F32), input_precision=PREC)
+    acc = tl.dot((p).to(DT), (vc).to(DT), input_precision=PREC)
     part = (bh64 * nc + c) * MP + r
     tl.store(MPART + part, m)
     tl.store(LPART + part, tl.sum(p, 1))
@@ -66,7 +65,7 @@ def _dec_cmp_kernel(
 def _dec_topk_kernel(
     SBUF, MPART, LPART, WTAPS, CAND,
     n_cmp, n_chunks, pos,
-    G: tl.constexpr, MP: tl.constexpr, NCP: tl.constexpr, BSD: tl.constexpr, NSP: tl.constexpr,
+    G: tl.constexpr, MP: tl.constexpr, NCP: tl.constexpr, BSD: tl.constexpr, NS: tl.constexpr, NSP: tl.constexpr,
     R: tl.constexpr, C: tl.constexpr, NTAP: tl.constexpr, SEL: tl.constexpr,
     N_INIT: tl.constexpr, N_LOCAL: tl.constexpr,
 ):
@@ -97,18 +96,17 @@ def _dec_topk_kernel(
     cur = pos // SEL
     eligible = j <= cur
     forced = eligible & ((j < N_INIT) | (j > cur - N_LOCAL))
-    keys = tl.sort(_pack_keys(score, j, eligible, forced), dim=0, descending=True)
-    keys2 = tl.reshape(keys, (BSD // NSP, NSP))
-    top = tl.sum(tl.where(tl.arange(0, BSD // NSP)[:, None] == 0, keys2, 0), axis=0)
-    tl.store(CAND + (bh * nc2 + c2) * NSP + tl.arange(0, NSP), top)
+    keys = tl.reshape(_pack_keys(score, j, eligible, forced), (1, BSD))
+    top = _topk_merge(_topk_init(1, NSP, NS), keys)
+    tl.store(CAND + (bh * nc2 + c2) * NSP + tl.arange(0, NSP)[None, :], top)
 
 
 @triton.jit
 def _attend(q, k_base, v_base, kpos, k_ok, skn, svn, m_i, l_i, acc, d, qk_scale,
-            REF, F32: tl.constexpr, PREC: tl.constexpr):
+            DT: tl.constexpr, PREC: tl.constexpr):
     """One online-softmax step of q (rows, D) over the keys at kpos (masked by k_ok)."""
     k = tl.load(k_base + kpos[:, None].to(tl.int64) * skn + d[None, :], mask=k_ok[:, None], other=0.0)
-    s = tl.dot(q, tl.trans(_cast(k, REF, F32)), input_precision=PREC) * qk_scale
+    s = tl.dot(q, tl.trans((k).to(DT)), input_precision=PREC) * qk_scale
     s = tl.where(k_ok[None, :], s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
     m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -116,7 +114,7 @@ def _attend(q, k_base, v_base, kpos, k_ok, skn, svn, m_i, l_i, acc, d, qk_scale,
     p = tl.exp2(s - m_use[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
     v = tl.load(v_base + kpos[:, None].to(tl.int64) * svn + d[None, :], mask=k_ok[:, None], other=0.0)
-    acc = tl.dot(_cast(p, REF, F32), _cast(v, REF, F32), acc * alpha[:, None], input_precision=PREC)
+    acc = tl.dot((p).to(DT), (v).to(DT), acc * alpha[:, None], input_precision=PREC)
     return m_new, l_i, acc
 
 
@@ -127,7 +125,7 @@ def _dec_sparse_kernel(
     n_chunks2, pos, window, kv_heads, qk_scale,
     G: tl.constexpr, MP: tl.constexpr, D: tl.constexpr, SB: tl.constexpr, NS: tl.constexpr, NSP: tl.constexpr,
     NSW: tl.constexpr, NCP2: tl.constexpr, BPS: tl.constexpr, NSPL: tl.constexpr, WCH: tl.constexpr,
-    F32: tl.constexpr, PREC: tl.constexpr,
+    DT: tl.constexpr, PREC: tl.constexpr,
 ):
     sp = tl.program_id(0)
     nsp_all = tl.num_programs(0)
@@ -139,38 +137,38 @@ def _dec_sparse_kernel(
     row_ok = r < G
     d = tl.arange(0, D)
     q = tl.load(Q + b * sqb + (kh * G + r)[:, None] * sqh + d[None, :], mask=row_ok[:, None], other=0.0)
-    q = _cast(q, K, F32)
+    q = (q).to(DT)
     m_i = tl.full([MP], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([MP], dtype=tl.float32)
     acc = tl.zeros([MP, D], dtype=tl.float32)
     if sp < NSPL:
-        cc = tl.arange(0, NCP2 * NSP)
-        cand = tl.load(CAND + bh64 * n_chunks2 * NSP + cc, mask=cc < n_chunks2 * NSP, other=-1)
-        cand = tl.sort(cand, dim=0, descending=True)
-        top = tl.sum(tl.where(tl.arange(0, NCP2)[:, None] == 0, tl.reshape(cand, (NCP2, NSP)), 0), axis=0)
-        slot = tl.arange(0, NSP)
+        cc = tl.arange(0, NCP2 * NSP)[None, :]
+        # chunk lists hold sentinels < 0 in unused slots (made distinct here) and int64 max in
+        # padding slots (not loaded): neither beats a real key
+        cand = tl.load(CAND + bh64 * n_chunks2 * NSP + cc, mask=(cc < n_chunks2 * NSP) & (cc % NSP < NS),
+                       other=-(1 << 62))
+        top2 = _topk_merge(_topk_init(1, NSP, NS), tl.where(cand < 0, -(1 << 62) - cc.to(tl.int64), cand))
+        slot2 = tl.arange(0, NSP)[None, :]
         if sp == 0:
-            valid = (top >= 0) & (slot < NS)
-            idx = tl.sort(tl.where(valid, _key_block(top), 2147483647), dim=0)
-            idx = tl.where(idx == 2147483647, -1, idx)
-            tl.store(IDX + b * sib + kh * sih + slot, idx, mask=slot < NSW)
+            tl.store(IDX + b * sib + kh * sih + slot2, _sorted_indices(top2, NSP, NS), mask=slot2 < NSW)
+        slot = tl.arange(0, NSP)
+        top = tl.reshape(top2, (NSP,))
         k_base = K + b * skb + kh * skh
         v_base = V + b * svb + kh * svh
         n = tl.arange(0, SB)
         for u in tl.static_range(BPS):
             s_id = sp * BPS + u
             key = tl.sum(tl.where(slot == s_id, top, 0), 0)
-            if (key >= 0) & (s_id < NS):
+            if (key >= 0) & (s_id < NS):  # padding slots hold int64 max: excluded by s_id < NS
                 kpos = _key_block(key) * SB + n
                 m_i, l_i, acc = _attend(q, k_base, v_base, kpos, kpos <= pos, skn, svn, m_i, l_i, acc, d,
-                                        qk_scale, K, F32, PREC)
+                                        qk_scale, DT, PREC)
     else:
         kw_base = KW + b * swb + kh * swh
         vw_base = VW + b * sxb + kh * sxh
         kpos = pos - window + 1 + (sp - NSPL) * WCH + tl.arange(0, WCH)
         k_ok = (kpos >= 0) & (kpos <= pos)
-        m_i, l_i, acc = _attend(q, kw_base, vw_base, kpos, k_ok, swn, sxn, m_i, l_i, acc, d, qk_scale, K, F32,
-                                        PREC)
+        m_i, l_i, acc = _attend(q, kw_base, vw_base, kpos, k_ok, swn, sxn, m_i, l_i, acc, d, qk_scale, DT, PREC)
     part = (bh64 * nsp_all + sp) * MP + r
     tl.store(MPART + part, m_i)
     tl.store(LPART + part, l_i)
@@ -249,7 +247,7 @@ def nsa_decode_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: tor
     bh = b * hkv
     dev = q.device
     pos = lk - 1
-    f32, prec = dot_flags(q, interpreted)
+    dt, prec = dot_flags(q, interpreted)
     qk_scale = scale * LOG2E
     if n_cmp == 0:
         k_cmp = q.new_zeros(b, hkv, 1, d)
@@ -267,18 +265,18 @@ def nsa_decode_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: tor
         q, k_cmp, v_cmp, sbuf, m1, l1, a1,
         q.stride(0), q.stride(1), k_cmp.stride(0), k_cmp.stride(1), k_cmp.stride(2),
         v_cmp.stride(0), v_cmp.stride(1), v_cmp.stride(2),
-        n_cmp, hkv, qk_scale, G=group, MP=mp, CH=ch, D=d, F32=f32, PREC=prec, num_warps=4,
+        n_cmp, hkv, qk_scale, G=group, MP=mp, CH=ch, D=d, DT=dt, PREC=prec, num_warps=4,
     )
 
     r_, c_ = cfg.sel_block // cfg.stride, cfg.block // cfg.stride
     n_sel = cfg.n_sel_blocks(lk)
     nsp = _pow2(cfg.n_select)
-    bsd = max(nsp, 64)
+    bsd = 64
     nc2 = triton.cdiv(n_sel, bsd)
     cand = torch.empty(bh, nc2, nsp, device=dev, dtype=torch.int64)
     _dec_topk_kernel[(nc2, bh)](
         sbuf, m1, l1, _tap_weights(cfg, dev), cand, n_cmp, nc1, pos,
-        G=group, MP=mp, NCP=_pow2(nc1), BSD=bsd, NSP=nsp, R=r_, C=c_, NTAP=c_ + r_ - 1, SEL=cfg.sel_block,
+        G=group, MP=mp, NCP=_pow2(nc1), BSD=bsd, NS=cfg.n_select, NSP=nsp, R=r_, C=c_, NTAP=c_ + r_ - 1, SEL=cfg.sel_block,
         N_INIT=cfg.n_forced_init, N_LOCAL=cfg.n_forced_local, num_warps=4,
     )
 
@@ -299,7 +297,7 @@ def nsa_decode_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: tor
         idx.stride(0), idx.stride(1),
         nc2, pos, window, hkv, qk_scale,
         G=group, MP=mp, D=d, SB=cfg.sel_block, NS=cfg.n_select, NSP=nsp, NSW=nsw, NCP2=_pow2(nc2), BPS=bps,
-        NSPL=nspl, WCH=wch, F32=f32, PREC=prec, num_warps=4,
+        NSPL=nspl, WCH=wch, DT=dt, PREC=prec, num_warps=4,
     )
 
     out = torch.empty(b, h, d, device=dev, dtype=q.dtype)

@@ -18,9 +18,10 @@ Softmax statistics are kept in the log2 domain: ``lse2 = log2(sum(exp2(s * scale
   rows) walk the query's selected blocks. Its epilogue mixes the three branches with the gates.
 
 Top-k keys are int64: the float32 bit pattern of the (non-negative) block score in the high
-word, ``2**31 - 1 - block`` in the low word, so one descending sort orders by score and, on
-ties, by lower block first, like the reference's stable sort; forced blocks score ``+inf``,
-ineligible ones get key -1.
+word, ``2**31 - 1 - block`` in the low word, so comparing keys orders by score and, on ties,
+by lower block first, like the reference's stable sort; forced blocks score ``+inf``. The
+running list is kept unsorted and updated by insertion (:func:`_topk_merge`): only as many
+steps as a tile has candidates above the list's minimum.
 """
 from __future__ import annotations
 
@@ -35,54 +36,59 @@ INT31 = 2147483647
 # ----------------------------------------------------------------------------- shared jit helpers
 
 @triton.jit
-def _cast(x, REF, F32: tl.constexpr):
-    """``x`` as a dot operand: float32 under the interpreter / fp32 inputs, else REF's element type."""
-    if F32:
-        return x.to(tl.float32)
-    else:
-        return x.to(REF.dtype.element_ty)
-
-
-@triton.jit
 def _pack_keys(score, j, eligible, forced):
-    """int64 top-k keys of block scores (see the module docstring)."""
+    """int64 top-k keys of block scores (see the module docstring); ineligible blocks get
+    distinct keys below every list sentinel, so they are never taken."""
     bits = tl.maximum(score, 0.0).to(tl.int32, bitcast=True)
     bits = tl.where(forced, 0x7F800000, bits)
     key = (bits.to(tl.int64) << 32) | (2147483647 - j).to(tl.int64)
-    return tl.where(eligible, key, -1)
+    return tl.where(eligible, key, -(1 << 40) - j.to(tl.int64))
 
 
 @triton.jit
 def _key_block(key):
-    """Block index of a key (garbage where key < 0)."""
+    """Block index of a key >= 0."""
     return 2147483647 - key.to(tl.int32)  # the low word (truncation keeps it)
 
 
 @triton.jit
-def _first_cols(x, ROWS: tl.constexpr, N: tl.constexpr, K: tl.constexpr):
-    """The first K of N columns of an integer (ROWS, N) tensor."""
-    x3 = tl.reshape(x, (ROWS, N // K, K))
-    first = tl.arange(0, N // K)[None, :, None] == 0
-    return tl.sum(tl.where(first, x3, 0), axis=1)
+def _topk_init(ROWS: tl.constexpr, NSP: tl.constexpr, NS: tl.constexpr):
+    """An empty top list (ROWS, NSP): distinct negative sentinels in the NS live slots, int64 max
+    in the padding slots (never the minimum, so never replaced)."""
+    slot = tl.arange(0, NSP)[None, :]
+    top = tl.where(slot < NS, -1 - slot.to(tl.int64), 9223372036854775807)
+    return tl.broadcast_to(top, (ROWS, NSP))
 
 
 @triton.jit
-def _topk_merge(top, cand, ROWS: tl.constexpr, NSP: tl.constexpr, BS: tl.constexpr):
-    """Merge candidate keys (ROWS, BS) into a running top list (ROWS, NSP) sorted descending."""
-    if BS > NSP:
-        cand = _first_cols(tl.sort(cand, dim=1, descending=True), ROWS, BS, NSP)
-    both = tl.reshape(tl.join(top, cand), (ROWS, 2 * NSP))
-    both = tl.sort(both, dim=1, descending=True)
-    return _first_cols(both, ROWS, 2 * NSP, NSP)
+def _topk_merge(top, cand):
+    """Merge candidate keys (ROWS, N) into an unsorted top list (ROWS, NSP) of distinct keys.
+
+    Repeatedly moves each row's largest candidate into the slot of its smallest kept key while
+    it is larger; the loop runs as many times as the row with the most candidates above its
+    current minimum needs. Keys are distinct, so each step touches one slot per row.
+    """
+    n_ins = tl.max(tl.sum((cand > tl.min(top, 1)[:, None]).to(tl.int32), 1), 0)
+    for _ in range(n_ins):
+        c_max = tl.max(cand, 1)
+        t_min = tl.min(top, 1)
+        better = c_max > t_min
+        top = tl.where((top == t_min[:, None]) & better[:, None], c_max[:, None], top)
+        cand = tl.where(cand == c_max[:, None], -9223372036854775807, cand)
+    return top
 
 
 @triton.jit
-def _sorted_indices(top, slot, NS: tl.constexpr, BIG: tl.constexpr):
-    """Block indices of the first NS keys of a descending top list, ascending, -1 padded at the end."""
-    valid = (top >= 0) & (slot < NS)
-    idx = tl.where(valid, _key_block(top), BIG)
-    idx = tl.sort(idx, dim=1)
-    return tl.where(idx == BIG, -1, idx)
+def _sorted_indices(top, NSP: tl.constexpr, NS: tl.constexpr):
+    """Block indices of a top list (ROWS, NSP) with NS live slots, ascending, -1 padded at the end."""
+    slot = tl.arange(0, NSP)[None, :]
+    idx = tl.where((top >= 0) & (slot < NS), _key_block(top), 2147483647)
+    out = tl.full(idx.shape, -1, dtype=tl.int32)
+    for s in tl.static_range(NSP):
+        mn = tl.min(idx, 1)
+        out = tl.where(slot == s, mn[:, None], out)
+        idx = tl.where(idx == mn[:, None], 2147483647, idx)
+    return tl.where(out == 2147483647, -1, out)
 
 
 # ----------------------------------------------------------------------------- compression + top-k
@@ -96,7 +102,7 @@ def _cmp_topk_fwd_kernel(
     STRIDE: tl.constexpr, CBLOCK: tl.constexpr, SEL: tl.constexpr, R: tl.constexpr, C: tl.constexpr,
     BS: tl.constexpr, NS: tl.constexpr, NSP: tl.constexpr, NSW: tl.constexpr,
     N_INIT: tl.constexpr, N_LOCAL: tl.constexpr,
-    F32: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr,
+    DT: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr,
 ):
     M: tl.constexpr = GP * BQ
     qt = tl.num_programs(0) - 1 - tl.program_id(0)          # longest rows first
@@ -116,7 +122,7 @@ def _cmp_topk_fwd_kernel(
 
     q = tl.load(Q + b * sqb + head[:, None] * sqh + t[:, None].to(tl.int64) * sqt + d[None, :],
                 mask=row_ok[:, None], other=0.0)
-    q = _cast(q, KC, F32)
+    q = (q).to(DT)
     kc_base = KC + b * skb + kh.to(tl.int64) * skh
     vc_base = VC + b * svb + kh.to(tl.int64) * svh
 
@@ -130,7 +136,7 @@ def _cmp_topk_fwd_kernel(
     for i0 in range(0, n_vis, BC):
         i = i0 + c
         kc = tl.load(kc_base + i[:, None].to(tl.int64) * skn + d[None, :], mask=(i < n_cmp)[:, None], other=0.0)
-        s = tl.dot(q, tl.trans(_cast(kc, KC, F32)), input_precision=PREC) * qk_scale
+        s = tl.dot(q, tl.trans((kc).to(DT)), input_precision=PREC) * qk_scale
         vis = (i[None, :] * STRIDE + (CBLOCK - 1) <= pos[:, None]) & (i[None, :] < n_cmp)
         s = tl.where(vis, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -152,16 +158,16 @@ def _cmp_topk_fwd_kernel(
     w = tl.maximum(w, 0).to(tl.float32)
     w_spill = tl.maximum(c + C - BS * R, 0).to(tl.float32)  # into block j0 + BS (C <= R + 1)
     carry = tl.zeros([BQ], dtype=tl.float32)
-    top = tl.full([BQ, NSP], -1, dtype=tl.int64)
+    top = _topk_init(BQ, NSP, NS)
     for j0 in range(0, p_last_blk + 1, BS):
         i = j0 * R + c
         i_ok = i < n_cmp
         kc = tl.load(kc_base + i[:, None].to(tl.int64) * skn + d[None, :], mask=i_ok[:, None], other=0.0)
-        s = tl.dot(q, tl.trans(_cast(kc, KC, F32)), input_precision=PREC) * qk_scale
+        s = tl.dot(q, tl.trans((kc).to(DT)), input_precision=PREC) * qk_scale
         vis = (i[None, :] * STRIDE + (CBLOCK - 1) <= pos[:, None]) & i_ok[None, :] & row_ok[:, None]
         p = tl.where(vis, tl.exp2(s - lse[:, None]), 0.0)
         vc = tl.load(vc_base + i[:, None].to(tl.int64) * svn + d[None, :], mask=i_ok[:, None], other=0.0)
-        acc = tl.dot(_cast(p, VC, F32), _cast(vc, VC, F32), acc, input_precision=PREC)
+        acc = tl.dot((p).to(DT), (vc).to(DT), acc, input_precision=PREC)
 
         if SPLIT:
             # float32 accuracy from bf16 matrix units: p = hi + mid + lo, w is exact in bf16
@@ -183,14 +189,14 @@ def _cmp_topk_fwd_kernel(
         j = j0 + jl[None, :]
         eligible = j <= cur[:, None]
         forced = eligible & ((j < N_INIT) | (j > cur[:, None] - N_LOCAL))
-        top = _topk_merge(top, _pack_keys(score, j, eligible, forced), BQ, NSP, BS)
+        top = _topk_merge(top, _pack_keys(score, j, eligible, forced))
 
     o_ptrs = O + b * sob + head[:, None] * soh + t[:, None].to(tl.int64) * sot + d[None, :]
     tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=row_ok[:, None])
     tl.store(LSE + b * slb + head * slh + t, lse, mask=row_ok)
 
     slot = tl.arange(0, NSP)[None, :]
-    idx = _sorted_indices(top, slot, NS, 2147483647)
+    idx = _sorted_indices(top, NSP, NS)
     tq = qt * BQ + rq
     i_ptrs = IDX + b * sib + kh.to(tl.int64) * sih + tq[:, None].to(tl.int64) * sit + slot
     tl.store(i_ptrs, idx, mask=(tq[:, None] < q_len) & (slot < NSW))
@@ -204,7 +210,7 @@ def _window_fwd_kernel(
     sqb, sqh, sqt, skb, skh, skn, svb, svh, svn, sob, soh, sot, slb, slh,
     q_len, kv_len, kv_heads, window, qk_scale,
     G: tl.constexpr, GP: tl.constexpr, BQ: tl.constexpr, BN: tl.constexpr, D: tl.constexpr,
-    F32: tl.constexpr, PREC: tl.constexpr,
+    DT: tl.constexpr, PREC: tl.constexpr,
 ):
     M: tl.constexpr = GP * BQ
     qt = tl.program_id(0)
@@ -224,7 +230,7 @@ def _window_fwd_kernel(
 
     q = tl.load(Q + b * sqb + head[:, None] * sqh + t[:, None].to(tl.int64) * sqt + d[None, :],
                 mask=row_ok[:, None], other=0.0)
-    q = _cast(q, K, F32)
+    q = (q).to(DT)
     k_base = K + b * skb + kh.to(tl.int64) * skh
     v_base = V + b * svb + kh.to(tl.int64) * svh
 
@@ -239,7 +245,7 @@ def _window_fwd_kernel(
         kpos = k0 + n
         k_ok = kpos <= p_last
         k = tl.load(k_base + kpos[:, None].to(tl.int64) * skn + d[None, :], mask=k_ok[:, None], other=0.0)
-        s = tl.dot(q, tl.trans(_cast(k, K, F32)), input_precision=PREC) * qk_scale
+        s = tl.dot(q, tl.trans((k).to(DT)), input_precision=PREC) * qk_scale
         diff = pos[:, None] - kpos[None, :]
         s = tl.where((diff >= 0) & (diff < window), s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -248,7 +254,7 @@ def _window_fwd_kernel(
         p = tl.exp2(s - m_use[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(v_base + kpos[:, None].to(tl.int64) * svn + d[None, :], mask=k_ok[:, None], other=0.0)
-        acc = tl.dot(_cast(p, V, F32), _cast(v, V, F32), acc * alpha[:, None], input_precision=PREC)
+        acc = tl.dot((p).to(DT), (v).to(DT), acc * alpha[:, None], input_precision=PREC)
         m_i = m_new
     ok = l_i > 0.0
     out = acc / tl.where(ok, l_i, 1.0)[:, None]
@@ -268,7 +274,7 @@ def _selection_fwd_kernel(
     q_len, kv_len, kv_heads, qk_scale,
     G: tl.constexpr, MP: tl.constexpr, SB: tl.constexpr, D: tl.constexpr,
     NSW: tl.constexpr, NSWP: tl.constexpr, HAS_WIN: tl.constexpr,
-    F32: tl.constexpr, PREC: tl.constexpr,
+    DT: tl.constexpr, PREC: tl.constexpr,
 ):
     t = tl.program_id(0)
     pid = tl.program_id(1)
@@ -284,7 +290,7 @@ def _selection_fwd_kernel(
     t64 = t.to(tl.int64)
 
     q = tl.load(Q + b * sqb + head[:, None] * sqh + t64 * sqt + d[None, :], mask=row_ok[:, None], other=0.0)
-    q = _cast(q, K, F32)
+    q = (q).to(DT)
     k_base = K + b * skb + kh.to(tl.int64) * skh
     v_base = V + b * svb + kh.to(tl.int64) * svh
     idx_row = IDX + b * sib + kh.to(tl.int64) * sih + t64 * sit
@@ -299,7 +305,7 @@ def _selection_fwd_kernel(
         kpos = blk * SB + n
         k_ok = kpos <= pos
         k = tl.load(k_base + kpos[:, None].to(tl.int64) * skn + d[None, :], mask=k_ok[:, None], other=0.0)
-        s = tl.dot(q, tl.trans(_cast(k, K, F32)), input_precision=PREC) * qk_scale
+        s = tl.dot(q, tl.trans((k).to(DT)), input_precision=PREC) * qk_scale
         s = tl.where(k_ok[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -307,7 +313,7 @@ def _selection_fwd_kernel(
         p = tl.exp2(s - m_use[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(v_base + kpos[:, None].to(tl.int64) * svn + d[None, :], mask=k_ok[:, None], other=0.0)
-        acc = tl.dot(_cast(p, V, F32), _cast(v, V, F32), acc * alpha[:, None], input_precision=PREC)
+        acc = tl.dot((p).to(DT), (v).to(DT), acc * alpha[:, None], input_precision=PREC)
         m_i = m_new
     ok = l_i > 0.0
     o = acc / tl.where(ok, l_i, 1.0)[:, None]
@@ -344,16 +350,20 @@ def tile_rows(group: int, rows: int = 128) -> tuple[int, int]:
     return gp, bq
 
 
-def select_tile(r: int, nsp: int) -> tuple[int, int]:
+def select_tile(r: int) -> tuple[int, int]:
     """(BS, BC): selection blocks and compressed tokens per tile of the top-k pass."""
-    bs = max(nsp, 16, 64 // r)
+    bs = max(16, 64 // r)
     return bs, bs * r
 
 
-def dot_flags(x: torch.Tensor, interpreted: bool) -> tuple[bool, str]:
-    """(F32, PREC): float32 operands under the interpreter or for fp32 input, and the dot precision."""
+_TL_DTYPES = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32}
+
+
+def dot_flags(x: torch.Tensor, interpreted: bool) -> tuple[tl.dtype, str]:
+    """(DT, PREC): the dot operand type (float32 under the interpreter, which has no bf16
+    matrix product, and for fp32 input; else x's dtype) and the dot precision."""
     f32 = interpreted or x.dtype == torch.float32
-    return f32, ("ieee" if x.dtype == torch.float32 or interpreted else "tf32")
+    return (tl.float32 if f32 else _TL_DTYPES[x.dtype]), ("ieee" if f32 else "tf32")
 
 
 def _warps(rows: int, head_dim: int) -> int:
@@ -375,7 +385,7 @@ def cmp_topk_fwd(q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tensor, *, k
     r_ = cfg.sel_block // cfg.stride
     c_ = cfg.block // cfg.stride
     nsp = _pow2(cfg.n_select)
-    bs, bc = select_tile(r_, nsp)
+    bs, bc = select_tile(r_)
     nsw = min(cfg.n_select, cfg.n_sel_blocks(kv_len))
     if n_cmp == 0:  # nothing to read, but the kernel needs valid pointers
         k_cmp = q.new_zeros(b, hkv, 1, d)
@@ -383,7 +393,7 @@ def cmp_topk_fwd(q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tensor, *, k
     o = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = torch.empty(b, h, lq, device=q.device, dtype=torch.float32)
     idx = torch.empty(b, hkv, lq, nsw, device=q.device, dtype=torch.int32)
-    f32, prec = dot_flags(q, interpreted)
+    dt, prec = dot_flags(q, interpreted)
     grid = (triton.cdiv(lq, bq), b * hkv)
     _cmp_topk_fwd_kernel[grid](
         q, k_cmp, v_cmp, o, lse, idx,
@@ -394,7 +404,7 @@ def cmp_topk_fwd(q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tensor, *, k
         G=group, GP=gp, BQ=bq, BC=bc, D=d, STRIDE=cfg.stride, CBLOCK=cfg.block, SEL=cfg.sel_block,
         R=r_, C=c_, BS=bs, NS=cfg.n_select, NSP=nsp, NSW=nsw,
         N_INIT=cfg.n_forced_init, N_LOCAL=cfg.n_forced_local,
-        F32=f32, PREC=prec, SPLIT=not f32,
+        DT=dt, PREC=prec, SPLIT=dt != tl.float32,
         num_warps=8, num_stages=2,
     )
     return o, lse, idx
@@ -410,7 +420,7 @@ def window_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window: int
     bn = 64
     o = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = torch.empty(b, h, lq, device=q.device, dtype=torch.float32)
-    f32, prec = dot_flags(q, interpreted)
+    dt, prec = dot_flags(q, interpreted)
     grid = (triton.cdiv(lq, bq), b * hkv)
     _window_fwd_kernel[grid](
         q, k, v, o, lse,
@@ -418,7 +428,7 @@ def window_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window: int
         v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
         lse.stride(0), lse.stride(1),
         lq, lk, hkv, window, scale * LOG2E,
-        G=group, GP=gp, BQ=bq, BN=bn, D=d, F32=f32, PREC=prec,
+        G=group, GP=gp, BQ=bq, BN=bn, D=d, DT=dt, PREC=prec,
         num_warps=_warps(gp * bq, d), num_stages=3 if d <= 64 else 2,
     )
     return o, lse
@@ -441,7 +451,7 @@ def selection_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.
     out = torch.empty_like(o)
     lse = torch.empty(b, h, lq, device=q.device, dtype=torch.float32)
     ow = o_cmp if o_win is None else o_win
-    f32, prec = dot_flags(q, interpreted)
+    dt, prec = dot_flags(q, interpreted)
     grid = (lq, b * hkv)
     _selection_fwd_kernel[grid](
         q, k, v, idx, o, lse, out, o_cmp, ow, gates,
@@ -451,7 +461,7 @@ def selection_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.
         gates.stride(0), gates.stride(1), gates.stride(2), gates.stride(3),
         lq, lk, hkv, scale * LOG2E,
         G=group, MP=mp, SB=sel_block, D=d, NSW=nsw, NSWP=_pow2(nsw), HAS_WIN=o_win is not None,
-        F32=f32, PREC=prec,
+        DT=dt, PREC=prec,
         num_warps=4, num_stages=3 if d <= 64 else 2,
     )
     return out, o, lse

@@ -79,12 +79,14 @@ def _store_rows(store) -> int:
 
 
 def gather_rows(store, rows: torch.Tensor) -> torch.Tensor:
-    """float32 vectors (*rows.shape, head_dim) of a row store at int64 ``rows`` (all in range)."""
+    """Vectors (*rows.shape, head_dim) of a row store at int64 ``rows`` (all in range), in float32
+    (float64 stores stay float64)."""
     flat = rows.reshape(-1)
     if isinstance(store, QuantizedTensor):
         out = store.map(lambda x: x.index_select(0, flat)).dequantize(torch.float32)
     else:
-        out = store.index_select(0, flat).float()
+        out = store.index_select(0, flat)
+        out = out if out.dtype == torch.float64 else out.float()
     return out.reshape(*rows.shape, out.shape[-1])
 
 

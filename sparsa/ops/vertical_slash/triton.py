@@ -26,7 +26,7 @@ import triton.language as tl
 from ..._validation import check_scale
 from ...backend import triton_interpreted
 from ..block_sparse.triton import LOG2E, check_kernel_inputs, heads_per_program, last_dim_contiguous
-from .convert import (BLOCK_Q_CHOICES, DEFAULT_BLOCK_Q, DIAG_PAD, GATHER_BIT, VS_TILE, VSLayout,
+from .convert import (BLOCK_Q_CHOICES, DIAG_PAD, GATHER_BIT, VS_TILE, VSLayout, default_block_q,
                       prepare_vertical_slash, tiles_width)
 from .reference import check_vs_indices
 
@@ -88,7 +88,7 @@ def _slash_tiles_kernel(
 
 
 def slash_tiles_triton(slash: torch.Tensor, slash_count: torch.Tensor, diag_prefix: torch.Tensor,
-                       column_prefix: torch.Tensor, q_len: int, kv_len: int, block_q: int = DEFAULT_BLOCK_Q,
+                       column_prefix: torch.Tensor, q_len: int, kv_len: int, block_q: int = 64,
                        exact: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Triton version of :func:`~sparsa.ops.vertical_slash.convert.slash_tiles_reference`.
 
@@ -245,7 +245,7 @@ def _vs_fwd_kernel(
 
 
 def vertical_slash_layout(q: torch.Tensor, k: torch.Tensor, vertical_indices: torch.Tensor,
-                          slash_indices: torch.Tensor, *, block_q: int = DEFAULT_BLOCK_Q,
+                          slash_indices: torch.Tensor, *, block_q: int | None = None,
                           exact: bool = True) -> VSLayout:
     """Validate the index lists against q/k and convert them on the device (Triton conversion).
 
@@ -275,7 +275,7 @@ def vertical_slash_attention_triton(
     *,
     scale: float | None = None,
     exact: bool = True,
-    block_q: int = DEFAULT_BLOCK_Q,
+    block_q: int | None = None,
     layout: VSLayout | None = None,
     num_warps: int | None = None,
     num_stages: int | None = None,
@@ -289,8 +289,11 @@ def vertical_slash_attention_triton(
     :func:`~sparsa.ops.vertical_slash.reference.vertical_slash_attention_ref`);
     ``exact=False`` attends every causal pair of the 64-key tiles too (MInference's superset,
     see :func:`~sparsa.ops.vertical_slash.convert.vertical_slash_superset_ref`).
-    ``block_q``: query rows per program (64 or 128). ``layout``: an already converted
-    :class:`VSLayout` (then the indices are not needed, and ``exact``/``block_q`` come from it).
+    ``block_q``: query rows per program (64 or 128; default
+    :func:`~sparsa.ops.vertical_slash.convert.default_block_q`). ``layout``: an already
+    converted :class:`VSLayout` (then the indices are not needed, and ``exact``/``block_q``
+    come from it). ``num_warps``/``num_stages`` override the launch configuration (default 4
+    warps, 8 for exact layouts of 128 rows, whose offset gather needs the registers; 2 stages).
     Returns the output, shape and dtype of q.
     """
     b, h, hkv, lq, lk, d = check_kernel_inputs(q, k, v)
@@ -331,7 +334,7 @@ def vertical_slash_attention_triton(
         EXACT=layout.exact, GATHER=GATHER_BIT, PAD=DIAG_PAD,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         DOT_F32=triton_interpreted() and q.dtype == torch.bfloat16,
-        num_warps=num_warps or 4, num_stages=num_stages or 2,
+        num_warps=num_warps or (8 if layout.exact and bq == 128 else 4), num_stages=num_stages or 2,
     )
     return out
 

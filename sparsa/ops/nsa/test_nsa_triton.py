@@ -1,0 +1,248 @@
+"""The Triton NSA kernels against the reference, on the CPU under the Triton interpreter.
+
+Outputs, block choices and the gradients of q, k, v, the gates, the compression parameters and
+separate window keys/values; GQA groups 1, 4 and 16; head dims 64 and 128; odd lengths; the
+decode kernels; bad inputs.
+"""
+import os
+
+import pytest
+
+os.environ["TRITON_INTERPRET"] = "1"          # before any triton-dependent import
+pytest.importorskip("triton", reason="triton is not installed")
+
+import torch  # noqa: E402
+
+from sparsa.ops.nsa import (CompressionParams, NSAConfig, compress_blocks, nsa_attention,  # noqa: E402
+                            nsa_attention_ref, nsa_decode, nsa_decode_ref)
+from sparsa.ops.nsa import triton_bwd  # noqa: E402
+from sparsa.ops.nsa.triton import nsa_attention_triton, nsa_decode_triton, unsupported_reason  # noqa: E402
+from sparsa.ops.nsa.triton_bwd import inverted_index  # noqa: E402
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().double(), b.detach().double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+# block 16 / stride 8 / sel_block 16 (a token overlaps two selection blocks, weights 1,2,1), the
+# paper's forced blocks and one free choice
+SMALL = NSAConfig(block=16, stride=8, sel_block=16, n_select=4, window=24)
+# 32/16/32 with one local block forced and two free choices
+WIDE = NSAConfig(block=32, stride=16, sel_block=32, n_select=4, window=40, n_forced_local=1)
+# fla's variant scaled down: block = stride = sel_block, window off
+FLA = NSAConfig(block=16, stride=16, sel_block=16, n_select=3, window=0, n_forced_init=1, n_forced_local=1)
+# the paper's geometry (32/16/64), 5 blocks chosen
+PAPER = NSAConfig(block=32, stride=16, sel_block=64, n_select=5, window=64)
+
+
+def inputs(b, h, hkv, lq, lk, d, seed, dtype=torch.float32):
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(b, h, lq, d, generator=gen).to(dtype)
+    k = torch.randn(b, hkv, lk, d, generator=gen).to(dtype)
+    v = torch.randn(b, hkv, lk, d, generator=gen).to(dtype)
+    gates = torch.rand(b, h, lq, 3, generator=gen)
+    do = torch.randn(b, h, lq, d, generator=gen).to(dtype)
+    return q, k, v, gates, do
+
+
+def run_both(q, k, v, gates, do, cfg, **kw):
+    """Outputs, aux and gradients of both implementations: {name: (out, aux, grads)}."""
+    res = {}
+    for name, fn in (("triton", nsa_attention_triton), ("ref", nsa_attention_ref)):
+        leaves = [x.detach().clone().requires_grad_() for x in (q, k, v, gates)]
+        extra = {key: (val.detach().clone().requires_grad_() if isinstance(val, torch.Tensor) else val)
+                 for key, val in kw.items()}
+        out, aux = fn(*leaves, cfg, return_aux=True, **extra)
+        params = [t for t in extra.values() if isinstance(t, torch.Tensor)]
+        for val in extra.values():
+            if isinstance(val, CompressionParams):
+                params += [val.pos, val.w1, val.b1, val.w2, val.b2]
+        grads = torch.autograd.grad(out, leaves + params, do, allow_unused=True)
+        res[name] = (out, aux, grads)
+    return res
+
+
+CASES = [
+    # batch, heads, kv_heads, q_len, kv_len, head_dim, cfg
+    (2, 8, 2, 77, 77, 64, SMALL),        # GQA 4, odd length, free choices among 5 blocks
+    (1, 16, 1, 45, 101, 128, WIDE),      # GQA 16, head dim 128, q_len < kv_len
+    (1, 2, 2, 70, 70, 64, FLA),          # GQA 1, fla geometry, window off
+    (1, 4, 1, 150, 150, 64, PAPER),      # paper geometry, GQA 4
+]
+
+
+@pytest.mark.parametrize("b,h,hkv,lq,lk,d,cfg", CASES)
+def test_forward_backward_match_reference_fp32(b, h, hkv, lq, lk, d, cfg):
+    q, k, v, gates, do = inputs(b, h, hkv, lq, lk, d, seed=lq * 7 + h)
+    res = run_both(q, k, v, gates, do, cfg)
+    (out, aux, grads), (ref, raux, rgrads) = res["triton"], res["ref"]
+    assert torch.equal(aux.block_indices, raux.block_indices)
+    assert rel_err(out, ref) <= 1e-4
+    for name in ("o_cmp", "o_slc", "o_win"):
+        if getattr(raux, name).abs().max() > 0:
+            assert rel_err(getattr(aux, name), getattr(raux, name)) <= 1e-4, name
+    for name in ("pairs_cmp", "pairs_slc", "pairs_win"):
+        assert torch.equal(getattr(aux, name), getattr(raux, name)), name
+    for name, g, rg in zip(("dq", "dk", "dv", "dgates"), grads, rgrads):
+        assert torch.isfinite(g).all(), name
+        assert rel_err(g, rg) <= 1e-4, name
+
+
+def test_learned_compression_separate_window_kv_and_split_selection_lists(monkeypatch):
+    """Gradients reach the compression MLP and k_win/v_win; dK/dV of blocks chosen by many
+    queries are summed over several programs (short segments force the split)."""
+    monkeypatch.setattr(triton_bwd, "SEGMENT", 8)
+    b, h, hkv, lq, d = 1, 8, 2, 66, 64
+    q, k, v, gates, do = inputs(b, h, hkv, lq, lq, d, seed=5)
+    gen = torch.Generator().manual_seed(6)
+    k_win, v_win = torch.randn(2, b, hkv, lq, d, generator=gen)
+    ck = CompressionParams.random(SMALL.block, d, 24, generator=gen)
+    cv = CompressionParams.random(SMALL.block, d, 24, generator=gen)
+    res = run_both(q, k, v, gates, do, SMALL, k_win=k_win, v_win=v_win, compress_k=ck, compress_v=cv)
+    (out, aux, grads), (ref, raux, rgrads) = res["triton"], res["ref"]
+    assert torch.equal(aux.block_indices, raux.block_indices)
+    assert rel_err(out, ref) <= 1e-4
+    assert len(grads) == 6 + 10
+    for i, (g, rg) in enumerate(zip(grads, rgrads)):
+        assert rel_err(g, rg) <= 1e-4, i
+
+
+def test_bfloat16_within_tolerance():
+    q, k, v, gates, do = inputs(1, 8, 2, 90, 90, 64, seed=11, dtype=torch.bfloat16)
+    res = run_both(q, k, v, gates.to(torch.bfloat16), do, SMALL)
+    (out, aux, grads), (ref, _, rgrads) = res["triton"], res["ref"]
+    assert out.dtype == torch.bfloat16
+    assert rel_err(out, ref) <= 1e-2
+    for g, rg in zip(grads, rgrads):
+        assert rel_err(g, rg) <= 1e-2
+
+
+def test_ties_and_no_compressed_token_match_reference():
+    """Identical keys make every interior block score equal: ties go to the lower block. A
+    sequence shorter than one compression block has no compressed token (all scores 0)."""
+    b, h, hkv, d = 1, 4, 1, 64
+    for length in (70, 12):
+        q, _, v, gates, do = inputs(b, h, hkv, length, length, d, seed=length)
+        k = torch.ones(b, hkv, length, d) * 0.3
+        res = run_both(q, k, v, gates, do, SMALL)
+        (out, aux, grads), (ref, raux, rgrads) = res["triton"], res["ref"]
+        assert torch.equal(aux.block_indices, raux.block_indices)
+        assert rel_err(out, ref) <= 1e-4
+        assert torch.isfinite(torch.cat([g.flatten() for g in grads])).all()
+        for g, rg in zip(grads, rgrads):
+            assert rel_err(g, rg) <= 1e-4
+
+
+def test_inverted_index_lists_every_choice_once():
+    gen = torch.Generator().manual_seed(3)
+    idx = torch.randint(-1, 6, (2, 3, 20, 4), generator=gen).to(torch.int32)
+    bh, blk, st, en, single, t_list = inverted_index(idx, 6, segment=3)
+    seen = {}
+    for s in range(bh.numel()):
+        for e in range(int(st[s]), int(en[s])):
+            seen.setdefault((int(bh[s]), int(blk[s])), []).append(int(t_list[e]))
+    want = {}
+    for b in range(2):
+        for kh in range(3):
+            for t in range(20):
+                for j in idx[b, kh, t].tolist():
+                    if j >= 0:
+                        want.setdefault((b * 3 + kh, j), []).append(t)
+    assert seen == want
+    counts = {key: len(val) for key, val in want.items()}
+    for s in range(bh.numel()):
+        if en[s] > st[s]:
+            assert bool(single[s]) == (counts[(int(bh[s]), int(blk[s]))] <= 3)
+
+
+def test_dispatcher_routes_and_falls_back():
+    q, k, v, gates, _ = inputs(1, 4, 1, 40, 40, 64, seed=2)
+    out = nsa_attention(q, k, v, gates, SMALL, backend="triton")
+    assert torch.equal(out, nsa_attention_triton(q, k, v, gates, SMALL))
+    # CPU tensors under "auto": the reference
+    assert torch.equal(nsa_attention(q, k, v, gates, SMALL, backend="auto"), nsa_attention_ref(q, k, v, gates, SMALL))
+    odd = NSAConfig(block=24, stride=8, sel_block=24, n_select=3)   # sel_block not a power of two
+    assert unsupported_reason(q, k, odd) is not None
+    with pytest.raises(ValueError, match="^backend: .*sel_block"):
+        nsa_attention(q, k, v, gates, odd, backend="triton")
+    with pytest.raises(ValueError, match="^backend: .*head_dim"):
+        nsa_attention(q[..., :32], k[..., :32], v[..., :32], gates, SMALL, backend="triton")
+    with pytest.raises(ValueError, match="^backend: .*dtype"):
+        nsa_attention(q.double(), k.double(), v.double(), gates, SMALL, backend="triton")
+
+
+def test_bad_inputs_name_the_argument(monkeypatch):
+    q, k, v, gates, _ = inputs(1, 4, 1, 40, 40, 64, seed=4)
+    with pytest.raises(ValueError, match="^q: .*head_dim"):
+        nsa_attention_triton(q[..., :48], k[..., :48], v[..., :48], gates, SMALL)
+    qq = torch.randn(1, 64, 40, 64)
+    with pytest.raises(ValueError, match="^q: .*heads per KV head"):
+        nsa_attention_triton(qq, k, v, torch.rand(1, 64, 40, 3), SMALL)
+    with pytest.raises(ValueError, match="^cfg: .*block - stride"):
+        nsa_attention_triton(q, k, v, gates, NSAConfig(block=64, stride=16, sel_block=32, n_select=4))
+    with pytest.raises(ValueError, match="^gates"):
+        nsa_attention_triton(q, k, v, gates[..., :2], SMALL)
+    with pytest.raises(ValueError, match="^k_cmp"):
+        kc = compress_blocks(k, SMALL)
+        nsa_attention_triton(q, k, v, gates, SMALL, k_cmp=kc[:, :, 1:], v_cmp=kc[:, :, 1:])
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="^q: .*CUDA"):
+        nsa_attention_triton(q, k, v, gates, SMALL)
+
+
+def test_non_contiguous_inputs():
+    b, h, hkv, lq, d = 1, 4, 2, 50, 64
+    gen = torch.Generator().manual_seed(8)
+    q = torch.randn(b, lq, h, d, generator=gen).transpose(1, 2)             # strided heads
+    k = torch.randn(b, hkv, d, lq, generator=gen).transpose(2, 3)           # last dim not contiguous
+    v = torch.randn(b, lq, hkv, d, generator=gen).transpose(1, 2)
+    gates = torch.rand(b, h, 3, lq, generator=gen).transpose(2, 3)          # gate dim strided
+    out = nsa_attention_triton(q, k, v, gates, SMALL)
+    assert rel_err(out, nsa_attention_ref(q, k, v, gates, SMALL)) <= 1e-4
+
+
+DECODE_CASES = [
+    # batch, heads, kv_heads, kv_len, head_dim, cfg
+    (2, 8, 2, 700, 64, PAPER),     # GQA 4: compressed tokens split over several programs
+    (1, 16, 1, 333, 128, WIDE),    # GQA 16, head dim 128
+    (2, 2, 2, 201, 64, FLA),       # GQA 1, fla geometry, no window
+    (1, 4, 1, 20, 64, PAPER),      # shorter than one compression block
+]
+
+
+@pytest.mark.parametrize("b,h,hkv,lk,d,cfg", DECODE_CASES)
+def test_decode_matches_reference(b, h, hkv, lk, d, cfg):
+    gen = torch.Generator().manual_seed(lk)
+    q = torch.randn(b, h, d, generator=gen)
+    k = torch.randn(b, hkv, lk, d, generator=gen)
+    v = torch.randn(b, hkv, lk, d, generator=gen)
+    gates = torch.rand(b, h, 3, generator=gen)
+    ref, pos, tokens = nsa_decode_ref(q, k, v, gates, cfg)
+    out, pos2, tokens2 = nsa_decode(q, k, v, gates, cfg, backend="triton")
+    assert rel_err(out, ref) <= 1e-4
+    assert torch.equal(pos, pos2)
+    assert torch.equal(tokens, tokens2)
+    # batch 1 and few programs: the splits change, the result does not
+    out_small = nsa_decode_triton(q, k, v, gates, cfg)
+    assert torch.equal(out_small, out)
+
+
+def test_decode_precompressed_cache_bf16_and_out_of_order_cache():
+    b, h, hkv, lk, d = 1, 8, 2, 300, 64
+    gen = torch.Generator().manual_seed(9)
+    q = torch.randn(b, h, d, generator=gen).bfloat16()
+    k = torch.randn(b, hkv, lk, d, generator=gen).bfloat16()
+    v = torch.randn(b, hkv, lk, d, generator=gen).bfloat16()
+    gates = torch.rand(b, h, 3, generator=gen)
+    kc, vc = compress_blocks(k, PAPER), compress_blocks(v, PAPER)
+    out = nsa_decode_triton(q, k, v, gates, PAPER, k_cmp=kc, v_cmp=vc)
+    ref, _, _ = nsa_decode_ref(q, k, v, gates, PAPER, k_cmp=kc, v_cmp=vc)
+    assert out.dtype == torch.bfloat16
+    assert rel_err(out, ref) <= 1e-2
+    # a token appended to the cache without updating the compressed cache: refused
+    k2, v2 = torch.cat([k, k[:, :, -16:]], 2), torch.cat([v, v[:, :, -16:]], 2)
+    with pytest.raises(ValueError, match="^k_cmp"):
+        nsa_decode_triton(q, k2, v2, gates, PAPER, k_cmp=kc, v_cmp=vc)
+    with pytest.raises(ValueError, match="^q: "):
+        nsa_decode_triton(q[:, :, None], k, v, gates, PAPER)
