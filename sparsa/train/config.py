@@ -39,10 +39,13 @@ class DataConfig:
     A task sequence is [BOS] prompt answer [EOS] followed by language-modelling text up to the
     sequence length; the prompt takes ``length_fraction`` (uniform range) of the room left.
     Loss weights: every predicted token 1, answer tokens (and their EOS) ``answer_weight``.
+    A share ``lm_repeat_fraction`` of the language-modelling windows (whole sequences and the
+    text after a task) has earlier spans copied in again, so in-context copying is learnt early.
     """
 
     tokenizer: str = "default"
     lm_fraction: float = 0.25
+    lm_repeat_fraction: float = 0.5
     task_weights: dict[str, float] = field(default_factory=lambda: {
         "niah_single": 1.0, "niah_multikey": 2.0, "niah_multivalue": 1.0, "niah_multiquery": 2.0,
         "variable_tracking": 2.0, "common_words": 0.5, "story_retrieval": 1.0, "story_multihop": 1.0,
@@ -124,6 +127,8 @@ class TrainConfig:
             raise ValueError(f"model.head_dim: must be even for RoPE, got {m.head_dim}")
         if not 0.0 <= d.lm_fraction <= 1.0:
             raise ValueError(f"data.lm_fraction: must be in [0, 1], got {d.lm_fraction}")
+        if not 0.0 <= d.lm_repeat_fraction <= 1.0:
+            raise ValueError(f"data.lm_repeat_fraction: must be in [0, 1], got {d.lm_repeat_fraction}")
         if d.lm_fraction < 1.0 and not any(w > 0 for w in d.task_weights.values()):
             raise ValueError("data.task_weights: needs a positive weight unless data.lm_fraction is 1")
         for name in list(d.task_weights) + list(d.task_params):

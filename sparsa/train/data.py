@@ -121,12 +121,15 @@ class StreamDataset(torch.utils.data.Dataset):
         return self.make_example(*key)
 
     def _lm_window(self, rng: random.Random, n: int) -> list[int]:
+        """``n`` consecutive corpus tokens; with probability ``lm_repeat_fraction`` with repeated spans."""
         if n <= 0:
             return []
         start = rng.randrange(max(1, len(self.lm) - n))
         w = self.lm[start:start + n].tolist()
         while len(w) < n:
             w.extend(self.lm[:n - len(w)].tolist())
+        if rng.random() < self.cfg.data.lm_repeat_fraction:
+            w = _with_repeats(rng, w)
         return w
 
     def make_example(self, step: int, index: int) -> Example:
@@ -163,6 +166,26 @@ class StreamDataset(torch.utils.data.Dataset):
             ans += [False] * rest
         return Example(torch.tensor(ids[:L + 1], dtype=torch.long), torch.tensor(w[:L], dtype=torch.float32),
                        torch.tensor(ans[:L], dtype=torch.bool), task_id)
+
+
+def _with_repeats(rng: random.Random, text: list[int]) -> list[int]:
+    """Interleave ``text`` with copies of spans seen earlier in it (same length out).
+
+    Predicting a copied span's tokens is pure in-context copying, a dense signal that makes
+    the attention heads retrieval needs (induction heads) form early in training.
+    """
+    n = len(text)
+    out: list[int] = []
+    pos = 0
+    while len(out) < n:
+        take = rng.randint(32, 160)
+        out.extend(text[pos:pos + take])
+        pos += take
+        if len(out) >= 48 and rng.random() < 0.6:
+            k = rng.randint(8, 64)
+            s = rng.randrange(0, max(1, len(out) - k))
+            out.extend(out[s:s + k])
+    return out[:n]
 
 
 class StepSampler(torch.utils.data.Sampler):

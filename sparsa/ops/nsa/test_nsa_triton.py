@@ -51,8 +51,14 @@ def run_both(q, k, v, gates, do, cfg, **kw):
     res = {}
     for name, fn in (("triton", nsa_attention_triton), ("ref", nsa_attention_ref)):
         leaves = [x.detach().clone().requires_grad_() for x in (q, k, v, gates)]
-        extra = {key: (val.detach().clone().requires_grad_() if isinstance(val, torch.Tensor) else val)
-                 for key, val in kw.items()}
+        extra = {}
+        for key, val in kw.items():
+            if isinstance(val, torch.Tensor):
+                val = val.detach().clone().requires_grad_()
+            elif isinstance(val, CompressionParams):
+                val = CompressionParams(*(t.detach().clone().requires_grad_()
+                                          for t in (val.pos, val.w1, val.b1, val.w2, val.b2)))
+            extra[key] = val
         out, aux = fn(*leaves, cfg, return_aux=True, **extra)
         params = [t for t in extra.values() if isinstance(t, torch.Tensor)]
         for val in extra.values():
@@ -65,7 +71,7 @@ def run_both(q, k, v, gates, do, cfg, **kw):
 
 CASES = [
     # batch, heads, kv_heads, q_len, kv_len, head_dim, cfg
-    (2, 8, 2, 77, 77, 64, SMALL),        # GQA 4, odd length, free choices among 5 blocks
+    (2, 4, 1, 77, 77, 64, SMALL),        # GQA 4, batch 2, odd length, free choices among 5 blocks
     (1, 16, 1, 45, 101, 128, WIDE),      # GQA 16, head dim 128, q_len < kv_len
     (1, 2, 2, 70, 70, 64, FLA),          # GQA 1, fla geometry, window off
     (1, 4, 1, 150, 150, 64, PAPER),      # paper geometry, GQA 4
@@ -105,7 +111,9 @@ def test_learned_compression_separate_window_kv_and_split_selection_lists(monkey
     assert rel_err(out, ref) <= 1e-4
     assert len(grads) == 6 + 10
     for i, (g, rg) in enumerate(zip(grads, rgrads)):
-        assert rel_err(g, rg) <= 1e-4, i
+        # the key map's output bias shifts every score of a row equally: its true gradient is 0
+        tiny = float(rg.norm()) < 1e-5
+        assert rel_err(g, rg) <= 1e-4 or (tiny and float(g.norm()) < 1e-5), i
 
 
 def test_bfloat16_within_tolerance():
@@ -118,20 +126,39 @@ def test_bfloat16_within_tolerance():
         assert rel_err(g, rg) <= 1e-2
 
 
-def test_ties_and_no_compressed_token_match_reference():
-    """Identical keys make every interior block score equal: ties go to the lower block. A
-    sequence shorter than one compression block has no compressed token (all scores 0)."""
-    b, h, hkv, d = 1, 4, 1, 64
-    for length in (70, 12):
-        q, _, v, gates, do = inputs(b, h, hkv, length, length, d, seed=length)
-        k = torch.ones(b, hkv, length, d) * 0.3
-        res = run_both(q, k, v, gates, do, SMALL)
-        (out, aux, grads), (ref, raux, rgrads) = res["triton"], res["ref"]
-        assert torch.equal(aux.block_indices, raux.block_indices)
-        assert rel_err(out, ref) <= 1e-4
-        assert torch.isfinite(torch.cat([g.flatten() for g in grads])).all()
-        for g, rg in zip(grads, rgrads):
-            assert rel_err(g, rg) <= 1e-4
+def test_exact_ties_go_to_the_lower_block():
+    """Identical keys give uniform compression probabilities; where a row sees a power-of-two
+    number of compressed tokens they are exact, so interior blocks tie exactly and the lower
+    one must win, as in the reference's stable sort. (Elsewhere equal-in-theory scores differ
+    by rounding in either implementation.)"""
+    b, h, hkv, d, length = 1, 4, 1, 64, 80
+    q, _, v, gates, do = inputs(b, h, hkv, length, length, d, seed=1)
+    k = torch.full((b, hkv, length, d), 0.3)
+    res = run_both(q, k, v, gates, do, SMALL)
+    (out, aux, _), (ref, raux, _) = res["triton"], res["ref"]
+    pos = torch.arange(length)
+    n_vis = torch.clamp((pos + 1 - SMALL.block) // SMALL.stride + 1, min=0)
+    exact = (n_vis > 0) & ((n_vis & (n_vis - 1)) == 0)
+    assert int(exact.sum()) == 32
+    assert torch.equal(aux.block_indices[:, :, exact], raux.block_indices[:, :, exact])
+    assert (aux.block_indices[0, 0, 71:79] == torch.tensor([0, 1, 3, 4])).all()   # 1 and 2 tie: 1 wins
+    assert rel_err(out[:, :, exact], ref[:, :, exact]) <= 1e-4
+
+
+def test_shorter_than_one_compression_block():
+    """No compressed token: the compression branch is zero, every block scores 0 and the
+    lowest blocks are chosen; no NaN anywhere, gradients included."""
+    cfg = NSAConfig(block=24, stride=8, sel_block=16, n_select=1, window=8, n_forced_init=0, n_forced_local=0)
+    q, k, v, gates, do = inputs(1, 4, 2, 23, 23, 64, seed=12)
+    res = run_both(q, k, v, gates, do, cfg)
+    (out, aux, grads), (ref, raux, rgrads) = res["triton"], res["ref"]
+    assert torch.equal(aux.block_indices, raux.block_indices)
+    assert (aux.block_indices == 0).all()
+    assert aux.o_cmp.abs().max() == 0
+    assert rel_err(out, ref) <= 1e-4
+    for g, rg in zip(grads, rgrads):
+        assert torch.isfinite(g).all()
+        assert rel_err(g, rg) <= 1e-4
 
 
 def test_inverted_index_lists_every_choice_once():

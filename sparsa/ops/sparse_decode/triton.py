@@ -83,12 +83,30 @@ class _Store:
         self.rows = self.data.shape[0]
 
 
-def default_splits(rows: int, max_tokens: int, block_n: int) -> int:
-    """Splits per KV head: enough programs to fill the GPU, each with >= 4 tiles of work."""
-    if q_device_sms() == 0:
-        return max(1, min(4, triton.cdiv(max_tokens, 4 * block_n)))
-    want = triton.cdiv(2 * q_device_sms(), max(rows, 1))
+# launch parameters per kernel family; the benchmark may retune them for the card it runs on
+LAUNCH: dict[str, dict[str, int]] = {
+    "varlen": {"block_n": 64, "num_warps": 4, "num_stages": 3, "split_factor": 2},
+    "paged": {"block_n": 64, "num_warps": 4, "num_stages": 3, "split_factor": 2},
+}
+
+
+def set_launch_defaults(kind: str, **params: int) -> None:
+    """Change the default launch parameters of the "varlen" or "paged" decode kernels
+    (block_n, num_warps, num_stages, split_factor = programs per multiprocessor to aim for)."""
+    if kind not in LAUNCH:
+        raise ValueError(f"kind: must be one of {tuple(LAUNCH)}, got {kind!r}")
+    unknown = set(params) - set(LAUNCH[kind])
+    if unknown:
+        raise ValueError(f"params: unknown launch parameters {sorted(unknown)}")
+    LAUNCH[kind].update({k: int(v) for k, v in params.items()})
+
+
+def default_splits(rows: int, max_tokens: int, block_n: int, split_factor: int = 2) -> int:
+    """Splits per KV head: about ``split_factor`` programs per multiprocessor, each with >= 4 tiles."""
     most = max(1, triton.cdiv(max_tokens, 4 * block_n))
+    if q_device_sms() == 0:
+        return min(4, most)
+    want = triton.cdiv(split_factor * q_device_sms(), max(rows, 1))
     return min(_pow2(max(1, want)), _pow2(most), 128)
 
 
@@ -105,29 +123,29 @@ def q_device_sms() -> int:
 # ----------------------------------------------------------------------------- jit pieces
 
 @triton.jit
-def _load_half(X, XS, XZ, rows, ok, ch, DSTORE: tl.constexpr, QUANT: tl.constexpr, NG: tl.constexpr,
-               GS: tl.constexpr, HAS_ZERO: tl.constexpr, HI: tl.constexpr):
-    """float32 (BLOCK_N, len(ch)) values of channels ``ch`` (of one half) at ``rows``."""
+def _load_codes(X, rows, ok, dh, DH: tl.constexpr, DSTORE: tl.constexpr, QUANT: tl.constexpr):
+    """The two halves (channels [0, DH) and [DH, 2 DH)) of ``rows``: values as stored for
+    float caches, float32 codes for quantized ones."""
     if QUANT == 4:
-        byte = tl.load(X + rows[:, None] * DSTORE + (ch % DSTORE)[None, :], mask=ok[:, None], other=0)
-        if HI:
-            code = (byte >> 4).to(tl.float32)
-        else:
-            code = (byte & 15).to(tl.float32)
+        byte = tl.load(X + rows[:, None] * DSTORE + dh[None, :], mask=ok[:, None], other=0)
+        lo = (byte & 15).to(tl.float32)
+        hi = (byte >> 4).to(tl.float32)
     else:
-        code = tl.load(X + rows[:, None] * DSTORE + ch[None, :], mask=ok[:, None], other=0).to(tl.float32)
-    if QUANT == 0:
-        return code
-    if NG == 1:
-        sc = tl.load(XS + rows, mask=ok, other=0.0).to(tl.float32)[:, None]
-        val = code * sc
-        if HAS_ZERO:
-            val += tl.load(XZ + rows, mask=ok, other=0.0).to(tl.float32)[:, None]
-    else:
-        gi = rows[:, None] * NG + (ch // GS)[None, :]
-        val = code * tl.load(XS + gi, mask=ok[:, None], other=0.0).to(tl.float32)
-        if HAS_ZERO:
-            val += tl.load(XZ + gi, mask=ok[:, None], other=0.0).to(tl.float32)
+        lo = tl.load(X + rows[:, None] * DSTORE + dh[None, :], mask=ok[:, None], other=0)
+        hi = tl.load(X + rows[:, None] * DSTORE + DH + dh[None, :], mask=ok[:, None], other=0)
+        if QUANT == 8:
+            lo = lo.to(tl.float32)
+            hi = hi.to(tl.float32)
+    return lo, hi
+
+
+@triton.jit
+def _dequant_groups(code, XS, XZ, rows, ok, ch, NG: tl.constexpr, GS: tl.constexpr, HAS_ZERO: tl.constexpr):
+    """code (BLOCK_N, len(ch)) float32 -> values with per-group parameters (NG > 1)."""
+    gi = rows[:, None] * NG + (ch // GS)[None, :]
+    val = code * tl.load(XS + gi, mask=ok[:, None], other=0.0).to(tl.float32)
+    if HAS_ZERO:
+        val += tl.load(XZ + gi, mask=ok[:, None], other=0.0).to(tl.float32)
     return val
 
 
@@ -142,7 +160,9 @@ def _decode_kernel(
     QUANT: tl.constexpr, NG: tl.constexpr, GS: tl.constexpr, HAS_ZERO: tl.constexpr,
     PAGED: tl.constexpr, PAGE: tl.constexpr, WRITE_LOGITS: tl.constexpr,
     BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr, F32: tl.constexpr,
+    PER_TOKEN: tl.constexpr, GROUPED: tl.constexpr,
 ):
+    """PER_TOKEN: quantized with one scale per token; GROUPED: quantized with channel groups."""
     DH: tl.constexpr = D // 2
     r = tl.program_id(0)
     s = tl.program_id(1)
@@ -157,6 +177,8 @@ def _decode_kernel(
     q_rows = Q + b.to(tl.int64) * stride_qb + (kvh * G + g).to(tl.int64)[:, None] * stride_qh
     q_lo = tl.load(q_rows + dh[None, :], mask=g_ok[:, None], other=0.0)
     q_hi = tl.load(q_rows + DH + dh[None, :], mask=g_ok[:, None], other=0.0)
+    # per-token scales factor out of the dot products: q·(c s + z) = s (q·c) + z Σq
+    q_sum = tl.sum(q_lo.to(tl.float32), 1) + tl.sum(q_hi.to(tl.float32), 1)
     if F32:
         q_lo = q_lo.to(tl.float32)
         q_hi = q_hi.to(tl.float32)
@@ -189,12 +211,16 @@ def _decode_kernel(
             rows = (phys * kv_heads + kvh) * PAGE + off
         else:
             rows = base + j
-        k_lo = _load_half(K, KS, KZ, rows, ok, dh, DSTORE, QUANT, NG, GS, HAS_ZERO, False)
-        k_hi = _load_half(K, KS, KZ, rows, ok, DH + dh, DSTORE, QUANT, NG, GS, HAS_ZERO, True)
-        k_lo = k_lo.to(q_lo.dtype)
-        k_hi = k_hi.to(q_lo.dtype)
-        sc = tl.dot(q_lo, tl.trans(k_lo), input_precision=DOT_PRECISION)
-        sc = tl.dot(q_hi, tl.trans(k_hi), sc, input_precision=DOT_PRECISION)
+        k_lo, k_hi = _load_codes(K, rows, ok, dh, DH, DSTORE, QUANT)
+        if GROUPED:
+            k_lo = _dequant_groups(k_lo, KS, KZ, rows, ok, dh, NG, GS, HAS_ZERO)
+            k_hi = _dequant_groups(k_hi, KS, KZ, rows, ok, DH + dh, NG, GS, HAS_ZERO)
+        sc = tl.dot(q_lo, tl.trans(k_lo.to(q_lo.dtype)), input_precision=DOT_PRECISION)
+        sc = tl.dot(q_hi, tl.trans(k_hi.to(q_lo.dtype)), sc, input_precision=DOT_PRECISION)
+        if PER_TOKEN:
+            sc = sc * tl.load(KS + rows, mask=ok, other=0.0).to(tl.float32)[None, :]
+            if HAS_ZERO:
+                sc += q_sum[:, None] * tl.load(KZ + rows, mask=ok, other=0.0).to(tl.float32)[None, :]
         sc = tl.where(ok[None, :], sc * qk_scale, float("-inf"))
         if WRITE_LOGITS:
             tl.store(LOGITS + g.to(tl.int64)[:, None] * logit_rows + rows[None, :], sc,
@@ -204,19 +230,31 @@ def _decode_kernel(
         alpha = tl.exp2(m_i - m_use)
         p = tl.exp2(sc - m_use[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        v_lo = _load_half(V, VS, VZ, rows, ok, dh, DSTORE, QUANT, NG, GS, HAS_ZERO, False).to(q_lo.dtype)
-        v_hi = _load_half(V, VS, VZ, rows, ok, DH + dh, DSTORE, QUANT, NG, GS, HAS_ZERO, True).to(q_lo.dtype)
+        v_lo, v_hi = _load_codes(V, rows, ok, dh, DH, DSTORE, QUANT)
+        acc_lo = acc_lo * alpha[:, None]
+        acc_hi = acc_hi * alpha[:, None]
+        if PER_TOKEN:
+            vs = tl.load(VS + rows, mask=ok, other=0.0).to(tl.float32)
+            if HAS_ZERO:
+                zterm = tl.sum(p * tl.load(VZ + rows, mask=ok, other=0.0).to(tl.float32)[None, :], 1)
+                acc_lo += zterm[:, None]
+                acc_hi += zterm[:, None]
+            p = p * vs[None, :]
+        if GROUPED:
+            v_lo = _dequant_groups(v_lo, VS, VZ, rows, ok, dh, NG, GS, HAS_ZERO)
+            v_hi = _dequant_groups(v_hi, VS, VZ, rows, ok, DH + dh, NG, GS, HAS_ZERO)
         pp = p.to(q_lo.dtype)
-        acc_lo = tl.dot(pp, v_lo, acc_lo * alpha[:, None], input_precision=DOT_PRECISION)
-        acc_hi = tl.dot(pp, v_hi, acc_hi * alpha[:, None], input_precision=DOT_PRECISION)
+        acc_lo = tl.dot(pp, v_lo.to(q_lo.dtype), acc_lo, input_precision=DOT_PRECISION)
+        acc_hi = tl.dot(pp, v_hi.to(q_lo.dtype), acc_hi, input_precision=DOT_PRECISION)
         m_i = m_new
 
+    # partial results of the group's real rows only
     part = (r * n_splits + s).to(tl.int64)
-    o_ptrs = PO + (part * GP + g)[:, None] * D + dh[None, :]
-    tl.store(o_ptrs, acc_lo)
-    tl.store(o_ptrs + DH, acc_hi)
-    tl.store(PM + part * GP + g, m_i)
-    tl.store(PL + part * GP + g, l_i)
+    o_ptrs = PO + (part * G + g)[:, None] * D + dh[None, :]
+    tl.store(o_ptrs, acc_lo, mask=g_ok[:, None])
+    tl.store(o_ptrs + DH, acc_hi, mask=g_ok[:, None])
+    tl.store(PM + part * G + g, m_i, mask=g_ok)
+    tl.store(PL + part * G + g, l_i, mask=g_ok)
 
 
 @triton.jit
@@ -226,22 +264,24 @@ def _combine_kernel(PO, PM, PL, OUT, LSE, stride_ob, stride_oh, kv_heads, n_spli
     b = r // kv_heads
     kvh = r % kv_heads
     g = tl.arange(0, GP)
+    g_ok = g < G
     d = tl.arange(0, D)
     sp = tl.arange(0, SP)
     part = r.to(tl.int64) * n_splits
-    sp_ok = sp < n_splits
-    ms = tl.load(PM + (part + sp)[:, None] * GP + g[None, :], mask=sp_ok[:, None], other=float("-inf"))
-    ls = tl.load(PL + (part + sp)[:, None] * GP + g[None, :], mask=sp_ok[:, None], other=0.0)
+    ok2 = (sp < n_splits)[:, None] & g_ok[None, :]
+    ms = tl.load(PM + (part + sp)[:, None] * G + g[None, :], mask=ok2, other=float("-inf"))
+    ls = tl.load(PL + (part + sp)[:, None] * G + g[None, :], mask=ok2, other=0.0)
     m = tl.max(ms, 0)
     m_use = tl.where(m == float("-inf"), 0.0, m)
     l_tot = tl.sum(tl.exp2(ms - m_use[None, :]) * ls, 0)
     acc = tl.zeros([GP, D], dtype=tl.float32)
     for i in range(0, n_splits):
-        w = tl.exp2(tl.load(PM + (part + i) * GP + g) - m_use)
-        acc += w[:, None] * tl.load(PO + ((part + i) * GP + g)[:, None] * D + d[None, :])
+        w = tl.exp2(tl.load(PM + (part + i) * G + g, mask=g_ok, other=float("-inf")) - m_use)
+        acc += w[:, None] * tl.load(PO + ((part + i) * G + g)[:, None] * D + d[None, :], mask=g_ok[:, None],
+                                    other=0.0)
     out = acc / tl.where(l_tot > 0.0, l_tot, 1.0)[:, None]
     o_ptrs = OUT + b.to(tl.int64) * stride_ob + (kvh * G + g).to(tl.int64)[:, None] * stride_oh + d[None, :]
-    tl.store(o_ptrs, out.to(OUT.dtype.element_ty), mask=(g < G)[:, None])
+    tl.store(o_ptrs, out.to(OUT.dtype.element_ty), mask=g_ok[:, None])
     lse = tl.where(l_tot > 0.0, m_use + tl.log2(tl.where(l_tot > 0.0, l_tot, 1.0)), float("-inf"))
     tl.store(LSE + r.to(tl.int64) * GP + g, lse)
 
@@ -263,27 +303,28 @@ def _launch_decode(q: torch.Tensor, k, v, kv_heads: int, *, scale: float | None,
     group = h // kv_heads
     gp = group_rows(group)
     rows = b * kv_heads
+    paged = plist is not None
+    cfg = LAUNCH["paged" if paged else "varlen"]
     if block_n is None:
-        block_n = 64 if d <= 128 else 32
+        block_n = cfg["block_n"] if d <= 128 else min(32, cfg["block_n"])
     max_tokens = max(int(max_tokens), 1)
-    splits = num_splits or default_splits(rows, max_tokens, block_n)
+    splits = num_splits or default_splits(rows, max_tokens, block_n, cfg["split_factor"])
     chunk = triton.cdiv(triton.cdiv(max_tokens, splits), block_n) * block_n
     dev = q.device
-    po = torch.empty(rows * splits * gp * d, device=dev, dtype=torch.float32)
-    pm = torch.empty(rows * splits * gp, device=dev, dtype=torch.float32)
-    pl = torch.empty(rows * splits * gp, device=dev, dtype=torch.float32)
+    po = torch.empty(rows * splits * group * d, device=dev, dtype=torch.float32)
+    pm = torch.empty(rows * splits * group, device=dev, dtype=torch.float32)
+    pl = torch.empty(rows * splits * group, device=dev, dtype=torch.float32)
     out = torch.empty(b, h, d, device=dev, dtype=q.dtype)
     lse = torch.empty(rows, gp, device=dev, dtype=torch.float32)
-    paged = plist is not None
     dummy = pm
     qk_scale = (1.0 / math.sqrt(d) if scale is None else scale) * LOG2E
     # the interpreter's bf16 dot is unreliable: it computes in float32 there (rounding of the
     # dot operands is then the only difference from the GPU path)
     f32 = q.dtype == torch.float32 or (q.dtype == torch.bfloat16 and triton_interpreted())
     if num_warps is None:
-        num_warps = 4
+        num_warps = cfg["num_warps"]
     if num_stages is None:
-        num_stages = 3 if not paged else 2
+        num_stages = cfg["num_stages"]
     _decode_kernel[(rows, splits)](
         q, ks.data, ks.scale, ks.zero, vs.data, vs.scale, vs.zero,
         start if start is not None else dummy, length if length is not None else dummy,
@@ -295,6 +336,7 @@ def _launch_decode(q: torch.Tensor, k, v, kv_heads: int, *, scale: float | None,
         G=group, GP=gp, D=d, DSTORE=ks.width, QUANT=ks.quant, NG=ks.ng, GS=ks.gs, HAS_ZERO=ks.has_zero,
         PAGED=paged, PAGE=page_size, WRITE_LOGITS=logits is not None,
         BLOCK_N=block_n, DOT_PRECISION="ieee" if f32 else "tf32", F32=f32,
+        PER_TOKEN=ks.quant != 0 and ks.ng == 1, GROUPED=ks.quant != 0 and ks.ng > 1,
         num_warps=num_warps, num_stages=num_stages,
     )
     _combine_kernel[(rows,)](po, pm, pl, out, lse, out.stride(0), out.stride(1), kv_heads, splits,
@@ -572,3 +614,196 @@ def quest_select_triton(scores: torch.Tensor, seq_lens: torch.Tensor, page_size:
                                      mp, mp, width, hkv, page_size, NP=np_, WP=max(16, _pow2(width)),
                                      num_warps=8 if np_ >= 4096 else 4)
     return plist, nlist
+
+
+# ----------------------------------------------------------------------------- appending a token
+
+QUANT_UP = 1.0 + 2.0 ** -10      # kv_quant's outward rounding of float16 parameters
+QUANT_TINY = 2.0 ** -24
+BOUND_WIDEN = 2.0 ** -8          # page bounds of dequantized keys: widened by more than a bf16 rounding
+
+
+@triton.jit
+def _round_half_even(y):
+    f = tl.floor(y)
+    d = y - f
+    odd = f - 2.0 * tl.floor(f * 0.5)
+    return tl.where(d > 0.5, f + 1.0, tl.where(d < 0.5, f, f + odd))
+
+
+@triton.jit
+def _group_reduce(x, NGH: tl.constexpr, GS: tl.constexpr, MODE: tl.constexpr):
+    """Per-group max |x| (MODE 0), min (1) or max (2) of a half (NGH groups of GS), broadcast back."""
+    xg = tl.reshape(x, (NGH, GS))
+    if MODE == 0:
+        red = tl.max(tl.abs(xg), 1)
+    elif MODE == 1:
+        red = tl.min(xg, 1)
+    else:
+        red = tl.max(xg, 1)
+    return tl.reshape(tl.broadcast_to(red[:, None], (NGH, GS)), (NGH * GS,))
+
+
+@triton.jit
+def _write_token(X, XS, XZ, row, x_lo, x_hi, dh, DH: tl.constexpr, DSTORE: tl.constexpr, QUANT: tl.constexpr,
+                 NG: tl.constexpr, GS: tl.constexpr, UP: tl.constexpr, TINY: tl.constexpr):
+    """Store one token's halves x_lo, x_hi (float32) at ``row``, quantized as kv_quant does.
+    Returns the values as stored (dequantized), float32."""
+    NGH: tl.constexpr = NG // 2 if NG > 1 else 1
+    gi = tl.arange(0, NGH)
+    if QUANT == 0:
+        v_lo = x_lo.to(X.dtype.element_ty)
+        v_hi = x_hi.to(X.dtype.element_ty)
+        tl.store(X + row * DSTORE + dh, v_lo)
+        tl.store(X + row * DSTORE + DH + dh, v_hi)
+        out_lo = v_lo.to(tl.float32)
+        out_hi = v_hi.to(tl.float32)
+    elif QUANT == 8:
+        if NG == 1:
+            amax = tl.maximum(tl.max(tl.abs(x_lo), 0), tl.max(tl.abs(x_hi), 0))
+            s16 = tl.maximum(amax / 127.0 * UP, TINY).to(tl.float16)
+            tl.store(XS + row, s16)
+            s_lo = s16.to(tl.float32)
+            s_hi = s_lo
+        else:
+            s_lo16 = tl.maximum(_group_reduce(x_lo, NGH, GS, 0) / 127.0 * UP, TINY).to(tl.float16)
+            s_hi16 = tl.maximum(_group_reduce(x_hi, NGH, GS, 0) / 127.0 * UP, TINY).to(tl.float16)
+            tl.store(XS + row * NG + gi, tl.max(tl.reshape(s_lo16, (NGH, GS)), 1))
+            tl.store(XS + row * NG + NGH + gi, tl.max(tl.reshape(s_hi16, (NGH, GS)), 1))
+            s_lo = s_lo16.to(tl.float32)
+            s_hi = s_hi16.to(tl.float32)
+        c_lo = tl.minimum(tl.maximum(_round_half_even(x_lo / s_lo), -127.0), 127.0)
+        c_hi = tl.minimum(tl.maximum(_round_half_even(x_hi / s_hi), -127.0), 127.0)
+        tl.store(X + row * DSTORE + dh, c_lo.to(tl.int8))
+        tl.store(X + row * DSTORE + DH + dh, c_hi.to(tl.int8))
+        out_lo = c_lo * s_lo
+        out_hi = c_hi * s_hi
+    else:
+        # int4, asymmetric
+        if NG == 1:
+            mn = tl.minimum(tl.min(x_lo, 0), tl.min(x_hi, 0))
+            mx = tl.maximum(tl.max(x_lo, 0), tl.max(x_hi, 0))
+            z16 = (mn - tl.abs(mn) * 0.0009765625).to(tl.float16)
+            z16 = tl.minimum(z16.to(tl.float32), mn).to(tl.float16)
+            s16 = tl.maximum((mx - z16.to(tl.float32)) / 15.0 * UP, TINY).to(tl.float16)
+            tl.store(XS + row, s16)
+            tl.store(XZ + row, z16)
+            s_lo = s16.to(tl.float32)
+            s_hi = s_lo
+            z_lo = z16.to(tl.float32)
+            z_hi = z_lo
+        else:
+            mn_lo = _group_reduce(x_lo, NGH, GS, 1)
+            mn_hi = _group_reduce(x_hi, NGH, GS, 1)
+            zl16 = (mn_lo - tl.abs(mn_lo) * 0.0009765625).to(tl.float16)
+            zl16 = tl.minimum(zl16.to(tl.float32), mn_lo).to(tl.float16)
+            zh16 = (mn_hi - tl.abs(mn_hi) * 0.0009765625).to(tl.float16)
+            zh16 = tl.minimum(zh16.to(tl.float32), mn_hi).to(tl.float16)
+            z_lo = zl16.to(tl.float32)
+            z_hi = zh16.to(tl.float32)
+            sl16 = tl.maximum((_group_reduce(x_lo, NGH, GS, 2) - z_lo) / 15.0 * UP, TINY).to(tl.float16)
+            sh16 = tl.maximum((_group_reduce(x_hi, NGH, GS, 2) - z_hi) / 15.0 * UP, TINY).to(tl.float16)
+            tl.store(XS + row * NG + gi, tl.max(tl.reshape(sl16, (NGH, GS)), 1))
+            tl.store(XS + row * NG + NGH + gi, tl.max(tl.reshape(sh16, (NGH, GS)), 1))
+            tl.store(XZ + row * NG + gi, tl.max(tl.reshape(zl16, (NGH, GS)), 1))
+            tl.store(XZ + row * NG + NGH + gi, tl.max(tl.reshape(zh16, (NGH, GS)), 1))
+            s_lo = sl16.to(tl.float32)
+            s_hi = sh16.to(tl.float32)
+        c_lo = tl.minimum(tl.maximum(_round_half_even((x_lo - z_lo) / s_lo), 0.0), 15.0)
+        c_hi = tl.minimum(tl.maximum(_round_half_even((x_hi - z_hi) / s_hi), 0.0), 15.0)
+        byte = c_lo.to(tl.uint8) | (c_hi.to(tl.uint8) << 4)
+        tl.store(X + row * DSTORE + dh, byte)
+        out_lo = c_lo * s_lo + z_lo
+        out_hi = c_hi * s_hi + z_hi
+    return out_lo, out_hi
+
+
+@triton.jit
+def _append_kernel(KN, VN, K, KS, KZ, V, VS, VZ,
+                   START, LEN, POS, SCORE,
+                   TABLE, KMIN, KMAX,
+                   SEQ, stride_kb, stride_kh, stride_vb, stride_vh, stride_table, kv_heads, page_size,
+                   D: tl.constexpr, DSTORE: tl.constexpr, QUANT: tl.constexpr, NG: tl.constexpr, GS: tl.constexpr,
+                   PAGED: tl.constexpr, HAS_SCORE: tl.constexpr, WIDEN: tl.constexpr,
+                   UP: tl.constexpr, TINY: tl.constexpr):
+    DH: tl.constexpr = D // 2
+    r = tl.program_id(0)
+    b = r // kv_heads
+    kvh = r % kv_heads
+    dh = tl.arange(0, DH)
+    seq = tl.load(SEQ + b).to(tl.int64)
+    if PAGED:
+        phys = tl.load(TABLE + b.to(tl.int64) * stride_table + seq // page_size).to(tl.int64)
+        off = seq % page_size
+        row = (phys * kv_heads + kvh) * page_size + off
+    else:
+        n = tl.load(LEN + r)
+        row = tl.load(START + r).to(tl.int64) + n
+    kb = KN + b.to(tl.int64) * stride_kb + kvh * stride_kh
+    vb = VN + b.to(tl.int64) * stride_vb + kvh * stride_vh
+    k_lo, k_hi = _write_token(K, KS, KZ, row, tl.load(kb + dh).to(tl.float32), tl.load(kb + DH + dh).to(tl.float32),
+                              dh, DH, DSTORE, QUANT, NG, GS, UP, TINY)
+    _write_token(V, VS, VZ, row, tl.load(vb + dh).to(tl.float32), tl.load(vb + DH + dh).to(tl.float32),
+                 dh, DH, DSTORE, QUANT, NG, GS, UP, TINY)
+    if PAGED:
+        mrow = (phys * kv_heads + kvh) * D
+        if WIDEN:
+            lo_lo = k_lo - tl.abs(k_lo) * 0.00390625
+            lo_hi = k_hi - tl.abs(k_hi) * 0.00390625
+            hi_lo = k_lo + tl.abs(k_lo) * 0.00390625
+            hi_hi = k_hi + tl.abs(k_hi) * 0.00390625
+        else:
+            lo_lo = k_lo
+            lo_hi = k_hi
+            hi_lo = k_lo
+            hi_hi = k_hi
+        lo_lo = lo_lo.to(KMIN.dtype.element_ty)
+        lo_hi = lo_hi.to(KMIN.dtype.element_ty)
+        hi_lo = hi_lo.to(KMIN.dtype.element_ty)
+        hi_hi = hi_hi.to(KMIN.dtype.element_ty)
+        first = off == 0
+        old = tl.load(KMIN + mrow + dh)
+        tl.store(KMIN + mrow + dh, tl.where(first, lo_lo, tl.minimum(old, lo_lo)))
+        old = tl.load(KMIN + mrow + DH + dh)
+        tl.store(KMIN + mrow + DH + dh, tl.where(first, lo_hi, tl.minimum(old, lo_hi)))
+        old = tl.load(KMAX + mrow + dh)
+        tl.store(KMAX + mrow + dh, tl.where(first, hi_lo, tl.maximum(old, hi_lo)))
+        old = tl.load(KMAX + mrow + DH + dh)
+        tl.store(KMAX + mrow + DH + dh, tl.where(first, hi_hi, tl.maximum(old, hi_hi)))
+    else:
+        tl.store(POS + row, seq.to(tl.int32))
+        if HAS_SCORE:
+            tl.store(SCORE + row, 0.0)
+        tl.store(LEN + r, n + 1)
+
+
+def append_triton(k_new: torch.Tensor, v_new: torch.Tensor, k, v, seq_lens: torch.Tensor, *,
+                  start: torch.Tensor | None = None, length: torch.Tensor | None = None,
+                  pos: torch.Tensor | None = None, score: torch.Tensor | None = None,
+                  page_table: torch.Tensor | None = None, kmin: torch.Tensor | None = None,
+                  kmax: torch.Tensor | None = None, page_size: int = 1, widen: bool = False) -> None:
+    """Write one token per (sequence, KV head) into a store, quantizing in the kernel.
+
+    k_new, v_new (B, Hkv, D). Variable-length store: pass start, length (incremented), pos and
+    optionally score (set to 0). Paged store: pass page_table (the token's page must be
+    assigned), kmin and kmax (the page bounds, widened outwards when ``widen``). ``seq_lens``
+    is read (the token's position), not changed.
+    """
+    b, hkv, d = k_new.shape
+    if d not in HEAD_DIMS:
+        raise ValueError(f"k_new: the Triton append supports head_dim in {HEAD_DIMS}, got {d}")
+    if k_new.stride(-1) != 1 or v_new.stride(-1) != 1:
+        k_new, v_new = k_new.contiguous(), v_new.contiguous()
+    ks, vs = _Store(k, d, k_new.dtype), _Store(v, d, k_new.dtype)
+    paged = page_table is not None
+    dummy = seq_lens
+    _append_kernel[(b * hkv,)](
+        k_new, v_new, ks.data, ks.scale, ks.zero, vs.data, vs.scale, vs.zero,
+        start if not paged else dummy, length if not paged else dummy, pos if not paged else dummy,
+        score if score is not None else dummy,
+        page_table if paged else dummy, kmin if paged else dummy, kmax if paged else dummy,
+        seq_lens, k_new.stride(0), k_new.stride(1), v_new.stride(0), v_new.stride(1),
+        page_table.stride(0) if paged else 0, hkv, page_size,
+        D=d, DSTORE=ks.width, QUANT=ks.quant, NG=ks.ng, GS=ks.gs, PAGED=paged, HAS_SCORE=score is not None,
+        WIDEN=widen, UP=QUANT_UP, TINY=QUANT_TINY, num_warps=1 if d <= 64 else 2,
+    )

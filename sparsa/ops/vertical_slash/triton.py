@@ -26,7 +26,7 @@ import triton.language as tl
 from ..._validation import check_scale
 from ...backend import triton_interpreted
 from ..block_sparse.triton import LOG2E, check_kernel_inputs, heads_per_program, last_dim_contiguous
-from .convert import (BLOCK_Q_CHOICES, DIAG_PAD, GATHER_BIT, VS_TILE, VSLayout, default_block_q,
+from .convert import (BLOCK_Q_CHOICES, DIAG_PAD, GATHER_BIT, VS_TILE, VSLayout,
                       prepare_vertical_slash, tiles_width)
 from .reference import check_vs_indices
 
