@@ -18,7 +18,6 @@ cache (checked by the tests against independent implementations).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -40,34 +39,51 @@ def growing_reserve(kept: int) -> int:
 _UNLIMITED = -1
 
 
-@dataclass
 class StepStats:
     """What one decode step read and what the cache holds.
 
-    ``tokens_read`` (B, H) float64: KV tokens each query head read, Quest's page bounds counted
-    as one token-equivalent per scored page (as :class:`~sparsa.methods.base.DecodeMethod`
-    reports); ``context`` (B,) tokens of each sequence, the new one included;
-    ``kv_bytes_read``: bytes of keys, values (codes and scales as stored) and page bounds read;
-    ``cache_bytes``: bytes the cache holds after the step. Device tensors are synchronised only
-    when a derived number is asked for.
+    * ``tokens_read`` (B, H) float64: KV tokens each query head read, Quest's page bounds counted
+      as one token-equivalent per scored page (as :class:`~sparsa.methods.base.DecodeMethod`
+      reports);
+    * ``context`` (B,) int64: tokens of each sequence, the new one included;
+    * ``kv_bytes_read`` (B,) float64: bytes of keys and values (codes and scales as stored) and
+      of page bounds the step read;
+    * ``cache_bytes``: bytes the cache holds after the step.
+
+    Counts that live on the device are copied to the host only when first asked for, so a
+    decoding loop does not synchronise.
     """
 
-    tokens_read: torch.Tensor
-    context: torch.Tensor
-    kv_bytes_read: torch.Tensor | float
-    cache_bytes: int
-    info: dict[str, Any] = field(default_factory=dict)
+    def __init__(self, read: torch.Tensor, heads: int, context: list[int], bytes_per_read: torch.Tensor | float,
+                 cache_bytes: int, info: dict[str, Any] | None = None) -> None:
+        self._read, self._heads, self._bytes_per_read = read, heads, bytes_per_read
+        self.context = torch.tensor(context, dtype=torch.int64)
+        self.cache_bytes = cache_bytes
+        self.info = dict(info or {})
+
+    @property
+    def tokens_read(self) -> torch.Tensor:
+        r = self._read.double()
+        return r.repeat_interleave(self._heads // r.shape[1], dim=1)
+
+    @property
+    def kv_bytes_read(self) -> torch.Tensor:
+        r = self._read.double()
+        return (r * self._bytes_per_read).sum(-1)
 
     @property
     def compression(self) -> float:
         """Context tokens over tokens read, summed over batch and heads (DESIGN.md's decode ratio)."""
-        heads = self.tokens_read.shape[1]
-        read = float(self.tokens_read.sum())
-        return float("inf") if read <= 0 else float(self.context.double().sum()) * heads / read
+        read = float(self._read.double().sum()) * self._heads / self._read.shape[1]
+        return float("inf") if read <= 0 else float(self.context.double().sum()) * self._heads / read
 
     @property
     def bytes_read(self) -> float:
-        return float(torch.as_tensor(self.kv_bytes_read).double().sum())
+        return float(self.kv_bytes_read.sum())
+
+    def __repr__(self) -> str:
+        return f"StepStats(compression={self.compression:.3f}, bytes_read={self.bytes_read:.0f}, " \
+               f"cache_bytes={self.cache_bytes})"
 
 
 def _resolve_method(method: Any) -> DecodeMethod | None:
@@ -134,17 +150,14 @@ class EvictingDecoder(CacheDecoder):
         self._check_step(q)
         c: VarlenKVCache = self.cache
         c.check_query(q)
-        c.append(k, v)
+        c.append(k, v, backend=self.backend)
         read = c.length.clone()
         out, aux = c.attend(q, scale=self.scale, backend=self.backend, want_scores=self.policy == "h2o")
         if self.policy == "h2o":
             c.evict_h2o(aux, self.param_a, self.param_b)
         elif self.policy == "streaming":
             c.evict_streaming(self.param_a, self.param_b, backend=self.backend)
-        group = self.heads // c.kv_heads
-        tokens = read.double().repeat_interleave(group, dim=1)
-        stats = StepStats(tokens, c.seq_lens.clone(), read.double().sum(-1) * c.kv_bytes_per_token(), c.nbytes())
-        return out, stats
+        return out, StepStats(read, self.heads, c.seq_lens_host, float(c.kv_bytes_per_token()), c.nbytes())
 
     def rewind(self, n: int = 1) -> None:
         if self.policy is not None:
@@ -172,7 +185,7 @@ class QuestDecoder(CacheDecoder):
         if q.shape[0] != c.batch or q.shape[2] != c.head_dim or q.dtype != c.dtype or q.device != c.device:
             raise ValueError(f"q: expected (batch={c.batch}, heads, head_dim={c.head_dim}) {c.dtype} on "
                              f"{c.device}, got {tuple(q.shape)} {q.dtype} on {q.device}")
-        c.append(k, v)
+        c.append(k, v, backend=self.backend)
         ps = c.page_size
         seq_host = c.seq_lens_host
         cur_max = (max(seq_host) - 1) // ps
@@ -193,21 +206,20 @@ class QuestDecoder(CacheDecoder):
         self.last_page_list = plist
         # reads per sequence, known on the host: selected pages + current page (+ bounds of the
         # scored pages), or the whole sequence when every page is read
-        reads, nbytes = [], []
+        reads, per_read = [], []
         per_tok, per_meta = c.kv_bytes_per_token(), c.meta_bytes_per_page()
         for s, n in zip(seq_host, self.n_select_host):
             cur = (s - 1) // ps
             if n is None or cur <= n:
                 reads.append(float(s))
-                nbytes.append(float(s * per_tok * c.kv_heads))
+                per_read.append(float(per_tok))
             else:
                 toks = n * ps + (s - cur * ps)
                 reads.append(float(toks + cur))
-                nbytes.append(float((toks * per_tok + cur * per_meta) * c.kv_heads))
-        tokens = torch.tensor(reads, dtype=torch.float64)[:, None].expand(c.batch, self.heads)
-        stats = StepStats(tokens, torch.tensor(seq_host, dtype=torch.int64), torch.tensor(nbytes), c.nbytes(),
-                          {"page_size": ps, "pages": self.n_select_host})
-        return out, stats
+                per_read.append((toks * per_tok + cur * per_meta) / (toks + cur))
+        read = torch.tensor(reads, dtype=torch.float64)[:, None].expand(c.batch, c.kv_heads)
+        bpr = torch.tensor(per_read, dtype=torch.float64)[:, None]
+        return out, StepStats(read, self.heads, seq_host, bpr, c.nbytes(), {"page_size": ps, "pages": self.n_select_host})
 
     def rewind(self, n: int = 1) -> None:
         self.cache.rewind(n)

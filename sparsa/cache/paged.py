@@ -20,17 +20,19 @@ import torch
 from .._validation import check_int
 from ..ops.kv_quant import QuantizedTensor, QuantSpec, quantize
 from ..ops.kv_quant.reference import _quantize_unchecked
-from .varlen import _stores, check_kv, check_lengths, store_nbytes
+from .varlen import _stores, _use_append_kernel, check_kv, check_lengths, store_nbytes
 
 
-def _round_out(x: torch.Tensor, dtype: torch.dtype, up: bool) -> torch.Tensor:
-    """x (float32) in ``dtype``, rounded up (``up``) or down so the bound still holds."""
-    r = x.to(dtype)
-    if dtype == torch.float32:
-        return r
-    inf = torch.tensor(float("inf") if up else float("-inf"), dtype=dtype, device=x.device)
-    bad = (r.float() < x) if up else (r.float() > x)
-    return torch.where(bad, torch.nextafter(r, inf.expand_as(r)), r)
+BOUND_WIDEN = 2.0 ** -8     # > one bf16/fp16 rounding step: widened bounds stay bounds after rounding
+
+
+def bound_round(x: torch.Tensor, dtype: torch.dtype, up: bool, widen: bool) -> torch.Tensor:
+    """Page bound values x (float32) in ``dtype``. With ``widen`` (dequantized keys, which the
+    dtype may not hold exactly) they are first pushed outwards by 2^-8 of their magnitude, so
+    the rounded bound still covers x; the Triton append does the same arithmetic."""
+    if widen and dtype != torch.float32:
+        x = x + x.abs() * BOUND_WIDEN if up else x - x.abs() * BOUND_WIDEN
+    return x.to(dtype)
 
 
 class PagedKVCache:
@@ -100,44 +102,36 @@ class PagedKVCache:
                 table[i, j] = cache._free.pop()
         cache.page_table = table.to(k.device)
         cache._pages_host = list(need)
-        # scatter the prompt's tokens into their pages
-        t = torch.arange(L, device=k.device)
-        valid = t[None, :] < seq[:, None]                                    # (B, L)
-        phys = cache.page_table.to(torch.int64).gather(1, (t // page_size).clamp_max(max(need) - 1)
-                                                       .expand(b, L).contiguous())
+        # scatter each sequence's tokens into its pages, one sequence at a time (bounded memory)
         head = torch.arange(hkv, device=k.device)
-        rows = ((phys[:, None, :] * hkv + head[None, :, None]) * page_size + (t % page_size)[None, None, :])
-        sel = valid[:, None, :].expand(b, hkv, L)
-        rows_v = rows[sel]
-        kk, vv = k[sel], v[sel]                                               # (n, D)
-        if cache.quant is None:
-            cache.k[rows_v] = kk
-            cache.v[rows_v] = vv
-            kdeq = kk.float()
-        else:
-            qk, qv = quantize(kk, cache.quant), quantize(vv, cache.quant)
-            for o, s in zip(_stores(cache.k), _stores(qk)):
-                o[rows_v] = s
-            for o, s in zip(_stores(cache.v), _stores(qv)):
-                o[rows_v] = s
-            kdeq = qk.dequantize(torch.float32)
-        # page bounds of the (dequantized) keys
-        n_pg = -(-L // page_size)
-        kd = torch.zeros(b, hkv, n_pg * page_size, d, dtype=torch.float32, device=k.device)
-        kd[:, :, :L][sel] = kdeq
-        ok = torch.zeros(b, hkv, n_pg * page_size, dtype=torch.bool, device=k.device)
-        ok[:, :, :L] = sel
-        kd = kd.view(b, hkv, n_pg, page_size, d)
-        ok = ok.view(b, hkv, n_pg, page_size, 1)
-        lo = torch.where(ok, kd, torch.full_like(kd, float("inf"))).amin(3)
-        hi = torch.where(ok, kd, torch.full_like(kd, float("-inf"))).amax(3)
-        has = ok.any(3)[..., 0]                                               # (B, Hkv, n_pg)
-        pg_phys = cache.page_table[:, :n_pg].to(torch.int64)                 # (B, n_pg)
-        mrow = (pg_phys[:, None, :] * hkv + head[None, :, None])             # (B, Hkv, n_pg)
-        kmin_f = cache.kmin.view(-1, d)
-        kmax_f = cache.kmax.view(-1, d)
-        kmin_f[mrow[has]] = _round_out(lo[has], k.dtype, up=False)
-        kmax_f[mrow[has]] = _round_out(hi[has], k.dtype, up=True)
+        widen = cache.quant is not None
+        kmin_f, kmax_f = cache.kmin.view(-1, d), cache.kmax.view(-1, d)
+        for i, n in enumerate(seq_host):
+            t = torch.arange(n, device=k.device)
+            phys = cache.page_table[i].to(torch.int64)[t // page_size]                      # (n,)
+            rows = ((phys[None, :] * hkv + head[:, None]) * page_size + (t % page_size)[None, :]).flatten()
+            kk, vv = k[i, :, :n].reshape(-1, d), v[i, :, :n].reshape(-1, d)
+            if cache.quant is None:
+                cache.k[rows] = kk
+                cache.v[rows] = vv
+                kdeq = kk.float()
+            else:
+                qk, qv = quantize(kk, cache.quant), quantize(vv, cache.quant)
+                for o, s_ in zip(_stores(cache.k), _stores(qk)):
+                    o[rows] = s_
+                for o, s_ in zip(_stores(cache.v), _stores(qv)):
+                    o[rows] = s_
+                kdeq = qk.dequantize(torch.float32)
+            # page bounds of the keys as stored (dequantized)
+            n_pg = -(-n // page_size)
+            pad = n_pg * page_size - n
+            kd = kdeq.view(hkv, n, d)
+            lo_src = torch.cat([kd, kd[:, -1:].expand(hkv, pad, d)], 1) if pad else kd
+            lo_src = lo_src.view(hkv, n_pg, page_size, d)
+            mrow = (cache.page_table[i, :n_pg].to(torch.int64)[None, :] * hkv + head[:, None]).flatten()
+            kmin_f[mrow] = bound_round(lo_src.amin(2).reshape(-1, d), k.dtype, up=False, widen=widen)
+            kmax_f[mrow] = bound_round(lo_src.amax(2).reshape(-1, d), k.dtype, up=True, widen=widen)
+            del kd, lo_src, kdeq
         cache.seq_lens = seq.clone()
         cache._seq_host = seq_host
         return cache
@@ -205,9 +199,9 @@ class PagedKVCache:
 
     # ------------------------------------------------------------------ writing
 
-    def append(self, k_new: torch.Tensor, v_new: torch.Tensor) -> None:
+    def append(self, k_new: torch.Tensor, v_new: torch.Tensor, *, backend: str | None = None) -> None:
         """Append one token per sequence: k_new, v_new (B, Hkv, D), RoPE applied at
-        :attr:`seq_lens`. Updates the page's key bounds."""
+        :attr:`seq_lens`. Updates the page's key bounds. On CUDA one kernel does it all."""
         shape = (self.batch, self.kv_heads, self.head_dim)
         for name, x in (("k", k_new), ("v", v_new)):
             if not isinstance(x, torch.Tensor):
@@ -222,6 +216,13 @@ class PagedKVCache:
         for i, s in enumerate(self._seq_host):
             self._ensure_page(i, s // self.page_size)
         ps, hkv, d = self.page_size, self.kv_heads, self.head_dim
+        if _use_append_kernel(backend, self.device, d):
+            from ..ops.sparse_decode.triton import append_triton
+            append_triton(k_new, v_new, self.k, self.v, self.seq_lens, page_table=self.page_table, kmin=self.kmin,
+                          kmax=self.kmax, page_size=ps, widen=self.quant is not None)
+            self.seq_lens += 1
+            self._seq_host = [s + 1 for s in self._seq_host]
+            return
         lp = self.seq_lens // ps
         off = self.seq_lens % ps
         phys = self.page_table.to(torch.int64).gather(1, lp[:, None])[:, 0]              # (B,)
@@ -244,8 +245,8 @@ class PagedKVCache:
             kdeq = qk.dequantize(torch.float32)
         first = (off == 0).repeat_interleave(hkv)[:, None]
         kmin_f, kmax_f = self.kmin.view(-1, d), self.kmax.view(-1, d)
-        lo = _round_out(kdeq, self.dtype, up=False)
-        hi = _round_out(kdeq, self.dtype, up=True)
+        lo = bound_round(kdeq, self.dtype, up=False, widen=self.quant is not None)
+        hi = bound_round(kdeq, self.dtype, up=True, widen=self.quant is not None)
         kmin_f.index_copy_(0, mrow, torch.where(first, lo, torch.minimum(kmin_f.index_select(0, mrow), lo)))
         kmax_f.index_copy_(0, mrow, torch.where(first, hi, torch.maximum(kmax_f.index_select(0, mrow), hi)))
         self.seq_lens += 1

@@ -25,6 +25,7 @@ from ..ops.kv_quant import QuantizedTensor, QuantSpec, quantize
 from ..ops.kv_quant.reference import _quantize_unchecked
 
 ALIGN = 16            # region capacities are multiples of this many rows
+_QUANT_CHUNK = 1 << 26  # elements quantized at once when building a store
 
 
 def _round_up(x: torch.Tensor | int, m: int) -> Any:
@@ -62,6 +63,12 @@ def _new_store(like: torch.Tensor | QuantizedTensor, rows: int) -> torch.Tensor 
     if isinstance(like, QuantizedTensor):
         return like.map(lambda x: x.new_empty((rows, *x.shape[1:])))
     return like.new_empty((rows, *like.shape[1:]))
+
+
+def _use_append_kernel(backend: str | None, device: torch.device, head_dim: int) -> bool:
+    from ..backend import resolve_backend
+    from ..ops.sparse_decode import KERNEL_HEAD_DIMS
+    return resolve_backend(backend, device) == "triton" and head_dim in KERNEL_HEAD_DIMS
 
 
 def store_nbytes(store: torch.Tensor | QuantizedTensor) -> int:
@@ -162,13 +169,17 @@ class VarlenKVCache:
                 out = x.new_zeros((rows_total, d))
                 out[dst] = x
                 return out
-            qx = quantize(x, spec)
-            out_q = QuantizedTensor(qx.data.new_zeros((rows_total, qx.data.shape[-1])),
-                                    qx.scale.new_zeros((rows_total, qx.scale.shape[-1])),
-                                    None if qx.zero is None else qx.zero.new_zeros((rows_total, qx.zero.shape[-1])),
-                                    spec, d)
-            for o, s in zip(_stores(out_q), _stores(qx)):
-                o[dst] = s
+            gs, ng = spec.groups(d)
+            out_q = QuantizedTensor(
+                torch.zeros((rows_total, spec.stored_dim(d)), dtype=torch.int8 if spec.bits == 8 else torch.uint8,
+                            device=dev),
+                torch.zeros((rows_total, ng), dtype=torch.float16, device=dev),
+                torch.zeros((rows_total, ng), dtype=torch.float16, device=dev) if spec.bits == 4 else None, spec, d)
+            step = max(1, _QUANT_CHUNK // d)          # bounded float32 temporaries
+            for s0 in range(0, x.shape[0], step):
+                qx = quantize(x[s0:s0 + step], spec)
+                for o, s in zip(_stores(out_q), _stores(qx)):
+                    o[dst[s0:s0 + step]] = s
             return out_q
 
         pos_store = torch.full((rows_total,), -1, dtype=torch.int32, device=dev)
@@ -269,9 +280,10 @@ class VarlenKVCache:
 
     # ------------------------------------------------------------------ writing
 
-    def append(self, k_new: torch.Tensor, v_new: torch.Tensor) -> None:
+    def append(self, k_new: torch.Tensor, v_new: torch.Tensor, *, backend: str | None = None) -> None:
         """Append one token to every sequence: k_new, v_new (B, Hkv, D) with RoPE applied at
-        position :attr:`seq_lens`; every KV head stores it."""
+        position :attr:`seq_lens`; every KV head stores it. On CUDA one kernel writes (and
+        quantizes) it."""
         shape = (self.batch, self.kv_heads, self.head_dim)
         for name, x in (("k", k_new), ("v", v_new)):
             if not isinstance(x, torch.Tensor):
@@ -284,6 +296,18 @@ class VarlenKVCache:
             if x.device != self.device:
                 raise ValueError(f"{name}: device must be the cache's {self.device}, got {x.device}")
         self._ensure_room(1)
+        if _use_append_kernel(backend, self.device, self.head_dim):
+            from ..ops.sparse_decode.triton import append_triton
+            append_triton(k_new, v_new, self.k, self.v, self.seq_lens, start=self.start, length=self.length,
+                          pos=self.pos, score=self.score)
+        else:
+            self._append_torch(k_new, v_new)
+        self.seq_lens += 1
+        self._seq_host = [s + 1 for s in self._seq_host]
+        self._len_bound += 1
+        self._free_bound -= 1
+
+    def _append_torch(self, k_new: torch.Tensor, v_new: torch.Tensor) -> None:
         rows = (self.start + self.length.to(torch.int64)).flatten()
         kf, vf = k_new.reshape(-1, self.head_dim), v_new.reshape(-1, self.head_dim)
         if self.quant is None:
@@ -299,10 +323,6 @@ class VarlenKVCache:
         if self.score is not None:
             self.score.index_fill_(0, rows, 0.0)
         self.length += 1
-        self.seq_lens += 1
-        self._seq_host = [s + 1 for s in self._seq_host]
-        self._len_bound += 1
-        self._free_bound -= 1
 
     def rewind(self, n: int = 1) -> None:
         """Drop the ``n`` tokens appended last (valid only while nothing was evicted since)."""

@@ -1,6 +1,7 @@
 """MInference's Block-Sparse pattern: top-k key blocks per query block from mean-pooled scores."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +26,16 @@ def mean_pool(x: torch.Tensor, block: int) -> torch.Tensor:
     padded[:, :, :length] = x
     counts = torch.clamp(length - torch.arange(n, device=x.device) * block, max=block).to(ct)
     return padded.view(b, h, n, block, d).sum(3) / counts[:, None]
+
+
+@functools.lru_cache(maxsize=256)
+def _solve_top_k(block_size: int, compression: float, q_len: int, kv_len: int) -> int:
+    """``top_k`` whose (data-independent) pair count is closest to the target; cached per shape."""
+    method = BlockSparse(block_size=block_size)
+    tiles = tile_pairs(q_len, kv_len, block_size, block_size)
+    target = causal_pairs(q_len, kv_len) / compression
+    return solve_budget(lambda t: float(method.pairs(t, q_len, kv_len, tiles)), target, MIN_TOP_K,
+                        max(MIN_TOP_K, tiles.shape[1]))
 
 
 @register
@@ -82,10 +93,7 @@ class BlockSparse(Method):
             return self.top_k
         if self.compression is None:
             return PAPER_TOP_K
-        tiles = tile_pairs(q_len, kv_len, self.block_size, self.block_size)
-        target = causal_pairs(q_len, kv_len) / self.compression
-        return solve_budget(lambda t: float(self.pairs(t, q_len, kv_len, tiles)), target, MIN_TOP_K,
-                            max(MIN_TOP_K, tiles.shape[1]))
+        return _solve_top_k(self.block_size, self.compression, q_len, kv_len)
 
     # ------------------------------------------------------------------ planning
 
@@ -101,10 +109,10 @@ class BlockSparse(Method):
         visible = torch.arange(km.shape[2], device=q.device)[None, :] <= hi[:, None]
         return scores.masked_fill(~visible, float("-inf"))
 
-    def plan(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    def plan(self, q: torch.Tensor, k: torch.Tensor, top_k: int | None = None) -> torch.Tensor:
         """Block indices (batch, heads or kv_heads, n_q_blocks, max_blocks), int32, sorted, -1 padded."""
         lq, lk = q.shape[2], k.shape[2]
-        top_k = self.resolve_top_k(lq, lk)
+        top_k = self.resolve_top_k(lq, lk) if top_k is None else top_k
         scores = self.block_scores(q, k)
         nk = scores.shape[-1]
         lo, hi, _ = query_block_spans(lq, lk, self.block_size, self.block_size, q.device)
@@ -123,8 +131,9 @@ class BlockSparse(Method):
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float,
                 backend: str | None) -> tuple[torch.Tensor, AttentionStats]:
         lq, lk = q.shape[2], k.shape[2]
-        indices = self.plan(q, k)
+        top_k = self.resolve_top_k(lq, lk)
+        indices = self.plan(q, k, top_k)
         out, pairs = block_sparse_attention(q, k, v, indices, block_q=self.block_size, block_k=self.block_size,
                                             scale=scale, backend=backend)
-        return out, prefill_stats(self.name, pairs, lq, lk, top_k=self.resolve_top_k(lq, lk),
+        return out, prefill_stats(self.name, pairs, lq, lk, top_k=top_k,
                                   block_size=self.block_size, per_kv_head=self.per_kv_head)

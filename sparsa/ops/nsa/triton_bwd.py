@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_fwd import LOG2E, _pow2, dot_flags, tile_rows
+from .triton_fwd import LAUNCH, LOG2E, _pow2, dot_flags, tile_rows
 
 MODE_CMP = 0
 MODE_WIN = 1
@@ -348,12 +348,13 @@ def _common(q, k, v, do, lse, gates):
 
 
 def band_dq(q, k, v, do, lse, delta, gates, dq, *, mode: int, branch: int, accumulate: bool, kv_len: int,
-            window: int, cfg, scale: float, interpreted: bool, rows: int = 64) -> None:
+            window: int, cfg, scale: float, interpreted: bool) -> None:
     """Add (or write) the dQ of the compression (mode 0, k/v compressed) or window (mode 1) branch
     into ``dq`` (B, H, T, D) float32. lse, delta: (B, H, T) float32 of that branch."""
     b, h, lq, d = q.shape
     hkv, n_keys = k.shape[1], k.shape[2]
     group = h // hkv
+    rows, warps, stages = LAUNCH["band_dq"]
     gp, bq = tile_rows(group, rows)
     dt, prec = dot_flags(q, interpreted)
     _band_dq_kernel[(triton.cdiv(lq, bq), b * hkv)](
@@ -362,12 +363,12 @@ def band_dq(q, k, v, do, lse, delta, gates, dq, *, mode: int, branch: int, accum
         lq, kv_len, n_keys, hkv, window, scale * LOG2E, scale,
         MODE=mode, BRANCH=branch, ACCUM=accumulate, G=group, GP=gp, BQ=bq, BN=64, D=d,
         STRIDE=cfg.stride, CBLOCK=cfg.block, DT=dt, PREC=prec,
-        num_warps=8 if d >= 128 else 4, num_stages=2,
+        num_warps=warps, num_stages=stages,
     )
 
 
 def band_dkdv(q, k, v, do, lse, delta, gates, dk, dv, *, mode: int, branch: int, accumulate: bool, kv_len: int,
-              window: int, cfg, scale: float, interpreted: bool, rows: int = 64) -> None:
+              window: int, cfg, scale: float, interpreted: bool) -> None:
     """Write (or add) dK, dV of the compression (mode 0) or window (mode 1) branch into the
     float32 buffers dk, dv shaped like k."""
     b, h, lq, d = q.shape
@@ -375,6 +376,7 @@ def band_dkdv(q, k, v, do, lse, delta, gates, dk, dv, *, mode: int, branch: int,
     if n_keys == 0:
         return
     group = h // hkv
+    rows, warps, stages = LAUNCH["band_dkdv"]
     gp, bq = tile_rows(group, rows)
     bn = 64
     dt, prec = dot_flags(q, interpreted)
@@ -384,7 +386,7 @@ def band_dkdv(q, k, v, do, lse, delta, gates, dk, dv, *, mode: int, branch: int,
         lq, kv_len, n_keys, hkv, window, scale * LOG2E, scale,
         MODE=mode, BRANCH=branch, ACCUM=accumulate, G=group, GP=gp, BQ=bq, BN=bn, D=d,
         STRIDE=cfg.stride, CBLOCK=cfg.block, DT=dt, PREC=prec,
-        num_warps=8 if d >= 128 else 4, num_stages=2,
+        num_warps=warps, num_stages=stages,
     )
 
 
@@ -395,6 +397,7 @@ def selection_dq(q, k, v, idx, do, lse, delta, gates, dq, *, sel_block: int, sca
     hkv, lk = k.shape[1], k.shape[2]
     group = h // hkv
     nsw = idx.shape[-1]
+    rows, warps, stages = LAUNCH["slc_dq"]
     dt, prec = dot_flags(q, interpreted)
     _selection_dq_kernel[(lq, b * hkv)](
         q, k, v, idx, do, lse, delta, gates, dq,
@@ -403,8 +406,8 @@ def selection_dq(q, k, v, idx, do, lse, delta, gates, dq, *, sel_block: int, sca
         do.stride(0), do.stride(1), do.stride(2), lse.stride(0), lse.stride(1),
         gates.stride(0), gates.stride(1), gates.stride(2), dq.stride(0), dq.stride(1), dq.stride(2),
         lq, lk, hkv, scale * LOG2E, scale,
-        ACCUM=accumulate, G=group, MP=max(16, _pow2(group)), SB=sel_block, D=d, NSW=nsw, NSWP=_pow2(nsw),
-        DT=dt, PREC=prec, num_warps=4, num_stages=2,
+        ACCUM=accumulate, G=group, MP=max(rows, _pow2(group)), SB=sel_block, D=d, NSW=nsw, NSWP=_pow2(nsw),
+        DT=dt, PREC=prec, num_warps=warps, num_stages=stages,
     )
 
 
@@ -446,7 +449,7 @@ def inverted_index(idx: torch.Tensor, n_blocks: int, segment: int) -> tuple[torc
 
 
 def selection_dkdv(q, k, v, idx, do, lse, delta, gates, dk, dv, *, sel_block: int, scale: float,
-                   interpreted: bool, segment: int | None = None, rows: int = 64) -> None:
+                   interpreted: bool, segment: int | None = None) -> None:
     """Write the selection branch's dK, dV into the zero-initialised float32 buffers dk, dv.
 
     ``segment``: queries per program (default :data:`SEGMENT`)."""
@@ -454,6 +457,7 @@ def selection_dkdv(q, k, v, idx, do, lse, delta, gates, dk, dv, *, sel_block: in
     b, h, lq, d = q.shape
     hkv, lk = k.shape[1], k.shape[2]
     group = h // hkv
+    rows, warps, stages = LAUNCH["slc_dkdv"]
     gp, bq = tile_rows(group, rows)
     n_blocks = -(-lk // sel_block)
     seg_bh, seg_j, seg_st, seg_en, seg_one, t_list = inverted_index(idx, n_blocks, segment)
@@ -463,7 +467,7 @@ def selection_dkdv(q, k, v, idx, do, lse, delta, gates, dk, dv, *, sel_block: in
         *_common(q, k, v, do, lse, gates), dk.stride(0), dk.stride(1), dk.stride(2),
         lq, lk, hkv, scale * LOG2E, scale,
         G=group, GP=gp, BQ=bq, SB=sel_block, D=d, DT=dt, PREC=prec,
-        num_warps=8 if d >= 128 else 4, num_stages=2,
+        num_warps=warps, num_stages=stages,
     )
 
 

@@ -222,11 +222,18 @@ def _dec_combine_kernel(
     tl.store(OUT + b * sob + head[:, None] * soh + d[None, :], out.to(OUT.dtype.element_ty), mask=row_ok[:, None])
 
 
+_TAPS: dict[tuple[int, int, str], torch.Tensor] = {}
+
+
 def _tap_weights(cfg, device: torch.device) -> torch.Tensor:
-    """Overlap (in strides) of compressed token ``j*R - (C-1) + tap`` with selection block j."""
+    """Overlap (in strides) of compressed token ``j*R - (C-1) + tap`` with selection block j
+    (cached per geometry and device: a decode step makes no host-to-device copy)."""
     r_, c_ = cfg.sel_block // cfg.stride, cfg.block // cfg.stride
-    w = [max(0, min(delta + c_, r_) - max(delta, 0)) for delta in range(-(c_ - 1), r_)]
-    return torch.tensor(w, dtype=torch.float32, device=device)
+    key = (r_, c_, str(device))
+    if key not in _TAPS:
+        w = [max(0, min(delta + c_, r_) - max(delta, 0)) for delta in range(-(c_ - 1), r_)]
+        _TAPS[key] = torch.tensor(w, dtype=torch.float32, device=device)
+    return _TAPS[key]
 
 
 def nsa_decode_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: torch.Tensor, k_cmp: torch.Tensor,

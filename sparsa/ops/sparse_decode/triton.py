@@ -540,24 +540,22 @@ def _quest_score_kernel(Q, KMIN, KMAX, TABLE, SEQ, OUT, stride_qb, stride_qh, st
 def quest_page_scores_triton(q: torch.Tensor, kmin: torch.Tensor, kmax: torch.Tensor, page_table: torch.Tensor,
                              seq_lens: torch.Tensor, page_size: int, *, max_pages: int | None = None,
                              block_p: int = 64) -> torch.Tensor:
-    """Quest page scores (see :func:`reference.quest_page_scores_ref`); (B, Hkv, max_pages) float32.
+    """Quest page scores (see :func:`reference.quest_page_scores_ref`), float32 (B, Hkv, W).
 
-    ``max_pages`` bounds the pages scored (default: the page table's width); entries past it
-    are left unwritten, so pass a bound >= every sequence's current page.
+    W = ``max_pages`` (default: the page table's width): pass a bound >= every sequence's
+    current page + 1; pages at or past a sequence's current page score -inf.
     """
     b, h, d = q.shape
     hkv = kmin.shape[1]
     check_kernel_query(q, hkv)
-    mp = page_table.shape[1]
-    bound = mp if max_pages is None else min(mp, max_pages)
-    out = torch.full((b, hkv, mp), float("-inf"), device=q.device, dtype=torch.float32) if bound < mp else \
-        torch.empty(b, hkv, mp, device=q.device, dtype=torch.float32)
+    width = page_table.shape[1] if max_pages is None else min(page_table.shape[1], max_pages)
+    out = torch.empty(b, hkv, width, device=q.device, dtype=torch.float32)
     if q.stride(-1) != 1:
         q = q.contiguous()
     group = h // hkv
-    grid = (b * hkv, triton.cdiv(max(bound, 1), block_p))
+    grid = (b * hkv, triton.cdiv(max(width, 1), block_p))
     _quest_score_kernel[grid](q, kmin.contiguous(), kmax.contiguous(), page_table.contiguous(), seq_lens.contiguous(),
-                              out, q.stride(0), q.stride(1), page_table.stride(0), mp, hkv, page_size,
+                              out, q.stride(0), q.stride(1), page_table.stride(0), width, hkv, page_size,
                               G=group, GP=group_rows(group), D=d, BLOCK_P=block_p, num_warps=4)
     return out
 
