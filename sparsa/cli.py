@@ -99,5 +99,45 @@ def train(
     typer.echo(res.message)
 
 
+bench_app = typer.Typer(no_args_is_help=True, help="GPU benchmarks against dense attention (results as JSON).")
+app.add_typer(bench_app, name="bench")
+
+
+def _floats(values: list[str] | None) -> list[float | None] | None:
+    if not values:
+        return None
+    out: list[float | None] = []
+    for v in values:
+        if v.lower() in ("paper", "none"):
+            out.append(None)
+            continue
+        try:
+            out.append(float(v))
+        except ValueError:
+            raise typer.BadParameter(f"{v!r} is not a number or 'paper'", param_hint="--compression") from None
+    return out
+
+
+@bench_app.command("prefill")
+def bench_prefill(
+    context: list[int] = typer.Option([65536, 131072], "--context", "-n", help="Context lengths (repeatable)."),
+    method: list[str] = typer.Option(["block_sparse", "vertical_slash"], "--method", "-m",
+                                     help="block_sparse and/or vertical_slash."),
+    compression: list[str] = typer.Option(["10", "paper"], "--compression", "-c",
+                                          help="Targets; 'paper' = vertical-slash's 1000 + 6096 lines."),
+    check: bool = typer.Option(True, "--check/--no-check", help="Compare with the reference at real size first."),
+    out: str = typer.Option("benchmarks/results/prefill.json", "--out", help="Results JSON (appended row by row)."),
+) -> None:
+    """Sparse prefill kernels vs SDPA cuDNN / FLASH / FlexAttention on this GPU (Llama-3-8B attention shape)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        typer.echo("error: `sparsa bench` needs a CUDA GPU", err=True)
+        raise typer.Exit(2)
+    from .bench.prefill import run_prefill_bench
+
+    run_prefill_bench(context, method, _floats(compression) or [None], check, out)
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()
