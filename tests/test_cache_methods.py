@@ -97,8 +97,8 @@ def test_streaming_keeps_sinks_and_window():
         read = sorted({0, 1} | set(range(t - 6, t + 1)))
         g = 4
         for h in range(8):
-            ref = explicit_attention(q[:, h:h + 1, t:t + 1], k[:, h // g:h // g + 1, read], v[:, h // g:h // g + 1, read],
-                                     torch.ones(1, 1, 1, len(read), dtype=torch.bool))
+            kh, vh = k[:, h // g:h // g + 1, read], v[:, h // g:h // g + 1, read]
+            ref = explicit_attention(q[:, h:h + 1, t:t + 1], kh, vh, torch.ones(1, 1, 1, len(read), dtype=torch.bool))
             assert rel_err(out[:, h], ref[:, 0, 0]) <= 1e-10
         assert kept_sets(dec) == [[{0, 1} | set(range(t - 5, t + 1))] * 2]
 
@@ -161,8 +161,9 @@ def test_ragged_batch_equals_each_sequence_alone(method):
              for i, n in enumerate(lengths)]
     g = torch.Generator().manual_seed(9)
     for _ in range(5):
-        qt, kt, vt = torch.randn(2, 8, 16, generator=g, dtype=torch.float64), \
-            torch.randn(2, 2, 16, generator=g, dtype=torch.float64), torch.randn(2, 2, 16, generator=g, dtype=torch.float64)
+        qt = torch.randn(2, 8, 16, generator=g, dtype=torch.float64)
+        kt = torch.randn(2, 2, 16, generator=g, dtype=torch.float64)
+        vt = torch.randn(2, 2, 16, generator=g, dtype=torch.float64)
         out, stats = dec.step(qt, kt, vt)
         for i in range(2):
             o, s = alone[i].step(qt[i:i + 1], kt[i:i + 1], vt[i:i + 1])

@@ -103,7 +103,8 @@ def build_decoder(name: str | None, compression: float | None, k: torch.Tensor, 
         sel = adaptive_selection(scores, cap, head_floor(cap, m.floor_ratio))
         counts = sel.sum(-1)
     pos = _kept_random(b, hkv, length, counts, window, gen, dev)
-    cache = VarlenKVCache.from_dense(k, v, pos, quant=quant, reserve=growing_reserve(int(counts.max()) + window))
+    cache = VarlenKVCache.from_dense(k, v, pos, quant=quant,
+                                     reserve=growing_reserve(float(counts.double().mean()) + window))
     return EvictingDecoder(m, cache, heads, scale, None, None)
 
 
@@ -321,7 +322,6 @@ class DecodeBench:
                 + (f" err {metrics['check_rel_err']:.1e}" if "check_rel_err" in metrics else ""))
         print(line, flush=True)
         self.table.append(line)
-        del dec
 
 
 def _params(name: str | None, comp: Any, quant: str | None) -> dict[str, Any]:
@@ -358,7 +358,6 @@ def tune_kernels(deadline: float) -> dict[str, Any]:
     if best:
         kt.set_launch_defaults("varlen", **best[1])
         chosen["varlen"] = best[1]
-    del dec, c
     dec = build_decoder("quest", None, k, k, 32, None, gen, budget=4096)
     c = dec.cache
     ps = c.page_size
@@ -386,8 +385,6 @@ def tune_kernels(deadline: float) -> dict[str, Any]:
     t_sel = graph_ms(lambda: kt.quest_select_triton(s, c.seq_lens, ps, dec.n_select, 257))
     print(f"  quest parts at 64K B16: scores {t_score * 1000:.1f} us, select {t_sel * 1000:.1f} us", flush=True)
     chosen["quest_parts_us"] = {"scores": round(t_score * 1000, 1), "select": round(t_sel * 1000, 1)}
-    del dec, c, k
-    torch.cuda.empty_cache()
     return chosen
 
 
@@ -420,6 +417,28 @@ def plan(contexts: Sequence[int], batches: Sequence[int], shapes: Sequence[str],
     tiers.append([(st, jobs(c10, other_q, False) + quest_b) for st in settings[1:]])
     tiers.append([(st, jobs(rest_c, first_q + other_q, False)) for st in settings[1:]])
     return [(st[0], st[1], st[2], js) for tier in tiers for st, js in tier if js]
+
+
+def run_decode_bench(*, contexts: Sequence[int] = CONTEXTS, batches: Sequence[int] = BATCHES,
+                     shapes: Sequence[str] = tuple(SHAPES), methods: Sequence[str] = METHODS,
+                     compressions: Sequence[float] = COMPRESSIONS, quants: Sequence[str | None] = QUANTS,
+                     out_path: str | Path = "benchmarks/results/decode.json", budget_s: float = 1e9,
+                     check: bool = True, tune: bool = True) -> DecodeBench:
+    """Run the benchmark until done or ``budget_s`` seconds have passed; rows already in the results
+    file (same device) are skipped, so a second call continues the first."""
+    if not torch.cuda.is_available():
+        raise SystemExit("the decode benchmark needs a CUDA GPU")
+    t0 = time.time()
+    deadline = t0 + budget_s
+    bench = DecodeBench(out_path, deadline, check=check)
+    if tune:
+        bench.file.header["tuning"] = tune_kernels(t0 + 0.25 * budget_s)
+    for shape, ctx, batch, jobs in plan(contexts, batches, shapes, methods, compressions, quants):
+        if bench.out_of_time():
+            break
+        bench.setting(shape, ctx, batch, jobs)
+    print(f"\n{len(bench.table)} rows in {time.time() - t0:.0f} s", flush=True)
+    return bench
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -32,10 +32,11 @@ from .varlen import VarlenKVCache, check_lengths
 H2O_RESERVE = 16          # free rows per head above the budget: one host sync per this many steps
 
 
-def growing_reserve(kept: int) -> int:
-    """Free rows per head for methods that keep every generated token: 1/16 of what is kept
-    (at least 16), so growth costs a re-layout every ~kept/16 steps and little memory."""
-    return max(16, kept // 16)
+def growing_reserve(kept_mean: float) -> int:
+    """Free rows per head for methods that keep every generated token: 1/16 of what a head
+    keeps on average (at least 16). Every head grows by one token per step, so the same room
+    serves all heads; the store is re-laid out every ~kept/16 steps and holds ~6% extra."""
+    return max(16, int(kept_mean) // 16)
 _UNLIMITED = -1
 
 
@@ -219,7 +220,8 @@ class QuestDecoder(CacheDecoder):
                 per_read.append((toks * per_tok + cur * per_meta) / (toks + cur))
         read = torch.tensor(reads, dtype=torch.float64)[:, None].expand(c.batch, c.kv_heads)
         bpr = torch.tensor(per_read, dtype=torch.float64)[:, None]
-        return out, StepStats(read, self.heads, seq_host, bpr, c.nbytes(), {"page_size": ps, "pages": self.n_select_host})
+        return out, StepStats(read, self.heads, seq_host, bpr, c.nbytes(),
+                              {"page_size": ps, "pages": self.n_select_host})
 
     def rewind(self, n: int = 1) -> None:
         self.cache.rewind(n)
@@ -316,7 +318,7 @@ def init_cache(method: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *
         states = rows(lambda qq, kk, vv: m.init_decode(qq, kk, vv, scale=sc))
         pos = stack_positions([s.positions for s in states])
         if reserve is None:
-            res = growing_reserve(int((pos >= 0).sum(-1).max()))
+            res = growing_reserve(float((pos >= 0).sum(-1).double().mean()))
         cache = VarlenKVCache.from_dense(k, v, pos, lengths=seq if ragged else None, quant=spec, reserve=res)
         return EvictingDecoder(m, cache, h, sc, backend, None)
     raise TypeError(f"method: {type(m).__name__} has no cache adapter; supported: h2o, snapkv, ada_snapkv, "

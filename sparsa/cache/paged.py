@@ -219,7 +219,8 @@ class PagedKVCache:
         if _use_append_kernel(backend, self.device, d):
             from ..ops.sparse_decode.triton import append_triton
             append_triton(k_new, v_new, self.k, self.v, self.seq_lens, page_table=self.page_table, kmin=self.kmin,
-                          kmax=self.kmax, page_size=ps, widen=self.quant is not None)
+                          kmax=self.kmax, page_size=ps,
+                          widen=self.quant is not None and self.dtype != torch.float32)
             self.seq_lens += 1
             self._seq_host = [s + 1 for s in self._seq_host]
             return

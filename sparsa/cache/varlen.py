@@ -200,8 +200,9 @@ class VarlenKVCache:
         if self.length.numel():
             self._len_bound = int(self.length.max())
             self._free_bound = int((self.capacity - self.length.to(torch.int64)).min())
+            self._tokens_bound = int(self.length.sum())
         else:
-            self._len_bound, self._free_bound = 0, 1 << 62
+            self._len_bound, self._free_bound, self._tokens_bound = 0, 1 << 62, 0
 
     @property
     def device(self) -> torch.device:
@@ -306,6 +307,7 @@ class VarlenKVCache:
         self._seq_host = [s + 1 for s in self._seq_host]
         self._len_bound += 1
         self._free_bound -= 1
+        self._tokens_bound += self.batch * self.kv_heads
 
     def _append_torch(self, k_new: torch.Tensor, v_new: torch.Tensor) -> None:
         rows = (self.start + self.length.to(torch.int64)).flatten()
@@ -335,6 +337,7 @@ class VarlenKVCache:
         self.seq_lens -= n
         self._seq_host = [s - n for s in self._seq_host]
         self._free_bound += n
+        self._tokens_bound -= n * self.batch * self.kv_heads
 
     def remove_slots(self, victim: torch.Tensor) -> None:
         """Evict at most one token per head: victim (B, Hkv) int64 slot in the region, -1 = none.
@@ -369,6 +372,7 @@ class VarlenKVCache:
         for t in tensors:
             t[dst] = t[src]
         self.length = kp.sum(-1).to(torch.int32)
+        self.refresh_bounds()
 
     # ------------------------------------------------------------------ reading
 
@@ -434,7 +438,8 @@ class VarlenKVCache:
             from ..ops.sparse_decode.triton import varlen_decode_triton
             logits = self.logits_buffer(q.shape[1] // self.kv_heads) if want_scores else None
             out, lse = varlen_decode_triton(q, self.k, self.v, self.start, self.length, scale=scale,
-                                            max_len=self._len_bound, logits=logits)
+                                            max_len=self._len_bound, logits=logits,
+                                            avg_len=self._tokens_bound / max(1, self.batch * self.kv_heads))
             return out, (("logits", logits, lse) if want_scores else None)
         if want_scores:
             out, probs = varlen_decode_ref(q, self.k, self.v, self.start, self.length, scale=scale, return_probs=True)

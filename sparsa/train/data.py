@@ -169,7 +169,7 @@ class StreamDataset(torch.utils.data.Dataset):
 
 
 def _with_repeats(rng: random.Random, text: list[int]) -> list[int]:
-    """Interleave ``text`` with copies of spans seen earlier in it (same length out).
+    """Interleave ``text`` with copies of spans seen earlier in it (same length out; ~40% copies).
 
     Predicting a copied span's tokens is pure in-context copying, a dense signal that makes
     the attention heads retrieval needs (induction heads) form early in training.
@@ -178,11 +178,11 @@ def _with_repeats(rng: random.Random, text: list[int]) -> list[int]:
     out: list[int] = []
     pos = 0
     while len(out) < n:
-        take = rng.randint(32, 160)
+        take = rng.randint(16, 128)
         out.extend(text[pos:pos + take])
         pos += take
-        if len(out) >= 48 and rng.random() < 0.6:
-            k = rng.randint(8, 64)
+        if rng.random() < 0.8:
+            k = rng.randint(16, 128)
             s = rng.randrange(0, max(1, len(out) - k))
             out.extend(out[s:s + k])
     return out[:n]

@@ -97,8 +97,10 @@ def test_forward_backward_match_reference_fp32(b, h, hkv, lq, lk, d, cfg):
 
 def test_learned_compression_separate_window_kv_and_split_selection_lists(monkeypatch):
     """Gradients reach the compression MLP and k_win/v_win; dK/dV of blocks chosen by many
-    queries are summed over several programs (short segments force the split)."""
+    queries, and of compressed keys, are summed over several programs (short segments and
+    query chunks force the split)."""
     monkeypatch.setattr(triton_bwd, "SEGMENT", 8)
+    monkeypatch.setattr(triton_bwd, "Q_CHUNK", 16)   # compression dK/dV split over programs too
     b, h, hkv, lq, d = 1, 8, 2, 66, 64
     q, k, v, gates, do = inputs(b, h, hkv, lq, lq, d, seed=5)
     gen = torch.Generator().manual_seed(6)

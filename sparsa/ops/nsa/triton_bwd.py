@@ -32,6 +32,7 @@ from .triton_fwd import LAUNCH, LOG2E, _pow2, dot_flags, tile_rows
 MODE_CMP = 0
 MODE_WIN = 1
 SEGMENT = 256  # queries per selection dK/dV program; longer lists are split
+Q_CHUNK = 2048  # queries per compression dK/dV program (a key tile's range is split beyond)
 
 
 @triton.jit
@@ -147,14 +148,15 @@ def _band_dkdv_kernel(
     Q, K, V, DO, LSE, DELTA, GATES, DK, DV,
     sqb, sqh, sqt, skb, skh, skn, svb, svh, svn, sdb, sdh, sdt, slb, slh, sgb, sgh, sgt,
     sxb, sxh, sxn,
-    q_len, kv_len, n_keys, kv_heads, window, qk_scale, sm_scale,
-    MODE: tl.constexpr, BRANCH: tl.constexpr, ACCUM: tl.constexpr,
+    q_len, kv_len, n_keys, kv_heads, window, qk_scale, sm_scale, q_chunk,
+    MODE: tl.constexpr, BRANCH: tl.constexpr, ACCUM: tl.constexpr, SPLIT: tl.constexpr,
     G: tl.constexpr, GP: tl.constexpr, BQ: tl.constexpr, BN: tl.constexpr, D: tl.constexpr,
     STRIDE: tl.constexpr, CBLOCK: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr,
 ):
     M: tl.constexpr = GP * BQ
     kb = tl.program_id(0)
     pid = tl.program_id(1)
+    split = tl.program_id(2)
     b = (pid // kv_heads).to(tl.int64)
     kh = pid % kv_heads
     off = kv_len - q_len
@@ -170,7 +172,8 @@ def _band_dkdv_kernel(
     else:
         t_lo = tl.maximum(kb * BN - off, 0)
         t_hi = tl.minimum(kb * BN + BN + window - 1 - off, q_len)
-    t_lo = (t_lo // BQ) * BQ
+    t_lo = (t_lo // BQ) * BQ + split * q_chunk       # this program's share of the queries
+    t_hi = tl.minimum(t_hi, t_lo + q_chunk)
 
     r = tl.arange(0, M)
     g = r // BQ
@@ -198,11 +201,18 @@ def _band_dkdv_kernel(
         dk = tl.dot(tl.trans((ds).to(DT)), q, dk, input_precision=PREC)
     dk = dk * sm_scale
     x_off = b * sxb + kh.to(tl.int64) * sxh + kk[:, None].to(tl.int64) * sxn + d[None, :]
-    if ACCUM:
-        dk += tl.load(DK + x_off, mask=k_ok[:, None], other=0.0)
-        dv += tl.load(DV + x_off, mask=k_ok[:, None], other=0.0)
-    tl.store(DK + x_off, dk, mask=k_ok[:, None])
-    tl.store(DV + x_off, dv, mask=k_ok[:, None])
+    if SPLIT:
+        # several programs share a key tile (a few per tile: low contention); the buffers hold
+        # zeros or the contribution of another branch
+        ok = (k_ok & (n * 0 + t_lo < t_hi))[:, None] & (d[None, :] < D)
+        tl.atomic_add(DK + x_off, dk, mask=ok)
+        tl.atomic_add(DV + x_off, dv, mask=ok)
+    else:
+        if ACCUM:
+            dk += tl.load(DK + x_off, mask=k_ok[:, None], other=0.0)
+            dv += tl.load(DV + x_off, mask=k_ok[:, None], other=0.0)
+        tl.store(DK + x_off, dk, mask=k_ok[:, None])
+        tl.store(DV + x_off, dv, mask=k_ok[:, None])
 
 
 @triton.jit
@@ -370,7 +380,12 @@ def band_dq(q, k, v, do, lse, delta, gates, dq, *, mode: int, branch: int, accum
 def band_dkdv(q, k, v, do, lse, delta, gates, dk, dv, *, mode: int, branch: int, accumulate: bool, kv_len: int,
               window: int, cfg, scale: float, interpreted: bool) -> None:
     """Write (or add) dK, dV of the compression (mode 0) or window (mode 1) branch into the
-    float32 buffers dk, dv shaped like k."""
+    float32 buffers dk, dv shaped like k.
+
+    Compression key tiles are seen by all later queries: their query range is cut into chunks
+    of :data:`Q_CHUNK` handled by separate programs, which add their results atomically (a
+    handful per tile), so with more than one chunk ``dk``/``dv`` must hold zeros or the sum
+    to add to, whatever ``accumulate`` says."""
     b, h, lq, d = q.shape
     hkv, n_keys = k.shape[1], k.shape[2]
     if n_keys == 0:
@@ -379,12 +394,15 @@ def band_dkdv(q, k, v, do, lse, delta, gates, dk, dv, *, mode: int, branch: int,
     rows, warps, stages = LAUNCH["band_dkdv"]
     gp, bq = tile_rows(group, rows)
     bn = 64
+    # a compressed key tile is seen by every later query: split that range over programs
+    chunk = max(bq, (Q_CHUNK // bq) * bq) if mode == MODE_CMP else lq + bq
+    n_split = triton.cdiv(lq, chunk)
     dt, prec = dot_flags(q, interpreted)
-    _band_dkdv_kernel[(triton.cdiv(n_keys, bn), b * hkv)](
+    _band_dkdv_kernel[(triton.cdiv(n_keys, bn), b * hkv, n_split)](
         q, k, v, do, lse, delta, gates, dk, dv, *_common(q, k, v, do, lse, gates),
         dk.stride(0), dk.stride(1), dk.stride(2),
-        lq, kv_len, n_keys, hkv, window, scale * LOG2E, scale,
-        MODE=mode, BRANCH=branch, ACCUM=accumulate, G=group, GP=gp, BQ=bq, BN=bn, D=d,
+        lq, kv_len, n_keys, hkv, window, scale * LOG2E, scale, chunk,
+        MODE=mode, BRANCH=branch, ACCUM=accumulate, SPLIT=n_split > 1, G=group, GP=gp, BQ=bq, BN=bn, D=d,
         STRIDE=cfg.stride, CBLOCK=cfg.block, DT=dt, PREC=prec,
         num_warps=warps, num_stages=stages,
     )

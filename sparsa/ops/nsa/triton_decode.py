@@ -13,8 +13,8 @@ Per (batch, KV head) the group's query heads share one tile (padded to 16 rows).
 3. ``_dec_sparse_kernel`` (selection splits + window chunks x batch*kv_heads): each selection
    program merges the chunk lists into the final top-k and attends its share of the chosen
    blocks; each window program attends a chunk of the window; partial softmax out.
-4. ``_dec_combine_kernel`` (batch*kv_heads): merges the partials of each branch and mixes
-   them with the gates.
+4. ``_dec_combine_kernel`` (batch*heads): merges the partials of each branch in one step
+   (all partials of a query row loaded at once) and mixes them with the gates.
 
 Only the compressed tokens, the selected blocks and the window are read from the cache.
 """
@@ -176,50 +176,45 @@ def _dec_sparse_kernel(
 
 
 @triton.jit
-def _merge(MPART, LPART, APART, base, lo, hi, r, d, MP: tl.constexpr, D: tl.constexpr):
-    """Merge partial softmax results lo..hi-1 of one (batch, KV head); returns the normalised output."""
-    m = tl.full([MP], float("-inf"), dtype=tl.float32)
-    l = tl.zeros([MP], dtype=tl.float32)
-    acc = tl.zeros([MP, D], dtype=tl.float32)
-    for c in range(lo, hi):
-        part = (base + c) * MP + r
-        mc = tl.load(MPART + part)
-        lc = tl.load(LPART + part)
-        ac = tl.load(APART + part[:, None] * D + d[None, :])
-        m_new = tl.maximum(m, mc)
-        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-        a1 = tl.exp2(m - m_use)
-        a2 = tl.exp2(mc - m_use)
-        l = l * a1 + lc * a2
-        acc = acc * a1[:, None] + ac * a2[:, None]
-        m = m_new
-    return acc / tl.where(l > 0.0, l, 1.0)[:, None]
+def _merge(MPART, LPART, APART, base, lo, hi, row, d, MP: tl.constexpr, D: tl.constexpr, NP: tl.constexpr):
+    """Merge the partial softmax results lo..hi-1 (at most NP) of one query row in one step;
+    returns its normalised output (D,)."""
+    c = lo + tl.arange(0, NP)
+    ok = c < hi
+    part = (base + c) * MP + row
+    m = tl.load(MPART + part, mask=ok, other=float("-inf"))
+    l = tl.load(LPART + part, mask=ok, other=0.0)
+    a = tl.load(APART + part[:, None] * D + d[None, :], mask=ok[:, None], other=0.0)
+    mx = tl.max(m, 0)
+    w = tl.exp2(m - tl.where(mx == float("-inf"), 0.0, mx))
+    den = tl.sum(l * w, 0)
+    acc = tl.sum(a * w[:, None], 0)
+    return acc / tl.where(den > 0.0, den, 1.0)
 
 
 @triton.jit
 def _dec_combine_kernel(
     M1, L1, A1, M2, L2, A2, GATES, OUT,
     sgb, sgh, sgc, sob, soh,
-    n_chunks1, n_parts2, kv_heads,
+    n_chunks1, n_parts2, kv_heads, heads,
     G: tl.constexpr, MP: tl.constexpr, D: tl.constexpr, NSPL: tl.constexpr,
+    NP1: tl.constexpr, NP2: tl.constexpr, NP3: tl.constexpr,
 ):
-    bh = tl.program_id(0)
-    bh64 = bh.to(tl.int64)
-    b = (bh // kv_heads).to(tl.int64)
-    kh = (bh % kv_heads).to(tl.int64)
-    r = tl.arange(0, MP)
-    row_ok = r < G
+    pid = tl.program_id(0)                      # one (batch, query head)
+    b = pid // heads
+    h = pid % heads
+    bh64 = (b * kv_heads + h // G).to(tl.int64)
+    row = h % G
     d = tl.arange(0, D)
-    head = kh * G + r
-    o_cmp = _merge(M1, L1, A1, bh64 * n_chunks1, 0, n_chunks1, r, d, MP, D)
-    o_slc = _merge(M2, L2, A2, bh64 * n_parts2, 0, NSPL, r, d, MP, D)
-    o_win = _merge(M2, L2, A2, bh64 * n_parts2, NSPL, n_parts2, r, d, MP, D)
-    g_ptr = GATES + b * sgb + head * sgh
-    g0 = tl.load(g_ptr, mask=row_ok, other=0.0).to(tl.float32)
-    g1 = tl.load(g_ptr + sgc, mask=row_ok, other=0.0).to(tl.float32)
-    g2 = tl.load(g_ptr + 2 * sgc, mask=row_ok, other=0.0).to(tl.float32)
-    out = g0[:, None] * o_cmp + g1[:, None] * o_slc + g2[:, None] * o_win
-    tl.store(OUT + b * sob + head[:, None] * soh + d[None, :], out.to(OUT.dtype.element_ty), mask=row_ok[:, None])
+    o_cmp = _merge(M1, L1, A1, bh64 * n_chunks1, 0, n_chunks1, row, d, MP, D, NP1)
+    o_slc = _merge(M2, L2, A2, bh64 * n_parts2, 0, NSPL, row, d, MP, D, NP2)
+    o_win = _merge(M2, L2, A2, bh64 * n_parts2, NSPL, n_parts2, row, d, MP, D, NP3)
+    g_ptr = GATES + b.to(tl.int64) * sgb + h.to(tl.int64) * sgh
+    g0 = tl.load(g_ptr).to(tl.float32)
+    g1 = tl.load(g_ptr + sgc).to(tl.float32)
+    g2 = tl.load(g_ptr + 2 * sgc).to(tl.float32)
+    out = g0 * o_cmp + g1 * o_slc + g2 * o_win
+    tl.store(OUT + b.to(tl.int64) * sob + h.to(tl.int64) * soh + d, out.to(OUT.dtype.element_ty))
 
 
 _TAPS: dict[tuple[int, int, str], torch.Tensor] = {}
@@ -260,9 +255,11 @@ def nsa_decode_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: tor
         k_cmp = q.new_zeros(b, hkv, 1, d)
         v_cmp = k_cmp
 
+    # chunks of compressed tokens: enough programs to fill the GPU, at most 32 partials to merge
     ch = 256
     while ch > 16 and bh * triton.cdiv(max(n_cmp, 1), ch) < target_programs:
         ch //= 2
+    ch = max(ch, min(256, _pow2(triton.cdiv(max(n_cmp, 1), 32))))
     nc1 = triton.cdiv(max(n_cmp, 1), ch)
     sbuf = torch.empty(bh * group * max(n_cmp, 1), device=dev, dtype=torch.float32)
     m1 = torch.empty(bh, nc1, mp, device=dev, dtype=torch.float32)
@@ -278,7 +275,7 @@ def nsa_decode_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: tor
     r_, c_ = cfg.sel_block // cfg.stride, cfg.block // cfg.stride
     n_sel = cfg.n_sel_blocks(lk)
     nsp = _pow2(cfg.n_select)
-    bsd = 64
+    bsd = max(64, min(256, _pow2(triton.cdiv(n_sel, 8))))   # at most ~8 candidate lists to merge
     nc2 = triton.cdiv(n_sel, bsd)
     cand = torch.empty(bh, nc2, nsp, device=dev, dtype=torch.int64)
     _dec_topk_kernel[(nc2, bh)](
@@ -308,10 +305,11 @@ def nsa_decode_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: tor
     )
 
     out = torch.empty(b, h, d, device=dev, dtype=q.dtype)
-    _dec_combine_kernel[(bh,)](
+    _dec_combine_kernel[(b * h,)](
         m1, l1, a1, m2, l2, a2, gates, out,
         gates.stride(0), gates.stride(1), gates.stride(2), out.stride(0), out.stride(1),
-        nc1, nspl + nwin, hkv, G=group, MP=mp, D=d, NSPL=nspl, num_warps=4,
+        nc1, nspl + nwin, hkv, h, G=group, MP=mp, D=d, NSPL=nspl,
+        NP1=_pow2(nc1), NP2=_pow2(nspl), NP3=_pow2(max(nwin, 1)), num_warps=4,
     )
     return out, idx
 

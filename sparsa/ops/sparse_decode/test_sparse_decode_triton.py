@@ -107,7 +107,7 @@ def paged_setup(gen, b=2, hkv=2, d=32, page=4, pages=30, seq=(45, 13), dtype=tor
                                                (5, 3, 4, "int8"), (16, 1, 8, None)])
 def test_quest_kernels_match_reference(page, nsel, h, quant):
     gen = torch.Generator().manual_seed(page * 10 + nsel)
-    b, hkv, d = 2, 2, 32
+    b, d = 2, 32
     table, seq, k, v, kmin, kmax = paged_setup(gen, page=page, seq=(min(45, 12 * page), 13))
     q = torch.randn(b, h, d, generator=gen)
     ref_s = quest_page_scores_ref(q, kmin, kmax, table, seq, page)
@@ -223,3 +223,37 @@ def test_evict_kernels_match_reference(quant):
     evict_update_triton("streaming", k, v, t_pos, start, t_len, seq, sink, window, head_dim=d, block=8)
     assert torch.equal(t_len, length - (victims >= 0).to(torch.int32))
     assert (victims[1] < 0).all()
+
+
+@pytest.mark.parametrize("quant", [None, "int8", "int8:g16", "int4", "int4:g16"])
+def test_append_kernel_writes_what_the_torch_path_writes(quant):
+    import copy
+
+    from sparsa.cache import PagedKVCache, VarlenKVCache
+    gen = torch.Generator().manual_seed(11)
+    b, hkv, L, d = 2, 2, 21, 64
+    k = torch.randn(b, hkv, L + 1, d, generator=gen) * 3
+    v = torch.randn(b, hkv, L + 1, d, generator=gen)
+    for cache in (VarlenKVCache.from_dense(k[:, :, :L], v[:, :, :L], quant=quant, track_scores=True),
+                  PagedKVCache.from_dense(k[:, :, :L], v[:, :, :L], page_size=4, quant=quant)):
+        a, r = copy.deepcopy(cache), copy.deepcopy(cache)
+        a.append(k[:, :, L], v[:, :, L], backend="triton")
+        r.append(k[:, :, L], v[:, :, L], backend="reference")
+        assert torch.equal(a.seq_lens, r.seq_lens)
+        names = ["k", "v", "pos", "score", "length"] if isinstance(cache, VarlenKVCache) else ["k", "v", "kmin", "kmax"]
+        for name in names:
+            x, y = getattr(a, name), getattr(r, name)
+            if hasattr(x, "data") and not isinstance(x, torch.Tensor):
+                for t1, t2 in ((x.data, y.data), (x.scale, y.scale), (x.zero, y.zero)):
+                    assert t1 is None or torch.equal(t1, t2), name
+            else:
+                assert torch.equal(x, y), name
+
+
+def test_heads_of_very_different_lengths_split_by_the_average():
+    gen = torch.Generator().manual_seed(12)
+    start, length, rows = varlen_layout([[300, 3], [17, 0]])
+    q = torch.randn(2, 8, 32, generator=gen)
+    k, v = torch.randn(rows, 32, generator=gen), torch.randn(rows, 32, generator=gen)
+    out, _ = varlen_decode_triton(q, k, v, start, length, avg_len=80.0, block_n=16)
+    assert rel_err(out, varlen_decode_ref(q, k, v, start, length)) <= 1e-5

@@ -84,8 +84,9 @@ class _Store:
 
 
 # launch parameters per kernel family; the benchmark may retune them for the card it runs on
+# (the defaults won the benchmark's tuning on an H100 80GB HBM3: bf16, head_dim 128, 64K, batch 16)
 LAUNCH: dict[str, dict[str, int]] = {
-    "varlen": {"block_n": 64, "num_warps": 4, "num_stages": 3, "split_factor": 2},
+    "varlen": {"block_n": 128, "num_warps": 8, "num_stages": 3, "split_factor": 2},
     "paged": {"block_n": 64, "num_warps": 4, "num_stages": 3, "split_factor": 2},
 }
 
@@ -104,16 +105,34 @@ def set_launch_defaults(kind: str, **params: int) -> None:
 def default_splits(rows: int, max_tokens: int, block_n: int, split_factor: int = 2) -> int:
     """Splits per KV head: about ``split_factor`` programs per multiprocessor, each with >= 4 tiles."""
     most = max(1, triton.cdiv(max_tokens, 4 * block_n))
-    if q_device_sms() == 0:
+    if device_sms() == 0:
         return min(4, most)
-    want = triton.cdiv(split_factor * q_device_sms(), max(rows, 1))
+    want = triton.cdiv(split_factor * device_sms(), max(rows, 1))
     return min(_pow2(max(1, want)), _pow2(most), 128)
+
+
+MAX_SPLITS = 256
+
+
+def split_plan(rows: int, max_tokens: int, block_n: int, split_factor: int = 2,
+               avg_tokens: float | None = None) -> tuple[int, int]:
+    """(splits per KV head, tokens per split). The split size is set by the average head (when
+    known), so that a head several times longer than the rest is cut into more splits rather
+    than holding up the launch; short heads' extra programs exit at once."""
+    ref = max_tokens if avg_tokens is None else int(max(1, min(max_tokens, math.ceil(avg_tokens))))
+    chunk = triton.cdiv(triton.cdiv(ref, default_splits(rows, ref, block_n, split_factor)), block_n) * block_n
+    splits = triton.cdiv(max_tokens, chunk)
+    if splits > MAX_SPLITS:
+        splits = MAX_SPLITS
+        chunk = triton.cdiv(triton.cdiv(max_tokens, splits), block_n) * block_n
+        splits = triton.cdiv(max_tokens, chunk)
+    return max(1, splits), chunk
 
 
 _SMS: list[int] = []
 
 
-def q_device_sms() -> int:
+def device_sms() -> int:
     if not _SMS:
         _SMS.append(torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
                     if torch.cuda.is_available() else 0)
@@ -291,7 +310,7 @@ def _combine_kernel(PO, PM, PL, OUT, LSE, stride_ob, stride_oh, kv_heads, n_spli
 def _launch_decode(q: torch.Tensor, k, v, kv_heads: int, *, scale: float | None, max_tokens: int,
                    start=None, length=None, plist=None, nlist=None, table=None, seq=None, page_size: int = 1,
                    logits: torch.Tensor | None = None, block_n: int | None = None, num_splits: int | None = None,
-                   num_warps: int | None = None, num_stages: int | None = None,
+                   num_warps: int | None = None, num_stages: int | None = None, avg_tokens: float | None = None,
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     b, h, d = q.shape
     check_kernel_query(q, kv_heads)
@@ -308,8 +327,11 @@ def _launch_decode(q: torch.Tensor, k, v, kv_heads: int, *, scale: float | None,
     if block_n is None:
         block_n = cfg["block_n"] if d <= 128 else min(32, cfg["block_n"])
     max_tokens = max(int(max_tokens), 1)
-    splits = num_splits or default_splits(rows, max_tokens, block_n, cfg["split_factor"])
-    chunk = triton.cdiv(triton.cdiv(max_tokens, splits), block_n) * block_n
+    if num_splits:
+        splits = num_splits
+        chunk = triton.cdiv(triton.cdiv(max_tokens, splits), block_n) * block_n
+    else:
+        splits, chunk = split_plan(rows, max_tokens, block_n, cfg["split_factor"], avg_tokens)
     dev = q.device
     po = torch.empty(rows * splits * group * d, device=dev, dtype=torch.float32)
     pm = torch.empty(rows * splits * group, device=dev, dtype=torch.float32)
@@ -345,12 +367,13 @@ def _launch_decode(q: torch.Tensor, k, v, kv_heads: int, *, scale: float | None,
 
 
 def varlen_decode_triton(q: torch.Tensor, k, v, start: torch.Tensor, length: torch.Tensor, *,
-                         scale: float | None = None, max_len: int | None = None,
+                         scale: float | None = None, max_len: int | None = None, avg_len: float | None = None,
                          logits: torch.Tensor | None = None, **launch) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode attention over a variable-length store (see :func:`reference.varlen_decode_ref`).
 
     start (B, Hkv) int64 and length (B, Hkv) int32, contiguous. ``max_len`` is an upper bound
-    of ``length`` known to the caller (avoids a device sync; default: computed). ``logits``, a
+    of ``length`` known to the caller (avoids a device sync; default: computed); ``avg_len``, an
+    estimate of the mean length, balances the splits when heads differ in length. ``logits``, a
     float32 (G, rows) buffer with G = heads // kv_heads, receives each row's scaled score
     ``q·k * scale * log2(e)`` (base-2 logits) for every query head of its group.
     Returns (out (B, H, D) in q's dtype, lse (B * Hkv, GP) float32 base-2 log-sum-exp per query
@@ -365,7 +388,7 @@ def varlen_decode_triton(q: torch.Tensor, k, v, start: torch.Tensor, length: tor
         if logits.dtype != torch.float32 or logits.ndim != 2 or logits.shape[0] != g or not logits.is_contiguous():
             raise ValueError(f"logits: expected a contiguous float32 ({g}, rows) buffer")
     return _launch_decode(q, k, v, start.shape[1], scale=scale, max_tokens=max_len, start=start.contiguous(),
-                          length=length.contiguous(), logits=logits, **launch)
+                          length=length.contiguous(), logits=logits, avg_tokens=avg_len, **launch)
 
 
 def paged_decode_triton(q: torch.Tensor, k_pages, v_pages, page_table: torch.Tensor, seq_lens: torch.Tensor,
@@ -475,7 +498,7 @@ def _evict_kernel(LOGITS, LSE, SCORE, POS, START, LEN, SEQ, PA, PB,
 def evict_update_triton(mode: str, k, v, pos: torch.Tensor, start: torch.Tensor, length: torch.Tensor,
                         seq_lens: torch.Tensor, param_a: torch.Tensor, param_b: torch.Tensor, *,
                         score: torch.Tensor | None = None, logits: torch.Tensor | None = None,
-                        lse: torch.Tensor | None = None, head_dim: int, block: int = 256) -> None:
+                        lse: torch.Tensor | None = None, head_dim: int, block: int = 1024) -> None:
     """One eviction update per KV head, in place (see :func:`reference.h2o_victims_ref` and
     :func:`reference.streaming_victims_ref` for which token goes).
 
@@ -505,7 +528,7 @@ def evict_update_triton(mode: str, k, v, pos: torch.Tensor, start: torch.Tensor,
         logits.shape[1] if h2o else 0, hkv,
         MODE=0 if h2o else 1, G=g, GP=gp, BLOCK=block, QUANT=ks.quant, DSTORE=ks.width, DSTORE_P=_pow2(ks.width),
         NG=ks.ng, NG_P=_pow2(ks.ng), HAS_ZERO=ks.has_zero, HAS_SCORE=score is not None,
-        num_warps=4,
+        num_warps=8 if block >= 1024 else 4,
     )
 
 
