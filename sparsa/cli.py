@@ -139,5 +139,16 @@ def bench_prefill(
     run_prefill_bench(context, method, _floats(compression) or [None], check, out)
 
 
+_PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+
+@bench_app.command("decode", context_settings=_PASS_THROUGH)
+def bench_decode(ctx: typer.Context) -> None:
+    """Decode methods on their compact caches vs dense decode (options: `sparsa bench decode --help`)."""
+    from .bench.decode import main
+
+    main(list(ctx.args))
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -14,7 +14,8 @@ only what the method will read:
 Each :meth:`CacheDecoder.step` appends the new token, attends and updates the cache, and
 returns the output with :class:`StepStats`: KV tokens and bytes read, and the cache's bytes.
 The decoded outputs and the kept tokens are those of the method's ``decode_step`` on a full
-cache (checked by the tests against independent implementations).
+cache (checked by the tests against independent implementations). The method classes are
+imported when a decoder is built, so the storage classes do not depend on them.
 """
 from __future__ import annotations
 
@@ -24,7 +25,6 @@ import torch
 
 from .._validation import check_qkv, check_scale
 from ..backend import resolve_backend
-from ..methods.base import DecodeMethod
 from ..ops.kv_quant import QuantSpec
 from .paged import PagedKVCache
 from .varlen import VarlenKVCache, check_lengths
@@ -87,8 +87,9 @@ class StepStats:
                f"cache_bytes={self.cache_bytes})"
 
 
-def _resolve_method(method: Any) -> DecodeMethod | None:
+def _resolve_method(method: Any) -> Any:
     from ..methods import get_method
+    from ..methods.base import DecodeMethod
     from ..methods.dense import Dense
     if method is None or method == "dense" or isinstance(method, Dense):
         return None
@@ -103,10 +104,10 @@ def _resolve_method(method: Any) -> DecodeMethod | None:
 class CacheDecoder:
     """Base of the decoders :func:`init_cache` returns: a method and the cache it reads."""
 
-    method: DecodeMethod | None
+    method: Any
     cache: Any
 
-    def __init__(self, method: DecodeMethod | None, cache: Any, heads: int, scale: float,
+    def __init__(self, method: Any, cache: Any, heads: int, scale: float,
                  backend: str | None) -> None:
         self.method, self.cache, self.heads, self.scale, self.backend = method, cache, heads, scale, backend
 
@@ -141,7 +142,7 @@ class EvictingDecoder(CacheDecoder):
     heavy/recent or sink/window.
     """
 
-    def __init__(self, method: DecodeMethod | None, cache: VarlenKVCache, heads: int, scale: float,
+    def __init__(self, method: Any, cache: VarlenKVCache, heads: int, scale: float,
                  backend: str | None, policy: str | None, param_a: torch.Tensor | None = None,
                  param_b: torch.Tensor | None = None) -> None:
         super().__init__(method, cache, heads, scale, backend)
@@ -169,7 +170,7 @@ class EvictingDecoder(CacheDecoder):
 class QuestDecoder(CacheDecoder):
     """Quest on a :class:`PagedKVCache`: score pages, select, attend (selected + current page)."""
 
-    def __init__(self, method: DecodeMethod, cache: PagedKVCache, heads: int, scale: float, backend: str | None,
+    def __init__(self, method: Any, cache: PagedKVCache, heads: int, scale: float, backend: str | None,
                  n_select: list[int | None]) -> None:
         super().__init__(method, cache, heads, scale, backend)
         self.n_select_host = n_select

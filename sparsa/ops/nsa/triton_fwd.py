@@ -114,7 +114,7 @@ def _cmp_topk_fwd_kernel(
     STRIDE: tl.constexpr, CBLOCK: tl.constexpr, SEL: tl.constexpr, R: tl.constexpr, C: tl.constexpr,
     BS: tl.constexpr, NS: tl.constexpr, NSP: tl.constexpr, NSW: tl.constexpr,
     N_INIT: tl.constexpr, N_LOCAL: tl.constexpr,
-    DT: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr,
+    DT: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr, TOPK: tl.constexpr,
 ):
     M: tl.constexpr = GP * BQ
     qt = tl.num_programs(0) - 1 - tl.program_id(0)          # longest rows first
@@ -181,27 +181,28 @@ def _cmp_topk_fwd_kernel(
         vc = tl.load(vc_base + i[:, None].to(tl.int64) * svn + d[None, :], mask=i_ok[:, None], other=0.0)
         acc = tl.dot((p).to(DT), (vc).to(DT), acc, input_precision=PREC)
 
-        if SPLIT:
-            # float32 accuracy from bf16 matrix units: p = hi + mid + lo, w is exact in bf16
-            wb = w.to(tl.bfloat16)
-            p_hi = p.to(tl.bfloat16)
-            rest = p - p_hi.to(tl.float32)
-            p_mid = rest.to(tl.bfloat16)
-            p_lo = (rest - p_mid.to(tl.float32)).to(tl.bfloat16)
-            blk = tl.dot(p_hi, wb)
-            blk = tl.dot(p_mid, wb, blk)
-            blk = tl.dot(p_lo, wb, blk)
-        else:
-            blk = tl.dot(p, w, input_precision="ieee")
-        score = tl.sum(tl.reshape(blk, (GP, BQ, BS)), axis=0)                       # (BQ, BS)
-        spill = tl.sum(tl.reshape(tl.sum(p * w_spill[None, :], 1), (GP, BQ)), axis=0)
-        score = score + tl.where(jl[None, :] == 0, carry[:, None], 0.0)
-        carry = spill
+        if TOPK:
+            if SPLIT:
+                # float32 accuracy from bf16 matrix units: p = hi + mid + lo, w is exact in bf16
+                wb = w.to(tl.bfloat16)
+                p_hi = p.to(tl.bfloat16)
+                rest = p - p_hi.to(tl.float32)
+                p_mid = rest.to(tl.bfloat16)
+                p_lo = (rest - p_mid.to(tl.float32)).to(tl.bfloat16)
+                blk = tl.dot(p_hi, wb)
+                blk = tl.dot(p_mid, wb, blk)
+                blk = tl.dot(p_lo, wb, blk)
+            else:
+                blk = tl.dot(p, w, input_precision="ieee")
+            score = tl.sum(tl.reshape(blk, (GP, BQ, BS)), axis=0)                       # (BQ, BS)
+            spill = tl.sum(tl.reshape(tl.sum(p * w_spill[None, :], 1), (GP, BQ)), axis=0)
+            score = score + tl.where(jl[None, :] == 0, carry[:, None], 0.0)
+            carry = spill
 
-        j = j0 + jl[None, :]
-        eligible = j <= cur[:, None]
-        forced = eligible & ((j < N_INIT) | (j > cur[:, None] - N_LOCAL))
-        top = _topk_merge(top, _pack_keys(score, j, eligible, forced))
+            j = j0 + jl[None, :]
+            eligible = j <= cur[:, None]
+            forced = eligible & ((j < N_INIT) | (j > cur[:, None] - N_LOCAL))
+            top = _topk_merge(top, _pack_keys(score, j, eligible, forced))
 
     o_ptrs = O + b * sob + head[:, None] * soh + t[:, None].to(tl.int64) * sot + d[None, :]
     tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=row_ok[:, None])
@@ -379,12 +380,14 @@ def dot_flags(x: torch.Tensor, interpreted: bool) -> tuple[tl.dtype, str]:
 
 
 def cmp_topk_fwd(q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tensor, *, kv_len: int, cfg, scale: float,
-                 interpreted: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 interpreted: bool, topk: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Compression branch and block selection.
 
     q: (B, H, T, D); k_cmp, v_cmp: (B, Hkv, n_cmp, D) in q's dtype (n_cmp may be 0).
     Returns (o_cmp (B, H, T, D) q's dtype, lse2 (B, H, T) float32, block indices
     (B, Hkv, T, min(n_select, n_sel_blocks)) int32, ascending, -1 padded).
+    ``topk=False`` skips the block scores and the top-k (the indices are then meaningless): it
+    measures what the fused selection costs.
     """
     b, h, lq, d = q.shape
     hkv, n_cmp = k_cmp.shape[1], k_cmp.shape[2]
@@ -413,7 +416,7 @@ def cmp_topk_fwd(q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tensor, *, k
         G=group, GP=gp, BQ=bq, BC=bc, D=d, STRIDE=cfg.stride, CBLOCK=cfg.block, SEL=cfg.sel_block,
         R=r_, C=c_, BS=bs, NS=cfg.n_select, NSP=nsp, NSW=nsw,
         N_INIT=cfg.n_forced_init, N_LOCAL=cfg.n_forced_local,
-        DT=dt, PREC=prec, SPLIT=dt != tl.float32,
+        DT=dt, PREC=prec, SPLIT=dt != tl.float32, TOPK=topk,
         num_warps=warps, num_stages=stages,
     )
     return o, lse, idx
