@@ -150,5 +150,33 @@ def bench_decode(ctx: typer.Context) -> None:
     main(list(ctx.args))
 
 
+@bench_app.command("nsa", context_settings=_PASS_THROUGH)
+def bench_nsa(ctx: typer.Context) -> None:
+    """NSA kernels (forward, backward, decode) vs SDPA cuDNN / FA2 (options: `sparsa bench nsa --help`)."""
+    from .bench.nsa import main
+
+    main(list(ctx.args))
+
+
+@bench_app.command("e2e")
+def bench_e2e(
+    context: list[int] = typer.Option([32768, 131072], "--context", "-n", help="Prompt lengths (repeatable)."),
+    method: list[str] = typer.Option(["vertical_slash"], "--method", "-m", help="Prefill methods (repeatable)."),
+    compression: float = typer.Option(None, "--compression", min=1.0, help="Target (default: the paper budgets)."),
+    layers: int = typer.Option(32, "--layers", min=1, help="Decoder layers of the Llama-3-8B-shaped model."),
+    reps: int = typer.Option(2, "--reps", min=1, help="Timed passes per configuration (after one warm-up)."),
+    out: str = typer.Option("benchmarks/results/e2e.json", "--out", help="Results JSON (appended row by row)."),
+) -> None:
+    """End-to-end prefill of a Llama-3-8B-shaped model (random weights): dense SDPA vs sparsa.apply."""
+    import torch
+
+    if not torch.cuda.is_available():
+        typer.echo("error: `sparsa bench` needs a CUDA GPU", err=True)
+        raise typer.Exit(2)
+    from .bench.e2e import run_e2e_bench
+
+    run_e2e_bench(context, method, out, layers=layers, reps=reps, compression=compression)
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

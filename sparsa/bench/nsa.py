@@ -224,10 +224,10 @@ def _fla_call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: torch.Te
 
 def fla_available() -> bool:
     try:
-        from fla.ops.nsa import parallel_nsa  # noqa: F401
+        from fla.ops.nsa import parallel_nsa
     except Exception:  # noqa: BLE001 - any import failure means "not available"
         return False
-    return True
+    return callable(parallel_nsa)
 
 
 # ----------------------------------------------------------------------------- measurements
@@ -402,7 +402,8 @@ def bench_fla(results: ResultsFile, length: int, check_length: int = 4096, *, ba
     theirs = _fla_call(q, k, v, gates)
     kc, vc = compress_blocks(k, cfg).to(k.dtype).float(), compress_blocks(v, cfg).to(v.dtype).float()
     ref = nsa_attention_ref(q.float(), k.float(), v.float(), gates.float(), cfg, k_cmp=kc, v_cmp=vc)
-    checks = {"ours_vs_ref": rel_err(ours, ref), "fla_vs_ref": rel_err(theirs, ref), "ours_vs_fla": rel_err(ours, theirs)}
+    checks = {"ours_vs_ref": rel_err(ours, ref), "fla_vs_ref": rel_err(theirs, ref),
+              "ours_vs_fla": rel_err(ours, theirs)}
     log(f"  fla check at {check_length}: {checks}")
 
     q, k, v, gates, do = nsa_inputs(length, shape, seed=6)
@@ -606,3 +607,31 @@ def plot_svg(json_path: str | Path, svg_path: str | Path) -> None:
 
 __all__ = ["FLA_CFG", "PAPER_CFG", "SHAPES", "bench_decode", "bench_fla", "bench_prefill", "check_decode",
            "check_prefill", "fla_available", "nsa_inputs", "plot_svg", "prefill_flops", "run_nsa_bench", "summary"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry of the NSA benchmark (`sparsa bench nsa`, `python benchmarks/nsa.py`)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description="NSA kernels vs SDPA cuDNN / FA2 (and fla-core) on one GPU.", formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--contexts", type=int, nargs="+", default=[65536])
+    ap.add_argument("--shapes", nargs="+", default=["paper"], choices=sorted(SHAPES))
+    ap.add_argument("--passes", nargs="+", default=["fwd", "bwd", "decode"], choices=["fwd", "bwd", "decode"])
+    ap.add_argument("--decode-batches", type=int, nargs="+", default=[1, 16])
+    ap.add_argument("--baselines", nargs="+", default=["sdpa_cudnn", "sdpa_flash"])
+    ap.add_argument("--no-check", action="store_true", help="skip the correctness checks against the reference")
+    ap.add_argument("--skip-checks", nargs="*", default=[],
+                    choices=["prefill_2048", "prefill_4097_fwd", "decode_8229_b2"], help="checks to leave out")
+    ap.add_argument("--no-fla", action="store_true", help="skip the fla-core comparison")
+    ap.add_argument("--sweep", action="store_true", help="also time alternative launch shapes of the branch kernels")
+    ap.add_argument("--budget-s", type=float, default=None, help="stop starting measurements after this many seconds")
+    ap.add_argument("--out", default="benchmarks/results/nsa.json")
+    ap.add_argument("--plot-only", action="store_true")
+    args = ap.parse_args(argv)
+    if not args.plot_only:
+        run_nsa_bench(args.contexts, args.shapes, passes=args.passes, decode_batches=args.decode_batches,
+                      baselines=args.baselines, check=not args.no_check, fla=not args.no_fla, sweep=args.sweep,
+                      out_path=args.out, skip_checks=args.skip_checks,
+                      budget_s=args.budget_s)
+    plot_svg(args.out, args.out.rsplit(".", 1)[0] + ".svg")
+

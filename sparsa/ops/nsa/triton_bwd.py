@@ -9,7 +9,9 @@ branch's gate, the branch sees ``do_b = g_b * do``, and:
   (:func:`preprocess`, one pass over do and the three outputs);
 * compression and window (:func:`band_dq`, :func:`band_dkdv`): dQ programs walk key tiles
   for a tile of queries (a KV group's heads stacked); dK/dV programs walk the query tiles that
-  see a key tile, so a group's heads accumulate in registers, with no atomics;
+  see a key tile, a group's heads accumulating in registers. A compressed key is seen by every
+  later query, so that range is cut into chunks of :data:`Q_CHUNK` queries whose programs add
+  their float32 results atomically (a handful per key tile); window tiles need no split;
 * selection: dQ (:func:`selection_dq`) walks each query's selected blocks like the forward.
   dK/dV (:func:`selection_dkdv`) inverts the block lists (:func:`inverted_index`): for every
   (batch, KV head, block) the sorted list of queries that chose it, cut into segments of at
@@ -106,7 +108,8 @@ def _band_dq_kernel(
     d = tl.arange(0, D)
     n = tl.arange(0, BN)
 
-    q = (tl.load(Q + b * sqb + head[:, None] * sqh + t64[:, None] * sqt + d[None, :], mask=row_ok[:, None], other=0.0)).to(DT)
+    q = tl.load(Q + b * sqb + head[:, None] * sqh + t64[:, None] * sqt + d[None, :],
+                mask=row_ok[:, None], other=0.0).to(DT)
     gate = tl.load(GATES + b * sgb + head * sgh + t64 * sgt + BRANCH, mask=row_ok, other=0.0).to(tl.float32)
     do = tl.load(DO + b * sdb + head[:, None] * sdh + t64[:, None] * sdt + d[None, :], mask=row_ok[:, None], other=0.0)
     do = (do.to(tl.float32) * gate[:, None]).to(DT)
@@ -128,14 +131,14 @@ def _band_dq_kernel(
     for k0 in range(lo, hi, BN):
         kk = k0 + n
         k_ok = kk < hi
-        k = (tl.load(k_base + kk[:, None].to(tl.int64) * skn + d[None, :], mask=k_ok[:, None], other=0.0)).to(DT)
-        v = (tl.load(v_base + kk[:, None].to(tl.int64) * svn + d[None, :], mask=k_ok[:, None], other=0.0)).to(DT)
+        k = tl.load(k_base + kk[:, None].to(tl.int64) * skn + d[None, :], mask=k_ok[:, None], other=0.0).to(DT)
+        v = tl.load(v_base + kk[:, None].to(tl.int64) * svn + d[None, :], mask=k_ok[:, None], other=0.0).to(DT)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
         vis = _visible(pos, kk, hi, window, MODE, STRIDE, CBLOCK) & row_ok[:, None]
         p = tl.where(vis, tl.exp2(s - lse[:, None]), 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=PREC)
         ds = p * (dp - delta[:, None])
-        dq = tl.dot((ds).to(DT), k, dq, input_precision=PREC)
+        dq = tl.dot(ds.to(DT), k, dq, input_precision=PREC)
     dq = dq * sm_scale
     dq_ptrs = DQ + b * sxb + head[:, None] * sxh + t64[:, None] * sxt + d[None, :]
     if ACCUM:
@@ -164,8 +167,10 @@ def _band_dkdv_kernel(
     kk = kb * BN + n
     k_ok = kk < n_keys
     d = tl.arange(0, D)
-    k = (tl.load(K + b * skb + kh.to(tl.int64) * skh + kk[:, None].to(tl.int64) * skn + d[None, :], mask=k_ok[:, None], other=0.0)).to(DT)
-    v = (tl.load(V + b * svb + kh.to(tl.int64) * svh + kk[:, None].to(tl.int64) * svn + d[None, :], mask=k_ok[:, None], other=0.0)).to(DT)
+    k = tl.load(K + b * skb + kh.to(tl.int64) * skh + kk[:, None].to(tl.int64) * skn + d[None, :],
+                mask=k_ok[:, None], other=0.0).to(DT)
+    v = tl.load(V + b * svb + kh.to(tl.int64) * svh + kk[:, None].to(tl.int64) * svn + d[None, :],
+                mask=k_ok[:, None], other=0.0).to(DT)
     if MODE == 0:
         t_lo = tl.maximum(kb * BN * STRIDE + (CBLOCK - 1) - off, 0)
         t_hi = q_len
@@ -185,7 +190,8 @@ def _band_dkdv_kernel(
         row_ok = (g < G) & (t < q_len)
         t64 = t.to(tl.int64)
         pos = off + t
-        q = (tl.load(Q + b * sqb + head[:, None] * sqh + t64[:, None] * sqt + d[None, :], mask=row_ok[:, None], other=0.0)).to(DT)
+        q = tl.load(Q + b * sqb + head[:, None] * sqh + t64[:, None] * sqt + d[None, :],
+                    mask=row_ok[:, None], other=0.0).to(DT)
         gate = tl.load(GATES + b * sgb + head * sgh + t64 * sgt + BRANCH, mask=row_ok, other=0.0).to(tl.float32)
         do = tl.load(DO + b * sdb + head[:, None] * sdh + t64[:, None] * sdt + d[None, :],
                      mask=row_ok[:, None], other=0.0)
@@ -195,10 +201,10 @@ def _band_dkdv_kernel(
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
         vis = _visible(pos, kk, n_keys, window, MODE, STRIDE, CBLOCK) & row_ok[:, None]
         p = tl.where(vis, tl.exp2(s - lse[:, None]), 0.0)
-        dv = tl.dot(tl.trans((p).to(DT)), do, dv, input_precision=PREC)
+        dv = tl.dot(tl.trans(p.to(DT)), do, dv, input_precision=PREC)
         dp = tl.dot(do, tl.trans(v), input_precision=PREC)
         ds = p * (dp - delta[:, None])
-        dk = tl.dot(tl.trans((ds).to(DT)), q, dk, input_precision=PREC)
+        dk = tl.dot(tl.trans(ds.to(DT)), q, dk, input_precision=PREC)
     dk = dk * sm_scale
     x_off = b * sxb + kh.to(tl.int64) * sxh + kk[:, None].to(tl.int64) * sxn + d[None, :]
     if SPLIT:
@@ -236,7 +242,7 @@ def _selection_dq_kernel(
     d = tl.arange(0, D)
     n = tl.arange(0, SB)
 
-    q = (tl.load(Q + b * sqb + head[:, None] * sqh + t64 * sqt + d[None, :], mask=row_ok[:, None], other=0.0)).to(DT)
+    q = tl.load(Q + b * sqb + head[:, None] * sqh + t64 * sqt + d[None, :], mask=row_ok[:, None], other=0.0).to(DT)
     gate = tl.load(GATES + b * sgb + head * sgh + t64 * sgt + 1, mask=row_ok, other=0.0).to(tl.float32)
     do = tl.load(DO + b * sdb + head[:, None] * sdh + t64 * sdt + d[None, :], mask=row_ok[:, None], other=0.0)
     do = (do.to(tl.float32) * gate[:, None]).to(DT)
@@ -253,13 +259,13 @@ def _selection_dq_kernel(
         blk = tl.load(idx_row + i)
         kpos = blk * SB + n
         k_ok = kpos <= pos
-        k = (tl.load(k_base + kpos[:, None].to(tl.int64) * skn + d[None, :], mask=k_ok[:, None], other=0.0)).to(DT)
-        v = (tl.load(v_base + kpos[:, None].to(tl.int64) * svn + d[None, :], mask=k_ok[:, None], other=0.0)).to(DT)
+        k = tl.load(k_base + kpos[:, None].to(tl.int64) * skn + d[None, :], mask=k_ok[:, None], other=0.0).to(DT)
+        v = tl.load(v_base + kpos[:, None].to(tl.int64) * svn + d[None, :], mask=k_ok[:, None], other=0.0).to(DT)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
         p = tl.where(k_ok[None, :] & row_ok[:, None], tl.exp2(s - lse[:, None]), 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=PREC)
         ds = p * (dp - delta[:, None])
-        dq = tl.dot((ds).to(DT), k, dq, input_precision=PREC)
+        dq = tl.dot(ds.to(DT), k, dq, input_precision=PREC)
     dq = dq * sm_scale
     dq_ptrs = DQ + b * sxb + head[:, None] * sxh + t64 * sxt + d[None, :]
     if ACCUM:
@@ -290,8 +296,10 @@ def _selection_dkdv_kernel(
     d = tl.arange(0, D)
     kpos = blk * SB + n
     k_ok = kpos < kv_len
-    k = (tl.load(K + b * skb + kh.to(tl.int64) * skh + kpos[:, None].to(tl.int64) * skn + d[None, :], mask=k_ok[:, None], other=0.0)).to(DT)
-    v = (tl.load(V + b * svb + kh.to(tl.int64) * svh + kpos[:, None].to(tl.int64) * svn + d[None, :], mask=k_ok[:, None], other=0.0)).to(DT)
+    k = tl.load(K + b * skb + kh.to(tl.int64) * skh + kpos[:, None].to(tl.int64) * skn + d[None, :],
+                mask=k_ok[:, None], other=0.0).to(DT)
+    v = tl.load(V + b * svb + kh.to(tl.int64) * svh + kpos[:, None].to(tl.int64) * svn + d[None, :],
+                mask=k_ok[:, None], other=0.0).to(DT)
     r = tl.arange(0, M)
     g = r // BQ
     head = (kh * G + g).to(tl.int64)
@@ -304,7 +312,8 @@ def _selection_dkdv_kernel(
         t = tl.load(TLIST + e, mask=e_ok, other=0)
         t64 = t.to(tl.int64)
         pos = off + t
-        q = (tl.load(Q + b * sqb + head[:, None] * sqh + t64[:, None] * sqt + d[None, :], mask=row_ok[:, None], other=0.0)).to(DT)
+        q = tl.load(Q + b * sqb + head[:, None] * sqh + t64[:, None] * sqt + d[None, :],
+                    mask=row_ok[:, None], other=0.0).to(DT)
         gate = tl.load(GATES + b * sgb + head * sgh + t64 * sgt + 1, mask=row_ok, other=0.0).to(tl.float32)
         do = tl.load(DO + b * sdb + head[:, None] * sdh + t64[:, None] * sdt + d[None, :],
                      mask=row_ok[:, None], other=0.0)
@@ -314,10 +323,10 @@ def _selection_dkdv_kernel(
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
         vis = (kpos[None, :] <= pos[:, None]) & row_ok[:, None]
         p = tl.where(vis, tl.exp2(s - lse[:, None]), 0.0)
-        dv = tl.dot(tl.trans((p).to(DT)), do, dv, input_precision=PREC)
+        dv = tl.dot(tl.trans(p.to(DT)), do, dv, input_precision=PREC)
         dp = tl.dot(do, tl.trans(v), input_precision=PREC)
         ds = p * (dp - delta[:, None])
-        dk = tl.dot(tl.trans((ds).to(DT)), q, dk, input_precision=PREC)
+        dk = tl.dot(tl.trans(ds.to(DT)), q, dk, input_precision=PREC)
     dk = dk * sm_scale
     x_off = b * sxb + kh.to(tl.int64) * sxh + kpos[:, None].to(tl.int64) * sxn + d[None, :]
     ok = (k_ok & (n * 0 + en > st))[:, None] & (d[None, :] < D)  # scalar test widened first

@@ -44,9 +44,9 @@ def _dec_cmp_kernel(
     d = tl.arange(0, D)
     i = c * CH + tl.arange(0, CH)
     ok = i < n_cmp
-    q = (tl.load(Q + b * sqb + (kh * G + r)[:, None] * sqh + d[None, :], mask=row_ok[:, None], other=0.0)).to(DT)
+    q = tl.load(Q + b * sqb + (kh * G + r)[:, None] * sqh + d[None, :], mask=row_ok[:, None], other=0.0).to(DT)
     kc = tl.load(KC + b * skb + kh * skh + i[:, None].to(tl.int64) * skn + d[None, :], mask=ok[:, None], other=0.0)
-    s = tl.dot(q, tl.trans((kc).to(DT)), input_precision=PREC) * qk_scale
+    s = tl.dot(q, tl.trans(kc.to(DT)), input_precision=PREC) * qk_scale
     s = tl.where(ok[None, :], s, float("-inf"))
     bh64 = bh.to(tl.int64)
     tl.store(SBUF + bh64 * G * n_cmp + r[:, None] * n_cmp + i[None, :], s, mask=row_ok[:, None] & ok[None, :])
@@ -54,7 +54,7 @@ def _dec_cmp_kernel(
     m_use = tl.where(m == float("-inf"), 0.0, m)
     p = tl.exp2(s - m_use[:, None])
     vc = tl.load(VC + b * svb + kh * svh + i[:, None].to(tl.int64) * svn + d[None, :], mask=ok[:, None], other=0.0)
-    acc = tl.dot((p).to(DT), (vc).to(DT), input_precision=PREC)
+    acc = tl.dot(p.to(DT), vc.to(DT), input_precision=PREC)
     part = (bh64 * nc + c) * MP + r
     tl.store(MPART + part, m)
     tl.store(LPART + part, tl.sum(p, 1))
@@ -106,7 +106,7 @@ def _attend(q, k_base, v_base, kpos, k_ok, skn, svn, m_i, l_i, acc, d, qk_scale,
             DT: tl.constexpr, PREC: tl.constexpr):
     """One online-softmax step of q (rows, D) over the keys at kpos (masked by k_ok)."""
     k = tl.load(k_base + kpos[:, None].to(tl.int64) * skn + d[None, :], mask=k_ok[:, None], other=0.0)
-    s = tl.dot(q, tl.trans((k).to(DT)), input_precision=PREC) * qk_scale
+    s = tl.dot(q, tl.trans(k.to(DT)), input_precision=PREC) * qk_scale
     s = tl.where(k_ok[None, :], s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
     m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -114,7 +114,7 @@ def _attend(q, k_base, v_base, kpos, k_ok, skn, svn, m_i, l_i, acc, d, qk_scale,
     p = tl.exp2(s - m_use[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
     v = tl.load(v_base + kpos[:, None].to(tl.int64) * svn + d[None, :], mask=k_ok[:, None], other=0.0)
-    acc = tl.dot((p).to(DT), (v).to(DT), acc * alpha[:, None], input_precision=PREC)
+    acc = tl.dot(p.to(DT), v.to(DT), acc * alpha[:, None], input_precision=PREC)
     return m_new, l_i, acc
 
 
@@ -137,7 +137,7 @@ def _dec_sparse_kernel(
     row_ok = r < G
     d = tl.arange(0, D)
     q = tl.load(Q + b * sqb + (kh * G + r)[:, None] * sqh + d[None, :], mask=row_ok[:, None], other=0.0)
-    q = (q).to(DT)
+    q = q.to(DT)
     m_i = tl.full([MP], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([MP], dtype=tl.float32)
     acc = tl.zeros([MP, D], dtype=tl.float32)
@@ -280,7 +280,8 @@ def nsa_decode_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: tor
     cand = torch.empty(bh, nc2, nsp, device=dev, dtype=torch.int64)
     _dec_topk_kernel[(nc2, bh)](
         sbuf, m1, l1, _tap_weights(cfg, dev), cand, n_cmp, nc1, pos,
-        G=group, MP=mp, NCP=_pow2(nc1), BSD=bsd, NS=cfg.n_select, NSP=nsp, R=r_, C=c_, NTAP=c_ + r_ - 1, SEL=cfg.sel_block,
+        G=group, MP=mp, NCP=_pow2(nc1), BSD=bsd, NS=cfg.n_select, NSP=nsp, R=r_, C=c_, NTAP=c_ + r_ - 1,
+        SEL=cfg.sel_block,
         N_INIT=cfg.n_forced_init, N_LOCAL=cfg.n_forced_local, num_warps=4,
     )
 

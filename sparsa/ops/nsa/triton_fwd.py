@@ -134,7 +134,7 @@ def _cmp_topk_fwd_kernel(
 
     q = tl.load(Q + b * sqb + head[:, None] * sqh + t[:, None].to(tl.int64) * sqt + d[None, :],
                 mask=row_ok[:, None], other=0.0)
-    q = (q).to(DT)
+    q = q.to(DT)
     kc_base = KC + b * skb + kh.to(tl.int64) * skh
     vc_base = VC + b * svb + kh.to(tl.int64) * svh
 
@@ -148,7 +148,7 @@ def _cmp_topk_fwd_kernel(
     for i0 in range(0, n_vis, BC):
         i = i0 + c
         kc = tl.load(kc_base + i[:, None].to(tl.int64) * skn + d[None, :], mask=(i < n_cmp)[:, None], other=0.0)
-        s = tl.dot(q, tl.trans((kc).to(DT)), input_precision=PREC) * qk_scale
+        s = tl.dot(q, tl.trans(kc.to(DT)), input_precision=PREC) * qk_scale
         vis = (i[None, :] * STRIDE + (CBLOCK - 1) <= pos[:, None]) & (i[None, :] < n_cmp)
         s = tl.where(vis, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -175,11 +175,11 @@ def _cmp_topk_fwd_kernel(
         i = j0 * R + c
         i_ok = i < n_cmp
         kc = tl.load(kc_base + i[:, None].to(tl.int64) * skn + d[None, :], mask=i_ok[:, None], other=0.0)
-        s = tl.dot(q, tl.trans((kc).to(DT)), input_precision=PREC) * qk_scale
+        s = tl.dot(q, tl.trans(kc.to(DT)), input_precision=PREC) * qk_scale
         vis = (i[None, :] * STRIDE + (CBLOCK - 1) <= pos[:, None]) & i_ok[None, :] & row_ok[:, None]
         p = tl.where(vis, tl.exp2(s - lse[:, None]), 0.0)
         vc = tl.load(vc_base + i[:, None].to(tl.int64) * svn + d[None, :], mask=i_ok[:, None], other=0.0)
-        acc = tl.dot((p).to(DT), (vc).to(DT), acc, input_precision=PREC)
+        acc = tl.dot(p.to(DT), vc.to(DT), acc, input_precision=PREC)
 
         if TOPK:
             if SPLIT:
@@ -243,7 +243,7 @@ def _window_fwd_kernel(
 
     q = tl.load(Q + b * sqb + head[:, None] * sqh + t[:, None].to(tl.int64) * sqt + d[None, :],
                 mask=row_ok[:, None], other=0.0)
-    q = (q).to(DT)
+    q = q.to(DT)
     k_base = K + b * skb + kh.to(tl.int64) * skh
     v_base = V + b * svb + kh.to(tl.int64) * svh
 
@@ -258,7 +258,7 @@ def _window_fwd_kernel(
         kpos = k0 + n
         k_ok = kpos <= p_last
         k = tl.load(k_base + kpos[:, None].to(tl.int64) * skn + d[None, :], mask=k_ok[:, None], other=0.0)
-        s = tl.dot(q, tl.trans((k).to(DT)), input_precision=PREC) * qk_scale
+        s = tl.dot(q, tl.trans(k.to(DT)), input_precision=PREC) * qk_scale
         diff = pos[:, None] - kpos[None, :]
         s = tl.where((diff >= 0) & (diff < window), s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -267,7 +267,7 @@ def _window_fwd_kernel(
         p = tl.exp2(s - m_use[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(v_base + kpos[:, None].to(tl.int64) * svn + d[None, :], mask=k_ok[:, None], other=0.0)
-        acc = tl.dot((p).to(DT), (v).to(DT), acc * alpha[:, None], input_precision=PREC)
+        acc = tl.dot(p.to(DT), v.to(DT), acc * alpha[:, None], input_precision=PREC)
         m_i = m_new
     ok = l_i > 0.0
     out = acc / tl.where(ok, l_i, 1.0)[:, None]
@@ -303,7 +303,7 @@ def _selection_fwd_kernel(
     t64 = t.to(tl.int64)
 
     q = tl.load(Q + b * sqb + head[:, None] * sqh + t64 * sqt + d[None, :], mask=row_ok[:, None], other=0.0)
-    q = (q).to(DT)
+    q = q.to(DT)
     k_base = K + b * skb + kh.to(tl.int64) * skh
     v_base = V + b * svb + kh.to(tl.int64) * svh
     idx_row = IDX + b * sib + kh.to(tl.int64) * sih + t64 * sit
@@ -318,7 +318,7 @@ def _selection_fwd_kernel(
         kpos = blk * SB + n
         k_ok = kpos <= pos
         k = tl.load(k_base + kpos[:, None].to(tl.int64) * skn + d[None, :], mask=k_ok[:, None], other=0.0)
-        s = tl.dot(q, tl.trans((k).to(DT)), input_precision=PREC) * qk_scale
+        s = tl.dot(q, tl.trans(k.to(DT)), input_precision=PREC) * qk_scale
         s = tl.where(k_ok[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -326,7 +326,7 @@ def _selection_fwd_kernel(
         p = tl.exp2(s - m_use[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(v_base + kpos[:, None].to(tl.int64) * svn + d[None, :], mask=k_ok[:, None], other=0.0)
-        acc = tl.dot((p).to(DT), (v).to(DT), acc * alpha[:, None], input_precision=PREC)
+        acc = tl.dot(p.to(DT), v.to(DT), acc * alpha[:, None], input_precision=PREC)
         m_i = m_new
     ok = l_i > 0.0
     o = acc / tl.where(ok, l_i, 1.0)[:, None]
