@@ -4,6 +4,18 @@ from typing import Any
 from .api import attention
 from . import nn
 from .methods import AttentionStats, DecodeMethod, Method, get_method, list_methods, register
+from .methods.ada_snapkv import AdaSnapKV
+from .methods.bigbird import BigBird
+from .methods.block_sparse import BlockSparse
+from .methods.dense import Dense
+from .methods.flexprefill import FlexPrefill
+from .methods.h2o import H2O
+from .methods.nsa import NSA
+from .methods.quest import Quest
+from .methods.sliding_window import SlidingWindow
+from .methods.snapkv import SnapKV
+from .methods.streaming import Streaming
+from .methods.vertical_slash import VerticalSlash
 
 __version__ = "0.1.0"
 
@@ -18,5 +30,6 @@ def apply(model: Any, prefill: Any = None, *args: Any, **kwargs: Any) -> Any:
     return _apply(model, prefill, *args, **kwargs)
 
 
-__all__ = ["AttentionStats", "DecodeMethod", "Method", "__version__", "apply", "attention", "get_method",
-           "list_methods", "register"]
+__all__ = ["AdaSnapKV", "AttentionStats", "BigBird", "BlockSparse", "DecodeMethod", "Dense", "FlexPrefill", "H2O",
+           "Method", "NSA", "Quest", "SlidingWindow", "SnapKV", "Streaming", "VerticalSlash", "__version__", "apply",
+           "attention", "get_method", "list_methods", "register"]

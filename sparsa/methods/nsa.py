@@ -9,7 +9,7 @@ import torch
 
 from .._validation import check_float, check_int
 from ..ops.dense.reference import causal_pairs, query_positions
-from ..ops.nsa import NSAConfig, compress_blocks, nsa_attention, nsa_decode_ref, nsa_pairs_per_row
+from ..ops.nsa import NSAConfig, compress_blocks, nsa_attention, nsa_decode, nsa_decode_ref, nsa_pairs_per_row
 from .base import AttentionStats, DecodeMethod, prefill_stats, solve_budget
 from .registry import register
 
@@ -213,8 +213,8 @@ class NSA(DecodeMethod):
         compressed tokens + selected keys + window keys)."""
         kc, vc = self._extended(k, v, state)
         b, h, _ = q.shape
-        out, _, tokens = nsa_decode_ref(q, k, v, self._gates(b, h, like=q), state.cfg, k_cmp=kc, v_cmp=vc,
-                                        scale=scale)
+        out, _, tokens = nsa_decode(q, k, v, self._gates(b, h, like=q), state.cfg, k_cmp=kc, v_cmp=vc,
+                                    scale=scale)
         return out, NSADecodeState(state.cfg, kc, vc), tokens
 
 

@@ -53,8 +53,8 @@ class DataConfig:
     task_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     length_fraction: list[float] = field(default_factory=lambda: [0.3, 1.0])
     answer_weight: float = 50.0
-    curriculum: list[list[float]] = field(default_factory=lambda: [[0.0, 1024], [0.15, 2048], [0.35, 4096],
-                                                                   [0.75, 8192]])
+    curriculum: list[list[float]] = field(default_factory=lambda: [[0.0, 512], [0.1, 1024], [0.25, 2048],
+                                                                   [0.45, 4096], [0.8, 8192]])
     tokens_per_step: int = 65536
     micro_batch_tokens: int = 32768
     num_workers: int = 8
