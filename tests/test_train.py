@@ -165,3 +165,50 @@ def test_cli_train(tmp_path):
     r = CliRunner().invoke(app, ["train", "--recipe", str(recipe), "--out", str(tmp_path / "o")])
     assert r.exit_code == 2 and "--resume" in r.output
     shutil.rmtree(tmp_path / "o")
+
+
+def test_examples_are_deterministic_and_well_formed():
+    import random
+
+    from sparsa.train.data import StreamDataset, _with_repeats, lm_tokens, load_train_tokenizer
+
+    cfg = toy(data={"lm_fraction": 0.0, "curriculum": [[0, 512]], "tokens_per_step": 512})
+    tok = load_train_tokenizer("default")
+    ds = StreamDataset(cfg, tok, lm_tokens(tok, 2))
+    ex = ds.make_example(3, 0)
+    assert torch.equal(ex.ids, ds.make_example(3, 0).ids) and not torch.equal(ex.ids, ds.make_example(3, 1).ids)
+    assert ex.ids.shape == (513,) and ex.weights.shape == ex.answer.shape == (512,)
+    pos = ex.answer.nonzero()[:, 0]
+    assert ex.task_id >= 0 and len(pos) >= 3 and (pos.diff() == 1).all()
+    assert (ex.weights[pos] == cfg.data.answer_weight).all() and (ex.weights[~ex.answer] <= 1).all()
+    answer = tok.decode(ex.ids[pos + 1].tolist(), skip_special_tokens=False)
+    assert answer.endswith("<|eos|>") and answer.startswith(" ")
+    assert tok.decode(ex.ids[:pos[0] + 1].tolist()).endswith("Answer:")
+    text = list(range(1000, 1300))
+    out = _with_repeats(random.Random(0), text)
+    assert len(out) == 300 and out[:16] == text[:16] and out != text
+
+
+def test_sigterm_checkpoints_and_stops(tmp_path):
+    import os
+    import signal
+    import threading
+    import time
+
+    log = tmp_path / LOG
+
+    def stop_after_two_steps():
+        for _ in range(600):
+            if log.exists() and log.read_text().count('"loss"') >= 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            time.sleep(0.05)
+
+    before = signal.getsignal(signal.SIGTERM)
+    t = threading.Thread(target=stop_after_two_steps)
+    t.start()
+    res = train(toy(steps=200), tmp_path, progress=False)
+    t.join()
+    assert res.stopped_by == "SIGTERM" and 2 <= res.step < 200
+    assert torch.load(tmp_path / CHECKPOINT, weights_only=False)["step"] == res.step
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -70,9 +70,10 @@ def _rng_state() -> dict[str, Any]:
 
 
 def _set_rng_state(st: dict[str, Any]) -> None:
-    torch.set_rng_state(st["torch"])
+    # the checkpoint is loaded onto the training device; RNG states must be CPU byte tensors
+    torch.set_rng_state(st["torch"].cpu())
     if "cuda" in st and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(st["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in st["cuda"]])
 
 
 # may change between a run and its resume (they do not change the trained weights)
@@ -174,8 +175,6 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, recipe_text: str | None = No
     ckpt_path, log_path = out / CHECKPOINT, out / LOG
     dev = _device(device)
     use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and dev.type == "cuda")
-    if use_bf16 and dev.type == "cpu" and cfg.precision == "auto":
-        use_bf16 = False
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -205,8 +204,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, recipe_text: str | None = No
         step, elapsed_prev, tokens_seen = ck["step"], ck["elapsed_s"], ck["tokens"]
         _set_rng_state(ck["rng"])
         _truncate_log(log_path, step)
-    else:
-        _truncate_log(log_path, 0)
+    elif log_path.exists():
+        log_path.unlink()  # a run that never reached its first checkpoint starts over
     if recipe_text is not None and not (out / f"recipe{recipe_suffix}").exists():
         (out / f"recipe{recipe_suffix}").write_text(recipe_text)
 
@@ -220,7 +219,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, recipe_text: str | None = No
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=cfg.steps, initial=step, desc=cfg.name, disable=not progress, unit="step", dynamic_ncols=True)
+    bar = tqdm(total=cfg.steps, initial=step, desc=cfg.name, disable=not progress, unit="step", dynamic_ncols=True,
+               mininterval=2.0)
     window: dict[str, list[float]] = defaultdict(list)
     per_task: dict[int, list[float]] = defaultdict(list)
     t_window = time.perf_counter()
