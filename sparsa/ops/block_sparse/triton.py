@@ -35,6 +35,31 @@ MAX_TILE_ROWS = 128
 LOG2E = 1.4426950408889634
 
 
+@triton.jit
+def softmax_tile_update(q, s, v_ptrs, v_mask, m_i, l_i, acc, MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """One online-softmax step of a query tile over one key tile (log2 domain).
+
+    ``s``: (M, N) scaled scores (``-inf`` where hidden when ``MASKED``); ``v_ptrs``/``v_mask``:
+    the tile's values (the mask is used only when ``MASKED``). Returns (m_i, l_i, acc) updated.
+    A masked row that has seen nothing yet keeps ``m_i = -inf`` without producing NaN.
+    """
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    if MASKED:
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+    else:
+        m_use = m_new
+    alpha = tl.exp2(m_i - m_use)
+    p = tl.exp2(s - m_use[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    if MASKED:
+        v = tl.load(v_ptrs, mask=v_mask, other=0.0)
+    else:
+        v = tl.load(v_ptrs)
+    acc = acc * alpha[:, None]
+    acc = tl.dot(p.to(v.dtype).to(q.dtype), v.to(q.dtype), acc, input_precision=DOT_PRECISION)
+    return m_new, l_i, acc
+
+
 def check_kernel_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[int, int, int, int, int, int]:
     """Validate q/k/v for a Triton attention kernel; returns check_qkv's shape tuple."""
     dims = check_qkv(q, k, v)
@@ -155,14 +180,9 @@ def _block_sparse_fwd_kernel(
         kpos = kb * BLOCK_N + n
         k = tl.load(k_base + kpos[:, None] * stride_kn + d[None, :])
         s = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=DOT_PRECISION) * qk_scale
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_base + kpos[:, None] * stride_vn + d[None, :])
-        acc = acc * alpha[:, None]
-        acc = tl.dot(p.to(v.dtype).to(q.dtype), v.to(q.dtype), acc, input_precision=DOT_PRECISION)
-        m_i = m_new
+        m_i, l_i, acc = softmax_tile_update(
+            q, s, v_base + kpos[:, None] * stride_vn + d[None, :],
+            None, m_i, l_i, acc, False, DOT_PRECISION)
 
     # blocks reaching past the first row's position: causal mask (covers keys >= kv_len too)
     for i in range(n_full, n_all):
@@ -173,15 +193,9 @@ def _block_sparse_fwd_kernel(
         s = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=DOT_PRECISION) * qk_scale
         visible = (kpos[None, :] <= pos[:, None]) & k_ok[None, :]
         s = tl.where(visible, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m_i - m_use)
-        p = tl.exp2(s - m_use[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_base + kpos[:, None] * stride_vn + d[None, :], mask=k_ok[:, None], other=0.0)
-        acc = acc * alpha[:, None]
-        acc = tl.dot(p.to(v.dtype).to(q.dtype), v.to(q.dtype), acc, input_precision=DOT_PRECISION)
-        m_i = m_new
+        m_i, l_i, acc = softmax_tile_update(
+            q, s, v_base + kpos[:, None] * stride_vn + d[None, :],
+            k_ok[:, None], m_i, l_i, acc, True, DOT_PRECISION)
 
     out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
     o_ptrs = O + b * stride_ob + head[:, None] * stride_oh + row[:, None] * stride_om + d[None, :]

@@ -25,7 +25,8 @@ import triton.language as tl
 
 from ..._validation import check_scale
 from ...backend import triton_interpreted
-from ..block_sparse.triton import LOG2E, check_kernel_inputs, heads_per_program, last_dim_contiguous
+from ..block_sparse.triton import (LOG2E, check_kernel_inputs, heads_per_program, last_dim_contiguous,
+                                   softmax_tile_update)
 from .convert import (BLOCK_Q_CHOICES, DIAG_PAD, GATHER_BIT, VS_TILE, VSLayout,
                       prepare_vertical_slash, tiles_width)
 from .reference import check_vs_indices
@@ -176,14 +177,9 @@ def _vs_fwd_kernel(
         kpos = tl.load(t_row + i) + n
         k = tl.load(k_base + kpos[:, None] * stride_kn + d[None, :])
         s = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=DOT_PRECISION) * qk_scale
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_base + kpos[:, None] * stride_vn + d[None, :])
-        acc = acc * alpha[:, None]
-        acc = tl.dot(p.to(v.dtype).to(q.dtype), v.to(q.dtype), acc, input_precision=DOT_PRECISION)
-        m_i = m_new
+        m_i, l_i, acc = softmax_tile_update(
+            q, s, v_base + kpos[:, None] * stride_vn + d[None, :],
+            None, m_i, l_i, acc, False, DOT_PRECISION)
 
     # 2: masked tiles: causal, columns out, and (flagged tiles) only the chosen offsets
     for i in range(width - n_masked, width):
@@ -198,15 +194,9 @@ def _vs_fwd_kernel(
             if code >= GATHER:
                 visible = visible & (tl.load(diag_row + (pos[:, None] - kpos[None, :])) != 0)
         s = tl.where(visible, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m_i - m_use)
-        p = tl.exp2(s - m_use[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_base + kpos[:, None] * stride_vn + d[None, :], mask=k_ok[:, None], other=0.0)
-        acc = acc * alpha[:, None]
-        acc = tl.dot(p.to(v.dtype).to(q.dtype), v.to(q.dtype), acc, input_precision=DOT_PRECISION)
-        m_i = m_new
+        m_i, l_i, acc = softmax_tile_update(
+            q, s, v_base + kpos[:, None] * stride_vn + d[None, :],
+            k_ok[:, None], m_i, l_i, acc, True, DOT_PRECISION)
 
     # 3: vertical columns, 64 at a time; whole chunks before the first row need no mask
     n_plain = (n_cols_below // BLOCK_N) * BLOCK_N
@@ -214,14 +204,9 @@ def _vs_fwd_kernel(
         cpos = tl.load(cols_row + j + n)
         k = tl.load(k_base + cpos[:, None] * stride_kn + d[None, :])
         s = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=DOT_PRECISION) * qk_scale
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_base + cpos[:, None] * stride_vn + d[None, :])
-        acc = acc * alpha[:, None]
-        acc = tl.dot(p.to(v.dtype).to(q.dtype), v.to(q.dtype), acc, input_precision=DOT_PRECISION)
-        m_i = m_new
+        m_i, l_i, acc = softmax_tile_update(
+            q, s, v_base + cpos[:, None] * stride_vn + d[None, :],
+            None, m_i, l_i, acc, False, DOT_PRECISION)
     for j in range(n_plain, n_cols, BLOCK_N):
         c_ok = j + n < n_cols
         cpos = tl.load(cols_row + j + n, mask=c_ok, other=0)
@@ -229,15 +214,9 @@ def _vs_fwd_kernel(
         s = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=DOT_PRECISION) * qk_scale
         visible = (cpos[None, :] <= pos[:, None]) & c_ok[None, :]
         s = tl.where(visible, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m_i - m_use)
-        p = tl.exp2(s - m_use[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_base + cpos[:, None] * stride_vn + d[None, :], mask=c_ok[:, None], other=0.0)
-        acc = acc * alpha[:, None]
-        acc = tl.dot(p.to(v.dtype).to(q.dtype), v.to(q.dtype), acc, input_precision=DOT_PRECISION)
-        m_i = m_new
+        m_i, l_i, acc = softmax_tile_update(
+            q, s, v_base + cpos[:, None] * stride_vn + d[None, :],
+            c_ok[:, None], m_i, l_i, acc, True, DOT_PRECISION)
 
     out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
     o_ptrs = O + b * stride_ob + head[:, None] * stride_oh + row[:, None] * stride_om + d[None, :]
