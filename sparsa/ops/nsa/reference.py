@@ -321,7 +321,7 @@ def nsa_attention_ref(
     out = (gf[..., 0:1] * o_cmp + gf[..., 1:2] * o_slc + gf[..., 2:3] * o_win).to(q.dtype)
     if not return_aux:
         return out
-    visible = torch.clamp(torch.div(pos + 1 - cfg.block, cfg.stride, rounding_mode="floor") + 1, min=0)
+    visible, _, _ = nsa_pairs_per_row(cfg, pos)
     pairs_cmp = torch.full((b, h), float(visible.sum()), dtype=torch.float64, device=q.device)
     aux = NSAAux(o_cmp.to(q.dtype), o_slc.to(q.dtype), o_win.to(q.dtype), block_indices, pairs_cmp,
                  pairs_slc.repeat_interleave(g, dim=1), pairs_win.repeat_interleave(g, dim=1))

@@ -35,7 +35,7 @@ from ...backend import triton_interpreted
 from ..dense.reference import query_positions
 from ..sparse_decode.reference import pages_to_tokens
 from .config import NSAConfig
-from .reference import Compressor, NSAAux, _check_inputs, _compressed_kv
+from .reference import Compressor, NSAAux, _check_inputs, _compressed_kv, nsa_pairs_per_row
 from .triton_bwd import MODE_CMP, MODE_WIN, band_dkdv, band_dq, preprocess, selection_dkdv, selection_dq
 from .triton_decode import nsa_decode_fwd
 from .triton_fwd import cmp_topk_fwd, selection_fwd, window_fwd
@@ -208,10 +208,9 @@ def nsa_attention_triton(
     if not return_aux:
         return out
     pos = query_positions(lq, lk, device=q.device)
-    visible = torch.clamp(torch.div(pos + 1 - cfg.block, cfg.stride, rounding_mode="floor") + 1, min=0)
+    visible, _, window_rows = nsa_pairs_per_row(cfg, pos)
     pairs_cmp = torch.full((b, h), float(visible.sum()), dtype=torch.float64, device=q.device)
-    pairs_win = torch.full((b, h), float(torch.clamp(pos + 1, max=cfg.window).sum()), dtype=torch.float64,
-                           device=q.device)
+    pairs_win = torch.full((b, h), float(window_rows.sum()), dtype=torch.float64, device=q.device)
     aux = NSAAux(o_cmp, o_slc, o_win, idx.to(torch.int64), pairs_cmp, _selection_pairs(idx, cfg, lq, lk, h), pairs_win)
     return out, aux
 
