@@ -20,7 +20,7 @@ import torch
 from .._validation import check_int
 from ..ops.kv_quant import QuantizedTensor, QuantSpec, quantize
 from ..ops.kv_quant.reference import _quantize_unchecked
-from .varlen import _stores, _use_append_kernel, check_kv, check_lengths, store_nbytes
+from .varlen import _stores, _use_append_kernel, check_append, check_kv, check_lengths, store_nbytes
 
 
 BOUND_WIDEN = 2.0 ** -8     # > one bf16/fp16 rounding step: widened bounds stay bounds after rounding
@@ -202,17 +202,7 @@ class PagedKVCache:
     def append(self, k_new: torch.Tensor, v_new: torch.Tensor, *, backend: str | None = None) -> None:
         """Append one token per sequence: k_new, v_new (B, Hkv, D), RoPE applied at
         :attr:`seq_lens`. Updates the page's key bounds. On CUDA one kernel does it all."""
-        shape = (self.batch, self.kv_heads, self.head_dim)
-        for name, x in (("k", k_new), ("v", v_new)):
-            if not isinstance(x, torch.Tensor):
-                raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
-            if tuple(x.shape) != shape:
-                raise ValueError(f"{name}: expected shape (batch={shape[0]}, kv_heads={shape[1]}, "
-                                 f"head_dim={shape[2]}), got {tuple(x.shape)}")
-            if x.dtype != self.dtype:
-                raise TypeError(f"{name}: dtype must be the cache's {self.dtype}, got {x.dtype}")
-            if x.device != self.device:
-                raise ValueError(f"{name}: device must be the cache's {self.device}, got {x.device}")
+        check_append(k_new, v_new, (self.batch, self.kv_heads, self.head_dim), self.dtype, self.device)
         for i, s in enumerate(self._seq_host):
             self._ensure_page(i, s // self.page_size)
         ps, hkv, d = self.page_size, self.kv_heads, self.head_dim

@@ -65,6 +65,22 @@ def _new_store(like: torch.Tensor | QuantizedTensor, rows: int) -> torch.Tensor 
     return like.new_empty((rows, *like.shape[1:]))
 
 
+def check_append(k_new: torch.Tensor, v_new: torch.Tensor, shape: tuple[int, int, int], dtype: torch.dtype,
+                 device: torch.device) -> None:
+    """Check one appended token per sequence: k_new, v_new of ``shape`` (B, Hkv, D), the cache's
+    dtype and device; errors name ``k`` or ``v``."""
+    for name, x in (("k", k_new), ("v", v_new)):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+        if tuple(x.shape) != shape:
+            raise ValueError(f"{name}: expected shape (batch={shape[0]}, kv_heads={shape[1]}, "
+                             f"head_dim={shape[2]}), got {tuple(x.shape)}")
+        if x.dtype != dtype:
+            raise TypeError(f"{name}: dtype must be the cache's {dtype}, got {x.dtype}")
+        if x.device != device:
+            raise ValueError(f"{name}: device must be the cache's {device}, got {x.device}")
+
+
 def _use_append_kernel(backend: str | None, device: torch.device, head_dim: int) -> bool:
     from ..backend import resolve_backend
     from ..ops.sparse_decode import KERNEL_HEAD_DIMS
@@ -285,17 +301,7 @@ class VarlenKVCache:
         """Append one token to every sequence: k_new, v_new (B, Hkv, D) with RoPE applied at
         position :attr:`seq_lens`; every KV head stores it. On CUDA one kernel writes (and
         quantizes) it."""
-        shape = (self.batch, self.kv_heads, self.head_dim)
-        for name, x in (("k", k_new), ("v", v_new)):
-            if not isinstance(x, torch.Tensor):
-                raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
-            if tuple(x.shape) != shape:
-                raise ValueError(f"{name}: expected shape (batch={shape[0]}, kv_heads={shape[1]}, "
-                                 f"head_dim={shape[2]}), got {tuple(x.shape)}")
-            if x.dtype != self.dtype:
-                raise TypeError(f"{name}: dtype must be the cache's {self.dtype}, got {x.dtype}")
-            if x.device != self.device:
-                raise ValueError(f"{name}: device must be the cache's {self.device}, got {x.device}")
+        check_append(k_new, v_new, (self.batch, self.kv_heads, self.head_dim), self.dtype, self.device)
         self._ensure_room(1)
         if _use_append_kernel(backend, self.device, self.head_dim):
             from ..ops.sparse_decode.triton import append_triton
