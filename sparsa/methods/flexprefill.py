@@ -6,11 +6,10 @@ from typing import Any, Callable
 
 import torch
 
-from .._validation import check_float, check_int, check_qkv, check_scale
+from .._validation import check_float, check_int
 from ..ops.dense.reference import causal_pairs
-from ..ops.vertical_slash import vertical_slash_attention
 from ._estimate import last_q_line_mass, line_pairs, ranks, selection_order, take_prefix
-from .base import AttentionStats, Method, prefill_stats
+from ._lines import LinePattern
 from .registry import register
 
 MIN_BUDGET_DEFAULT = 1024
@@ -19,7 +18,7 @@ _ALPHA_STEPS = 40  # bisection steps over alpha in [0, 1]
 
 @register
 @dataclass
-class FlexPrefill(Method):
+class FlexPrefill(LinePattern):
     """Vertical-Slash whose budgets follow each head's estimated attention mass.
 
     Estimation as in :class:`~sparsa.methods.vertical_slash.VerticalSlash`: the last
@@ -137,21 +136,3 @@ class FlexPrefill(Method):
             else:
                 hi = mid
         return lo if abs(count(lo) - target) < abs(count(hi) - target) else hi
-
-    def plan(self, q: torch.Tensor, k: torch.Tensor, scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Choose the lines of every query head.
-
-        q: (B, H, q_len, D); k: (B, Hkv, kv_len, D). Returns ``(vertical_indices,
-        slash_indices)``, int32 (B, H, max n_vertical) absolute key columns and (B, H, max
-        n_slash) diagonal offsets, each row sorted ascending with -1 padding at the end (heads
-        have different budgets).
-        """
-        check_qkv(q, k, k)
-        vi, si, _ = self._plan(q, k, check_scale(scale, q.shape[-1]))
-        return vi, si
-
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float,
-                backend: str | None) -> tuple[torch.Tensor, AttentionStats]:
-        vi, si, info = self._plan(q, k, scale)
-        out, pairs = vertical_slash_attention(q, k, v, vi, si, scale=scale, backend=backend)
-        return out, prefill_stats(self.name, pairs, q.shape[2], k.shape[2], **info)

@@ -7,11 +7,11 @@ from typing import Any
 
 import torch
 
-from .._validation import check_int, check_qkv, check_scale
+from .._validation import check_int
 from ..ops.dense.reference import causal_pairs
-from ..ops.vertical_slash import vertical_slash_attention
 from ._estimate import last_q_line_mass, line_pairs, ranks, selection_order, take_prefix
-from .base import AttentionStats, Method, prefill_stats, solve_budget
+from ._lines import LinePattern
+from .base import solve_budget
 from .registry import register
 
 VERTICAL_DEFAULT = 1000
@@ -20,7 +20,7 @@ SLASH_DEFAULT = 6096
 
 @register
 @dataclass
-class VerticalSlash(Method):
+class VerticalSlash(LinePattern):
     """Each head attends to a few key columns ("vertical") and a few diagonals ("slash").
 
     Planning, per query head: the last ``last_q`` queries attend causally over all keys;
@@ -110,20 +110,3 @@ class VerticalSlash(Method):
         info = {"vertical": nv, "slash": ns, "last_q": min(self.last_q, lq), "init_tokens": init,
                 "local_diagonals": local}
         return take_prefix(v_order, nv), take_prefix(s_order, ns), info
-
-    def plan(self, q: torch.Tensor, k: torch.Tensor, scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Choose the lines of every query head.
-
-        q: (B, H, q_len, D); k: (B, Hkv, kv_len, D). Returns ``(vertical_indices,
-        slash_indices)``, int32 (B, H, n_vertical) absolute key columns and (B, H, n_slash)
-        diagonal offsets, each row sorted ascending with -1 padding at the end.
-        """
-        check_qkv(q, k, k)
-        vi, si, _ = self._plan(q, k, check_scale(scale, q.shape[-1]))
-        return vi, si
-
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float,
-                backend: str | None) -> tuple[torch.Tensor, AttentionStats]:
-        vi, si, info = self._plan(q, k, scale)
-        out, pairs = vertical_slash_attention(q, k, v, vi, si, scale=scale, backend=backend)
-        return out, prefill_stats(self.name, pairs, q.shape[2], k.shape[2], **info)

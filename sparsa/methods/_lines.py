@@ -1,0 +1,39 @@
+"""Shared running of the methods that attend to chosen key columns and diagonals."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .._validation import check_qkv, check_scale
+from ..ops.vertical_slash import vertical_slash_attention
+from .base import AttentionStats, Method, prefill_stats
+
+
+class LinePattern(Method):
+    """A method whose plan is a set of key columns and diagonals per query head.
+
+    Subclasses implement ``_plan(q, k, scale) -> (vertical_indices, slash_indices, info)``.
+    """
+
+    def _plan(self, q: torch.Tensor, k: torch.Tensor,
+              scale: float) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+        raise NotImplementedError
+
+    def plan(self, q: torch.Tensor, k: torch.Tensor, scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Choose the lines of every query head.
+
+        q: (B, H, q_len, D); k: (B, Hkv, kv_len, D). Returns ``(vertical_indices,
+        slash_indices)``, int32 (B, H, n_vertical) absolute key columns and (B, H, n_slash)
+        diagonal offsets (the widest head's counts when heads have different budgets), each
+        row sorted ascending with -1 padding at the end.
+        """
+        check_qkv(q, k, k)
+        vi, si, _ = self._plan(q, k, check_scale(scale, q.shape[-1]))
+        return vi, si
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float,
+                backend: str | None) -> tuple[torch.Tensor, AttentionStats]:
+        vi, si, info = self._plan(q, k, scale)
+        out, pairs = vertical_slash_attention(q, k, v, vi, si, scale=scale, backend=backend)
+        return out, prefill_stats(self.name, pairs, q.shape[2], k.shape[2], **info)
