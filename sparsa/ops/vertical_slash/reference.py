@@ -34,6 +34,16 @@ def check_vs_indices(name: str, indices: torch.Tensor, batch: int, heads: int, k
                          f"got {tuple(indices.shape)}")
 
 
+def check_vs_pair(vertical_indices: torch.Tensor, slash_indices: torch.Tensor, batch: int, heads: int,
+                  kv_heads: int) -> None:
+    """Check both index lists and that they share one head layout (heads or kv_heads)."""
+    check_vs_indices("vertical_indices", vertical_indices, batch, heads, kv_heads)
+    check_vs_indices("slash_indices", slash_indices, batch, heads, kv_heads)
+    if vertical_indices.shape[1] != slash_indices.shape[1]:
+        raise ValueError("slash_indices: head dimension must equal vertical_indices' "
+                         f"({slash_indices.shape[1]} vs {vertical_indices.shape[1]})")
+
+
 def vertical_slash_attention_ref(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -49,11 +59,7 @@ def vertical_slash_attention_ref(
     """
     b, h, lq, _ = q.shape
     hkv, lk = k.shape[1], k.shape[2]
-    check_vs_indices("vertical_indices", vertical_indices, b, h, hkv)
-    check_vs_indices("slash_indices", slash_indices, b, h, hkv)
-    if vertical_indices.shape[1] != slash_indices.shape[1]:
-        raise ValueError("slash_indices: head dimension must equal vertical_indices' "
-                         f"({slash_indices.shape[1]} vs {vertical_indices.shape[1]})")
+    check_vs_pair(vertical_indices, slash_indices, b, h, hkv)
     col_ok = _membership(vertical_indices, lk, "vertical_indices")      # (B, Hx, Lk)
     diag_ok = _membership(slash_indices, lk, "slash_indices")           # (B, Hx, Lk) over offsets
     cols = torch.arange(lk, device=q.device)

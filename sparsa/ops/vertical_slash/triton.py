@@ -29,7 +29,7 @@ from ..block_sparse.triton import (LOG2E, check_kernel_inputs, heads_per_program
                                    softmax_tile_update)
 from .convert import (BLOCK_Q_CHOICES, DIAG_PAD, GATHER_BIT, VS_TILE, VSLayout,
                       prepare_vertical_slash, tiles_width)
-from .reference import check_vs_indices
+from .reference import check_vs_pair
 
 CONVERT_LANES = 128
 
@@ -233,11 +233,7 @@ def vertical_slash_layout(q: torch.Tensor, k: torch.Tensor, vertical_indices: to
     """
     b, h, lq, _ = q.shape
     hkv, lk = k.shape[1], k.shape[2]
-    check_vs_indices("vertical_indices", vertical_indices, b, h, hkv)
-    check_vs_indices("slash_indices", slash_indices, b, h, hkv)
-    if vertical_indices.shape[1] != slash_indices.shape[1]:
-        raise ValueError("slash_indices: head dimension must equal vertical_indices' "
-                         f"({slash_indices.shape[1]} vs {vertical_indices.shape[1]})")
+    check_vs_pair(vertical_indices, slash_indices, b, h, hkv)
     for name, x in (("vertical_indices", vertical_indices), ("slash_indices", slash_indices)):
         if x.device != q.device:
             raise ValueError(f"{name}: device must match q ({q.device}), got {x.device}")
