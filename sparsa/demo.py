@@ -37,8 +37,7 @@ def run_demo(length: int = 8192, heads: int = 8, kv_heads: int = 2, head_dim: in
     dense_full = attention(q, k, v, "dense")
     rows: list[DemoRow] = []
     for name in tqdm(names, desc="methods", disable=not progress):
-        cls = method_class(name)
-        decode_only = cls.phase == "decode" or name in ("h2o", "snapkv", "ada_snapkv", "quest")
+        decode_only = method_class(name).phase == "decode"
         qq = q[:, :, -decode_rows:] if decode_only else q
         ref = dense_full[:, :, -qq.shape[2]:]
         target = 1.0 if name == "dense" else compression

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from numbers import Integral
 
 import torch
 
@@ -44,8 +45,10 @@ class SlidingWindow(Method):
             check_int("window", self.window, minimum=1)
         if not isinstance(self.global_positions, (tuple, list)):
             raise TypeError(f"global_positions: expected a tuple of ints, got {type(self.global_positions).__name__}")
-        self.global_positions = tuple(check_int("global_positions", int(g) if not isinstance(g, bool) else g, 0)
-                                      for g in self.global_positions)
+        # numpy integers are accepted; floats are refused rather than truncated
+        self.global_positions = tuple(
+            check_int("global_positions", int(g) if isinstance(g, Integral) and not isinstance(g, bool) else g, 0)
+            for g in self.global_positions)
 
     def resolve_window(self, q_len: int, kv_len: int) -> int:
         if self.window is not None:
