@@ -189,6 +189,27 @@ def test_examples_are_deterministic_and_well_formed():
     assert len(out) == 300 and out[:16] == text[:16] and out != text
 
 
+def test_task_param_ranges_are_drawn_per_instance():
+    from sparsa.train.data import StreamDataset, lm_tokens, load_train_tokenizer
+
+    cfg = toy(data={"lm_fraction": 0.0, "curriculum": [[0, 512]], "tokens_per_step": 512,
+                    "task_weights": {"variable_tracking": 1.0},
+                    "task_params": {"variable_tracking": {"hops": [1, 3], "chains": 1}}})
+    tok = load_train_tokenizer("default")
+    ds = StreamDataset(cfg, tok, lm_tokens(tok, 2))
+    seen = set()
+    for i in range(24):
+        ex = ds.make_example(0, i)
+        pos = ex.answer.nonzero()[:, 0]
+        answer = tok.decode(ex.ids[pos + 1].tolist(), skip_special_tokens=True)
+        seen.add(len(answer.split(",")))       # hops + 1 names in the answer
+    assert seen == {2, 3, 4}
+    assert ds.make_example(0, 5).ids.equal(ds.make_example(0, 5).ids)
+    for bad in ([3, 1], [1], [1.5, 2]):
+        with pytest.raises((ValueError, TypeError), match="hops"):
+            toy(data={"task_params": {"variable_tracking": {"hops": bad}}}).validate()
+
+
 def test_sigterm_checkpoints_and_stops(tmp_path):
     import os
     import signal

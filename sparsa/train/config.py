@@ -31,6 +31,18 @@ class ModelConfig:
     init_std: float = 0.02
 
 
+def param_extremes(params: dict[str, Any]) -> list[dict[str, Any]]:
+    """``params`` with every ``[low, high]`` range set to its low end, then to its high end."""
+    lo = {k: (v[0] if isinstance(v, list) else v) for k, v in params.items()}
+    hi = {k: (v[1] if isinstance(v, list) else v) for k, v in params.items()}
+    return [lo, hi]
+
+
+def draw_params(params: dict[str, Any], rng: Any) -> dict[str, Any]:
+    """``params`` with every ``[low, high]`` range replaced by an integer drawn from ``rng``."""
+    return {k: (rng.randint(v[0], v[1]) if isinstance(v, list) else v) for k, v in params.items()}
+
+
 @dataclass
 class DataConfig:
     """The training stream: language modelling on stdlib text mixed with task instances.
@@ -41,6 +53,9 @@ class DataConfig:
     Loss weights: every predicted token 1, answer tokens (and their EOS) ``answer_weight``.
     A share ``lm_repeat_fraction`` of the language-modelling windows (whole sequences and the
     text after a task) has earlier spans copied in again, so in-context copying is learnt early.
+    ``task_params`` sets task parameters for training instances; an integer parameter given as
+    ``[low, high]`` is drawn uniformly (both ends included) for every instance, so a hard task
+    (four-hop variable tracking, say) is also seen in its easier forms.
     """
 
     tokenizer: str = "default"
@@ -132,7 +147,15 @@ class TrainConfig:
         if d.lm_fraction < 1.0 and not any(w > 0 for w in d.task_weights.values()):
             raise ValueError("data.task_weights: needs a positive weight unless data.lm_fraction is 1")
         for name in list(d.task_weights) + list(d.task_params):
-            get_task(name, **d.task_params.get(name, {}))
+            for key, value in d.task_params.get(name, {}).items():
+                if isinstance(value, list):
+                    ok = (len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+                          and value[0] <= value[1])
+                    if not ok:
+                        raise ValueError(f"data.task_params.{name}.{key}: a range must be [low, high] integers "
+                                         f"with low <= high, got {value}")
+            for params in param_extremes(d.task_params.get(name, {})):
+                get_task(name, **params)
         lo, hi = d.length_fraction
         if not 0.0 < lo <= hi <= 1.0:
             raise ValueError(f"data.length_fraction: need 0 < low <= high <= 1, got {d.length_fraction}")

@@ -6,6 +6,7 @@ exactly the batches an uninterrupted run would, whatever the number of loader wo
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import hashlib
 import math
 import os
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 
 from ..eval.tasks import get_task, list_tasks
-from .config import DataConfig, TrainConfig
+from .config import DataConfig, TrainConfig, draw_params, param_extremes
 
 LM_TASK_ID = -1
 
@@ -110,7 +111,8 @@ class StreamDataset(torch.utils.data.Dataset):
         d = cfg.data
         self.pad, self.bos, self.eos = special_token_ids(tok)
         names = [n for n, w in d.task_weights.items() if w > 0]
-        self.tasks = [get_task(n, **d.task_params.get(n, {})) for n in names]
+        self.tasks = [get_task(n, **param_extremes(d.task_params.get(n, {}))[1]) for n in names]
+        self.task_params = [d.task_params.get(n, {}) for n in names]
         self.task_weights = [float(d.task_weights[n]) for n in names]
         self.task_ids = [list_tasks().index(n) for n in names]
 
@@ -141,10 +143,13 @@ class StreamDataset(torch.utils.data.Dataset):
         ans: list[bool] = []
         task_id = LM_TASK_ID
         if self.tasks and rng.random() >= d.lm_fraction:
-            feasible = [(t, wt, tid) for t, wt, tid in zip(self.tasks, self.task_weights, self.task_ids)
+            feasible = [(t, wt, tid, tp) for t, wt, tid, tp in
+                        zip(self.tasks, self.task_weights, self.task_ids, self.task_params)
                         if t.min_length <= L - t.max_new_tokens(L) - 2]
             if feasible:
-                task, _, task_id = rng.choices(feasible, weights=[f[1] for f in feasible])[0]
+                task, _, task_id, params = rng.choices(feasible, weights=[f[1] for f in feasible])[0]
+                if any(isinstance(v, list) for v in params.values()):
+                    task = dataclasses.replace(task, **draw_params(params, rng))
                 room = L - task.max_new_tokens(L) - 2
                 target = max(task.min_length, int(rng.uniform(*d.length_fraction) * room))
                 inst = task.generate(target, rng.randrange(2**31), self.tok, split="train")
