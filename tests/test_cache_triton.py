@@ -35,6 +35,8 @@ CASES = [
     ("ada_snapkv", {"window": 6, "kernel": 3, "capacity": 10}, None),
     ("quest", {"page_size": 4, "budget": 12}, None),
     ("quest", {"page_size": 8, "budget": 16}, "int4:g16"),
+    ("quest", {"page_size": 4, "budget": 12, "bounds": "int8"}, None),
+    ("quest", {"page_size": 5, "budget": 15, "bounds": "native"}, "int8"),
     ("dense", {}, None),
 ]
 

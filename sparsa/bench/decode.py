@@ -2,9 +2,10 @@
 
 Shapes: 32 query / 8 KV heads and 64 query / 4 KV heads, head_dim 128, bf16, batch 1 and 16,
 contexts 16K-128K. Methods: H2O, SnapKV, Ada-SnapKV, StreamingLLM at compression 5/10/20 and
-Quest (the paper's 4,096-token budget with 16-token pages, and compression 5/10/20), each on a
-bf16, int8 or int4 cache. Baselines in the same run: PyTorch SDPA with the cuDNN and FLASH (FA2)
-backends over the full bf16 cache (the query group is laid out as query rows, so each KV head is
+Quest (the paper's 4,096-token budget with 16-token pages, and compression 5/10/20; page
+bounds stored as int8 codes, the default on these caches), each on a bf16, int8 or int4
+cache. Baselines in the same run: PyTorch SDPA with the cuDNN and FLASH (FA2) backends over
+the full bf16 cache (the query group is laid out as query rows, so each KV head is
 read once), and sparsa's own kernel over the full cache.
 
 A step is everything the method does online: append the new token (quantizing it), attend, and
@@ -20,8 +21,9 @@ its own adaptive split of random scores whose spread differs per head): step tim
 how many tokens each head keeps, not on which.
 
 Reported per row: time, the dense baseline's time and the speedup; achieved compression
-(context / tokens read, page bounds counted), bytes read and achieved GB/s; cache bytes held and
-the dense bf16 cache's. ``main`` is the command-line entry (``python benchmarks/decode.py``).
+(context / tokens read, page bounds counted in token-equivalents of their bytes), bytes read
+and achieved GB/s; cache bytes held and the dense bf16 cache's. ``main`` is the command-line
+entry (``python benchmarks/decode.py``).
 """
 from __future__ import annotations
 
@@ -168,8 +170,9 @@ def check_decoder(dec, q: torch.Tensor) -> dict[str, float]:
         ps = c.page_size
         bound = (max(c.seq_lens_host) - 1) // ps + 1
         nsel = [bound if n is None else min(n, bound) for n in dec.n_select_host]
-        s_tri = quest_page_scores_triton(q, c.kmin, c.kmax, c.page_table, c.seq_lens, ps, max_pages=bound)
-        s_ref = quest_page_scores_ref(q, c.kmin, c.kmax, c.page_table[:, :bound], c.seq_lens, ps)
+        s_tri = quest_page_scores_triton(q, c.kmin, c.kmax, c.page_table, c.seq_lens, ps, max_pages=bound,
+                                         scale=c.kscale)
+        s_ref = quest_page_scores_ref(q, c.kmin, c.kmax, c.page_table[:, :bound], c.seq_lens, ps, scale=c.kscale)
         fin = torch.isfinite(s_ref)
         score_err = float(((s_tri - s_ref).abs()[fin]).max() / s_ref[fin].abs().max())
         plist, nlist = quest_select_triton(s_tri, c.seq_lens, ps, dec.n_select, max(nsel) + 1)
@@ -325,13 +328,23 @@ class DecodeBench:
 
 
 def _params(name: str | None, comp: Any, quant: str | None) -> dict[str, Any]:
+    from ..ops.sparse_decode import default_bounds
     p: dict[str, Any] = {"quant": quant or "bf16"}
     if isinstance(comp, tuple):
         p["budget"] = comp[1]
         p["page_size"] = 16
     elif comp is not None:
         p["target"] = comp
+    if name == "quest":
+        p["bounds"] = default_bounds(torch.bfloat16, quant is not None)
     return p
+
+
+# Quest scoring launches tried by the tuning (pages per program, bytes of bounds per loop step)
+QUEST_SCORE_VARIANTS = [dict(pages_per_prog=256, tile_bytes=16384, num_warps=4, num_stages=3),
+                        dict(pages_per_prog=512, tile_bytes=16384, num_warps=8, num_stages=3),
+                        dict(pages_per_prog=128, tile_bytes=8192, num_warps=4, num_stages=2),
+                        dict(pages_per_prog=64, tile_bytes=16384, num_warps=4, num_stages=1)]
 
 
 def tune_kernels(deadline: float) -> dict[str, Any]:
@@ -362,7 +375,8 @@ def tune_kernels(deadline: float) -> dict[str, Any]:
     c = dec.cache
     ps = c.page_size
     bound = (max(c.seq_lens_host) - 1) // ps + 1
-    s = kt.quest_page_scores_triton(q, c.kmin, c.kmax, c.page_table, c.seq_lens, ps, max_pages=bound)
+    s = kt.quest_page_scores_triton(q, c.kmin, c.kmax, c.page_table, c.seq_lens, ps, max_pages=bound,
+                                    scale=c.kscale)
     plist, nlist = kt.quest_select_triton(s, c.seq_lens, ps, dec.n_select, 257)
     variants = [dict(block_n=64, num_warps=4, num_stages=3, split_factor=2),
                 dict(block_n=64, num_warps=4, num_stages=2, split_factor=4),
@@ -380,11 +394,26 @@ def tune_kernels(deadline: float) -> dict[str, Any]:
     if best:
         kt.set_launch_defaults("paged", **best[1])
         chosen["paged"] = best[1]
-    t_score = graph_ms(lambda: kt.quest_page_scores_triton(q, c.kmin, c.kmax, c.page_table, c.seq_lens, ps,
-                                                           max_pages=bound))
+    best = None
+    for var in QUEST_SCORE_VARIANTS:
+        if time.time() > deadline:
+            break
+        kt.set_launch_defaults("quest_scores", **var)
+        t = graph_ms(lambda: kt.quest_page_scores_triton(q, c.kmin, c.kmax, c.page_table, c.seq_lens, ps,
+                                                         max_pages=bound, scale=c.kscale))
+        print(f"  tune quest_scores ({c.bounds} bounds) {var}: {t * 1000:.1f} us", flush=True)
+        if best is None or t < best[0]:
+            best = (t, var)
+    if best:
+        kt.set_launch_defaults("quest_scores", **best[1])
+        chosen["quest_scores"] = best[1]
+    t_score = best[0] if best else graph_ms(lambda: kt.quest_page_scores_triton(
+        q, c.kmin, c.kmax, c.page_table, c.seq_lens, ps, max_pages=bound, scale=c.kscale))
     t_sel = graph_ms(lambda: kt.quest_select_triton(s, c.seq_lens, ps, dec.n_select, 257))
-    print(f"  quest parts at 64K B16: scores {t_score * 1000:.1f} us, select {t_sel * 1000:.1f} us", flush=True)
-    chosen["quest_parts_us"] = {"scores": round(t_score * 1000, 1), "select": round(t_sel * 1000, 1)}
+    print(f"  quest parts at 64K B16 ({c.bounds} bounds): scores {t_score * 1000:.1f} us, "
+          f"select {t_sel * 1000:.1f} us", flush=True)
+    chosen["quest_parts_us"] = {"bounds": c.bounds, "scores": round(t_score * 1000, 1),
+                                "select": round(t_sel * 1000, 1)}
     return chosen
 
 

@@ -8,8 +8,9 @@ only what the method will read:
 * evicting methods get a :class:`~sparsa.cache.VarlenKVCache` holding the kept tokens; H2O
   and StreamingLLM then evict one token per head at every step, so their cache stays at budget;
   SnapKV and Ada-SnapKV append every generated token;
-* Quest gets a :class:`~sparsa.cache.PagedKVCache`; each step scores the pages, selects the
-  best ones and attends over them plus the current page.
+* Quest gets a :class:`~sparsa.cache.PagedKVCache` (page bounds native or int8, see the
+  method's ``bounds``); each step scores the pages, selects the best ones and attends over
+  them plus the current page.
 
 Each :meth:`CacheDecoder.step` appends the new token, attends and updates the cache, and
 returns the output with :class:`StepStats`: KV tokens and bytes read, and the cache's bytes.
@@ -19,6 +20,7 @@ imported when a decoder is built, so the storage classes do not depend on them.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -44,8 +46,7 @@ class StepStats:
     """What one decode step read and what the cache holds.
 
     * ``tokens_read`` (B, H) float64: KV tokens each query head read, Quest's page bounds counted
-      as one token-equivalent per scored page (as :class:`~sparsa.methods.base.DecodeMethod`
-      reports);
+      in token-equivalents (their bytes over one token's key and value bytes, as stored);
     * ``context`` (B,) int64: tokens of each sequence, the new one included;
     * ``kv_bytes_read`` (B,) float64: bytes of keys and values (codes and scales as stored) and
       of page bounds the step read;
@@ -197,19 +198,22 @@ class QuestDecoder(CacheDecoder):
         if use_triton(self.backend, q):
             from ..ops.sparse_decode.triton import (paged_decode_triton, quest_page_scores_triton,
                                                     quest_select_triton)
-            scores = quest_page_scores_triton(q, c.kmin, c.kmax, c.page_table, c.seq_lens, ps, max_pages=bound)
+            scores = quest_page_scores_triton(q, c.kmin, c.kmax, c.page_table, c.seq_lens, ps, max_pages=bound,
+                                              scale=c.kscale)
             plist, nlist = quest_select_triton(scores, c.seq_lens, ps, self.n_select, width)
             out = paged_decode_triton(q, c.k, c.v, c.page_table, c.seq_lens, plist, nlist, page_size=ps,
                                       scale=self.scale)
         else:
-            scores = quest_page_scores_ref(q, c.kmin, c.kmax, c.page_table[:, :bound], c.seq_lens, ps)
+            scores = quest_page_scores_ref(q, c.kmin, c.kmax, c.page_table[:, :bound], c.seq_lens, ps,
+                                           scale=c.kscale)
             plist = quest_select_ref(scores, c.seq_lens, ps, torch.tensor(nsel, device=c.device))
             out = paged_decode_ref(q, c.k, c.v, c.page_table, c.seq_lens, plist, page_size=ps, scale=self.scale)
         self.last_page_list = plist
         # reads per sequence, known on the host: selected pages + current page (+ bounds of the
-        # scored pages), or the whole sequence when every page is read
+        # scored pages, in token-equivalents), or the whole sequence when every page is read
         reads, per_read = [], []
         per_tok, per_meta = c.kv_bytes_per_token(), c.meta_bytes_per_page()
+        meta_tok = c.meta_tokens_per_page()
         for s, n in zip(seq_host, self.n_select_host):
             cur = (s - 1) // ps
             if n is None or cur <= n:
@@ -217,8 +221,8 @@ class QuestDecoder(CacheDecoder):
                 per_read.append(float(per_tok))
             else:
                 toks = n * ps + (s - cur * ps)
-                reads.append(float(toks + cur))
-                per_read.append((toks * per_tok + cur * per_meta) / (toks + cur))
+                reads.append(toks + cur * meta_tok)
+                per_read.append((toks * per_tok + cur * per_meta) / (toks + cur * meta_tok))
         read = torch.tensor(reads, dtype=torch.float64)[:, None].expand(c.batch, c.kv_heads)
         bpr = torch.tensor(per_read, dtype=torch.float64)[:, None]
         return out, StepStats(read, self.heads, seq_host, bpr, c.nbytes(),
@@ -230,7 +234,7 @@ class QuestDecoder(CacheDecoder):
 
 def init_cache(method: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, lengths: Any = None,
                quant: QuantSpec | str | None = None, page_size: int | None = None, reserve: int | None = None,
-               scale: float | None = None, backend: str | None = None) -> CacheDecoder:
+               scale: float | None = None, backend: str | None = None, bounds: str | None = None) -> CacheDecoder:
     """Build the compact cache a decode method needs from the prompt, and its decoder.
 
     method: a :class:`~sparsa.methods.base.DecodeMethod` (or its name; None / "dense" = keep
@@ -240,6 +244,8 @@ def init_cache(method: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *
     sequence is planned on its own tokens. ``quant``: None, "int8", "int4" or a
     :class:`QuantSpec` (keys and values stored as codes; selection at prefill uses the original
     keys, later scores the dequantized ones). ``page_size`` (Quest): must equal the method's.
+    ``bounds`` (Quest): page-bound storage, "native" or "int8", overriding the method's
+    ``bounds`` (None: the method's, whose default is int8 for bf16/fp16 and quantized caches).
     ``reserve``: free tokens per head before the cache grows. ``backend``: as for the ops.
     """
     check_qkv(q, k, v)
@@ -274,8 +280,12 @@ def init_cache(method: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *
 
     if page_size is not None and not isinstance(m, Quest):
         raise ValueError("page_size: only Quest reads a paged cache")
+    if bounds is not None and not isinstance(m, Quest):
+        raise ValueError("bounds: only Quest's paged cache keeps page bounds")
     if isinstance(m, Quest):
-        states = rows(lambda qq, kk, vv: m.init_decode(qq, kk, vv, scale=sc))
+        if bounds is not None and bounds != m.bounds:
+            m = dataclasses.replace(m, bounds=bounds)
+        states = rows(lambda qq, kk, vv: m.init_decode(qq, kk, vv, scale=sc, quant=spec))
         ps = states[0].page_size
         if any(s.page_size != ps for s in states):
             raise ValueError("lengths: Quest resolved different page sizes for the sequences; set page_size "
@@ -284,7 +294,7 @@ def init_cache(method: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *
             raise ValueError(f"page_size: the cache's pages must be Quest's pages ({ps}), got {page_size}")
         n_select = [s.pages for s in states] if ragged else [states[0].pages] * b
         cache = PagedKVCache.from_dense(k, v, ps, lengths=seq if ragged else None, quant=spec,
-                                        reserve=256 if reserve is None else reserve)
+                                        bounds=states[0].bounds, reserve=256 if reserve is None else reserve)
         return QuestDecoder(m, cache, h, sc, backend, n_select)
 
     res = growing_reserve(L) if reserve is None else reserve

@@ -7,7 +7,9 @@ import torch
 
 from .._validation import check_int, check_qkv
 from ..ops.dense.reference import causal_mask_fn, masked_attention, query_positions
-from ..ops.sparse_decode import pages_to_tokens, sparse_decode_ref
+from ..ops.kv_quant import QuantSpec
+from ..ops.sparse_decode import (PAGE_BOUNDS, bounds_bytes_per_page, dequantize_bounds, pages_to_tokens,
+                                 quantize_bounds, resolve_bounds, sparse_decode_ref)
 from ._scores import count_positions, page_bounds, page_scores, per_query_head
 from .base import AttentionStats, DecodeMethod, decode_stats, solve_budget
 from .registry import register
@@ -16,26 +18,49 @@ PAGE_SIZE_DEFAULT = 16
 BUDGET_DEFAULT = 4096
 
 
-def quest_reads(context_len: int, page_size: int, pages: int | None) -> int:
+def quest_reads(context_len: int, page_size: int, pages: int | None, meta: float = 1.0) -> float:
     """Token-equivalents one step at position ``context_len - 1`` reads.
 
-    Selected pages, plus the current page up to the query, plus one token-equivalent per
-    scored page (its key min and max) when there are more candidate pages than ``pages``; a
-    step that can read every earlier page reads the context and no metadata.
+    Selected pages, plus the current page up to the query, plus ``meta`` token-equivalents per
+    scored page (its key min and max: their bytes over one token's key and value bytes; 1 for
+    bounds stored like the keys) when there are more candidate pages than ``pages``; a step
+    that can read every earlier page reads the context and no metadata.
     """
     p = context_len - 1
     current = p // page_size
     if pages is None or current <= pages:
         return context_len
-    return pages * page_size + (p - current * page_size + 1) + current
+    return pages * page_size + (p - current * page_size + 1) + current * meta
+
+
+def page_meta_tokens(bounds: str, head_dim: int, dtype: torch.dtype, quant: QuantSpec | str | None = None) -> float:
+    """One page's bounds in token-equivalents: their bytes over the bytes of one token's key
+    and value in a cache of ``dtype`` keys (int8/int4 codes with ``quant``)."""
+    spec = QuantSpec.parse(quant)
+    kv = 2 * (spec.bytes_per_token(head_dim) if spec is not None
+              else head_dim * torch.empty((), dtype=dtype).element_size())
+    return bounds_bytes_per_page(bounds, head_dim, dtype) / kv
+
+
+def stored_page_bounds(k: torch.Tensor, page_size: int, n_pages: int,
+                       bounds: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Page bounds (B, Hkv, n_pages, D) as a cache with ``bounds`` storage holds them: exact
+    min / max ("native"), or their int8 codes times the scale (rounded outwards, "int8")."""
+    kmin, kmax = page_bounds(k, page_size, n_pages)
+    if bounds == "native":
+        return kmin, kmax
+    return dequantize_bounds(*quantize_bounds(kmin, kmax))
 
 
 @dataclass
 class QuestState:
-    """Decode state: the resolved page size and pages per step (None = every page)."""
+    """Decode state: the resolved page size and pages per step (None = every page), the page
+    bounds' storage and their cost per scored page in token-equivalents."""
 
     page_size: int
     pages: int | None
+    bounds: str = "native"
+    meta: float = 1.0
 
 
 @register
@@ -49,9 +74,16 @@ class Quest(DecodeMethod):
     inside the page), summed over the KV head's query group, reads the ``budget // page_size``
     best pages and its current page (causally). Nothing is evicted.
 
-    Cost per step: selected tokens + current page + one token-equivalent per scored page (the
-    min/max pair), e.g. about 4096 + 4096 at 64K with the defaults (``page_size=16``,
-    ``budget=4096``, the paper's).
+    ``bounds``: how the min and max are stored, "native" (the keys' dtype) or "int8" (codes
+    with one float32 scale per page and KV head, rounded outwards: still an upper bound, half
+    the bytes of bf16 bounds); None picks int8 for bfloat16/float16 keys and for int8/int4
+    caches, native otherwise.
+
+    Cost per step: selected tokens + current page + the bounds of every scored page, counted in
+    token-equivalents (their bytes over one token's key and value bytes: 1 for native bounds,
+    about 0.5 for int8 bounds of bf16 keys), e.g. about 4096 + 4096 at 64K with the defaults
+    (``page_size=16``, ``budget=4096``, the paper's) and native bounds, 4096 + 2080 with int8
+    bounds of bf16 keys.
 
     ``compression = c`` with ``budget`` unset picks the page count whose reads, metadata
     included, are closest to ``context / c``. When even one page would read too much (the
@@ -64,8 +96,11 @@ class Quest(DecodeMethod):
 
     page_size: int | None = None
     budget: int | None = None
+    bounds: str | None = None
 
     def validate(self) -> None:
+        if self.bounds is not None and self.bounds not in PAGE_BOUNDS:
+            raise ValueError(f"bounds: must be one of {PAGE_BOUNDS} or None, got {self.bounds!r}")
         if self.page_size is not None:
             check_int("page_size", self.page_size, minimum=1)
         if self.budget is not None:
@@ -75,8 +110,17 @@ class Quest(DecodeMethod):
                 raise ValueError(f"budget: must be >= page_size ({ps}) to select at least one page "
                                  f"besides the current one, got {self.budget}")
 
-    def resolve(self, context_len: int) -> tuple[int, int | None]:
-        """(page_size, pages selected per step; None = all) for a context of ``context_len``."""
+    def resolved_bounds(self, dtype: torch.dtype, quant: QuantSpec | str | None = None) -> str:
+        """The bound storage for keys of ``dtype`` (cache quantization ``quant``)."""
+        return resolve_bounds(self.bounds, dtype, QuantSpec.parse(quant) is not None)
+
+    def meta_tokens(self, dtype: torch.dtype, head_dim: int, quant: QuantSpec | str | None = None) -> float:
+        """Token-equivalents of one scored page's bounds for keys of ``dtype`` and ``head_dim``."""
+        return page_meta_tokens(self.resolved_bounds(dtype, quant), head_dim, dtype, quant)
+
+    def resolve(self, context_len: int, meta: float = 1.0) -> tuple[int, int | None]:
+        """(page_size, pages selected per step; None = all) for a context of ``context_len``;
+        ``meta``: token-equivalents per scored page (see :meth:`meta_tokens`)."""
         if self.budget is not None or self.compression is None:
             ps = PAGE_SIZE_DEFAULT if self.page_size is None else self.page_size
             return ps, (BUDGET_DEFAULT if self.budget is None else self.budget) // ps
@@ -89,28 +133,31 @@ class Quest(DecodeMethod):
             sizes = [PAGE_SIZE_DEFAULT]
             while sizes[-1] * 2 <= max(PAGE_SIZE_DEFAULT, context_len):
                 sizes.append(sizes[-1] * 2)
-            fits = [s for s in sizes if quest_reads(context_len, s, 1) <= target]
-            ps = fits[0] if fits else min(sizes, key=lambda s: quest_reads(context_len, s, 1))
+            fits = [s for s in sizes if quest_reads(context_len, s, 1, meta) <= target]
+            ps = fits[0] if fits else min(sizes, key=lambda s: quest_reads(context_len, s, 1, meta))
         current = (context_len - 1) // ps
         if current <= 1:
             return ps, None
-        pages = solve_budget(lambda n: quest_reads(context_len, ps, n), target, 1, current)
+        pages = solve_budget(lambda n: quest_reads(context_len, ps, n, meta), target, 1, current)
         return ps, (None if pages >= current else pages)
 
-    def decode_tokens(self, context_len: int) -> int:
-        return quest_reads(context_len, *self.resolve(context_len))
+    def decode_tokens(self, context_len: int, meta: float = 1.0) -> float:
+        """Token-equivalents one step reads (see :func:`quest_reads`); ``meta`` per scored page."""
+        return quest_reads(context_len, *self.resolve(context_len, meta), meta)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float,
                 backend: str | None) -> tuple[torch.Tensor, AttentionStats]:
-        b, h, lq, _ = q.shape
+        b, h, lq, d = q.shape
         hkv, lk = k.shape[1], k.shape[2]
-        ps, pages = self.resolve(lk)
+        bounds = self.resolved_bounds(k.dtype)
+        meta = page_meta_tokens(bounds, d, k.dtype)
+        ps, pages = self.resolve(lk, meta)
         n_pages = (lk - 1) // ps                      # pages before the last row's current page
         last: dict[str, torch.Tensor] = {}
         if pages is None or n_pages <= pages:
             mask_fn = causal_mask_fn(lq, lk, q.device)
         else:
-            kmin, kmax = page_bounds(k, ps, n_pages)
+            kmin, kmax = stored_page_bounds(k, ps, n_pages, bounds)
             cols = torch.arange(lk, device=q.device)
             page_ids = torch.arange(n_pages, device=q.device)
 
@@ -131,17 +178,20 @@ class Quest(DecodeMethod):
 
         out, _ = masked_attention(q, k, v, mask_fn, scale=scale)
         if "read" in last:
-            read = last["read"] + (lk - 1) // ps        # one token-equivalent per scored page
+            read = last["read"] + (lk - 1) // ps * meta     # the bounds of every scored page
         else:
             read = torch.full((b, hkv), float(lk), dtype=torch.float64)
         return out, decode_stats(self.name, per_query_head(read, h), lk, page_size=ps,
                                  budget=None if pages is None else pages * ps)
 
-    def init_decode(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
-                    scale: float | None = None) -> QuestState:
-        """Nothing is evicted; page budgets are resolved for the prompt length k.shape[2]."""
+    def init_decode(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | None = None,
+                    quant: QuantSpec | str | None = None) -> QuestState:
+        """Nothing is evicted; page budgets are resolved for the prompt length k.shape[2], the
+        bounds' cost for keys of k's dtype stored with ``quant`` (None, "int8", "int4")."""
         check_qkv(q, k, v)
-        return QuestState(*self.resolve(k.shape[2]))
+        bounds = self.resolved_bounds(k.dtype, quant)
+        meta = page_meta_tokens(bounds, k.shape[-1], k.dtype, quant)
+        return QuestState(*self.resolve(k.shape[2], meta), bounds=bounds, meta=meta)
 
     def select(self, q: torch.Tensor, k: torch.Tensor, state: QuestState) -> torch.Tensor:
         """Selected pages' tokens then the current page's, (B, Hkv, n); q (B, H, D)."""
@@ -150,7 +200,7 @@ class Quest(DecodeMethod):
         current = (s_len - 1) // ps
         if pages is None or current <= pages:
             return torch.arange(s_len, device=k.device).expand(b, hkv, s_len)
-        kmin, kmax = page_bounds(k, ps, current)
+        kmin, kmax = stored_page_bounds(k, ps, current, state.bounds)
         sc = page_scores(q[:, :, None], kmin, kmax)[:, :, 0]                   # (B, Hkv, current)
         top = sc.topk(pages, dim=-1).indices.sort(dim=-1).values
         tail = torch.arange(current * ps, s_len, device=k.device).expand(b, hkv, -1)
@@ -160,10 +210,10 @@ class Quest(DecodeMethod):
                     scale: float | None = None) -> tuple[torch.Tensor, QuestState, torch.Tensor]:
         """q: (B, H, D); k, v: (B, Hkv, S, D) whose last entry is the new token.
 
-        tokens read counts the page metadata (one token-equivalent per scored page).
+        tokens read counts the page metadata (``state.meta`` token-equivalents per scored page).
         """
         idx = self.select(q, k, state)
         out = sparse_decode_ref(q, k, v, idx, scale=scale)
         current = (k.shape[2] - 1) // state.page_size
-        meta = 0 if state.pages is None or current <= state.pages else current
+        meta = 0.0 if state.pages is None or current <= state.pages else current * state.meta
         return out, state, per_query_head(count_positions(idx) + meta, q.shape[1])

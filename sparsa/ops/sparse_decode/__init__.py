@@ -3,8 +3,9 @@
 * :func:`sparse_decode_ref`: the subset as token positions of a dense cache (the spec of the
   decode-time methods);
 * :func:`varlen_decode`: a per-KV-head variable-length store (evicting methods);
-* :func:`paged_decode`, :func:`quest_page_scores`, :func:`quest_select`, :func:`quest_decode`:
-  a paged store read page by page (Quest).
+* :func:`paged_decode`, :func:`quest_page_scores`, :func:`quest_select`: a paged store read
+  page by page (Quest), whose page bounds are stored natively or as int8 codes
+  (:func:`quantize_bounds`).
 
 Each dispatches between the PyTorch reference and the Triton kernel (``backend`` "auto",
 "reference" or "triton"; see :mod:`sparsa.backend`). "auto" runs the kernel on CUDA tensors it
@@ -18,9 +19,10 @@ import torch
 
 from ...backend import resolve_backend
 from ..kv_quant import QuantizedTensor
-from .reference import (current_pages, gather_rows, h2o_victims_ref, paged_decode_ref, paged_rows, pages_to_tokens,
-                        quest_page_scores_ref, quest_select_ref, sparse_decode_ref, streaming_victims_ref,
-                        varlen_decode_ref)
+from .reference import (PAGE_BOUNDS, bounds_bytes_per_page, current_pages, default_bounds, dequantize_bounds,
+                        gather_rows, h2o_victims_ref, paged_decode_ref, paged_rows, pages_to_tokens, quantize_bounds,
+                        quest_page_scores_ref, quest_select_ref, resolve_bounds, sparse_decode_ref,
+                        streaming_victims_ref, varlen_decode_ref)
 
 KERNEL_HEAD_DIMS = (32, 64, 128, 256)
 
@@ -72,13 +74,18 @@ def paged_decode(q: torch.Tensor, k_pages, v_pages, page_table: torch.Tensor, se
 
 
 def quest_page_scores(q: torch.Tensor, kmin: torch.Tensor, kmax: torch.Tensor, page_table: torch.Tensor,
-                      seq_lens: torch.Tensor, page_size: int, *, backend: str | None = None) -> torch.Tensor:
-    """Quest page scores (B, Hkv, max_pages) float32; -inf where a page is not a candidate."""
+                      seq_lens: torch.Tensor, page_size: int, *, scale: torch.Tensor | None = None,
+                      backend: str | None = None) -> torch.Tensor:
+    """Quest page scores (B, Hkv, max_pages) float32; -inf where a page is not a candidate.
+
+    kmin, kmax (pages, Hkv, D): bounds, or int8 codes with ``scale`` (pages, Hkv) float32
+    (see :func:`~sparsa.ops.sparse_decode.reference.quest_page_scores_ref`).
+    """
     if use_triton(backend, q):
         from .triton import quest_page_scores_triton
         return quest_page_scores_triton(q, kmin, kmax, page_table.to(torch.int32), seq_lens.to(torch.int64),
-                                        page_size)
-    return quest_page_scores_ref(q, kmin, kmax, page_table, seq_lens, page_size)
+                                        page_size, scale=scale)
+    return quest_page_scores_ref(q, kmin, kmax, page_table, seq_lens, page_size, scale=scale)
 
 
 def quest_select(scores: torch.Tensor, seq_lens: torch.Tensor, page_size: int, n_select: torch.Tensor | int, *,
@@ -95,6 +102,8 @@ def quest_select(scores: torch.Tensor, seq_lens: torch.Tensor, page_size: int, n
     return quest_select_ref(scores, seq_lens, page_size, n_select)
 
 
-__all__ = ["current_pages", "gather_rows", "h2o_victims_ref", "paged_decode", "paged_decode_ref", "paged_rows",
-           "pages_to_tokens", "quest_page_scores", "quest_page_scores_ref", "quest_select", "quest_select_ref",
-           "sparse_decode_ref", "streaming_victims_ref", "use_triton", "varlen_decode", "varlen_decode_ref"]
+__all__ = ["PAGE_BOUNDS", "bounds_bytes_per_page", "current_pages", "default_bounds", "dequantize_bounds",
+           "gather_rows", "h2o_victims_ref", "paged_decode", "paged_decode_ref", "paged_rows", "pages_to_tokens",
+           "quantize_bounds", "quest_page_scores", "quest_page_scores_ref", "quest_select", "quest_select_ref",
+           "resolve_bounds", "sparse_decode_ref", "streaming_victims_ref", "use_triton", "varlen_decode",
+           "varlen_decode_ref"]

@@ -192,14 +192,94 @@ def current_pages(seq_lens: torch.Tensor, page_size: int) -> torch.Tensor:
     return (seq_lens.to(torch.int64) - 1).clamp_min(0) // page_size
 
 
+# ---------------------------------------------------------------------------------------------
+# Quest page bounds.
+#
+# A page's bounds are the per-channel min and max of its keys (for a quantized cache: of the
+# dequantized keys). They are stored either in the keys' own dtype ("native") or as int8 codes
+# with one float32 scale per (page, KV head) ("int8": code * scale, the min rounded down and
+# the max rounded up, so the bounds still cover every key and Quest's score stays an upper
+# bound of q·k). Either way min and max sit side by side, (pages, kv_heads, 2, head_dim).
+# ---------------------------------------------------------------------------------------------
+
+PAGE_BOUNDS = ("native", "int8")
+HALF_BOUNDS = "int8"                # bf16/fp16 caches: half the metadata bytes of native bounds
+BOUND_CODE_MAX = 127
+BOUND_SCALE_UP = 1.0 + 2.0 ** -10   # the scale is widened so that no code leaves [-127, 127]
+BOUND_SCALE_TINY = 2.0 ** -100      # scale of an all-zero page (kept far from float32 denormals)
+BOUND_SCALE_BYTES = 4
+
+
+def default_bounds(dtype: torch.dtype, quantized: bool) -> str:
+    """Bound storage a cache gets when none is asked for: "int8" for int8/int4 caches and for
+    bfloat16/float16 keys, "native" for float32/float64 keys (exact, for checks)."""
+    if quantized:
+        return "int8"
+    return HALF_BOUNDS if dtype in (torch.bfloat16, torch.float16) else "native"
+
+
+def resolve_bounds(bounds: str | None, dtype: torch.dtype, quantized: bool) -> str:
+    """``bounds`` checked ("native", "int8" or None = :func:`default_bounds`); raises ValueError."""
+    if bounds is None:
+        return default_bounds(dtype, quantized)
+    if bounds not in PAGE_BOUNDS:
+        raise ValueError(f"bounds: must be one of {PAGE_BOUNDS} or None, got {bounds!r}")
+    if bounds == "int8" and dtype == torch.float64 and not quantized:
+        raise ValueError("bounds: 'int8' page bounds take float32/float16/bfloat16 or quantized caches, "
+                         "not float64; use bounds='native'")
+    return bounds
+
+
+def bounds_bytes_per_page(bounds: str, head_dim: int, dtype: torch.dtype) -> int:
+    """Bytes of one page's bounds for one KV head: min and max (and the int8 scale)."""
+    if bounds == "int8":
+        return 2 * head_dim + BOUND_SCALE_BYTES
+    return 2 * head_dim * torch.empty((), dtype=dtype).element_size()
+
+
+def quantize_bounds(kmin: torch.Tensor, kmax: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """int8 codes of page bounds, rounded outwards, with one scale per vector.
+
+    kmin, kmax (..., D) float. ``scale = max |bound| / 127`` (widened by 2^-10); the max is
+    rounded up and the min down, and a code whose product with the scale still falls short of
+    its bound (a rounding of the division) moves one step further out, so that
+    ``code_min * scale <= kmin`` and ``code_max * scale >= kmax`` hold in the arithmetic the
+    scores use. Computed in float32 (float64 inputs in float64). Returns (code_min, code_max)
+    (..., D) int8 and scale (...) float32 (float64 for float64 inputs).
+    """
+    ct = torch.float64 if kmin.dtype == torch.float64 else torch.float32
+    lo, hi = kmin.to(ct), kmax.to(ct)
+    amax = torch.maximum(lo.abs().amax(-1), hi.abs().amax(-1))
+    scale = (amax / float(BOUND_CODE_MAX) * BOUND_SCALE_UP).clamp_min(BOUND_SCALE_TINY)
+    s = scale[..., None]
+    cmax = torch.ceil(hi / s)
+    cmax = torch.where(cmax * s < hi, cmax + 1, cmax)
+    cmin = torch.floor(lo / s)
+    cmin = torch.where(cmin * s > lo, cmin - 1, cmin)
+    lim = float(BOUND_CODE_MAX)
+    return cmin.clamp(-lim, lim).to(torch.int8), cmax.clamp(-lim, lim).to(torch.int8), scale
+
+
+def dequantize_bounds(cmin: torch.Tensor, cmax: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(kmin, kmax) (..., D) in the scale's dtype from int8 codes (..., D) and scale (...)."""
+    s = scale[..., None]
+    return cmin.to(scale.dtype) * s, cmax.to(scale.dtype) * s
+
+
 def quest_page_scores_ref(q: torch.Tensor, kmin: torch.Tensor, kmax: torch.Tensor, page_table: torch.Tensor,
-                          seq_lens: torch.Tensor, page_size: int) -> torch.Tensor:
+                          seq_lens: torch.Tensor, page_size: int, *, scale: torch.Tensor | None = None) -> torch.Tensor:
     """Quest's score of every complete page before each sequence's current page.
 
-    q: (B, H, D); kmin, kmax: (pages, Hkv, D) per physical page; page_table (B, max_pages).
-    Score of logical page i: Σ_{g in group} Σ_d max(q_gd·kmax_d, q_gd·kmin_d). Returns
-    (B, Hkv, max_pages) float32, -inf at pages that are not candidates (i >= current page).
+    q: (B, H, D); kmin, kmax: (pages, Hkv, D) per physical page, the bounds themselves or, with
+    ``scale`` (pages, Hkv) float32, int8 codes of bounds ``code * scale``; page_table
+    (B, max_pages). Score of logical page i: Σ_{g in group} Σ_d max(q_gd·kmax_d, q_gd·kmin_d)
+    = qpos·kmax + qneg·kmin with qpos, qneg the group sums of q's positive and negative parts
+    (times the scale for int8 codes). Returns (B, Hkv, max_pages) float32, -inf at pages that
+    are not candidates (i >= current page).
     """
+    if (kmin.dtype == torch.int8) != (scale is not None):
+        raise ValueError("scale: int8 page bounds need their scale (pages, kv_heads), and only they take one; "
+                         f"got bounds of {kmin.dtype} with scale {'None' if scale is None else 'given'}")
     b, h, d = q.shape
     hkv = kmin.shape[1]
     mp = page_table.shape[1]
@@ -209,6 +289,8 @@ def quest_page_scores_ref(q: torch.Tensor, kmin: torch.Tensor, kmax: torch.Tenso
     kx = kmax.float()[phys]                                               # (B, mp, Hkv, D)
     kn = kmin.float()[phys]
     s = torch.einsum("bkd,bpkd->bkp", qpos, kx) + torch.einsum("bkd,bpkd->bkp", qneg, kn)
+    if scale is not None:
+        s = s * scale.float()[phys].transpose(1, 2)
     cand = torch.arange(mp, device=q.device)[None, :] < current_pages(seq_lens, page_size).to(q.device)[:, None]
     return s.masked_fill(~cand[:, None, :], float("-inf"))
 

@@ -16,8 +16,12 @@ Kernels:
   stays compact and its order is irrelevant to attention).
 * :func:`quest_page_scores_triton` and :func:`quest_select_triton`: Quest's page upper bound
   summed over the KV head's query group (the group sum folds into one vector pair, so each
-  page's min/max is read once), and an exact top-k by radix selection on the scores' bits
-  (ties to the lower page), writing the sorted page list plus the current page.
+  page's min/max is read once; native or int8 bounds, each program walking a run of pages),
+  and an exact top-k by a radix-16 search on the scores' bits (8 histogram passes, ties to
+  the lower page), writing the sorted page list plus the current page.
+* :func:`append_triton`: one token into a variable-length or paged store, quantized in the
+  kernel; a paged store's page bounds are updated (native) or computed when the token
+  completes its page (int8).
 
 Supported: head_dim 32, 64, 128 or 256; float16 / bfloat16 (float32 with exact dot products,
 for checks); CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``.
@@ -32,6 +36,7 @@ import triton.language as tl
 
 from ...backend import triton_interpreted
 from ..kv_quant import QuantizedTensor
+from .reference import BOUND_SCALE_TINY, BOUND_SCALE_UP
 
 HEAD_DIMS = (32, 64, 128, 256)
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -88,12 +93,17 @@ class _Store:
 LAUNCH: dict[str, dict[str, int]] = {
     "varlen": {"block_n": 128, "num_warps": 8, "num_stages": 3, "split_factor": 2},
     "paged": {"block_n": 64, "num_warps": 4, "num_stages": 3, "split_factor": 2},
+    # Quest scoring: logical pages per program, bytes of bounds per loop step
+    "quest_scores": {"pages_per_prog": 256, "tile_bytes": 16384, "num_warps": 4, "num_stages": 3},
+    "quest_select": {"num_warps": 8},
 }
 
 
 def set_launch_defaults(kind: str, **params: int) -> None:
-    """Change the default launch parameters of the "varlen" or "paged" decode kernels
-    (block_n, num_warps, num_stages, split_factor = programs per multiprocessor to aim for)."""
+    """Change the default launch parameters of a kernel family: "varlen" or "paged" decode
+    (block_n, num_warps, num_stages, split_factor = programs per multiprocessor to aim for),
+    "quest_scores" (pages_per_prog, tile_bytes, num_warps, num_stages) or "quest_select"
+    (num_warps)."""
     if kind not in LAUNCH:
         raise ValueError(f"kind: must be one of {tuple(LAUNCH)}, got {kind!r}")
     unknown = set(params) - set(LAUNCH[kind])
@@ -535,51 +545,94 @@ def evict_update_triton(mode: str, k, v, pos: torch.Tensor, start: torch.Tensor,
 # ----------------------------------------------------------------------------- Quest
 
 @triton.jit
-def _quest_score_kernel(Q, KMIN, KMAX, TABLE, SEQ, OUT, stride_qb, stride_qh, stride_table, stride_out,
-                        kv_heads, page_size,
-                        G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BLOCK_P: tl.constexpr):
+def _quest_score_kernel(Q, KMIN, KMAX, KSCALE, TABLE, SEQ, OUT,
+                        stride_qb, stride_qh, stride_bp, stride_bh, stride_table, width,
+                        kv_heads, page_size, pages_per_prog,
+                        G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BLOCK_P: tl.constexpr,
+                        INT8: tl.constexpr):
+    """One program: one (sequence, KV head) and ``pages_per_prog`` logical pages, BLOCK_P at a time."""
     r = tl.program_id(0)
-    pb = tl.program_id(1)
+    c = tl.program_id(1)
     b = r // kv_heads
     kvh = r % kv_heads
     g = tl.arange(0, GP)
     d = tl.arange(0, D)
     q = tl.load(Q + b.to(tl.int64) * stride_qb + (kvh * G + g).to(tl.int64)[:, None] * stride_qh + d[None, :],
                 mask=(g < G)[:, None], other=0.0).to(tl.float32)
+    # Σ_g Σ_d max(q·kmax, q·kmin) = qpos·kmax + qneg·kmin: the group folds into two vectors
     qpos = tl.sum(tl.maximum(q, 0.0), 0)
     qneg = tl.sum(tl.minimum(q, 0.0), 0)
     seq = tl.load(SEQ + b).to(tl.int64)
     cur = tl.maximum(seq - 1, 0) // page_size
-    p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
-    ok = p < cur
-    phys = tl.load(TABLE + b.to(tl.int64) * stride_table + p, mask=ok, other=0).to(tl.int64)
-    meta = (phys * kv_heads + kvh) * D
-    kx = tl.load(KMAX + meta[:, None] + d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
-    kn = tl.load(KMIN + meta[:, None] + d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
-    sc = tl.sum(kx * qpos[None, :] + kn * qneg[None, :], 1)
-    tl.store(OUT + r.to(tl.int64) * stride_out + p, tl.where(ok, sc, float("-inf")), mask=p < stride_out)
+    lo = c * pages_per_prog
+    hi = tl.minimum(lo + pages_per_prog, width)
+    out_row = OUT + r.to(tl.int64) * width
+    table_row = TABLE + b.to(tl.int64) * stride_table
+    for p0 in range(lo, hi, BLOCK_P):
+        p = p0 + tl.arange(0, BLOCK_P)
+        ok = (p < cur) & (p < hi)
+        phys = tl.load(table_row + p, mask=ok, other=0).to(tl.int64)
+        base = phys * stride_bp + kvh * stride_bh
+        kx = tl.load(KMAX + base[:, None] + d[None, :], mask=ok[:, None], other=0).to(tl.float32)
+        kn = tl.load(KMIN + base[:, None] + d[None, :], mask=ok[:, None], other=0).to(tl.float32)
+        sc = tl.sum(kx * qpos[None, :] + kn * qneg[None, :], 1)
+        if INT8:
+            sc = sc * tl.load(KSCALE + phys * kv_heads + kvh, mask=ok, other=0.0)
+        tl.store(out_row + p, tl.where(ok, sc, float("-inf")), mask=p < hi)
+
+
+def _score_block(tile_bytes: int, head_dim: int, elem: int, pages_per_prog: int) -> int:
+    """Pages per loop step: about ``tile_bytes`` of bounds (min and max), a power of two."""
+    per_page = 2 * head_dim * elem
+    block = 1 << max(0, (max(1, tile_bytes // per_page)).bit_length() - 1)
+    return max(1, min(block, 256, _pow2(pages_per_prog)))
 
 
 def quest_page_scores_triton(q: torch.Tensor, kmin: torch.Tensor, kmax: torch.Tensor, page_table: torch.Tensor,
                              seq_lens: torch.Tensor, page_size: int, *, max_pages: int | None = None,
-                             block_p: int = 64) -> torch.Tensor:
+                             scale: torch.Tensor | None = None, block_p: int | None = None,
+                             pages_per_prog: int | None = None, num_warps: int | None = None,
+                             num_stages: int | None = None) -> torch.Tensor:
     """Quest page scores (see :func:`reference.quest_page_scores_ref`), float32 (B, Hkv, W).
 
-    W = ``max_pages`` (default: the page table's width): pass a bound >= every sequence's
-    current page + 1; pages at or past a sequence's current page score -inf.
+    kmin, kmax (pages, Hkv, D) with unit stride along D and equal strides (separate tensors, or
+    the two halves of a cache's interleaved ``kbounds``); int8 codes need ``scale`` (pages,
+    Hkv) float32. W = ``max_pages`` (default: the page table's width): pass a bound >= every
+    sequence's current page + 1; pages at or past a sequence's current page score -inf.
+    Launch: ``pages_per_prog`` logical pages per program, ``block_p`` per loop step (default:
+    about LAUNCH["quest_scores"]["tile_bytes"] of bounds).
     """
     b, h, d = q.shape
     hkv = kmin.shape[1]
     check_kernel_query(q, hkv)
+    int8 = kmin.dtype == torch.int8
+    if int8 != (scale is not None):
+        raise ValueError("scale: int8 page bounds need their scale (pages, kv_heads), and only they take one")
+    if kmin.shape != kmax.shape or kmin.dtype != kmax.dtype:
+        raise ValueError(f"kmax: must match kmin's shape and dtype, got {tuple(kmax.shape)} {kmax.dtype} and "
+                         f"{tuple(kmin.shape)} {kmin.dtype}")
+    if kmin.stride() != kmax.stride() or kmin.stride(-1) != 1:
+        kmin, kmax = kmin.contiguous(), kmax.contiguous()
+    if int8:
+        scale = scale.to(torch.float32).contiguous()
+    cfg = LAUNCH["quest_scores"]
+    pages_per_prog = cfg["pages_per_prog"] if pages_per_prog is None else pages_per_prog
+    if block_p is None:
+        block_p = _score_block(cfg["tile_bytes"], d, kmin.element_size(), pages_per_prog)
+    pages_per_prog = max(pages_per_prog, block_p)
     width = page_table.shape[1] if max_pages is None else min(page_table.shape[1], max_pages)
     out = torch.empty(b, hkv, width, device=q.device, dtype=torch.float32)
     if q.stride(-1) != 1:
         q = q.contiguous()
     group = h // hkv
-    grid = (b * hkv, triton.cdiv(max(width, 1), block_p))
-    _quest_score_kernel[grid](q, kmin.contiguous(), kmax.contiguous(), page_table.contiguous(), seq_lens.contiguous(),
-                              out, q.stride(0), q.stride(1), page_table.stride(0), width, hkv, page_size,
-                              G=group, GP=group_rows(group), D=d, BLOCK_P=block_p, num_warps=4)
+    grid = (b * hkv, triton.cdiv(max(width, 1), pages_per_prog))
+    page_table = page_table.contiguous()
+    _quest_score_kernel[grid](q, kmin, kmax, scale if int8 else kmin, page_table, seq_lens.contiguous(),
+                              out, q.stride(0), q.stride(1), kmin.stride(0), kmin.stride(1), page_table.stride(0),
+                              width, hkv, page_size, pages_per_prog,
+                              G=group, GP=group_rows(group), D=d, BLOCK_P=block_p, INT8=int8,
+                              num_warps=cfg["num_warps"] if num_warps is None else num_warps,
+                              num_stages=cfg["num_stages"] if num_stages is None else num_stages)
     return out
 
 
@@ -594,21 +647,41 @@ def _quest_select_kernel(SCORES, SEQ, NSEL, PLIST, NLIST, stride_s, n_pages, str
     p = tl.arange(0, NP)
     cand = (p < cur) & (p < n_pages)
     sc = tl.load(SCORES + r.to(tl.int64) * stride_s + p, mask=cand, other=float("-inf"))
+    sc = tl.where(sc == 0.0, 0.0, sc)                  # -0.0 ties with 0.0, as in the reference
     bits = sc.to(tl.int32, bitcast=True)
-    # order-preserving map of float32 to unsigned 32-bit values, held in int64
-    key = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF).to(tl.int64) + 2147483648
-    thr = tl.zeros([], dtype=tl.int64)
-    for i in range(0, 32):
-        trial = thr | (tl.full([], 1, tl.int64) << (31 - i))
-        c = tl.sum((cand & (key >= trial)).to(tl.int32), 0)
-        thr = tl.where(c.to(tl.int64) >= nsel, trial, thr)
+    key = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)  # signed order of key = order of the floats
+    ukey = key ^ -2147483648                            # the same order read as unsigned bits
+    # radix-16 search, most significant digit first, of the need-th largest key: each pass
+    # counts the candidates sharing the prefix found so far per value of the next 4 bits
+    # (a 32-bin histogram, bin 16 collects the rest) and fixes that digit
+    need = tl.minimum(nsel, tl.sum(cand.to(tl.int32), 0).to(tl.int64)).to(tl.int32)
+    prefix = tl.zeros([], dtype=tl.int32)
+    bins = tl.arange(0, 32)
+    digit_bin = bins < 16
+    for i in tl.static_range(8):
+        shift = 28 - 4 * i
+        if i == 0:
+            match = cand
+        else:
+            match = cand & ((ukey >> (shift + 4)) == (prefix >> (shift + 4)))
+        digit = tl.where(match, (ukey >> shift) & 15, 16)
+        hist = tl.where(digit_bin, tl.histogram(digit, 32), 0)
+        at_least = tl.sum(hist, 0) - tl.cumsum(hist, 0) + hist          # candidates with digit >= bin
+        t = tl.max(tl.where(digit_bin & (at_least >= need), bins, 0), 0)
+        need -= tl.sum(tl.where(bins > t, hist, 0), 0)
+        prefix = prefix | (t << shift)
+    thr = prefix ^ -2147483648
     gt = cand & (key > thr)
     tie = cand & (key == thr)
-    tie_rank = tl.cumsum(tie.to(tl.int32), 0) - 1
-    need = nsel - tl.sum(gt.to(tl.int32), 0)
-    sel = gt | (tie & (tie_rank.to(tl.int64) < need))
-    sel = tl.where(cur <= nsel, cand, sel)
-    rank = tl.cumsum(sel.to(tl.int32), 0) - 1
+    # one scan: running counts of keys above the threshold (low 16 bits) and of ties (high 16)
+    run = tl.cumsum(gt.to(tl.int32) + (tie.to(tl.int32) << 16), 0)
+    n_gt = run & 0xFFFF
+    n_tie = (run >> 16) & 0xFFFF
+    sel = gt | (tie & (n_tie <= need))                  # ties go to the lower pages
+    rank = n_gt + tl.minimum(n_tie, need) - 1
+    dense = cur <= nsel
+    sel = tl.where(dense, cand, sel)
+    rank = tl.where(dense, p, rank)
     count = tl.sum(sel.to(tl.int32), 0)
     row = PLIST + r.to(tl.int64) * stride_pl
     w = tl.arange(0, WP)
@@ -619,8 +692,9 @@ def _quest_select_kernel(SCORES, SEQ, NSEL, PLIST, NLIST, stride_s, n_pages, str
 
 
 def quest_select_triton(scores: torch.Tensor, seq_lens: torch.Tensor, page_size: int, n_select: torch.Tensor,
-                        width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Quest's page list (see :func:`reference.quest_select_ref`).
+                        width: int, *, num_warps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quest's page list (see :func:`reference.quest_select_ref`): an exact top-k per (sequence,
+    KV head) by a radix-16 search of the scores' bits (8 passes), ties to the lower page.
 
     n_select (B,) int32; ``width`` >= max(n_select) + 1. Returns (page_list (B, Hkv, width)
     int32 -1 padded, list_len (B, Hkv) int32).
@@ -630,10 +704,13 @@ def quest_select_triton(scores: torch.Tensor, seq_lens: torch.Tensor, page_size:
         raise ValueError(f"scores: at most {MAX_SELECT_PAGES} pages per sequence in the Triton selection, got {mp}")
     plist = torch.empty(b, hkv, width, device=scores.device, dtype=torch.int32)
     nlist = torch.empty(b, hkv, device=scores.device, dtype=torch.int32)
-    np_ = max(16, _pow2(mp))
+    if num_warps is None:
+        num_warps = LAUNCH["quest_select"]["num_warps"] if mp >= 2048 else 4
+    # at least one element per thread: the histogram then sees no replicated elements
+    np_ = max(32 * num_warps, _pow2(mp))
     _quest_select_kernel[(b * hkv,)](scores.contiguous(), seq_lens.contiguous(), n_select.contiguous(), plist, nlist,
                                      mp, mp, width, hkv, page_size, NP=np_, WP=max(16, _pow2(width)),
-                                     num_warps=8 if np_ >= 4096 else 4)
+                                     num_warps=num_warps)
     return plist, nlist
 
 
@@ -740,13 +817,49 @@ def _write_token(X, XS, XZ, row, x_lo, x_hi, dh, DH: tl.constexpr, DSTORE: tl.co
 
 
 @triton.jit
+def _load_keys(X, XS, XZ, rows, ok, dh, DH: tl.constexpr, DSTORE: tl.constexpr, QUANT: tl.constexpr,
+               NG: tl.constexpr, GS: tl.constexpr):
+    """The two halves of ``rows`` as stored, dequantized to float32 (as kv_quant's dequantize)."""
+    lo, hi = _load_codes(X, rows, ok, dh, DH, DSTORE, QUANT)
+    if QUANT == 0:
+        lo = lo.to(tl.float32)
+        hi = hi.to(tl.float32)
+    elif NG == 1:
+        s = tl.load(XS + rows, mask=ok, other=0.0).to(tl.float32)[:, None]
+        lo = lo * s
+        hi = hi * s
+        if QUANT == 4:
+            z = tl.load(XZ + rows, mask=ok, other=0.0).to(tl.float32)[:, None]
+            lo = lo + z
+            hi = hi + z
+    else:
+        lo = _dequant_groups(lo, XS, XZ, rows, ok, dh, NG, GS, QUANT == 4)
+        hi = _dequant_groups(hi, XS, XZ, rows, ok, DH + dh, NG, GS, QUANT == 4)
+    return lo, hi
+
+
+@triton.jit
+def _bound_codes(x, scale, UP: tl.constexpr):
+    """int8 codes of bound values x for ``scale``: rounded up (UP) or down, one step further
+    when the product with the scale still falls short (see reference.quantize_bounds)."""
+    if UP:
+        c = tl.ceil(x / scale)
+        c = tl.where(c * scale < x, c + 1.0, c)
+    else:
+        c = tl.floor(x / scale)
+        c = tl.where(c * scale > x, c - 1.0, c)
+    return tl.minimum(tl.maximum(c, -127.0), 127.0).to(tl.int8)
+
+
+@triton.jit
 def _append_kernel(KN, VN, K, KS, KZ, V, VS, VZ,
                    START, LEN, POS, SCORE,
-                   TABLE, KMIN, KMAX,
+                   TABLE, KB, KSC,
                    SEQ, stride_kb, stride_kh, stride_vb, stride_vh, stride_table, kv_heads, page_size,
                    D: tl.constexpr, DSTORE: tl.constexpr, QUANT: tl.constexpr, NG: tl.constexpr, GS: tl.constexpr,
                    PAGED: tl.constexpr, HAS_SCORE: tl.constexpr, WIDEN: tl.constexpr,
-                   UP: tl.constexpr, TINY: tl.constexpr):
+                   BOUNDS_INT8: tl.constexpr, PAGE_P: tl.constexpr,
+                   UP: tl.constexpr, TINY: tl.constexpr, BOUND_UP: tl.constexpr, BOUND_TINY: tl.constexpr):
     DH: tl.constexpr = D // 2
     r = tl.program_id(0)
     b = r // kv_heads
@@ -767,30 +880,52 @@ def _append_kernel(KN, VN, K, KS, KZ, V, VS, VZ,
     _write_token(V, VS, VZ, row, tl.load(vb + dh).to(tl.float32), tl.load(vb + DH + dh).to(tl.float32),
                  dh, DH, DSTORE, QUANT, NG, GS, UP, TINY)
     if PAGED:
-        mrow = (phys * kv_heads + kvh) * D
-        if WIDEN:
-            lo_lo = k_lo - tl.abs(k_lo) * 0.00390625
-            lo_hi = k_hi - tl.abs(k_hi) * 0.00390625
-            hi_lo = k_lo + tl.abs(k_lo) * 0.00390625
-            hi_hi = k_hi + tl.abs(k_hi) * 0.00390625
+        mrow = phys * kv_heads + kvh
+        mb = KB + mrow * (2 * D)            # min at [0, D), max at [D, 2 D)
+        if BOUNDS_INT8:
+            if off == page_size - 1:
+                # the page is complete: bounds of its keys as stored, quantized once
+                j = tl.arange(0, PAGE_P)
+                prev = j < off
+                x_lo, x_hi = _load_keys(K, KS, KZ, mrow * page_size + j, prev, dh, DH, DSTORE, QUANT, NG, GS)
+                mn_lo = tl.minimum(tl.min(tl.where(prev[:, None], x_lo, float("inf")), 0), k_lo)
+                mn_hi = tl.minimum(tl.min(tl.where(prev[:, None], x_hi, float("inf")), 0), k_hi)
+                mx_lo = tl.maximum(tl.max(tl.where(prev[:, None], x_lo, float("-inf")), 0), k_lo)
+                mx_hi = tl.maximum(tl.max(tl.where(prev[:, None], x_hi, float("-inf")), 0), k_hi)
+                amax = tl.maximum(tl.maximum(tl.max(tl.abs(mn_lo), 0), tl.max(tl.abs(mn_hi), 0)),
+                                  tl.maximum(tl.max(tl.abs(mx_lo), 0), tl.max(tl.abs(mx_hi), 0)))
+                scale = tl.maximum(amax / 127.0 * BOUND_UP, BOUND_TINY)
+                tl.store(mb + dh, _bound_codes(mn_lo, scale, False))
+                tl.store(mb + DH + dh, _bound_codes(mn_hi, scale, False))
+                tl.store(mb + D + dh, _bound_codes(mx_lo, scale, True))
+                tl.store(mb + D + DH + dh, _bound_codes(mx_hi, scale, True))
+                tl.store(KSC + mrow, scale)
         else:
-            lo_lo = k_lo
-            lo_hi = k_hi
-            hi_lo = k_lo
-            hi_hi = k_hi
-        lo_lo = lo_lo.to(KMIN.dtype.element_ty)
-        lo_hi = lo_hi.to(KMIN.dtype.element_ty)
-        hi_lo = hi_lo.to(KMIN.dtype.element_ty)
-        hi_hi = hi_hi.to(KMIN.dtype.element_ty)
-        first = off == 0
-        old = tl.load(KMIN + mrow + dh)
-        tl.store(KMIN + mrow + dh, tl.where(first, lo_lo, tl.minimum(old, lo_lo)))
-        old = tl.load(KMIN + mrow + DH + dh)
-        tl.store(KMIN + mrow + DH + dh, tl.where(first, lo_hi, tl.minimum(old, lo_hi)))
-        old = tl.load(KMAX + mrow + dh)
-        tl.store(KMAX + mrow + dh, tl.where(first, hi_lo, tl.maximum(old, hi_lo)))
-        old = tl.load(KMAX + mrow + DH + dh)
-        tl.store(KMAX + mrow + DH + dh, tl.where(first, hi_hi, tl.maximum(old, hi_hi)))
+            if WIDEN:
+                lo_lo = k_lo - tl.abs(k_lo) * 0.00390625
+                lo_hi = k_hi - tl.abs(k_hi) * 0.00390625
+                hi_lo = k_lo + tl.abs(k_lo) * 0.00390625
+                hi_hi = k_hi + tl.abs(k_hi) * 0.00390625
+            else:
+                lo_lo = k_lo
+                lo_hi = k_hi
+                hi_lo = k_lo
+                hi_hi = k_hi
+            # rounded to the storage dtype, then compared in float32 (exact for stored values)
+            ty = KB.dtype.element_ty
+            lo_lo = lo_lo.to(ty).to(tl.float32)
+            lo_hi = lo_hi.to(ty).to(tl.float32)
+            hi_lo = hi_lo.to(ty).to(tl.float32)
+            hi_hi = hi_hi.to(ty).to(tl.float32)
+            first = off == 0
+            old = tl.load(mb + dh).to(tl.float32)
+            tl.store(mb + dh, tl.where(first, lo_lo, tl.minimum(old, lo_lo)).to(ty))
+            old = tl.load(mb + DH + dh).to(tl.float32)
+            tl.store(mb + DH + dh, tl.where(first, lo_hi, tl.minimum(old, lo_hi)).to(ty))
+            old = tl.load(mb + D + dh).to(tl.float32)
+            tl.store(mb + D + dh, tl.where(first, hi_lo, tl.maximum(old, hi_lo)).to(ty))
+            old = tl.load(mb + D + DH + dh).to(tl.float32)
+            tl.store(mb + D + DH + dh, tl.where(first, hi_hi, tl.maximum(old, hi_hi)).to(ty))
     else:
         tl.store(POS + row, seq.to(tl.int32))
         if HAS_SCORE:
@@ -801,14 +936,16 @@ def _append_kernel(KN, VN, K, KS, KZ, V, VS, VZ,
 def append_triton(k_new: torch.Tensor, v_new: torch.Tensor, k, v, seq_lens: torch.Tensor, *,
                   start: torch.Tensor | None = None, length: torch.Tensor | None = None,
                   pos: torch.Tensor | None = None, score: torch.Tensor | None = None,
-                  page_table: torch.Tensor | None = None, kmin: torch.Tensor | None = None,
-                  kmax: torch.Tensor | None = None, page_size: int = 1, widen: bool = False) -> None:
+                  page_table: torch.Tensor | None = None, kbounds: torch.Tensor | None = None,
+                  kscale: torch.Tensor | None = None, page_size: int = 1, widen: bool = False) -> None:
     """Write one token per (sequence, KV head) into a store, quantizing in the kernel.
 
     k_new, v_new (B, Hkv, D). Variable-length store: pass start, length (incremented), pos and
     optionally score (set to 0). Paged store: pass page_table (the token's page must be
-    assigned), kmin and kmax (the page bounds, widened outwards when ``widen``). ``seq_lens``
-    is read (the token's position), not changed.
+    assigned) and kbounds (pages, Hkv, 2, D), the page bounds: native ones (in the cache
+    dtype, widened outwards when ``widen``) are updated with the token; int8 ones (with
+    ``kscale`` (pages, Hkv) float32) are computed from the page's keys when the token completes
+    its page. ``seq_lens`` is read (the token's position), not changed.
     """
     b, hkv, d = k_new.shape
     if d not in HEAD_DIMS:
@@ -817,14 +954,21 @@ def append_triton(k_new: torch.Tensor, v_new: torch.Tensor, k, v, seq_lens: torc
         k_new, v_new = k_new.contiguous(), v_new.contiguous()
     ks, vs = _Store(k, d, k_new.dtype), _Store(v, d, k_new.dtype)
     paged = page_table is not None
+    if paged and (kbounds is None or not kbounds.is_contiguous()):
+        raise ValueError("kbounds: a paged append needs the contiguous (pages, kv_heads, 2, head_dim) page bounds")
+    int8 = paged and kbounds.dtype == torch.int8
+    if int8 and kscale is None:
+        raise ValueError("kscale: int8 page bounds need their (pages, kv_heads) float32 scales")
     dummy = seq_lens
     _append_kernel[(b * hkv,)](
         k_new, v_new, ks.data, ks.scale, ks.zero, vs.data, vs.scale, vs.zero,
         start if not paged else dummy, length if not paged else dummy, pos if not paged else dummy,
         score if score is not None else dummy,
-        page_table if paged else dummy, kmin if paged else dummy, kmax if paged else dummy,
+        page_table if paged else dummy, kbounds if paged else dummy, kscale if int8 else dummy,
         seq_lens, k_new.stride(0), k_new.stride(1), v_new.stride(0), v_new.stride(1),
         page_table.stride(0) if paged else 0, hkv, page_size,
         D=d, DSTORE=ks.width, QUANT=ks.quant, NG=ks.ng, GS=ks.gs, PAGED=paged, HAS_SCORE=score is not None,
-        WIDEN=widen, UP=QUANT_UP, TINY=QUANT_TINY, num_warps=1 if d <= 64 else 2,
+        WIDEN=widen, BOUNDS_INT8=int8, PAGE_P=max(2, _pow2(page_size)) if paged else 2,
+        UP=QUANT_UP, TINY=QUANT_TINY, BOUND_UP=BOUND_SCALE_UP, BOUND_TINY=BOUND_SCALE_TINY,
+        num_warps=1 if d <= 64 else 2,
     )
