@@ -22,6 +22,17 @@ Measured per context and method:
   conversion, kernel, pair count); the conversion alone (Triton, and the torch spec once);
   the attention kernel alone with exact semantics and with the superset semantics; and the
   kernel on scattered lines.
+* ``sliding_window`` (Longformer: window + the global positions of :func:`longformer_globals`),
+  ``streaming`` (A-shape: 4 sinks + window, prefill reading of the target) and ``bigbird``
+  (64-blocks: window, global, random): the method end to end at each compression target
+  (list building on the GPU, block-sparse kernel with the element mask, pair count), with
+  its planning and kernel times in ``metrics``; and FlexAttention (compiled) with a
+  ``BlockMask`` of the same pattern (128-blocks; blocks wholly inside the pattern are "full",
+  the others run the pattern's ``mask_mod``), as its own row (``params.impl = "flex"``, the
+  mask build time in ``metrics.block_mask_ms``) and as the ``flex_pattern`` baseline of the
+  method's row.
+* ``flexprefill``: the method end to end (estimation, per-head budgets by the alpha search
+  for the target, vertical-slash kernel); ``None`` = the paper's alpha 0.9.
 
 TFLOP/s are given two ways in ``metrics``: over the pairs attended (``tflops_pairs``) and
 over the tile elements the kernel computes (``tflops_computed``), both 4·head_dim FLOPs per
@@ -41,6 +52,10 @@ from .timing import ResultsFile, attention_flops, bench_ms, once_ms, rel_err
 
 SHAPE = {"batch": 1, "heads": 32, "kv_heads": 8, "head_dim": 128}
 BASELINES = ("sdpa_cudnn", "sdpa_flash", "flex")
+STATIC_METHODS = ("sliding_window", "streaming", "bigbird")
+METHODS = ("block_sparse", "vertical_slash", *STATIC_METHODS, "flexprefill")
+STREAMING_SINK = 4
+FLEX_BLOCK = 128
 CHECK_ROWS = 256
 CHECK_TOL = 1e-2
 
@@ -409,23 +424,313 @@ def _vs_rows(rec: _Recorder, q, k, v, context: int, compression: float | None, b
             rec.emit("vertical_slash", context, dense / pairs, params, ms, base_ms, metrics)
 
 
+# ----------------------------------------------------------------------------- static patterns
+
+def longformer_globals(length: int) -> tuple[int, ...]:
+    """Global positions of the benchmarked sliding window: the first 4 tokens and 4 spread over
+    the sequence (one inside each check window), so global columns and global query rows (which
+    see every earlier key) are both exercised."""
+    spread = (length // 4, length // 2 - 100, 3 * length // 4, length - 100)
+    return tuple(sorted({p for p in (0, 1, 2, 3, *spread) if 0 <= p < length}))
+
+
+def static_method(name: str, length: int, compression: float) -> Any:
+    """The benchmarked configuration of a static method at a compression target."""
+    from ..methods.registry import get_method
+    if name == "sliding_window":
+        return get_method(name, compression=compression, global_positions=longformer_globals(length))
+    if name == "streaming":
+        return get_method(name, compression=compression, sink=STREAMING_SINK, mode="prefill")
+    if name == "bigbird":
+        return get_method(name, compression=compression)
+    raise ValueError(f"name: not a static method: {name!r}; choose from {STATIC_METHODS}")
+
+
+def pinned_method(method: Any, stats: Any) -> Any:
+    """``method`` with the budget it resolved fixed, so it gives the same pattern on a window of
+    rows (query blocks stay aligned when the window starts at a multiple of the block)."""
+    import dataclasses
+    if method.name in ("sliding_window", "streaming"):
+        return dataclasses.replace(method, compression=None, window=stats.info["window"])
+    if method.name == "bigbird":
+        return dataclasses.replace(method, compression=None, global_blocks=stats.info["global_blocks"],
+                                   window_blocks=stats.info["window_blocks"],
+                                   random_blocks=stats.info["random_blocks"])
+    raise ValueError(f"method: not a static method: {method.name!r}")
+
+
+def pattern_params(method: Any, stats: Any) -> dict[str, Any]:
+    """The resolved pattern, for a row's ``params``."""
+    if method.name == "sliding_window":
+        return {"window": stats.info["window"], "global_positions": list(method.global_positions)}
+    if method.name == "streaming":
+        return {"sink": method.sink, "window": stats.info["window"], "mode": method.mode}
+    return {"block_size": method.block_size, "seed": method.seed,
+            **{k_: stats.info[k_] for k_ in ("global_blocks", "window_blocks", "random_blocks")}}
+
+
+def reference_windows(q, k, v, method: Any) -> list[tuple[int, int, torch.Tensor]]:
+    """The method's reference output on two windows of query rows: [(start, end, out)]."""
+    refs = []
+    for where in ("middle", "end"):
+        s, e = _window(q.shape[2], where)
+        ref, _ = method(q[:, :, s:e], k[:, :, :e], v[:, :, :e], backend="reference")
+        refs.append((s, e, ref))
+    return refs
+
+
+def worst_error(out: torch.Tensor, refs: list[tuple[int, int, torch.Tensor]]) -> float:
+    return max(rel_err(out[:, :, s:e], ref) for s, e, ref in refs)
+
+
+def _flex_ordered(table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense block table (..., NQ, NK) -> (counts int32 (..., NQ), indices int32 (..., NQ, NK))."""
+    t = table.to(torch.int32)
+    return t.sum(-1, dtype=torch.int32), torch.argsort(t, dim=-1, descending=True, stable=True).to(torch.int32)
+
+
+def flex_block_mask(full: torch.Tensor, partial: torch.Tensor, length: int, block: int, mask_mod: Callable) -> Any:
+    """A FlexAttention ``BlockMask`` from block tables (B|1, H|1, NQ, NK): ``full`` blocks skip
+    ``mask_mod``, ``partial`` ones apply it. Built directly, without evaluating the mask on
+    every pair (which ``create_block_mask`` would do over ``length**2`` elements)."""
+    from torch.nn.attention.flex_attention import BlockMask
+    kv_num, kv_idx = _flex_ordered(partial)
+    full_num, full_idx = _flex_ordered(full)
+    return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=block, mask_mod=mask_mod,
+                                    seq_lengths=(length, length))
+
+
+def flex_local_tables(local: Any, length: int, block: int,
+                      device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(full, partial) block tables, bool (1, 1, NQ, NK), of a local pattern at ``block`` granularity.
+
+    Full blocks hold only kept pairs (for every row); partial ones hold some. q_len = kv_len.
+    """
+    from ..ops.block_sparse import local_block_lists, num_blocks
+    idx, n_clean, n_vis = local_block_lists(local, length, length, block, block, device)
+    nq, width = idx.shape
+    nk = num_blocks(length, block)
+    slot = torch.arange(width, device=idx.device)[None, :]
+    ids = idx.long().clamp_min(0)
+
+    def table(sel: torch.Tensor) -> torch.Tensor:
+        t = torch.zeros(nq, nk + 1, dtype=torch.bool, device=idx.device)
+        t.scatter_(1, torch.where(sel, ids, torch.full_like(ids, nk)), True)
+        return t[:, :nk][None, None]
+
+    return (table(slot < n_clean[:, None]),
+            table((slot >= n_clean[:, None]) & (slot < n_vis[:, None])))
+
+
+def flex_local_mask(local: Any, length: int, device: torch.device | str, block: int = FLEX_BLOCK) -> Any:
+    """``BlockMask`` of a :class:`~sparsa.ops.block_sparse.LocalMask` pattern (q_len = kv_len = length)."""
+    full, partial = flex_local_tables(local, length, block, device)
+    window = torch.tensor(local.window if local.active else length, device=device)
+    sink = torch.tensor(local.sink, device=device)
+    flags = torch.zeros(length, dtype=torch.bool, device=device)
+    if local.globals:
+        flags[torch.tensor(local.globals, dtype=torch.int64, device=device)] = True
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        keep = ((q_idx - kv_idx) < window) | (kv_idx < sink) | flags[kv_idx] | flags[q_idx]
+        return (q_idx >= kv_idx) & keep
+
+    return flex_block_mask(full, partial, length, block, mask_mod)
+
+
+def flex_bigbird_tables(indices: torch.Tensor, length: int, block_size: int,
+                        block: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """BigBird's lists (B, H, NQ, W) of ``block_size`` blocks at ``block`` granularity (a
+    multiple of ``block_size``): (full, partial) bool (B, H, n, n) and the fine table
+    (B, H, NQ, NK) the mask reads. q_len = kv_len = length."""
+    from ..ops.block_sparse import block_mask_from_indices, num_blocks
+    if block % block_size:
+        raise ValueError(f"block: must be a multiple of block_size ({block_size}), got {block}")
+    f = block // block_size
+    nb = num_blocks(length, block_size)
+    fine = block_mask_from_indices(indices, nb)                                # (B, H, nb, nb)
+    n = num_blocks(length, block)
+    b, h = fine.shape[:2]
+    padded = torch.zeros(b, h, n * f, n * f, dtype=torch.bool, device=fine.device)
+    padded[:, :, :nb, :nb] = fine
+    tiles = padded.view(b, h, n, f, n, f)
+    listed = tiles.any(5).any(3)
+    every = tiles.all(5).all(3)
+    qi = torch.arange(n, device=fine.device)[:, None]
+    kj = torch.arange(n, device=fine.device)[None, :]
+    # a full block lies wholly before the first row of its query block and inside the sequence
+    whole = ((kj + 1) * block - 1 <= qi * block) & ((kj + 1) * block <= length)
+    full = every & whole
+    return full, listed & ~full, fine
+
+
+def flex_bigbird_mask(indices: torch.Tensor, length: int, block_size: int, block: int = FLEX_BLOCK) -> Any:
+    """``BlockMask`` of BigBird's key-block lists (B, H, NQ, W) (q_len = kv_len = length)."""
+    full, partial, fine = flex_bigbird_tables(indices, length, block_size, block)
+
+    def mask_mod(bi, hi, q_idx, kv_idx):
+        return (q_idx >= kv_idx) & fine[bi, hi, q_idx // block_size, kv_idx // block_size]
+
+    return flex_block_mask(full, partial, length, block, mask_mod)
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    """(fn(), wall milliseconds of that one call, device synchronised)."""
+    result: list[Any] = []
+    ms = once_ms(lambda: result.append(fn()))
+    return result[0], ms
+
+
+_COMPILED_FLEX: list[Callable] = []
+
+
+def compiled_flex() -> Callable:
+    """``flex_attention`` compiled once per process (static shapes)."""
+    if not _COMPILED_FLEX:
+        import torch._dynamo
+        from torch.nn.attention.flex_attention import flex_attention
+        # one compilation per (context, mask family); keep them all cached
+        for name in ("cache_size_limit", "recompile_limit", "accumulated_cache_size_limit",
+                     "accumulated_recompile_limit"):
+            if hasattr(torch._dynamo.config, name):
+                setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 64))
+        _COMPILED_FLEX.append(torch.compile(flex_attention, dynamic=False))
+    return _COMPILED_FLEX[0]
+
+
+def _static_rows(rec: _Recorder, q, k, v, context: int, name: str, compression: float, base_ms: dict[str, float],
+                 check: bool, flex: bool) -> None:
+    from ..ops.block_sparse import LocalMask, local_block_lists
+    from ..ops.block_sparse.triton import block_counts, block_sparse_attention_triton, launch_block_sparse
+    b, h, _, d = q.shape
+    m = static_method(name, context, compression)
+
+    def run_method() -> tuple[torch.Tensor, Any]:
+        # the kernel path by name: a silent fallback to the reference would pass the check
+        return m(q, k, v, backend="triton")
+
+    out, stats = run_method()
+    params = {"target": compression, **pattern_params(m, stats)}
+    metrics: dict[str, Any] = {}
+    refs = reference_windows(q, k, v, pinned_method(m, stats)) if check else []
+    if check:
+        metrics["rel_err"] = worst_error(out, refs)
+        rec.log(f"  check {name} (compression {stats.compression:.2f}): rel err {metrics['rel_err']:.2e}")
+        if not metrics["rel_err"] <= CHECK_TOL:
+            raise AssertionError(f"{name} rel err {metrics['rel_err']:.3e} > {CHECK_TOL}")
+    del out
+    # the parts: planning (key-block lists on the GPU) and the kernel alone
+    if name == "bigbird":
+        bs = m.block_size
+        idx = m.plan(q, k)
+        n_all = block_counts(idx, context, context, bs, bs)[1]
+        computed = float(n_all.double().sum()) * bs * bs * (h // idx.shape[1])
+
+        def plan() -> Any:
+            return m.plan(q, k)
+
+        def kernel() -> torch.Tensor:
+            return block_sparse_attention_triton(q, k, v, idx, block_q=bs, block_k=bs, check_indices=False)
+    else:
+        window = stats.info["window"]
+        sink = m.sink if name == "streaming" else 0
+        glob = m.global_positions if name == "sliding_window" else ()
+        local = LocalMask.build(min(window, context), sink, glob, context)
+        lists, n_full, n_all = local_block_lists(local, context, context, 64, 64, q.device)
+        nq, width = lists.shape
+        hkv = k.shape[1]
+        computed = float(n_all.double().sum()) * 64 * 64 * b * h
+
+        def plan() -> Any:
+            return local_block_lists(local, context, context, 64, 64, q.device)
+
+        def kernel() -> torch.Tensor:
+            return launch_block_sparse(q, k, v, lists[None, None].expand(b, hkv, nq, width),
+                                       n_full[None, None].expand(b, hkv, nq), n_all[None, None].expand(b, hkv, nq),
+                                       block_q=64, block_k=64, scale=d ** -0.5, local=local)
+    baselines = dict(base_ms)
+    if flex:
+        try:
+            if name == "bigbird":
+                block_mask, mask_ms = timed(lambda: flex_bigbird_mask(idx, context, m.block_size))
+            else:
+                block_mask, mask_ms = timed(lambda: flex_local_mask(local, context, q.device))
+            fn = compiled_flex()
+
+            def run_flex() -> torch.Tensor:
+                return fn(q, k, v, block_mask=block_mask, enable_gqa=True)
+            flex_out = run_flex()
+            flex_metrics: dict[str, Any] = {"block_mask_ms": mask_ms}
+            ok = True
+            if check:
+                flex_metrics["rel_err"] = worst_error(flex_out, refs)
+                rec.log(f"  check flex {name}: rel err {flex_metrics['rel_err']:.2e}")
+                ok = flex_metrics["rel_err"] <= CHECK_TOL
+            del flex_out
+            if ok:
+                flex_ms = bench_ms(run_flex)
+                flex_metrics["tflops_pairs"] = attention_flops(stats.computed, d) / flex_ms / 1e9
+                rec.emit(name, context, stats.compression, {"impl": "flex", **params, "block": FLEX_BLOCK},
+                         flex_ms, base_ms, flex_metrics)
+                baselines["flex_pattern"] = flex_ms
+            else:
+                rec.log(f"  flex {name}: output differs from the reference; not timed")
+            del block_mask
+        except Exception as exc:  # noqa: BLE001 - a peer that cannot run here is reported and skipped
+            rec.log(f"  flex {name}: skipped ({type(exc).__name__}: {str(exc)[:160]})")
+    ms = bench_ms(run_method)
+    metrics.update(plan_ms=bench_ms(plan), kernel_ms=bench_ms(kernel),
+                   tflops_pairs=attention_flops(stats.computed, d) / ms / 1e9,
+                   tflops_computed=attention_flops(computed, d) / ms / 1e9)
+    rec.emit(name, context, stats.compression, {"impl": "triton", **params}, ms, baselines, metrics)
+
+
+def _flexprefill_rows(rec: _Recorder, q, k, v, context: int, compression: float | None, base_ms: dict[str, float],
+                      check: bool) -> None:
+    from ..methods.registry import get_method
+    b, h, _, d = q.shape
+    budget = {} if compression is None else {"compression": compression}
+    m = get_method("flexprefill", **budget)
+    out, stats = m(q, k, v)
+    metrics: dict[str, Any] = {"alpha": stats.info["alpha"]}
+    if check:
+        vi, si = m.plan(q, k)
+        metrics["rel_err"] = check_vertical_slash(q, k, v, vi, si, out)
+        rec.log(f"  check flexprefill: rel err {metrics['rel_err']:.2e}")
+        if not metrics["rel_err"] <= CHECK_TOL:
+            raise AssertionError(f"flexprefill rel err {metrics['rel_err']:.3e} > {CHECK_TOL}")
+    del out
+    ms = bench_ms(lambda: m(q, k, v))
+    metrics.update(plan_ms=bench_ms(lambda: m.plan(q, k)),
+                   tflops_pairs=attention_flops(stats.computed, d) / ms / 1e9,
+                   mean_vertical=float(stats.info["vertical_budget"].double().mean()),
+                   mean_slash=float(stats.info["slash_budget"].double().mean()))
+    params = {**(budget or {"alpha": 0.9}), "target": compression, "estimation": True,
+              "exact": bool(getattr(m, "exact", True))}
+    rec.emit("flexprefill", context, stats.compression, params, ms, base_ms, metrics)
+
+
 def run_prefill_bench(contexts: Sequence[int], methods: Sequence[str], compressions: Sequence[float | None],
                       check: bool, out_path: str | Path, progress: bool = True, *,
                       baselines: Sequence[str] = BASELINES, seed: int = 0,
                       bs_configs: Sequence[tuple[int, int]] | None = None,
                       vs_configs: Sequence[tuple[int, int, int]] | None = None,
                       vs_lines: Sequence[str] = ("band", "scattered"),
+                      flex_patterns: bool = True,
                       device: str = "cuda") -> list[dict[str, Any]]:
     """Time sparse prefill against the dense baselines; write rows to ``out_path`` as they come.
 
     Args:
         contexts: sequence lengths (q_len = kv_len).
-        methods: any of "block_sparse", "vertical_slash".
+        methods: any of "block_sparse", "vertical_slash", "sliding_window", "streaming",
+            "bigbird", "flexprefill".
         compressions: block-sparse: targets (block density 1/c among causal blocks; ``None``
             entries are skipped); vertical-slash: ``None`` = the paper budgets (1000 vertical +
-            6096 slash), a number = the method's compression target.
+            6096 slash), a number = the method's compression target; static methods: targets
+            (``None`` skipped); flexprefill: targets, ``None`` = alpha 0.9.
         check: compare each kernel with the reference on two windows of 256 query rows
-            (rel. error <= 1e-2 in bf16) before timing it; a failure raises.
+            (rel. error <= 1e-2 in bf16) before timing it; a failure raises (a FlexAttention
+            pattern that fails is reported and not timed).
         out_path: results JSON (BENCHMARKS.md schema); rows are added as they are measured.
         baselines: dense baselines to time ("sdpa_cudnn", "sdpa_flash", "flex").
         bs_configs: (num_warps, num_stages) pairs to try for the block-sparse kernel.
@@ -433,15 +738,16 @@ def run_prefill_bench(contexts: Sequence[int], methods: Sequence[str], compressi
             attention kernel (exact semantics, first line set).
         vs_lines: synthetic line sets timed besides the planned ones ("band" is used only
             when the vertical_slash method is not registered, "scattered").
+        flex_patterns: also time FlexAttention with a ``BlockMask`` of each static pattern.
         device: "cuda"; "cpu" only as a smoke test under ``TRITON_INTERPRET=1`` (tiny contexts).
 
     Returns the rows of the results file.
     """
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("run_prefill_bench needs a CUDA GPU (device='cuda')")
-    unknown = set(methods) - {"block_sparse", "vertical_slash"}
+    unknown = set(methods) - set(METHODS)
     if unknown:
-        raise ValueError(f"methods: unknown {sorted(unknown)}; choose from block_sparse, vertical_slash")
+        raise ValueError(f"methods: unknown {sorted(unknown)}; choose from {', '.join(METHODS)}")
     rec = _Recorder(out_path, progress)
     rec.log(f"device: {rec.file.header['device']}, torch {rec.file.header['torch']}, "
             f"triton {rec.file.header['triton']}")
@@ -466,13 +772,21 @@ def run_prefill_bench(contexts: Sequence[int], methods: Sequence[str], compressi
                     if c is None:
                         continue
                     _bs_rows(rec, q, k, v, context, float(c), base_ms, check, gen, bs_configs)
-                else:
+                elif method == "vertical_slash":
                     _vs_rows(rec, q, k, v, context, c, base_ms, check, gen, vs_configs, vs_lines)
+                elif method in STATIC_METHODS:
+                    if c is None:
+                        continue
+                    _static_rows(rec, q, k, v, context, method, float(c), base_ms, check, flex_patterns)
+                else:
+                    _flexprefill_rows(rec, q, k, v, context, None if c is None else float(c), base_ms, check)
         del q, k, v
     if progress:
         rec.print_table()
     return rec.file.rows
 
 
-__all__ = ["BASELINES", "SHAPE", "banded_qkv", "check_block_sparse", "check_vertical_slash", "dense_baselines",
-           "line_sets", "random_block_indices", "run_prefill_bench"]
+__all__ = ["BASELINES", "METHODS", "SHAPE", "STATIC_METHODS", "banded_qkv", "check_block_sparse",
+           "check_vertical_slash", "dense_baselines", "flex_bigbird_mask", "flex_bigbird_tables", "flex_local_mask",
+           "flex_local_tables", "line_sets",
+           "longformer_globals", "pinned_method", "random_block_indices", "run_prefill_bench", "static_method"]

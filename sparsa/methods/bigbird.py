@@ -1,6 +1,7 @@
 """BigBird (causal form): local window + global + random key blocks per query block."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +41,21 @@ def _schedule(t: int) -> tuple[int, int, int]:
     return 2, 1 + rest // 2, (rest + 1) // 2
 
 
+@functools.lru_cache(maxsize=256)
+def _solve_schedule(block_size: int, compression: float, global_blocks: int | None, window_blocks: int | None,
+                    random_blocks: int | None, q_len: int, kv_len: int) -> tuple[int, int, int]:
+    """(global, window, random) blocks closest to the target (data-independent); cached per shape."""
+    m = BigBird(block_size=block_size, global_blocks=global_blocks, window_blocks=window_blocks,
+                random_blocks=random_blocks)
+    target = causal_pairs(q_len, kv_len) / compression
+    tiles = tile_pairs(q_len, kv_len, block_size, block_size)
+
+    def count(t: int) -> float:
+        return float(m.pairs(*m._pinned(*_schedule(t)), q_len, kv_len, tiles))
+
+    return m._pinned(*_schedule(solve_budget(count, target, 0, 2 * tiles.shape[1] + 1)))
+
+
 @register
 @dataclass
 class BigBird(Method):
@@ -61,6 +77,9 @@ class BigBird(Method):
     global 2, random 3) unless ``compression`` is set: then the unset ones follow a schedule that
     grows the pattern about one key block per query block at a time (see ``_schedule``) and the
     step whose achieved compression is closest to the target is used.
+
+    The lists run through :func:`~sparsa.ops.block_sparse.block_sparse_attention`: the Triton
+    kernel on CUDA (per-head lists, since the random draw is per head), the reference elsewhere.
     """
 
     name = "bigbird"
@@ -127,13 +146,8 @@ class BigBird(Method):
             return self._pinned(PAPER_GLOBAL_BLOCKS, PAPER_WINDOW_BLOCKS, PAPER_RANDOM_BLOCKS)
         if None not in (self.global_blocks, self.window_blocks, self.random_blocks):
             return self._pinned(0, 0, 0)
-        target = causal_pairs(q_len, kv_len) / self.compression
-        tiles = tile_pairs(q_len, kv_len, self.block_size, self.block_size)
-
-        def count(t: int) -> float:
-            return float(self.pairs(*self._pinned(*_schedule(t)), q_len, kv_len, tiles))
-
-        return self._pinned(*_schedule(solve_budget(count, target, 0, 2 * tiles.shape[1] + 1)))
+        return _solve_schedule(self.block_size, self.compression, self.global_blocks, self.window_blocks,
+                               self.random_blocks, q_len, kv_len)
 
     def random_blocks_drawn(self, heads: int, global_blocks: int, window_blocks: int, random_blocks: int,
                             q_len: int, kv_len: int, device: torch.device | str | None = None) -> torch.Tensor:
@@ -147,13 +161,16 @@ class BigBird(Method):
         base = _hash32(torch.tensor(self.seed, dtype=torch.int64, device=device))
         head_key = _hash32(base ^ torch.arange(heads, device=device))             # (H,)
         key = _hash32(head_key[:, None] ^ lo[None, :])                              # (H, nq)
+        draw = torch.arange(random_blocks, device=device)
+        j = n_cand[:, None] - random_blocks + draw[None, :]                        # (nq, r): draw i from [0, j]
+        # the coin flips do not depend on earlier picks: hash them all at once
+        flips = _hash32(key[..., None] ^ draw) % (j + 1).clamp_min(1)              # (H, nq, r)
         chosen = torch.full((heads, lo.shape[0], random_blocks), -1, dtype=torch.int64, device=device)
         for i in range(random_blocks):
-            j = n_cand - random_blocks + i                                        # draw from [0, j]
-            t = _hash32(key ^ i) % (j + 1).clamp_min(1)
+            t = flips[..., i]
             taken = (chosen[..., :i] == t[..., None]).any(-1)
-            pick = torch.where(taken, j.expand_as(t), t)
-            chosen[..., i] = torch.where(j >= 0, pick, torch.full_like(pick, -1))
+            pick = torch.where(taken, j[:, i].expand_as(t), t)
+            chosen[..., i] = torch.where(j[:, i] >= 0, pick, torch.full_like(pick, -1))
         return torch.where(chosen >= 0, chosen + global_blocks, chosen)
 
     def block_indices(self, heads: int, q_len: int, kv_len: int,

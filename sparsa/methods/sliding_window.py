@@ -7,7 +7,8 @@ from numbers import Integral
 import torch
 
 from .._validation import check_int
-from ..ops.dense.reference import causal_pairs, masked_attention, query_positions
+from ..ops.block_sparse import local_attention
+from ..ops.dense.reference import causal_pairs
 from .base import AttentionStats, Method, prefill_stats, solve_budget
 from .registry import register
 
@@ -32,6 +33,8 @@ class SlidingWindow(Method):
 
     Global tokens see and are seen by every token (within causality). With ``compression``
     and no explicit ``window`` the window is sized so the achieved compression hits the target.
+    Runs :func:`~sparsa.ops.block_sparse.local_attention`: the block-sparse Triton kernel with
+    an element mask on CUDA, the reference elsewhere (same pairs on both).
     """
 
     name = "sliding_window"
@@ -62,16 +65,6 @@ class SlidingWindow(Method):
                 backend: str | None) -> tuple[torch.Tensor, AttentionStats]:
         lq, lk = q.shape[2], k.shape[2]
         window = self.resolve_window(lq, lk)
-        glob = torch.tensor([g for g in self.global_positions if g < lk], dtype=torch.long, device=q.device)
-        is_global = torch.zeros(lk, dtype=torch.bool, device=q.device)
-        is_global[glob] = True
-        cols = torch.arange(lk, device=q.device)
-
-        def mask_fn(s: int, e: int) -> torch.Tensor:
-            pos = query_positions(lq, lk, s, e, q.device)
-            diff = pos[:, None] - cols[None, :]
-            m = (diff >= 0) & ((diff < window) | is_global[None, :] | is_global[pos][:, None])
-            return m[None, None]
-
-        out, pairs = masked_attention(q, k, v, mask_fn, scale=scale)
+        glob = [g for g in self.global_positions if g < lk]
+        out, pairs = local_attention(q, k, v, window=window, global_positions=glob, scale=scale, backend=backend)
         return out, prefill_stats(self.name, pairs, lq, lk, window=window)

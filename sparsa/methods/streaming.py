@@ -1,12 +1,14 @@
 """A-shape / StreamingLLM: attention sinks plus a local window, in prefill and decode."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
 
 from .._validation import check_int, check_scale
-from ..ops.dense.reference import causal_pairs, masked_attention, query_positions
+from ..ops.block_sparse import local_attention
+from ..ops.dense.reference import causal_pairs, query_positions
 from ..ops.sparse_decode import sparse_decode_ref
 from .base import AttentionStats, DecodeMethod, decode_stats, prefill_stats, solve_budget
 from .registry import register
@@ -26,6 +28,14 @@ def visible_tokens(positions: torch.Tensor, sink: int, window: int) -> torch.Ten
     # sinks that also fall inside the window are counted once
     overlap = (sinks - (positions - window + 1).clamp_min(0)).clamp_min(0)
     return sinks + recent - overlap
+
+
+@functools.lru_cache(maxsize=256)
+def _prefill_window(sink: int, compression: float, q_len: int, context_len: int) -> int:
+    """Window whose pair count over ``q_len`` query rows is closest to the target; cached per shape."""
+    target = causal_pairs(q_len, context_len) / compression
+    rows = query_positions(q_len, context_len)
+    return solve_budget(lambda w: float(visible_tokens(rows, sink, w).sum()), target, 1, context_len)
 
 
 @dataclass
@@ -61,7 +71,9 @@ class Streaming(DecodeMethod):
       is solved for it and the stats count pairs (:func:`prefill_stats`).
 
     The decode API (``init_decode``/``decode_step``) always uses the decode reading, resolved
-    against the prompt length.
+    against the prompt length. :meth:`forward` runs
+    :func:`~sparsa.ops.block_sparse.local_attention` (sinks + window): the block-sparse Triton
+    kernel with an element mask on CUDA, the reference elsewhere.
     """
 
     name = "streaming"
@@ -94,9 +106,7 @@ class Streaming(DecodeMethod):
         if self.compression == 1.0:
             return UNBOUNDED  # dense: nothing ever leaves the window, however long decoding runs
         if self.mode == "prefill" and q_len is not None:
-            target = causal_pairs(q_len, context_len) / self.compression
-            rows = query_positions(q_len, context_len)
-            return solve_budget(lambda w: float(visible_tokens(rows, self.sink, w).sum()), target, 1, context_len)
+            return _prefill_window(self.sink, self.compression, q_len, context_len)
         return max(1, round(context_len / self.compression) - self.sink)
 
     def decode_tokens(self, context_len: int) -> int:
@@ -110,14 +120,7 @@ class Streaming(DecodeMethod):
         lq, lk = q.shape[2], k.shape[2]
         window = self.resolve_window(lk, lq)
         sink = self.sink
-        cols = torch.arange(lk, device=q.device)
-
-        def mask_fn(s: int, e: int) -> torch.Tensor:
-            pos = query_positions(lq, lk, s, e, q.device)[:, None]
-            m = (cols[None, :] <= pos) & ((cols[None, :] < sink) | (cols[None, :] > pos - window))
-            return m[None, None]
-
-        out, pairs = masked_attention(q, k, v, mask_fn, scale=scale)
+        out, pairs = local_attention(q, k, v, window=min(window, lk), sink=sink, scale=scale, backend=backend)
         if self.mode == "prefill":
             return out, prefill_stats(self.name, pairs, lq, lk, sink=sink, window=window)
         read = visible_tokens(torch.tensor(lk - 1), sink, window).item()

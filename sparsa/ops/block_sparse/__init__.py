@@ -1,4 +1,5 @@
-"""Block-sparse prefill attention driven by per-query-block lists of key blocks."""
+"""Block-sparse prefill attention driven by per-query-block lists of key blocks, and the
+token-level local patterns (sliding window, sinks, global tokens) run through the same kernel."""
 from __future__ import annotations
 
 import os
@@ -10,7 +11,8 @@ from ...backend import resolve_backend
 from .geometry import query_block_spans, tile_pairs
 from .indices import (block_mask_from_indices, check_block_indices, indices_from_block_mask,
                       normalize_block_indices, num_blocks)
-from .reference import block_sparse_attention_ref
+from .local import GlobalPositions, LocalMask, local_block_lists, local_pairs
+from .reference import block_sparse_attention_ref, local_attention_ref
 
 
 def block_sparse_attention(
@@ -42,20 +44,75 @@ def block_sparse_attention(
                         block_q=block_q, block_k=block_k)
     requested = backend if backend is not None else os.environ.get("SPARSA_BACKEND", "auto")
     if resolve_backend(backend, q.device) == "triton":
-        from .triton import BLOCK_SIZES, HEAD_DIMS, KERNEL_DTYPES, block_sparse_attention_triton, block_sparse_pairs
-        supported = q.shape[-1] in HEAD_DIMS and q.dtype in KERNEL_DTYPES and block_q in BLOCK_SIZES \
-            and block_k in BLOCK_SIZES
+        supported, why = _kernel_supports(q, block_q, block_k)
         if not supported and requested == "triton":
-            raise ValueError(f"backend: the Triton kernel takes head_dim in {HEAD_DIMS}, float16/bfloat16/float32 "
-                             f"and block sizes in {BLOCK_SIZES}; got head_dim={q.shape[-1]}, {q.dtype}, "
-                             f"block_q={block_q}, block_k={block_k}; use backend='reference' or 'auto'")
+            raise ValueError(f"backend: {why}; use backend='reference' or 'auto'")
         if supported:
+            from .triton import block_sparse_attention_triton, block_sparse_pairs
             out = block_sparse_attention_triton(q, k, v, block_indices, block_q=block_q, block_k=block_k,
                                                 scale=scale, check_indices=False)
             return out, block_sparse_pairs(block_indices, h, lq, lk, block_q, block_k)
     return block_sparse_attention_ref(q, k, v, block_indices, block_q=block_q, block_k=block_k, scale=scale)
 
 
-__all__ = ["block_mask_from_indices", "block_sparse_attention", "block_sparse_attention_ref",
-           "check_block_indices", "indices_from_block_mask", "normalize_block_indices", "num_blocks",
-           "query_block_spans", "tile_pairs"]
+def _kernel_supports(q: torch.Tensor, block_q: int, block_k: int) -> tuple[bool, str]:
+    from .triton import BLOCK_SIZES, HEAD_DIMS, KERNEL_DTYPES
+    ok = q.shape[-1] in HEAD_DIMS and q.dtype in KERNEL_DTYPES and block_q in BLOCK_SIZES and block_k in BLOCK_SIZES
+    why = (f"the Triton kernel takes head_dim in {HEAD_DIMS}, float16/bfloat16/float32 and block sizes in "
+           f"{BLOCK_SIZES}; got head_dim={q.shape[-1]}, {q.dtype}, block_q={block_q}, block_k={block_k}")
+    return ok, why
+
+
+def local_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    window: int | None,
+    sink: int = 0,
+    global_positions: GlobalPositions = None,
+    scale: float | None = None,
+    backend: str | None = None,
+    block_q: int = 64,
+    block_k: int = 64,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Causal attention under a token-level local mask: sliding window, sinks, global tokens.
+
+    The query at position ``p`` sees key ``j <= p`` when ``p - j < window`` (``window=None``:
+    every causal key), ``j < sink``, or ``j`` or ``p`` is in ``global_positions`` (ints in
+    [0, kv_len)). Longformer's window with global tokens and StreamingLLM's A-shape are
+    special cases.
+
+    q: (batch, heads, q_len, head_dim), the last ``q_len`` positions; k, v: (batch, kv_heads,
+    kv_len, head_dim). Returns (out like q, pairs (batch, heads) float64: the exact pairs
+    attended, the same on both backends).
+
+    ``backend``: "auto", "reference" or "triton" (see :mod:`sparsa.backend`). The Triton path
+    builds per-query-block key lists on the device and runs the block-sparse kernel with the
+    element mask in the edge blocks (``block_q``/``block_k`` tile it); "auto" takes it on CUDA
+    tensors it supports (head_dim 64/128, float16/bfloat16/float32).
+    """
+    b, h, _, lq, lk, _ = check_qkv(q, k, v)
+    check_int("block_q", block_q, minimum=1)
+    check_int("block_k", block_k, minimum=1)
+    local = LocalMask.build(window, sink, global_positions, lk)
+    requested = backend if backend is not None else os.environ.get("SPARSA_BACKEND", "auto")
+    if resolve_backend(backend, q.device) == "triton":
+        supported, why = _kernel_supports(q, block_q, block_k)
+        if not supported and requested == "triton":
+            raise ValueError(f"backend: {why}; use backend='reference' or 'auto'")
+        if supported:
+            from .triton import local_attention_triton
+            out = local_attention_triton(q, k, v, window=local.window, sink=local.sink,
+                                         global_positions=local.globals, scale=scale,
+                                         block_q=block_q, block_k=block_k)
+            pairs = float(local_pairs(local, lq, lk, q.device))
+            return out, torch.full((b, h), pairs, dtype=torch.float64, device=q.device)
+    return local_attention_ref(q, k, v, window=local.window, sink=local.sink, global_positions=local.globals,
+                               scale=scale)
+
+
+__all__ = ["LocalMask", "block_mask_from_indices", "block_sparse_attention", "block_sparse_attention_ref",
+           "check_block_indices", "indices_from_block_mask", "local_attention", "local_attention_ref",
+           "local_block_lists", "local_pairs", "normalize_block_indices", "num_blocks", "query_block_spans",
+           "tile_pairs"]

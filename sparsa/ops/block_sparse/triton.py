@@ -9,6 +9,12 @@ FlashAttention-2 style online softmax in float32. Only the key blocks that reach
 first row's position (the diagonal blocks, and a partial last block) are masked causally:
 the sorted list is split into a prefix that every row sees whole and a masked suffix.
 
+Optional element masking (``LOCAL``, a compile-time switch, so the plain path is unchanged):
+a sliding window, sink positions and global positions (see
+:mod:`sparsa.ops.block_sparse.local`) hide pairs inside the listed blocks. The lists are then
+reordered so that the blocks whose every pair is kept come first (unmasked) and the edge
+blocks after them (masked); only the edge blocks pay for the mask.
+
 Layout is SDPA's: q (batch, heads, q_len, head_dim), k/v (batch, kv_heads, kv_len, head_dim);
 queries are the last ``q_len`` positions (bottom-right aligned). Inputs may have any strides;
 a tensor whose last dimension is not contiguous is copied once with ``.contiguous()``.
@@ -27,6 +33,7 @@ from ..._validation import check_qkv, check_scale
 from ...backend import triton_interpreted
 from .geometry import tile_pairs
 from .indices import check_block_indices, num_blocks
+from .local import GlobalPositions, LocalMask, local_block_lists, order_clean_first, query_block_positions
 
 HEAD_DIMS = (64, 128)
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -129,17 +136,18 @@ def block_sparse_pairs(block_indices: torch.Tensor, heads: int, q_len: int, kv_l
 
 @triton.jit
 def _block_sparse_fwd_kernel(
-    Q, K, V, O, IDX, N_FULL, N_ALL,
+    Q, K, V, O, IDX, N_FULL, N_ALL, GLOB,
     stride_qb, stride_qh, stride_qm,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
     stride_ob, stride_oh, stride_om,
     stride_ib, stride_ih, stride_iq,
     stride_cb, stride_ch,
-    q_len, kv_len, n_qblocks, heads, qk_scale,
+    q_len, kv_len, n_qblocks, heads, qk_scale, window, sink,
     GROUP: tl.constexpr, HX_DIV: tl.constexpr, HPP: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
     DOT_PRECISION: tl.constexpr, DOT_F32: tl.constexpr,
+    LOCAL: tl.constexpr, HAS_GLOBAL: tl.constexpr,
 ):
     BLOCK_M: tl.constexpr = HPP * BLOCK_Q
     # heaviest query blocks (the last ones, which see the most keys) are scheduled first
@@ -173,6 +181,8 @@ def _block_sparse_fwd_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    if HAS_GLOBAL:
+        row_global = tl.load(GLOB + pos, mask=row_ok, other=0) != 0
 
     # key blocks every row sees whole: no mask
     for i in range(0, n_full):
@@ -184,7 +194,8 @@ def _block_sparse_fwd_kernel(
             q, s, v_base + kpos[:, None] * stride_vn + d[None, :],
             None, m_i, l_i, acc, False, DOT_PRECISION)
 
-    # blocks reaching past the first row's position: causal mask (covers keys >= kv_len too)
+    # blocks reaching past the first row's position, or cut by the element mask: masked
+    # (covers keys >= kv_len too)
     for i in range(n_full, n_all):
         kb = tl.load(idx_row + i)
         kpos = kb * BLOCK_N + n
@@ -192,6 +203,12 @@ def _block_sparse_fwd_kernel(
         k = tl.load(k_base + kpos[:, None] * stride_kn + d[None, :], mask=k_ok[:, None], other=0.0)
         s = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=DOT_PRECISION) * qk_scale
         visible = (kpos[None, :] <= pos[:, None]) & k_ok[None, :]
+        if LOCAL:
+            keep = ((pos[:, None] - kpos[None, :]) < window) | (kpos[None, :] < sink)
+            if HAS_GLOBAL:
+                key_global = tl.load(GLOB + kpos, mask=k_ok, other=0) != 0
+                keep = keep | key_global[None, :] | row_global[:, None]
+            visible = visible & keep
         s = tl.where(visible, s, float("-inf"))
         m_i, l_i, acc = softmax_tile_update(
             q, s, v_base + kpos[:, None] * stride_vn + d[None, :],
@@ -213,6 +230,70 @@ def _launch_config(block_m: int, block_n: int, head_dim: int) -> tuple[int, int]
     return num_warps, num_stages
 
 
+def _check_block_sizes(block_q: int, block_k: int) -> None:
+    if block_q not in BLOCK_SIZES:
+        raise ValueError(f"block_q: the Triton kernel supports {BLOCK_SIZES}, got {block_q}")
+    if block_k not in BLOCK_SIZES:
+        raise ValueError(f"block_k: the Triton kernel supports {BLOCK_SIZES}, got {block_k}")
+
+
+def launch_block_sparse(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    idx: torch.Tensor,
+    n_full: torch.Tensor,
+    n_all: torch.Tensor,
+    *,
+    block_q: int,
+    block_k: int,
+    scale: float,
+    local: LocalMask | None = None,
+    num_warps: int | None = None,
+    num_stages: int | None = None,
+) -> torch.Tensor:
+    """Run the kernel on lists already ordered for it (no checks: callers validate).
+
+    idx: int32 (B, Hx, NQ, W) with a contiguous last dimension (other strides may be 0, e.g.
+    one list expanded over batch and heads); each row holds first its ``n_full`` unmasked
+    blocks, then masked ones up to ``n_all``. n_full, n_all: int32 (B, Hx, NQ), contiguous
+    along NQ. ``local``: the element mask applied in the masked blocks (``None``: causal only).
+    Returns the output, shape and dtype of q.
+    """
+    b, h, lq, d = q.shape
+    hkv, lk = k.shape[1], k.shape[2]
+    q, k, v = last_dim_contiguous(q), last_dim_contiguous(k), last_dim_contiguous(v)
+    if idx.stride(-1) != 1:
+        idx = idx.contiguous()
+    hx = idx.shape[1]
+    nq = num_blocks(lq, block_q)
+    use_local = local is not None and local.active
+    flags = local.global_flags(lk, q.device) if use_local else None
+    glob = flags if flags is not None else idx        # never read without HAS_GLOBAL
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    hpp = heads_per_program(h, hx, hkv, block_q)
+    warps, stages = _launch_config(hpp * block_q, block_k, d)
+    grid = (nq, b * (h // hpp))
+    _block_sparse_fwd_kernel[grid](
+        q, k, v, out, idx, n_full, n_all, glob,
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        out.stride(0), out.stride(1), out.stride(2),
+        idx.stride(0), idx.stride(1), idx.stride(2),
+        n_full.stride(0), n_full.stride(1),
+        lq, lk, nq, h, scale * LOG2E,
+        local.window if use_local else lk, local.sink if use_local else 0,
+        GROUP=h // hkv, HX_DIV=h // hx, HPP=hpp,
+        BLOCK_Q=block_q, BLOCK_N=block_k, HEAD_DIM=d,
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        DOT_F32=triton_interpreted() and q.dtype == torch.bfloat16,
+        LOCAL=use_local, HAS_GLOBAL=flags is not None,
+        num_warps=num_warps or warps, num_stages=num_stages or stages,
+    )
+    return out
+
+
 def block_sparse_attention_triton(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -225,6 +306,9 @@ def block_sparse_attention_triton(
     check_indices: bool = True,
     num_warps: int | None = None,
     num_stages: int | None = None,
+    window: int | None = None,
+    sink: int = 0,
+    global_positions: GlobalPositions = None,
 ) -> torch.Tensor:
     """Block-sparse causal attention with the Triton kernel.
 
@@ -232,45 +316,64 @@ def block_sparse_attention_triton(
     block_indices: (batch, heads or kv_heads, ceil(q_len / block_q), max_blocks), rows sorted
     ascending, -1 padded (see :mod:`sparsa.ops.block_sparse.indices`).
     ``check_indices=False`` skips the index validation (it reads the indices back to the host).
+    ``window``/``sink``/``global_positions``: optional element mask inside the listed blocks,
+    as in :func:`~sparsa.ops.block_sparse.reference.block_sparse_attention_ref`.
     Returns the output, shape and dtype of q; rows that see no key are zeros.
     """
     b, h, hkv, lq, lk, d = check_kernel_inputs(q, k, v)
-    if block_q not in BLOCK_SIZES:
-        raise ValueError(f"block_q: the Triton kernel supports {BLOCK_SIZES}, got {block_q}")
-    if block_k not in BLOCK_SIZES:
-        raise ValueError(f"block_k: the Triton kernel supports {BLOCK_SIZES}, got {block_k}")
+    _check_block_sizes(block_q, block_k)
     if check_indices:
         check_block_indices(block_indices, batch=b, heads=h, kv_heads=hkv, q_len=lq, kv_len=lk,
                             block_q=block_q, block_k=block_k)
     if block_indices.device != q.device:
         raise ValueError(f"block_indices: device must match q ({q.device}), got {block_indices.device}")
     sm_scale = check_scale(scale, d)
-    q, k, v = last_dim_contiguous(q), last_dim_contiguous(k), last_dim_contiguous(v)
+    local = LocalMask.build(window, sink, global_positions, lk)
     idx = block_indices.to(torch.int32).contiguous()
-    hx = idx.shape[1]
-    nq = num_blocks(lq, block_q)
-    n_full, n_all = block_counts(idx, lq, lk, block_q, block_k)
-    out = torch.empty_like(q, memory_format=torch.contiguous_format)
-    hpp = heads_per_program(h, hx, hkv, block_q)
-    warps, stages = _launch_config(hpp * block_q, block_k, d)
-    grid = (nq, b * (h // hpp))
-    _block_sparse_fwd_kernel[grid](
-        q, k, v, out, idx, n_full, n_all,
-        q.stride(0), q.stride(1), q.stride(2),
-        k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2),
-        out.stride(0), out.stride(1), out.stride(2),
-        idx.stride(0), idx.stride(1), idx.stride(2),
-        n_full.stride(0), n_full.stride(1),
-        lq, lk, nq, h, sm_scale * LOG2E,
-        GROUP=h // hkv, HX_DIV=h // hx, HPP=hpp,
-        BLOCK_Q=block_q, BLOCK_N=block_k, HEAD_DIM=d,
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        DOT_F32=triton_interpreted() and q.dtype == torch.bfloat16,
-        num_warps=num_warps or warps, num_stages=num_stages or stages,
-    )
-    return out
+    if local.active:
+        p0, p1 = query_block_positions(lq, lk, block_q, idx.device)
+        idx, n_full, n_all = order_clean_first(idx, p0, p1, block_k, lk, local)
+    else:
+        n_full, n_all = block_counts(idx, lq, lk, block_q, block_k)
+    return launch_block_sparse(q, k, v, idx, n_full, n_all, block_q=block_q, block_k=block_k, scale=sm_scale,
+                               local=local, num_warps=num_warps, num_stages=num_stages)
+
+
+def local_attention_triton(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    window: int | None,
+    sink: int = 0,
+    global_positions: GlobalPositions = None,
+    scale: float | None = None,
+    block_q: int = 64,
+    block_k: int = 64,
+    num_warps: int | None = None,
+    num_stages: int | None = None,
+) -> torch.Tensor:
+    """Token-level local attention (window, sinks, global tokens) with the block-sparse kernel.
+
+    Same pairs as :func:`~sparsa.ops.block_sparse.reference.local_attention_ref`. The key-block
+    lists are built on q's device (:func:`~sparsa.ops.block_sparse.local.local_block_lists`),
+    one list per query block shared by every batch row and head, so a KV head's query group
+    is stacked in one program. q: (batch, heads, q_len, head_dim); k, v: (batch, kv_heads,
+    kv_len, head_dim). Returns the output, shape and dtype of q.
+    """
+    b, h, hkv, lq, lk, d = check_kernel_inputs(q, k, v)
+    _check_block_sizes(block_q, block_k)
+    sm_scale = check_scale(scale, d)
+    local = LocalMask.build(window, sink, global_positions, lk)
+    idx, n_full, n_all = local_block_lists(local, lq, lk, block_q, block_k, q.device)
+    nq = idx.shape[0]
+    # one list for all: zero strides over batch and KV heads
+    idx = idx[None, None].expand(b, hkv, nq, idx.shape[1])
+    n_full = n_full[None, None].expand(b, hkv, nq)
+    n_all = n_all[None, None].expand(b, hkv, nq)
+    return launch_block_sparse(q, k, v, idx, n_full, n_all, block_q=block_q, block_k=block_k, scale=sm_scale,
+                               local=local, num_warps=num_warps, num_stages=num_stages)
 
 
 __all__ = ["block_counts", "block_sparse_attention_triton", "block_sparse_pairs", "check_kernel_inputs",
-           "heads_per_program"]
+           "heads_per_program", "launch_block_sparse", "local_attention_triton"]
