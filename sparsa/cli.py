@@ -160,22 +160,45 @@ def bench_nsa(ctx: typer.Context) -> None:
 
 @bench_app.command("e2e")
 def bench_e2e(
-    context: list[int] = typer.Option([32768, 131072], "--context", "-n", help="Prompt lengths (repeatable)."),
-    method: list[str] = typer.Option(["vertical_slash"], "--method", "-m", help="Prefill methods (repeatable)."),
-    compression: float = typer.Option(None, "--compression", min=1.0, help="Target (default: the paper budgets)."),
-    layers: int = typer.Option(32, "--layers", min=1, help="Decoder layers of the Llama-3-8B-shaped model."),
-    reps: int = typer.Option(2, "--reps", min=1, help="Timed passes per configuration (after one warm-up)."),
+    phase: str = typer.Option("prefill", "--phase", help="prefill (sparse prefill methods) or decode (decode "
+                                                          "methods on their compact caches, tokens/s)."),
+    context: list[int] = typer.Option(None, "--context", "-n",
+                                      help="Prompt lengths (repeatable; default 32768 131072, decode: 65536)."),
+    method: list[str] = typer.Option(None, "--method", "-m",
+                                     help="Methods (repeatable; default vertical_slash, decode: full_cache quest "
+                                          "snapkv h2o streaming)."),
+    compression: float = typer.Option(None, "--compression", min=1.0,
+                                      help="Prefill target (default: the paper budgets)."),
+    layers: int = typer.Option(None, "--layers", min=1,
+                               help="Decoder layers of the Llama-3-8B-shaped model (default 32, decode: 4)."),
+    reps: int = typer.Option(2, "--reps", min=1, help="Prefill: timed passes per configuration (after one warm-up)."),
+    batch: int = typer.Option(16, "--batch", min=1, help="Decode: sequences per step."),
+    steps: int = typer.Option(32, "--steps", min=1, help="Decode: timed steps per configuration."),
+    warmup: int = typer.Option(4, "--warmup", min=1, help="Decode: untimed steps first."),
     out: str = typer.Option("benchmarks/results/e2e.json", "--out", help="Results JSON (appended row by row)."),
 ) -> None:
-    """End-to-end prefill of a Llama-3-8B-shaped model (random weights): dense SDPA vs sparsa.apply."""
+    """End-to-end prefill or decode of a Llama-3-8B-shaped model (random weights): dense SDPA vs sparsa.apply."""
     import torch
 
+    if phase not in ("prefill", "decode"):
+        raise typer.BadParameter(f"{phase!r}: must be prefill or decode", param_hint="--phase")
     if not torch.cuda.is_available():
         typer.echo("error: `sparsa bench` needs a CUDA GPU", err=True)
         raise typer.Exit(2)
+    if phase == "decode":
+        from .bench.e2e import DECODE_METHODS, run_e2e_decode_bench
+
+        bad = [m for m in method or [] if m not in DECODE_METHODS]
+        if bad:
+            raise typer.BadParameter(f"{bad}: choose from {list(DECODE_METHODS)}", param_hint="--method")
+        for n in context or [65536]:
+            run_e2e_decode_bench(out, context=n, batch=batch, layers=layers or 4, steps=steps, warmup=warmup,
+                                 methods=list(method) if method else None)
+        return
     from .bench.e2e import run_e2e_bench
 
-    run_e2e_bench(context, method, out, layers=layers, reps=reps, compression=compression)
+    run_e2e_bench(context or [32768, 131072], method or ["vertical_slash"], out, layers=layers or 32, reps=reps,
+                  compression=compression)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -42,3 +42,21 @@ def test_cuda_bf16_generation(name: str, cuda_llama: torch.nn.Module) -> None:
         assert max(handle.stats("prefill").compression, handle.stats("decode").compression) > 1.5
     finally:
         cuda_llama.float()
+
+
+@pytest.mark.parametrize("name", ["h2o", "snapkv", "ada_snapkv", "streaming", "quest"])
+def test_cuda_compact_decode_equals_dense(name: str, cuda_llama: torch.nn.Module) -> None:
+    """Compression 1 on the compact stores through the CUDA kernels: the dense model's generation."""
+    from sparsa.integrations.hf import compat
+
+    ids = prompt(2, 300, seed=5).cuda()
+    mask = torch.ones_like(ids)
+    mask[1, :40] = 0
+    ref = greedy(cuda_llama, ids, mask, new=8)
+    with sparsa.apply(cuda_llama, decode=sparsa.get_method(name, compression=1.0)) as handle:
+        cache = handle.new_cache()
+        out = greedy(cuda_llama, ids, mask, new=8, **{compat.cache_kwarg_name(cuda_llama): cache})
+    assert cache.storage(0) in ("varlen", "paged") and compat.layer_kv(cache, 0)[0].numel() == 0
+    assert torch.equal(out.sequences, ref.sequences)
+    for a, b in zip(out.scores, ref.scores):
+        torch.testing.assert_close(a, b, atol=2e-4, rtol=0)

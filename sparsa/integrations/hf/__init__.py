@@ -18,6 +18,10 @@ Chunked prefill of a long prompt: either ``sparsa.apply(..., prefill_chunk=8192)
 (``generate`` runs the prompt tokens the cache does not hold yet, here the last one, which
 then takes the decode rule.) Every chunk is a forward whose queries are the last positions of
 the cached keys, so a prefill method attends sparsely to everything before it.
+
+Decode methods with a compact store (H2O, SnapKV, Ada-SnapKV, StreamingLLM, Quest) make the
+cache hold only what they keep once decoding starts; :meth:`SparsaCache.layer_nbytes` and
+:meth:`SparsaCache.layer_tokens` report it.
 """
 from .apply import PrefillResult, SparsaHandle, apply, chunked_prefill
 from .cache import LayerState, SparsaCache

@@ -13,7 +13,7 @@ from ...backend import BACKENDS
 from ...methods.base import AttentionStats
 from . import compat
 from .attention import SparsaAttention, StatsRecorder, merge_stats
-from .cache import SparsaCache
+from .cache import SparsaCache, cache_for
 from .overrides import (ARCHITECTURES, AUTO, LayerPlan, attention_modules, layer_softcap, layer_window,
                         resolve_plans, supported_text)
 
@@ -53,9 +53,61 @@ class SparsaHandle:
 
     # -- caches -------------------------------------------------------------------------------------
 
-    def new_cache(self) -> SparsaCache:
-        """An empty :class:`SparsaCache` for this model (pass it as the cache of ``model()``/``generate()``)."""
-        return SparsaCache(compat.text_config(self.model))
+    def new_cache(self, *, defer_release: bool = False) -> SparsaCache:
+        """An empty :class:`SparsaCache` for this model (pass it as the cache of ``model()``/``generate()``).
+
+        ``defer_release``: keep each compact layer's full keys and values until the first decode
+        step, so that the prompt may arrive in several calls (see :class:`SparsaCache`).
+        """
+        return SparsaCache(compat.text_config(self.model), defer_release=defer_release)
+
+    @torch.no_grad()
+    def prefill_cache(self, cache: SparsaCache, layer: int, keys: torch.Tensor, values: torch.Tensor,
+                      queries: torch.Tensor | None = None, *, attention_mask: torch.Tensor | None = None,
+                      scale: float | None = None) -> None:
+        """Fill one layer of ``cache`` as a prompt would, from given keys and values.
+
+        For benchmarks and tests that start decoding from a long context without running the
+        prompt through the model. keys, values: (B, Hkv, L, D) in the model's dtype and device,
+        RoPE applied (positions 0..L-1); queries (B, H, Lq, D): the prompt's last Lq queries,
+        from which a stateful decode method plans (H2O accumulates their attention, SnapKV
+        scores with its observation window; required for stateful layers, ignored otherwise);
+        attention_mask (B, L): 1 for real tokens; scale: the attention scale (default
+        ``D ** -0.5``). Fill every full-attention layer once, in any order, before decoding.
+        """
+        if not isinstance(cache, SparsaCache):
+            raise TypeError(f"cache: expected a SparsaCache (handle.new_cache()), got {type(cache).__name__}")
+        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < len(self.plans):
+            raise ValueError(f"layer: must be an int in [0, {len(self.plans)}), got {layer!r}")
+        for name, x in (("keys", keys), ("values", values)):
+            if not isinstance(x, torch.Tensor) or x.ndim != 4:
+                raise ValueError(f"{name}: expected a (batch, kv_heads, length, head_dim) tensor, got "
+                                 f"{getattr(x, 'shape', type(x).__name__)}")
+        if values.shape != keys.shape:
+            raise ValueError(f"values: shape {tuple(values.shape)} must equal keys' {tuple(keys.shape)}")
+        held, _ = compat.layer_kv(cache, layer)
+        if layer in cache.sparsa_states or (held is not None and held.numel() > 0):
+            raise ValueError(f"layer: layer {layer} of this cache is already filled")
+        plan = self.plans[layer]
+        padding = None
+        if plan.stateful:
+            if queries is None:
+                raise ValueError(f"queries: layer {layer} decodes with {plan.decode.name}, which plans from the "
+                                 "prompt's last queries; pass them as (batch, heads, n, head_dim)")
+            if not isinstance(queries, torch.Tensor) or queries.ndim != 4 or queries.shape[0] != keys.shape[0] \
+                    or queries.shape[-1] != keys.shape[-1] or not 1 <= queries.shape[2] <= keys.shape[2]:
+                raise ValueError(f"queries: expected (batch={keys.shape[0]}, heads, 1 <= n <= {keys.shape[2]}, "
+                                 f"head_dim={keys.shape[-1]}), got {getattr(queries, 'shape', None)}")
+            if attention_mask is not None:
+                if tuple(attention_mask.shape) != (keys.shape[0], keys.shape[2]):
+                    raise ValueError(f"attention_mask: expected shape ({keys.shape[0]}, {keys.shape[2]}), got "
+                                     f"{tuple(attention_mask.shape)}")
+                padding = compat.padding_mask(attention_mask.to(keys.device), queries.shape[2], keys.shape[2])
+        k_all, v_all = cache.update(keys, values, layer)
+        cache_for(layer, k_all)                          # consume the record update() left
+        if plan.stateful:
+            sc = float(scale) if scale is not None else keys.shape[-1] ** -0.5
+            self._fn._init_state(plan, cache, queries, k_all, v_all, padding, sc)
 
     # -- stats --------------------------------------------------------------------------------------
 
@@ -141,7 +193,7 @@ class SparsaHandle:
             impl = kwargs.get("cache_implementation", getattr(gen_config, "cache_implementation", None))
             use_cache = kwargs.get("use_cache", getattr(gen_config, "use_cache", True))
             if cache is None and impl is None and use_cache is not False:
-                kwargs[handle._cache_kwarg] = handle.new_cache()
+                kwargs[handle._cache_kwarg] = handle.new_cache(defer_release=handle.prefill_chunk is not None)
             if handle.prefill_chunk is not None and "prefill_chunk_size" not in kwargs:
                 if not compat.generate_supports_prefill_chunk():
                     raise RuntimeError(f"prefill_chunk: generate() of transformers {compat.TRANSFORMERS_VERSION} "
@@ -205,16 +257,24 @@ def apply(model: torch.nn.Module, prefill: Any = None, decode: Any = AUTO, *,
 
     Without a cache argument, ``model()`` and ``generate()`` get a :class:`SparsaCache`, where
     decode methods keep their state (a plain ``DynamicCache`` works for everything but stateful
-    decode methods, which then raise; static caches and beam search are refused).
+    decode methods, which then raise; static caches and beam search are refused). H2O, SnapKV,
+    Ada-SnapKV, StreamingLLM and Quest layers then hold only what the method keeps: after the
+    prompt their keys and values move into the method's compact store (per-head
+    variable-length for the evicting methods, paged with page bounds for Quest; see
+    :class:`SparsaCache`), and every decode step runs the method's cache decoder on it (Triton
+    kernels on CUDA, the reference ops on the CPU). The prompt must then come in one call, or
+    in chunks through ``prefill_chunk`` / :func:`chunked_prefill`.
 
     Batches may be padded (left or right, as ``generate`` or a training forward produce):
     sparse rules run per batch row on that row's real tokens, so patterns and budgets never
     count padding; unpadded batches run in one call.
 
-    A decode method's state is built after every multi-token call from that call's queries and
-    all cached keys. With chunked prefill it therefore sees the last chunk's queries: SnapKV /
-    Ada-SnapKV (observation window no longer than the chunk), Quest, Streaming and NSA get the
-    same state as from one prefill; H2O accumulates attention from the last chunk only.
+    A decode method's state is built from the last multi-token call's queries and all cached
+    keys. With chunked prefill it therefore sees the last chunk's queries: SnapKV / Ada-SnapKV
+    (observation window no longer than the chunk), Quest, Streaming and NSA get the same state
+    as from one prefill; H2O accumulates attention from the last chunk only. A padded batch
+    gets one store whose sequences are each planned on their own real tokens (a padded prompt
+    chunk: one store per row); decode steps must be real tokens for every row.
 
     The handle's :meth:`SparsaHandle.stats` / ``layer_stats`` report the compression achieved by
     the latest prefill and decode calls (dense layers included in the model-level figure).
@@ -303,10 +363,11 @@ def chunked_prefill(model: torch.nn.Module, input_ids: torch.Tensor, chunk: int,
     Each chunk is a forward over its tokens with the cache of all earlier chunks, so its
     queries are the last positions of the keys and a sparse prefill method attends sparsely to
     everything so far. With sparsa applied, decode methods build their state from the last
-    chunk. To continue with ``generate``, prefill ``input_ids[:, :-1]`` and pass the full
-    ``input_ids`` (and mask) with ``cache=result.cache`` (``past_key_values=`` in 4.x):
-    generate then runs the last prompt token as its first step. Manual decode steps can start
-    from ``result.logits``.
+    chunk; layers that decode on a compact store keep their full keys and values until the
+    first decode step builds the store (so a later call may extend the prompt). To continue
+    with ``generate``, prefill ``input_ids[:, :-1]`` and pass the full ``input_ids`` (and mask)
+    with ``cache=result.cache`` (``past_key_values=`` in 4.x): generate then runs the last
+    prompt token as its first step. Manual decode steps can start from ``result.logits``.
 
     Args:
         model: a causal LM (sparsa applied or not).
@@ -329,16 +390,23 @@ def chunked_prefill(model: torch.nn.Module, input_ids: torch.Tensor, chunk: int,
     past = cache.get_seq_length()
     length = input_ids.shape[1]
     logits = None
-    for start in range(0, length, chunk):
-        end = min(length, start + chunk)
-        kwargs: dict[str, Any] = {key: cache, "use_cache": True}
-        if attention_mask is not None:
-            ones = attention_mask.new_ones(attention_mask.shape[0], past)
-            kwargs["attention_mask"] = torch.cat([ones, attention_mask[:, :end]], dim=1)
-            positions = (attention_mask[:, :end].long().cumsum(-1) - 1).clamp_min(0) + past
-            kwargs["position_ids"] = positions[:, start:end]
-        out = model(input_ids[:, start:end], **kwargs)
-        cache = compat.output_cache(out) or cache
-        logits = out.logits[:, -1]
+    deferred = getattr(cache, "defer_release", None)
+    if deferred is not None:
+        cache.defer_release = True
+    try:
+        for start in range(0, length, chunk):
+            end = min(length, start + chunk)
+            kwargs: dict[str, Any] = {key: cache, "use_cache": True}
+            if attention_mask is not None:
+                ones = attention_mask.new_ones(attention_mask.shape[0], past)
+                kwargs["attention_mask"] = torch.cat([ones, attention_mask[:, :end]], dim=1)
+                positions = (attention_mask[:, :end].long().cumsum(-1) - 1).clamp_min(0) + past
+                kwargs["position_ids"] = positions[:, start:end]
+            out = model(input_ids[:, start:end], **kwargs)
+            cache = compat.output_cache(out) or cache
+            logits = out.logits[:, -1]
+    finally:
+        if deferred is not None:
+            cache.defer_release = deferred
     assert logits is not None
     return PrefillResult(cache, logits)

@@ -7,9 +7,14 @@ attention_mask, scaling=, dropout=, **kwargs)`` and expects ``(attn_output (B, q
 * Calls with more than one query (a prompt or a prompt chunk; also a one-token prompt) run
   the layer's prefill rule; the queries are the last ``q_len`` positions of the keys, so a
   chunk attends (sparsely) to everything cached before it. Afterwards a stateful decode
-  method builds its state with ``init_decode`` on the same queries and keys.
-* One-query calls after the prompt run the decode rule: ``decode_step`` on the state kept in
-  the :class:`~sparsa.integrations.hf.cache.SparsaCache`, or a stateless method call, or dense.
+  method builds its state from the same queries and keys: H2O, SnapKV, Ada-SnapKV,
+  StreamingLLM and Quest build the compact store they decode on (:func:`sparsa.cache.init_cache`,
+  which runs their ``init_decode``), and the layer's full keys and values are freed; other
+  decode methods (NSA) keep ``init_decode``'s state next to the full cache.
+* One-query calls after the prompt run the decode rule: on a compact layer the key and value
+  are the new token's alone and one step of the method's cache decoder appends, attends and
+  evicts; other stateful methods run ``decode_step`` on the full cache; a stateless method is
+  called on the one query; dense layers attend to the whole cache.
 * Padding: the mask function registered next to this function hands over which keys are real
   tokens. Sparse rules run per batch row on that row's real tokens only, so sparse patterns
   and budgets are computed on real tokens (left padding, right padding and holes all reduce
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import weakref
 from typing import Any, Callable
 
 import torch
@@ -27,7 +33,7 @@ import torch.nn.functional as F
 from ...methods.base import AttentionStats, DecodeMethod, Method, decode_stats
 from ...ops.dense.reference import causal_pairs
 from . import compat
-from .cache import LayerState, SparsaCache, cache_for
+from .cache import LayerState, SparsaCache, cache_for, compact_supported
 from .overrides import LayerPlan
 
 _ROW_CHUNK = 1024                 # query rows per chunk of a windowed dense layer (at most)
@@ -195,6 +201,21 @@ def _init_decode(m: DecodeMethod, q: torch.Tensor, k: torch.Tensor, v: torch.Ten
     return m.init_decode(q, k, v)
 
 
+def _step_stats(method: str, step: Any) -> AttentionStats:
+    """AttentionStats of one compact decode step from its :class:`~sparsa.cache.StepStats`."""
+    read = step.tokens_read.cpu()                                  # (B, H)
+    context = step.context.double()                                # (B,)
+    per_head = float(context.sum()) / read.sum(0).clamp_min(1.0)
+    return AttentionStats(method, "decode", float(context.sum()) * read.shape[1], float(read.sum()), per_head,
+                          {**step.info, "cache_bytes": step.cache_bytes})
+
+
+def _pack_rows(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """x (B, heads, L, D) with each row's positions reordered by ``order`` (B, n) along dim 2."""
+    b, h, _, d = x.shape
+    return x.gather(2, order[:, None, :, None].to(x.device).expand(b, h, order.shape[1], d))
+
+
 def _reject_packed(position_ids: torch.Tensor | None) -> None:
     """Packed sequences (positions restarting inside a row, no mask) would let sparse rules cross
     sequence boundaries; transformers expresses them only through its own mask functions."""
@@ -215,6 +236,7 @@ class SparsaAttention:
         self.backend = backend
         self.stats = stats if stats is not None else StatsRecorder()
         self.__name__ = "sparsa_attention"
+        self._checked_mask: Any = None      # weak reference to the last mask whose new tokens were checked
 
     def __call__(self, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                  attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
@@ -232,6 +254,11 @@ class SparsaAttention:
         softcap = kwargs.get("softcap")
         window = plan.window if plan.window is not None else kwargs.get("sliding_window")
         lq, lk = query.shape[2], key.shape[2]
+        if lq == 1 and cache is not None:
+            state = cache.sparsa_states.get(layer)
+            if state is not None and state.compact:
+                out = self._compact_step(plan, cache, state, query, key, value, attention_mask, scale)
+                return out.transpose(1, 2).contiguous(), None
         phase = "decode" if lq == 1 and lk > 1 else "prefill"
         method = plan.prefill if phase == "prefill" else plan.decode
         if window is not None or method is None:
@@ -312,6 +339,16 @@ class SparsaAttention:
         m = plan.decode
         assert isinstance(m, DecodeMethod)
         lq, lk = q.shape[2], k.shape[2]
+        if compact_supported(m):
+            state = LayerState(m.name, lk)
+            if cache.defer_release:
+                state.pending = (q, None if padding is None else padding.clone(), scale)
+                cache.sparsa_states[plan.layer] = state
+            else:
+                self._build_compact(m, state, q, k, v, padding, scale)
+                cache.sparsa_states[plan.layer] = state
+                cache.release(plan.layer)
+            return
         if padding is None:
             state = LayerState(m.name, lk, batched=_init_decode(m, q, k, v, scale))
         else:
@@ -372,3 +409,100 @@ class SparsaAttention:
         state.padding, state.length = padding.clone(), lk
         self.stats.record(layer, "decode", merge_stats(parts, m.name, "decode"))
         return out
+
+    # -- compact decode -----------------------------------------------------------------------------
+
+    def _build_compact(self, m: DecodeMethod, state: LayerState, q: torch.Tensor, k: torch.Tensor,
+                       v: torch.Tensor, padding: torch.Tensor | None, scale: float) -> None:
+        """Build the compact store of a layer from the last prompt call: q (B, H, Lq, D) its
+        queries, k, v (B, Hkv, Lk, D) the whole cache, padding (B, Lk) bool real tokens or None.
+
+        Unpadded batches are planned in one call. In a padded batch whose call covers the whole
+        cache, each row's real tokens are packed to the front and every sequence is planned on
+        its own tokens (``init_cache`` with per-sequence lengths); a padded prompt chunk gets one
+        decoder per row."""
+        from ...cache import init_cache
+        lq, lk = q.shape[2], k.shape[2]
+        if padding is None:
+            state.decoder = init_cache(m, q, k, v, scale=scale, backend=self.backend)
+            return
+        padding = padding.to(k.device)
+        lengths = padding.sum(-1)
+        if lq == lk and bool((lengths > 0).all()):
+            order = torch.argsort((~padding).to(torch.int8), dim=-1, stable=True)[:, :int(lengths.max())]
+            state.decoder = init_cache(m, _pack_rows(q, order), _pack_rows(k, order), _pack_rows(v, order),
+                                       lengths=lengths, scale=scale, backend=self.backend)
+            return
+        rows: list[Any] = []
+        for b in range(q.shape[0]):
+            real_k = padding[b]
+            real_q = real_k[lk - lq:]
+            if not bool(real_q.any()):
+                rows.append(None)
+                continue
+            rows.append(init_cache(m, _take(q[b:b + 1], real_q), _take(k[b:b + 1], real_k),
+                                   _take(v[b:b + 1], real_k), scale=scale, backend=self.backend))
+        state.row_decoders = rows
+
+    def _check_new_tokens(self, attention_mask: torch.Tensor | None, state: LayerState) -> None:
+        """Refuse a decode step whose new token is padding for some row: a compact store appends
+        the token of every row. Checked once per mask object (one host read per forward)."""
+        if attention_mask is None:
+            return
+        if self._checked_mask is not None and self._checked_mask() is attention_mask:
+            return
+        if attention_mask.ndim == 2:
+            new = attention_mask[:, -1]
+        elif attention_mask.ndim == 4:
+            allow = compat.mask_allows(attention_mask)
+            col = state.length - 1 if allow.shape[-1] >= state.length else allow.shape[-1] - 1
+            new = allow[:, :, -1, col]
+        else:
+            raise ValueError(f"attention_mask: expected a 2-D padding mask or a 4-D mask, got shape "
+                             f"{tuple(attention_mask.shape)}")
+        if not bool(new.to(torch.bool).all()):
+            state.length -= 1                      # update() counted the refused token
+            raise ValueError("attention_mask: a decode step's new token is padding for some row; compact decode "
+                             "caches store every row's new token, so decode steps must be real tokens (extend "
+                             "the prompt's mask with ones)")
+        self._checked_mask = weakref.ref(attention_mask)
+
+    def _compact_step(self, plan: LayerPlan, cache: SparsaCache, state: LayerState, q: torch.Tensor,
+                      k: torch.Tensor, v: torch.Tensor, attention_mask: torch.Tensor | None,
+                      scale: float) -> torch.Tensor:
+        """One decode step on a compact layer: q (B, H, 1, D); k, v (B, Hkv, 1, D) the new token
+        (not in the full cache). Builds the store first if the prompt left it pending."""
+        layer = plan.layer
+        m = plan.decode
+        assert isinstance(m, DecodeMethod)
+        if k.shape[2] != 1:
+            raise RuntimeError(f"layer {layer}: a compact decode step takes the new token alone, got "
+                               f"{k.shape[2]} keys; pass the SparsaCache to every forward")
+        if state.pending is not None:
+            pq, ppad, pscale = state.pending
+            keys, values = compat.layer_kv(cache, layer)
+            if keys is None or values is None or keys.shape[2] != state.length - 1:
+                raise RuntimeError(f"layer {layer}: the cache holds no prompt of {state.length - 1} tokens to "
+                                   f"build the {m.name} store from")
+            self._build_compact(m, state, pq, keys, values, ppad, pscale)
+            state.pending = None
+            del keys, values, pq
+            cache.release(layer)
+        self._check_new_tokens(attention_mask, state)
+        qt, kt, vt = q[:, :, 0], k[:, :, 0], v[:, :, 0]
+        if state.decoder is not None:
+            out, step = state.decoder.step(qt, kt, vt)
+            self.stats.record(layer, "decode", lambda: _step_stats(m.name, step))
+            return out[:, :, None]
+        assert state.row_decoders is not None
+        outs, steps = [], []
+        for b, dec in enumerate(state.row_decoders):
+            if dec is None:
+                raise RuntimeError(f"layer {layer}: batch row {b} had no real token in the last prompt chunk, so "
+                                   f"{m.name} has no state for it; end every row's prompt in the last chunk")
+            ob, st = dec.step(qt[b:b + 1], kt[b:b + 1], vt[b:b + 1])
+            outs.append(ob)
+            steps.append(st)
+        self.stats.record(layer, "decode", lambda: merge_stats([_step_stats(m.name, st) for st in steps],
+                                                               m.name, "decode"))
+        return torch.cat(outs, 0)[:, :, None]

@@ -11,7 +11,9 @@ versions and is absorbed here:
 * the cache keyword of ``forward``/``generate`` (``past_key_values`` in 4.x, ``cache`` from 5.x)
   and of model outputs;
 * the mask function's arguments (``q_length``/``q_offset`` in 5.x, ``cache_position`` before);
-* ``DynamicCache``'s constructor (``config=`` from 4.56) and ``crop``'s argument.
+* ``DynamicCache``'s constructor (``config=`` from 4.56), ``crop``'s argument, and where a
+  layer's keys and values live (``cache.layers[i].keys`` in recent versions, the
+  ``key_cache``/``value_cache`` lists in older ones).
 """
 from __future__ import annotations
 
@@ -146,6 +148,58 @@ def init_dynamic_cache(cache: Any, config: Any | None) -> None:
         base.__init__(cache, config=config)
     else:
         base.__init__(cache)
+
+
+def _layer_store(cache: Any, layer_idx: int) -> Any:
+    """The per-layer object holding ``keys``/``values``; None for list-based caches, False for a
+    layer the cache has not created yet."""
+    layers = cache.__dict__.get("layers")
+    if isinstance(layers, list):
+        return layers[layer_idx] if layer_idx < len(layers) else False
+    return None
+
+
+def layer_kv(cache: Any, layer_idx: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The full keys and values a ``DynamicCache`` holds for one layer, (B, Hkv, S, D) each, or
+    (None, None) when the layer holds nothing yet."""
+    store = _layer_store(cache, layer_idx)
+    if store is False:
+        return None, None
+    if store is not None:
+        return getattr(store, "keys", None), getattr(store, "values", None)
+    keys, values = getattr(cache, "key_cache", []), getattr(cache, "value_cache", [])
+    if layer_idx >= len(keys):
+        return None, None
+    return keys[layer_idx], values[layer_idx]
+
+
+def release_layer_kv(cache: Any, layer_idx: int) -> None:
+    """Replace one layer's keys and values in a ``DynamicCache`` by empty tensors (same batch,
+    heads, head_dim, dtype and device), so their memory is freed."""
+    keys, values = layer_kv(cache, layer_idx)
+    if keys is None or values is None:
+        return
+
+    def empty(x: torch.Tensor) -> torch.Tensor:
+        shape = tuple(x.shape[:-2]) + (0,) + tuple(x.shape[-1:]) if x.ndim >= 2 else (0,)
+        return x.new_empty(shape)
+
+    store = _layer_store(cache, layer_idx)
+    if store is not None:
+        store.keys, store.values = empty(keys), empty(values)
+    else:
+        cache.key_cache[layer_idx], cache.value_cache[layer_idx] = empty(keys), empty(values)
+
+
+def crop_removes(cache_len: int, arg: int) -> int:
+    """Tokens ``Cache.crop(arg)`` removes from a cache holding ``cache_len``: a negative ``arg``
+    is minus the count to remove, a positive one the length to keep; ``0`` keeps everything
+    from 5.x on and nothing before."""
+    if arg < 0:
+        return min(cache_len, -arg)
+    if arg == 0 and TRANSFORMERS_VERSION >= Version("5.0.0.dev0"):
+        return 0
+    return max(0, cache_len - arg)
 
 
 def cache_kwarg_name(model: torch.nn.Module) -> str:
