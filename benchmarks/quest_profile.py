@@ -5,10 +5,12 @@
 1. Check, small size (bf16, native and int8 page bounds, 10 steps crossing page boundaries):
    the Triton step against the reference ops; exits 1 when an output's relative error > 1e-2.
 2. Target: 32 query / 8 KV heads, head_dim 128, 64K context, batch 16, 16-token pages, budget
-   4,096, bf16 cache. Times (do_bench median, L2 flushed, CUDA graph replay) of page scoring
-   (a few launch configurations), selection, attention over the selected pages and the whole
-   step (append + scores + select + attention) for native and int8 bounds, and SDPA cuDNN over
-   the full bf16 cache in the same run. Writes quest_profile.json into DIR.
+   4,096, bf16 cache. Times (do_bench median, L2 flushed, CUDA graph replay) of page scoring,
+   selection and attention over the selected pages, each under a sweep of its launch settings
+   (the best becomes the default for the step), then the whole step (append + scores + select
+   + attention) for int8 and native page bounds, and SDPA cuDNN over the full bf16 cache in the
+   same run. Selection and attention do not depend on the bounds' storage: they are swept once.
+   Writes quest_profile.json into DIR.
 """
 from __future__ import annotations
 
@@ -30,12 +32,19 @@ from sparsa.methods.quest import Quest
 from sparsa.ops.sparse_decode import triton as kt
 from sparsa.ops.sparse_decode.reference import quest_page_scores_ref
 
-D, PAGE, BOUNDS = 128, 16, ("native", "int8")
-# launch sweeps: (pages_per_prog, tile_bytes, num_warps, num_stages) and (block_n, num_warps, num_stages, split_factor)
+D, PAGE, BOUNDS = 128, 16, ("int8", "native")
+# launch sweeps, best first by design: (pages_per_prog, tile_bytes, num_warps, num_stages) of the
+# scoring (tile_bytes / 256 pages per loop step for int8 bounds at head_dim 128), num_warps of
+# the selection, (block_n, num_warps, num_stages, split_factor) of the attention
 SCORE_VARIANTS = [dict(zip(("pages_per_prog", "tile_bytes", "num_warps", "num_stages"), x)) for x in
-                  ((256, 16384, 4, 3), (512, 16384, 8, 3), (128, 8192, 4, 2), (64, 16384, 4, 1), (1024, 32768, 8, 2))]
+                  ((64, 16384, 4, 1), (128, 32768, 8, 1), (32, 8192, 4, 1), (128, 16384, 4, 2),
+                   (64, 16384, 8, 1), (256, 16384, 4, 3), (256, 32768, 8, 2), (16, 4096, 2, 1))]
+SELECT_VARIANTS = [dict(num_warps=w) for w in (16, 8, 32)]
 PAGED_VARIANTS = [dict(zip(("block_n", "num_warps", "num_stages", "split_factor"), x)) for x in
-                  ((64, 4, 3, 2), (64, 4, 2, 4), (32, 4, 3, 4))]
+                  ((64, 4, 3, 2), (64, 4, 3, 4), (64, 4, 4, 4), (32, 4, 3, 4), (128, 8, 3, 2), (64, 8, 3, 4),
+                   (64, 4, 2, 8), (16, 4, 3, 8))]
+# seconds of each sweep (it stops after the variant that ends past its share; one always runs)
+SWEEP_S = {"quest_scores": 30.0, "quest_select": 10.0, "paged": 25.0, "quest_scores_native": 12.0}
 
 
 def tensors(b: int, heads: int, hkv: int, length: int, seed: int) -> tuple[torch.Tensor, ...]:
@@ -73,16 +82,24 @@ def check() -> dict:
     return res
 
 
-def sweep(name: str, variants: list[dict], fn, deadline: float) -> tuple[float, dict]:
-    """Time fn under each launch variant of kernel family ``name``; keep the best as the default."""
-    best = None
+def sweep(name: str, variants: list[dict], fn, seconds: float) -> tuple[float, dict]:
+    """Time fn under each launch variant of kernel family ``name`` for about ``seconds``; keep
+    the best as the default. A variant that fails (compiler limits on some cards) is skipped."""
+    best, deadline = None, time.time() + seconds
     for var in variants:
         if best is not None and time.time() > deadline:
             break
         kt.set_launch_defaults(name, **var)
-        t = graph_ms(fn)
+        try:
+            t = graph_ms(fn)
+        except Exception as exc:  # noqa: BLE001 - report and go on with the other variants
+            print(f"  {name} {var}: failed ({type(exc).__name__}: {str(exc)[:120]})", flush=True)
+            torch.cuda.synchronize()
+            continue
         print(f"  {name} {var}: {t * 1e3:.1f} us", flush=True)
         best = min(best, (t, var), key=lambda x: x[0]) if best else (t, var)
+    if best is None:
+        raise RuntimeError(f"every {name} launch variant failed")
     kt.set_launch_defaults(name, **best[1])
     return best
 
@@ -108,11 +125,12 @@ def dense_times(q, k, v, kn, vn) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
-    ap.add_argument("--budget-s", type=float, default=150.0, help="stop launch sweeps after this")
+    ap.add_argument("--budget-s", type=float, default=sum(SWEEP_S.values()),
+                    help="seconds of launch sweeps in all (split over the parts as in SWEEP_S)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("quest_profile needs a CUDA GPU")
-    deadline = time.time() + args.budget_s
+    share = args.budget_s / sum(SWEEP_S.values())
     info = device_info()
     print(f"device {info['device']}, torch {info['torch']}, triton {info['triton']}", flush=True)
     res: dict = {**info, "copy_gbps": round(copy_bandwidth_gbps(), 1), "check": check(), "parts": {}}
@@ -120,20 +138,30 @@ def main() -> None:
     k, v, q, kn, vn = tensors(b, heads, hkv, ctx, seed=0)
     base = res["dense_us"] = {n: t * 1e3 for n, t in dense_times(q, k, v, kn, vn).items()}
     print("dense: " + ", ".join(f"{n} {t:.0f} us" for n, t in base.items()), flush=True)
+    swept: dict = {}
     for bounds in BOUNDS:
         dec = decoder(bounds, k, v, heads, budget)
         c = dec.cache
         _, stats = dec.step(q, kn, vn)                                   # compiles; seq = ctx + 1
+        # scores cover the candidate pages only (the current page is ctx // PAGE), as in the step
         cur, width = ctx // PAGE, budget // PAGE + 1
-        t_sc, var_sc = sweep("quest_scores", SCORE_VARIANTS, lambda: kt.quest_page_scores_triton(
-            q, c.kmin, c.kmax, c.page_table, c.seq_lens, PAGE, max_pages=cur + 1, scale=c.kscale), deadline)
-        s = kt.quest_page_scores_triton(q, c.kmin, c.kmax, c.page_table, c.seq_lens, PAGE, max_pages=cur + 1,
-                                        scale=c.kscale)
-        t_sel, var_sel = sweep("quest_select", [dict(num_warps=w) for w in (8, 4, 16)],
-                               lambda: kt.quest_select_triton(s, c.seq_lens, PAGE, dec.n_select, width), deadline)
+
+        def scores() -> torch.Tensor:
+            return kt.quest_page_scores_triton(q, c.kmin, c.kmax, c.page_table, c.seq_lens, PAGE, max_pages=cur,
+                                               scale=c.kscale)
+        key = "quest_scores" if bounds == "int8" else "quest_scores_native"
+        t_sc, var_sc = sweep("quest_scores", SCORE_VARIANTS, scores, SWEEP_S[key] * share)
+        s = scores()
+        if "select" not in swept:
+            swept["select"] = sweep("quest_select", SELECT_VARIANTS,
+                                    lambda: kt.quest_select_triton(s, c.seq_lens, PAGE, dec.n_select, width),
+                                    SWEEP_S["quest_select"] * share)
+        t_sel, var_sel = swept["select"]
         plist, nlist = kt.quest_select_triton(s, c.seq_lens, PAGE, dec.n_select, width)
-        t_att, var_att = sweep("paged", PAGED_VARIANTS, lambda: kt.paged_decode_triton(
-            q, c.k, c.v, c.page_table, c.seq_lens, plist, nlist, page_size=PAGE), deadline)
+        if "paged" not in swept:
+            swept["paged"] = sweep("paged", PAGED_VARIANTS, lambda: kt.paged_decode_triton(
+                q, c.k, c.v, c.page_table, c.seq_lens, plist, nlist, page_size=PAGE), SWEEP_S["paged"] * share)
+        t_att, var_att = swept["paged"]
         dec.rewind(1)
 
         def step() -> None:

@@ -341,7 +341,8 @@ def _params(name: str | None, comp: Any, quant: str | None) -> dict[str, Any]:
 
 
 # Quest scoring launches tried by the tuning (pages per program, bytes of bounds per loop step)
-QUEST_SCORE_VARIANTS = [dict(pages_per_prog=256, tile_bytes=16384, num_warps=4, num_stages=3),
+QUEST_SCORE_VARIANTS = [dict(pages_per_prog=64, tile_bytes=16384, num_warps=4, num_stages=1),
+                        dict(pages_per_prog=256, tile_bytes=16384, num_warps=4, num_stages=3),
                         dict(pages_per_prog=512, tile_bytes=16384, num_warps=8, num_stages=3),
                         dict(pages_per_prog=128, tile_bytes=8192, num_warps=4, num_stages=2),
                         dict(pages_per_prog=64, tile_bytes=16384, num_warps=4, num_stages=1)]
@@ -374,7 +375,7 @@ def tune_kernels(deadline: float) -> dict[str, Any]:
     dec = build_decoder("quest", None, k, k, 32, None, gen, budget=4096)
     c = dec.cache
     ps = c.page_size
-    bound = (max(c.seq_lens_host) - 1) // ps + 1
+    bound = max((max(c.seq_lens_host) - 1) // ps, 1)        # as the decoder's step scores
     s = kt.quest_page_scores_triton(q, c.kmin, c.kmax, c.page_table, c.seq_lens, ps, max_pages=bound,
                                     scale=c.kscale)
     plist, nlist = kt.quest_select_triton(s, c.seq_lens, ps, dec.n_select, 257)

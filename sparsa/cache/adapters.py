@@ -198,8 +198,10 @@ class QuestDecoder(CacheDecoder):
         if use_triton(self.backend, q):
             from ..ops.sparse_decode.triton import (paged_decode_triton, quest_page_scores_triton,
                                                     quest_select_triton)
-            scores = quest_page_scores_triton(q, c.kmin, c.kmax, c.page_table, c.seq_lens, ps, max_pages=bound,
-                                              scale=c.kscale)
+            # pages from cur_max on are never candidates: scoring them would only widen the
+            # selection's tile (4,097 pages would take an 8,192-wide one)
+            scores = quest_page_scores_triton(q, c.kmin, c.kmax, c.page_table, c.seq_lens, ps,
+                                              max_pages=max(cur_max, 1), scale=c.kscale)
             plist, nlist = quest_select_triton(scores, c.seq_lens, ps, self.n_select, width)
             out = paged_decode_triton(q, c.k, c.v, c.page_table, c.seq_lens, plist, nlist, page_size=ps,
                                       scale=self.scale)

@@ -380,3 +380,75 @@ def test_append_kernel_native_half_bounds_equal_the_torch_path(dtype, quant):
         a.append(k[:, :, t], k[:, :, t], backend="triton")
         r.append(k[:, :, t], k[:, :, t], backend="reference")
         assert torch.equal(a.kbounds, r.kbounds), t
+
+
+# ----------------------------------------------------------------------------- scoring tiles, early-exit selection
+
+def test_quest_scores_decode_every_int8_code_exactly():
+    """int8 codes are widened from int32 words (byte position 0..3 of a word, min and max
+    halves): a one-hot query reads one code back, exactly, for every code value."""
+    d, hkv, page = 32, 1, 2
+    codes = torch.arange(-128, 128, dtype=torch.int16).to(torch.int8)          # 256 codes
+    pages = 256
+    kb = torch.zeros(pages, hkv, 2, d, dtype=torch.int8)
+    for ch in range(2 * d):                     # page i holds code (i + ch) at channel ch
+        kb.view(pages, 2 * d)[:, ch] = codes.roll(-ch)
+    scale = torch.ones(pages, hkv)
+    table = torch.arange(pages, dtype=torch.int32)[None].repeat(8, 1)
+    seq = torch.full((8,), pages * page + 1)
+    chans = [(0, 1.0), (5, -1.0), (d + 2, 1.0), (d + 7, -1.0), (3, 1.0), (d + 1, 1.0), (6, -1.0), (d - 1, 1.0)]
+    q = torch.zeros(8, 1, d)
+    for i, (ch, sign) in enumerate(chans):
+        q[i, 0, ch % d] = sign
+    s = quest_page_scores_triton(q, kb[:, :, 0], kb[:, :, 1], table, seq, page, scale=scale, max_pages=pages)
+    ref = quest_page_scores_ref(q, kb[:, :, 0], kb[:, :, 1], table, seq, page, scale=scale)
+    assert torch.equal(s, ref)
+    for i, (ch, sign) in enumerate(chans):
+        # a positive q reads the max code of its channel, a negative one minus the min code
+        half = 1 if sign > 0 else 0
+        assert torch.equal(s[i, 0], sign * kb[:, 0, half, ch % d].float())
+
+
+@pytest.mark.parametrize("d,h,hkv,bounds", [(32, 4, 4, "int8"), (128, 8, 1, "int8"), (256, 4, 2, "int8"),
+                                             (64, 16, 1, "native"), (128, 6, 2, "int8")])
+def test_quest_scores_tiles_separate_and_interleaved_bounds(d, h, hkv, bounds):
+    """Interleaved bounds are read in place, separate kmin / kmax through a copy; head dims
+    32..256, groups 1..16 (6: not a power of two), sequences of different lengths, several
+    pages per program and loop steps."""
+    from sparsa.cache import PagedKVCache
+    gen = torch.Generator().manual_seed(d + h)
+    k = torch.randn(3, hkv, 77, d, generator=gen) * 3
+    q = torch.randn(3, h, d, generator=gen)
+    c = PagedKVCache.from_dense(k, k, page_size=4, lengths=[77, 30, 5], bounds=bounds, reserve=3)
+    ref = quest_page_scores_ref(q, c.kmin, c.kmax, c.page_table, c.seq_lens, 4, scale=c.kscale)
+    sep = (c.kmin.contiguous(), c.kmax.contiguous())
+    for kmin, kmax in ((c.kmin, c.kmax), sep):
+        for launch in ({"block_p": 2, "pages_per_prog": 8}, {"block_p": 16, "pages_per_prog": 16}, {}):
+            tri = quest_page_scores_triton(q, kmin, kmax, c.page_table, c.seq_lens, 4, scale=c.kscale, **launch)
+            assert torch.equal(torch.isinf(ref), torch.isinf(tri))
+            fin = torch.isfinite(ref)
+            torch.testing.assert_close(tri[fin], ref[fin], atol=1e-4, rtol=1e-5)
+
+
+def test_quest_select_edge_rows():
+    """-inf among the candidates, rows of different lengths, budgets at and past the candidate
+    count, a scores width equal to the largest current page (a power of two: no padding), and
+    distinct scores (the search stops early) next to all-equal rows (every pass runs)."""
+    gen = torch.Generator().manual_seed(61)
+    b, hkv, mp, page = 4, 3, 64, 4
+    scores = torch.randn(b, hkv, mp, generator=gen)
+    scores[0, 0, ::3] = float("-inf")
+    scores[1, 1] = 0.25                                     # all equal: ties to the lower pages
+    scores[1, 2, :40] = float("-inf")
+    scores[2, 0] = -0.0
+    scores[2, 0, 7] = 0.0
+    seq = torch.tensor([mp * page + 1, 150, mp * page, 23])  # current pages 64 (= W), 37, 63, 5
+    for nsel in ([3, 3, 3, 3], [40, 36, 63, 5], [64, 37, 70, 1], [1, 2, 62, 4]):
+        n = torch.tensor(nsel, dtype=torch.int32)
+        ref = quest_select_ref(scores, seq, page, n)
+        tri, cnt = quest_select_triton(scores, seq, page, n, ref.shape[-1])
+        assert torch.equal(tri, ref), nsel
+        assert torch.equal(cnt, (ref >= 0).sum(-1, dtype=torch.int32))
+        if nsel[0] == 3:
+            # every -inf page loses to the finite ones, and -inf ties go to the lower pages
+            assert all(p % 3 for p in tri[0, 0, :3].tolist())

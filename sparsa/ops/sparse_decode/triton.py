@@ -15,10 +15,12 @@ Kernels:
   scores, picks the victim and moves the head's last token into the victim's slot (the store
   stays compact and its order is irrelevant to attention).
 * :func:`quest_page_scores_triton` and :func:`quest_select_triton`: Quest's page upper bound
-  summed over the KV head's query group (the group sum folds into one vector pair, so each
-  page's min/max is read once; native or int8 bounds, each program walking a run of pages),
-  and an exact top-k by a radix-16 search on the scores' bits (8 histogram passes, ties to
-  the lower page), writing the sorted page list plus the current page.
+  summed over the KV head's query group (the group sum folds into one weight vector over a
+  page's interleaved min/max row, so each page's bounds are one contiguous read; int8 codes
+  are read as int32 words and widened by exponent tricks instead of int-to-float
+  conversions), and an exact top-k by a radix-16 search on the scores' bits (at most 8
+  histogram passes, ties to the lower page), writing the sorted page list plus the current
+  page.
 * :func:`append_triton`: one token into a variable-length or paged store, quantized in the
   kernel; a paged store's page bounds are updated (native) or computed when the token
   completes its page (int8).
@@ -93,9 +95,10 @@ class _Store:
 LAUNCH: dict[str, dict[str, int]] = {
     "varlen": {"block_n": 128, "num_warps": 8, "num_stages": 3, "split_factor": 2},
     "paged": {"block_n": 64, "num_warps": 4, "num_stages": 3, "split_factor": 2},
-    # Quest scoring: logical pages per program, bytes of bounds per loop step
-    "quest_scores": {"pages_per_prog": 256, "tile_bytes": 16384, "num_warps": 4, "num_stages": 3},
-    "quest_select": {"num_warps": 8},
+    # Quest scoring: logical pages per program, bytes of bounds per loop step (one step per
+    # program by default: many small programs keep more loads in flight than a few long ones)
+    "quest_scores": {"pages_per_prog": 64, "tile_bytes": 16384, "num_warps": 4, "num_stages": 1},
+    "quest_select": {"num_warps": 16},
 }
 
 
@@ -545,40 +548,79 @@ def evict_update_triton(mode: str, k, v, pos: torch.Tensor, start: torch.Tensor,
 # ----------------------------------------------------------------------------- Quest
 
 @triton.jit
-def _quest_score_kernel(Q, KMIN, KMAX, KSCALE, TABLE, SEQ, OUT,
+def _bound_weights(q_rows, g_ok, ch, D: tl.constexpr):
+    """Weights (len(ch),) float32 of bound channels ``ch`` (< 2 D: minima first, then maxima):
+    the query group's sum of q's negative parts for a minimum, of its positive parts for a
+    maximum, so that Σ_g Σ_d max(q·kmax, q·kmin) is one dot product with the page's row."""
+    q = tl.load(q_rows + (ch % D)[None, :], mask=g_ok, other=0.0).to(tl.float32)
+    return tl.sum(tl.where((ch < D)[None, :], tl.minimum(q, 0.0), tl.maximum(q, 0.0)), 0)
+
+
+@triton.jit
+def _code_byte0(x):
+    """Byte 0 of int32 words holding codes + 128 (unsigned), as the float32 code. The byte fills
+    the low mantissa bits of 2^23 (one unit per step), so an OR and a subtraction replace the
+    int-to-float conversion, which runs at a fraction of the FMA rate."""
+    return ((x & 0xFF) | 0x4B000000).to(tl.float32, bitcast=True) - 8388736.0      # 2^23 + 128
+
+
+@triton.jit
+def _code_byte1(x):
+    """Byte 1 of the words, as the float32 code: in bits 8..15 of 2^15's mantissa a step is one unit."""
+    return ((x & 0xFF00) | 0x47000000).to(tl.float32, bitcast=True) - 32896.0        # 2^15 + 128
+
+
+@triton.jit
+def _quest_score_kernel(Q, KB, KSCALE, TABLE, SEQ, OUT,
                         stride_qb, stride_qh, stride_bp, stride_bh, stride_table, width,
                         kv_heads, page_size, pages_per_prog,
                         G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BLOCK_P: tl.constexpr,
                         INT8: tl.constexpr):
-    """One program: one (sequence, KV head) and ``pages_per_prog`` logical pages, BLOCK_P at a time."""
+    """One program: one (sequence, KV head) and ``pages_per_prog`` logical pages, BLOCK_P at a
+    time, each page one row of 2 D bound values (minima, then maxima) read as a 2-D tile.
+    INT8: KB holds the codes as int32 words (4 codes each, little endian) and strides count
+    words; otherwise values and strides are in the bounds' dtype."""
     r = tl.program_id(0)
     c = tl.program_id(1)
     b = r // kv_heads
     kvh = r % kv_heads
     g = tl.arange(0, GP)
-    d = tl.arange(0, D)
-    q = tl.load(Q + b.to(tl.int64) * stride_qb + (kvh * G + g).to(tl.int64)[:, None] * stride_qh + d[None, :],
-                mask=(g < G)[:, None], other=0.0).to(tl.float32)
-    # Σ_g Σ_d max(q·kmax, q·kmin) = qpos·kmax + qneg·kmin: the group folds into two vectors
-    qpos = tl.sum(tl.maximum(q, 0.0), 0)
-    qneg = tl.sum(tl.minimum(q, 0.0), 0)
+    g_ok = (g < G)[:, None]
+    q_rows = Q + b.to(tl.int64) * stride_qb + (kvh * G + g).to(tl.int64)[:, None] * stride_qh
     seq = tl.load(SEQ + b).to(tl.int64)
     cur = tl.maximum(seq - 1, 0) // page_size
     lo = c * pages_per_prog
     hi = tl.minimum(lo + pages_per_prog, width)
     out_row = OUT + r.to(tl.int64) * width
     table_row = TABLE + b.to(tl.int64) * stride_table
-    for p0 in range(lo, hi, BLOCK_P):
-        p = p0 + tl.arange(0, BLOCK_P)
-        ok = (p < cur) & (p < hi)
-        phys = tl.load(table_row + p, mask=ok, other=0).to(tl.int64)
-        base = phys * stride_bp + kvh * stride_bh
-        kx = tl.load(KMAX + base[:, None] + d[None, :], mask=ok[:, None], other=0).to(tl.float32)
-        kn = tl.load(KMIN + base[:, None] + d[None, :], mask=ok[:, None], other=0).to(tl.float32)
-        sc = tl.sum(kx * qpos[None, :] + kn * qneg[None, :], 1)
-        if INT8:
-            sc = sc * tl.load(KSCALE + phys * kv_heads + kvh, mask=ok, other=0.0)
-        tl.store(out_row + p, tl.where(ok, sc, float("-inf")), mask=p < hi)
+    head = kvh * stride_bh
+    if INT8:
+        j = tl.arange(0, D // 2)
+        w0 = _bound_weights(q_rows, g_ok, 4 * j, D)
+        w1 = _bound_weights(q_rows, g_ok, 4 * j + 1, D)
+        w2 = _bound_weights(q_rows, g_ok, 4 * j + 2, D)
+        w3 = _bound_weights(q_rows, g_ok, 4 * j + 3, D)
+        for p0 in range(lo, hi, BLOCK_P):
+            p = p0 + tl.arange(0, BLOCK_P)
+            ok = (p < cur) & (p < hi)
+            phys = tl.load(table_row + p, mask=ok, other=0).to(tl.int64)
+            x = tl.load(KB + (phys * stride_bp + head)[:, None] + j[None, :], mask=ok[:, None], other=0)
+            x = x ^ -2139062144                      # 0x80808080: each byte becomes code + 128
+            x2 = x >> 16
+            sc = (_code_byte0(x) * w0[None, :] + _code_byte1(x) * w1[None, :]
+                  + _code_byte0(x2) * w2[None, :] + _code_byte1(x2) * w3[None, :])
+            sc = tl.sum(sc, 1) * tl.load(KSCALE + phys * kv_heads + kvh, mask=ok, other=0.0)
+            tl.store(out_row + p, tl.where(ok, sc, float("-inf")), mask=p < hi)
+    else:
+        e = tl.arange(0, 2 * D)
+        wv = _bound_weights(q_rows, g_ok, e, D)
+        for p0 in range(lo, hi, BLOCK_P):
+            p = p0 + tl.arange(0, BLOCK_P)
+            ok = (p < cur) & (p < hi)
+            phys = tl.load(table_row + p, mask=ok, other=0).to(tl.int64)
+            x = tl.load(KB + (phys * stride_bp + head)[:, None] + e[None, :], mask=ok[:, None], other=0)
+            sc = tl.sum(x.to(tl.float32) * wv[None, :], 1)
+            tl.store(out_row + p, tl.where(ok, sc, float("-inf")), mask=p < hi)
 
 
 def _score_block(tile_bytes: int, head_dim: int, elem: int, pages_per_prog: int) -> int:
@@ -588,6 +630,24 @@ def _score_block(tile_bytes: int, head_dim: int, elem: int, pages_per_prog: int)
     return max(1, min(block, 256, _pow2(pages_per_prog)))
 
 
+def bound_rows(kmin: torch.Tensor, kmax: torch.Tensor) -> torch.Tensor:
+    """(pages, Hkv, 2 D) rows [min, max] of each page's bounds: a view when kmax sits right after
+    kmin in memory (a cache's interleaved ``kbounds``), else an interleaved copy. int8 codes are
+    returned as int32 words (pages, Hkv, D / 2), four codes each."""
+    p, h, d = kmin.shape
+    elem = kmin.element_size()
+    word = 4 if kmin.dtype == torch.int8 else 1
+    s0, s1 = kmin.stride(0), kmin.stride(1)
+    interleaved = (kmin.stride() == kmax.stride() and kmin.stride(-1) == 1 and s1 >= 2 * d and s0 >= h * s1
+                   and kmax.data_ptr() == kmin.data_ptr() + d * elem
+                   and s0 % word == 0 and s1 % word == 0 and kmin.storage_offset() % word == 0)
+    if interleaved:
+        rows = kmin.as_strided((p, h, 2 * d), (s0, s1, 1))
+    else:
+        rows = torch.stack([kmin, kmax], 2).view(p, h, 2 * d)
+    return rows.view(torch.int32) if word == 4 else rows
+
+
 def quest_page_scores_triton(q: torch.Tensor, kmin: torch.Tensor, kmax: torch.Tensor, page_table: torch.Tensor,
                              seq_lens: torch.Tensor, page_size: int, *, max_pages: int | None = None,
                              scale: torch.Tensor | None = None, block_p: int | None = None,
@@ -595,12 +655,13 @@ def quest_page_scores_triton(q: torch.Tensor, kmin: torch.Tensor, kmax: torch.Te
                              num_stages: int | None = None) -> torch.Tensor:
     """Quest page scores (see :func:`reference.quest_page_scores_ref`), float32 (B, Hkv, W).
 
-    kmin, kmax (pages, Hkv, D) with unit stride along D and equal strides (separate tensors, or
-    the two halves of a cache's interleaved ``kbounds``); int8 codes need ``scale`` (pages,
-    Hkv) float32. W = ``max_pages`` (default: the page table's width): pass a bound >= every
-    sequence's current page + 1; pages at or past a sequence's current page score -inf.
-    Launch: ``pages_per_prog`` logical pages per program, ``block_p`` per loop step (default:
-    about LAUNCH["quest_scores"]["tile_bytes"] of bounds).
+    kmin, kmax (pages, Hkv, D) with unit stride along D: the two halves of a cache's
+    interleaved ``kbounds`` (read in place), or separate tensors (interleaved into a copy
+    first); int8 codes need ``scale`` (pages, Hkv) float32. W = ``max_pages`` (default: the page
+    table's width): pages at or past a sequence's current page score -inf and are never
+    selected, so the largest current page of the batch is enough. Launch: ``pages_per_prog``
+    logical pages per program, ``block_p`` per loop step (default: about
+    LAUNCH["quest_scores"]["tile_bytes"] of bounds).
     """
     b, h, d = q.shape
     hkv = kmin.shape[1]
@@ -611,8 +672,7 @@ def quest_page_scores_triton(q: torch.Tensor, kmin: torch.Tensor, kmax: torch.Te
     if kmin.shape != kmax.shape or kmin.dtype != kmax.dtype:
         raise ValueError(f"kmax: must match kmin's shape and dtype, got {tuple(kmax.shape)} {kmax.dtype} and "
                          f"{tuple(kmin.shape)} {kmin.dtype}")
-    if kmin.stride() != kmax.stride() or kmin.stride(-1) != 1:
-        kmin, kmax = kmin.contiguous(), kmax.contiguous()
+    rows = bound_rows(kmin, kmax)
     if int8:
         scale = scale.to(torch.float32).contiguous()
     cfg = LAUNCH["quest_scores"]
@@ -627,10 +687,10 @@ def quest_page_scores_triton(q: torch.Tensor, kmin: torch.Tensor, kmax: torch.Te
     group = h // hkv
     grid = (b * hkv, triton.cdiv(max(width, 1), pages_per_prog))
     page_table = page_table.contiguous()
-    _quest_score_kernel[grid](q, kmin, kmax, scale if int8 else kmin, page_table, seq_lens.contiguous(),
-                              out, q.stride(0), q.stride(1), kmin.stride(0), kmin.stride(1), page_table.stride(0),
+    _quest_score_kernel[grid](q, rows, scale if int8 else rows, page_table, seq_lens.contiguous(),
+                              out, q.stride(0), q.stride(1), rows.stride(0), rows.stride(1), page_table.stride(0),
                               width, hkv, page_size, pages_per_prog,
-                              G=group, GP=group_rows(group), D=d, BLOCK_P=block_p, INT8=int8,
+                              G=group, GP=max(2, _pow2(group)), D=d, BLOCK_P=block_p, INT8=int8,
                               num_warps=cfg["num_warps"] if num_warps is None else num_warps,
                               num_stages=cfg["num_stages"] if num_stages is None else num_stages)
     return out
@@ -651,28 +711,35 @@ def _quest_select_kernel(SCORES, SEQ, NSEL, PLIST, NLIST, stride_s, n_pages, str
     bits = sc.to(tl.int32, bitcast=True)
     key = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)  # signed order of key = order of the floats
     ukey = key ^ -2147483648                            # the same order read as unsigned bits
-    # radix-16 search, most significant digit first, of the need-th largest key: each pass
-    # counts the candidates sharing the prefix found so far per value of the next 4 bits
-    # (a 32-bin histogram, bin 16 collects the rest) and fixes that digit
-    need = tl.minimum(nsel, tl.sum(cand.to(tl.int32), 0).to(tl.int64)).to(tl.int32)
+    # radix-16 search, most significant digit first, of the need-th largest key. ``match``: the
+    # candidates sharing the digits found so far (``count`` of them), of which ``need`` are
+    # still to take. Each pass counts them per value of the next 4 bits (a 32-bin histogram,
+    # bin 16 collects the rest) and fixes that digit; it stops once every match is taken
+    # (count == need), or after 8 passes with the exact key.
+    count = tl.sum(cand.to(tl.int32), 0)
+    need = tl.minimum(nsel, count.to(tl.int64)).to(tl.int32)
+    match = cand
     prefix = tl.zeros([], dtype=tl.int32)
+    shift = tl.full([], 32, dtype=tl.int32)
     bins = tl.arange(0, 32)
     digit_bin = bins < 16
-    for i in tl.static_range(8):
-        shift = 28 - 4 * i
-        if i == 0:
-            match = cand
-        else:
-            match = cand & ((ukey >> (shift + 4)) == (prefix >> (shift + 4)))
-        digit = tl.where(match, (ukey >> shift) & 15, 16)
-        hist = tl.where(digit_bin, tl.histogram(digit, 32), 0)
-        at_least = tl.sum(hist, 0) - tl.cumsum(hist, 0) + hist          # candidates with digit >= bin
-        t = tl.max(tl.where(digit_bin & (at_least >= need), bins, 0), 0)
-        need -= tl.sum(tl.where(bins > t, hist, 0), 0)
+    while (shift > 0) & (count > need):
+        shift -= 4
+        digit = (ukey >> shift) & 15
+        hist = tl.where(digit_bin, tl.histogram(tl.where(match, digit, 16), 32), 0)
+        above = count - tl.cumsum(hist, 0)             # matches with a larger digit than the bin's
+        # the digit t: the largest with >= need matches at or above it. One max over
+        # (digit, matches above it, its own matches) packed into int64 gives all three
+        packed = (bins.to(tl.int64) << 40) | (above.to(tl.int64) << 20) | hist.to(tl.int64)
+        best = tl.max(tl.where(digit_bin & (above + hist >= need), packed, -1), 0)
+        t = (best >> 40).to(tl.int32)
+        need -= ((best >> 20) & 0xFFFFF).to(tl.int32)
+        count = (best & 0xFFFFF).to(tl.int32)
         prefix = prefix | (t << shift)
-    thr = prefix ^ -2147483648
-    gt = cand & (key > thr)
-    tie = cand & (key == thr)
+        match = match & (digit == t)
+    # keys outside ``match`` are above or below every match, as their digits decide
+    gt = cand & ~match & (key > (prefix ^ -2147483648))
+    tie = match
     # one scan: running counts of keys above the threshold (low 16 bits) and of ties (high 16)
     run = tl.cumsum(gt.to(tl.int32) + (tie.to(tl.int32) << 16), 0)
     n_gt = run & 0xFFFF
@@ -694,10 +761,13 @@ def _quest_select_kernel(SCORES, SEQ, NSEL, PLIST, NLIST, stride_s, n_pages, str
 def quest_select_triton(scores: torch.Tensor, seq_lens: torch.Tensor, page_size: int, n_select: torch.Tensor,
                         width: int, *, num_warps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Quest's page list (see :func:`reference.quest_select_ref`): an exact top-k per (sequence,
-    KV head) by a radix-16 search of the scores' bits (8 passes), ties to the lower page.
+    KV head) by a radix-16 search of the scores' bits (at most 8 passes, fewer once the
+    threshold's digits single out exactly the pages to take), ties to the lower page.
 
-    n_select (B,) int32; ``width`` >= max(n_select) + 1. Returns (page_list (B, Hkv, width)
-    int32 -1 padded, list_len (B, Hkv) int32).
+    scores (B, Hkv, W) float32: only pages below both W and a sequence's current page are
+    candidates (pass W = the largest current page of the batch, not one more: the kernel's tile
+    is W rounded up to a power of two). n_select (B,) int32; ``width`` >= max(n_select) + 1.
+    Returns (page_list (B, Hkv, width) int32 -1 padded, list_len (B, Hkv) int32).
     """
     b, hkv, mp = scores.shape
     if mp > MAX_SELECT_PAGES:
