@@ -5,9 +5,10 @@ import pytest
 import torch
 
 import sparsa
-from sparsa.methods._estimate import last_q_line_mass, line_pairs
+from sparsa.methods._estimate import last_q_line_mass, line_pairs, selection_order, take_prefix, top_lines
 from sparsa.methods.vertical_slash import VerticalSlash
 from sparsa.ops.vertical_slash import vertical_slash_attention
+from sparsa.ops.vertical_slash.convert import prepare_vertical_slash, superset_routes_dense, tile_cover_mask
 
 from ._util import causal_mask, explicit_attention, rel_err
 
@@ -162,7 +163,45 @@ def test_explicit_budgets_override_compression_and_clamp():
     ({"local_diagonals": 0}, "local_diagonals", ValueError),
     ({"vertical": "many"}, "vertical", TypeError),
     ({"compression": 0.5}, "compression", ValueError),
+    ({"exact": "yes"}, "exact", TypeError),
+    ({"block_q": 96}, "block_q", ValueError),
 ])
 def test_bad_parameters_name_the_field(params, field, exc):
     with pytest.raises(exc, match=f"^{field}"):
         sparsa.get_method("vertical_slash", **params)
+
+
+@pytest.mark.parametrize("forced,count", [(0, 1), (3, 3), (3, 7), (5, 40), (2, 64)])
+def test_top_lines_equals_full_sort(forced, count):
+    """Same lines as the stable full sort, ties (many equal masses) to the lower index."""
+    scores = torch.randint(0, 5, (2, 3, 64)).float() / 7.0
+    scores[0, 0] = 0.0
+    scores[1, 2, 10:20] = 1e-30
+    expect = take_prefix(selection_order(scores, forced), count)
+    assert torch.equal(top_lines(scores, forced, count), expect)
+
+
+@pytest.mark.parametrize("lq,lk,bq,ns", [(150, 700, 64, 9), (197, 900, 128, 5)])
+def test_superset_semantics_match_tile_cover(lq, lk, bq, ns):
+    """exact=False attends the causal pairs of the tiles of the planned diagonals and the columns."""
+    b, h, hkv = 1, 4, 2
+    q, k, v = torch.randn(b, h, lq, 16), torch.randn(b, hkv, lk, 16), torch.randn(b, hkv, lk, 16)
+    method = VerticalSlash(vertical=6, slash=ns, last_q=16, init_tokens=2, local_diagonals=3, exact=False,
+                           block_q=bq)
+    vi, si = method.plan(q, k)
+    out, stats = method(q, k, v)
+    layout = prepare_vertical_slash(vi, si, lq, lk, use_triton=False, block_q=bq, exact=False)
+    assert not superset_routes_dense(layout)
+    cover = tile_cover_mask(layout).repeat_interleave(h // vi.shape[1], 1)
+    mask = (cover | loop_mask(vi, si, h, lq, lk)) & causal_mask(lq, lk)
+    assert rel_err(out, explicit_attention(q, k, v, mask)) <= 1e-5
+    assert stats.computed == float(mask.sum())
+    _, exact_stats = VerticalSlash(vertical=6, slash=ns, last_q=16, init_tokens=2, local_diagonals=3)(q, k, v)
+    assert stats.compression < exact_stats.compression
+
+
+def test_superset_at_full_budget_is_dense():
+    q, k, v = torch.randn(1, 4, 130, 16), torch.randn(1, 2, 130, 16), torch.randn(1, 2, 130, 16)
+    out, stats = VerticalSlash(compression=1, exact=False)(q, k, v)
+    assert rel_err(out, explicit_attention(q, k, v, causal_mask(130, 130))) <= 1e-5
+    assert stats.compression == 1.0

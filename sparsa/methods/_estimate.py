@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import torch
 
-# Score elements per estimation chunk (~128 MiB in fp32), as in the dense reference.
-_CHUNK_ELEMENTS = 1 << 25
+from ..ops.vertical_slash.estimate import line_mass
 
 
-def last_q_line_mass(q: torch.Tensor, k: torch.Tensor, scale: float,
-                     last_q: int) -> tuple[torch.Tensor, torch.Tensor]:
+def last_q_line_mass(q: torch.Tensor, k: torch.Tensor, scale: float, last_q: int, *,
+                     backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention mass per key column and per diagonal, estimated from the last queries.
 
     The last ``m = min(last_q, q_len)`` query rows (positions ``kv_len - m .. kv_len - 1``)
@@ -29,37 +28,38 @@ def last_q_line_mass(q: torch.Tensor, k: torch.Tensor, scale: float,
     Args:
         q: (B, H, q_len, D); k: (B, Hkv, L, D); ``scale`` multiplies q·k.
         last_q: number of query rows used for the estimate (>= 1).
+        backend: as for the ops; on CUDA the Triton kernels of
+            :mod:`sparsa.ops.vertical_slash.estimate` run (bf16/fp16 products with float32
+            accumulation), else torch in float32.
 
     Returns:
         ``(vertical, slash)``, each (B, H, L), float32 (float64 for float64 inputs): the
         mean over the ``m`` rows of the probability on column ``j`` / on the keys at offset
         ``o`` from the row. Each sums to 1 over its last axis.
     """
-    b, h, lq, d = q.shape
-    hkv, lk = k.shape[1], k.shape[2]
-    g = h // hkv
-    m = min(last_q, lq)
-    ct = torch.float64 if q.dtype == torch.float64 else torch.float32
-    qs = q[:, :, lq - m:].to(ct).reshape(b, hkv, g, m, d)
-    pos = torch.arange(lk - m, lk, device=q.device)                       # positions of the m rows
-    cols = torch.arange(lk, device=q.device)
-    causal = cols[None, :] <= pos[:, None]                                # (m, L)
-    # slash gather: entry (i, o) reads column pos_i - o; negative columns do not exist
-    diag_cols = pos[:, None] - cols[None, :]                              # (m, L) over offsets
-    diag_ok = diag_cols >= 0
-    diag_cols = diag_cols.clamp_min(0)
+    return line_mass(q, k, scale, last_q, backend=backend)
 
-    vertical = torch.empty(b, hkv, g, lk, dtype=ct, device=q.device)
-    slash = torch.empty(b, hkv, g, lk, dtype=ct, device=q.device)
-    step = max(1, _CHUNK_ELEMENTS // max(1, b * g * m * lk))
-    for s in range(0, hkv, step):
-        e = min(hkv, s + step)
-        scores = torch.einsum("bkgmd,bknd->bkgmn", qs[:, s:e], k[:, s:e].to(ct)) * scale
-        probs = torch.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1)
-        vertical[:, s:e] = probs.sum(-2) / m
-        on_diag = probs.gather(-1, diag_cols.expand(*probs.shape[:3], m, lk))
-        slash[:, s:e] = torch.where(diag_ok, on_diag, torch.zeros_like(on_diag)).sum(-2) / m
-    return vertical.reshape(b, h, lk), slash.reshape(b, h, lk)
+
+def top_lines(scores: torch.Tensor, forced: int, count: int) -> torch.Tensor:
+    """``take_prefix(selection_order(scores, forced), count)`` without sorting whole rows.
+
+    scores: (B, H, L) non-negative float32 line masses (other dtypes take the sorting path).
+    The order is the same: the first ``forced`` lines, then descending score, ties to the lower
+    index. Each line gets a unique int64 key (the score's bits, which order like the score for
+    non-negative floats, above the complement of the index), so one ``topk`` picks exactly
+    the first ``count`` lines of that order. Returns int32 (B, H, count), rows ascending.
+    """
+    b, h, n = scores.shape
+    count = min(count, n)
+    if count <= 0 or scores.dtype != torch.float32:
+        return take_prefix(selection_order(scores, forced), count)
+    x = torch.where(scores > 0, scores, torch.zeros_like(scores))      # -0.0 and NaN-free keys
+    bits = x.view(torch.int32).to(torch.int64)
+    bits[..., :forced] = 0x7F800000                                       # +inf: forced lines first
+    idx = torch.arange(n, device=scores.device, dtype=torch.int64)
+    key = (bits << 32) | ((1 << 32) - 1 - idx)
+    chosen = key.topk(count, dim=-1, sorted=False).indices
+    return chosen.sort(dim=-1).values.to(torch.int32)
 
 
 def selection_order(scores: torch.Tensor, forced: int) -> torch.Tensor:
@@ -86,10 +86,14 @@ def take_prefix(order: torch.Tensor, counts: torch.Tensor | int) -> torch.Tensor
     sorted ascending, padded with -1 at the end (the format of ``sparsa.ops.vertical_slash``).
     """
     b, h, n = order.shape
-    counts = torch.as_tensor(counts, device=order.device).expand(b, h)
-    width = max(1, int(counts.max()))
+    if isinstance(counts, int):
+        width = max(1, min(counts, n))
+        unused = torch.arange(width, device=order.device) >= counts
+    else:
+        counts = counts.to(order.device).expand(b, h)
+        width = max(1, int(counts.max()))
+        unused = torch.arange(width, device=order.device) >= counts[..., None]
     head = order[..., :width]
-    unused = torch.arange(width, device=order.device) >= counts[..., None]
     head = torch.where(unused, torch.full_like(head, n), head).sort(dim=-1).values
     return torch.where(head == n, torch.full_like(head, -1), head).to(torch.int32)
 

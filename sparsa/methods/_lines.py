@@ -13,11 +13,17 @@ from .base import AttentionStats, Method, prefill_stats
 class LinePattern(Method):
     """A method whose plan is a set of key columns and diagonals per query head.
 
-    Subclasses implement ``_plan(q, k, scale) -> (vertical_indices, slash_indices, info)``.
+    Subclasses implement ``_plan(q, k, scale, backend) -> (vertical_indices, slash_indices,
+    info)``. ``exact`` and ``block_q`` (fields of subclasses that offer the choice; exact
+    semantics and the op's default block here) are passed to
+    :func:`~sparsa.ops.vertical_slash.vertical_slash_attention`.
     """
 
-    def _plan(self, q: torch.Tensor, k: torch.Tensor,
-              scale: float) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    exact = True
+    block_q = None
+
+    def _plan(self, q: torch.Tensor, k: torch.Tensor, scale: float,
+              backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
         raise NotImplementedError
 
     def plan(self, q: torch.Tensor, k: torch.Tensor, scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -34,6 +40,8 @@ class LinePattern(Method):
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float,
                 backend: str | None) -> tuple[torch.Tensor, AttentionStats]:
-        vi, si, info = self._plan(q, k, scale)
-        out, pairs = vertical_slash_attention(q, k, v, vi, si, scale=scale, backend=backend)
+        vi, si, info = self._plan(q, k, scale, backend)
+        # the planner's lists are in range: no host read-back to check them
+        out, pairs = vertical_slash_attention(q, k, v, vi, si, scale=scale, backend=backend, exact=self.exact,
+                                              block_q=self.block_q, check_indices=False)
         return out, prefill_stats(self.name, pairs, q.shape[2], k.shape[2], **info)

@@ -80,11 +80,11 @@ class FlexPrefill(LinePattern):
             return self.min_budget
         return 0 if self.compression is not None else MIN_BUDGET_DEFAULT
 
-    def _plan(self, q: torch.Tensor, k: torch.Tensor,
-              scale: float) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    def _plan(self, q: torch.Tensor, k: torch.Tensor, scale: float,
+              backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
         b, h, lq = q.shape[:3]
         lk = k.shape[2]
-        col_mass, diag_mass = last_q_line_mass(q, k, scale, self.last_q)
+        col_mass, diag_mass = last_q_line_mass(q, k, scale, self.last_q, backend=backend)
         init, local = min(self.init_tokens, lk), min(self.local_diagonals, lk)
         v_order = selection_order(col_mass, init)
         s_order = selection_order(diag_mass, local)

@@ -9,7 +9,8 @@ import torch
 
 from .._validation import check_int
 from ..ops.dense.reference import causal_pairs
-from ._estimate import last_q_line_mass, line_pairs, ranks, selection_order, take_prefix
+from ..ops.vertical_slash.convert import BLOCK_Q_CHOICES
+from ._estimate import last_q_line_mass, line_pairs, ranks, selection_order, take_prefix, top_lines
 from ._lines import LinePattern
 from .base import solve_budget
 from .registry import register
@@ -42,6 +43,21 @@ class VerticalSlash(LinePattern):
     compression is about 16, so higher targets saturate there at short contexts.
     ``compression=1`` keeps every line (dense attention).
 
+    ``exact`` (default True): attention covers exactly the chosen lines. ``exact=False``
+    uses MInference's superset semantics: every causal pair of the 64-key tiles that cover
+    the diagonals (per block of ``block_q`` query rows) is attended too, and when those tiles
+    would compute at least 70% of a dense causal pass, dense causal attention runs instead
+    (see :mod:`sparsa.ops.vertical_slash.convert`); the reported compression counts the
+    pairs actually attended (the ``compression`` search still counts the lines' exact pairs,
+    so superset runs land below the target). ``block_q`` (64 or 128; default: the op's choice
+    for the semantics) sets the tile geometry, so with ``exact=False`` it is part of the
+    result.
+
+    Planning with fixed budgets picks the lines with one ``topk`` per head; the chosen lines
+    equal the full sort's except where float rounding of the estimate reorders near-equal
+    masses (the CUDA estimate multiplies in bf16/fp16 with float32 accumulation, the CPU one
+    in float32).
+
     ``stats.info`` holds ``vertical`` and ``slash`` (the budgets used, forced lines
     included), ``last_q`` (estimate rows used) and the forced counts.
     """
@@ -54,8 +70,14 @@ class VerticalSlash(LinePattern):
     last_q: int = 64
     init_tokens: int = 30
     local_diagonals: int = 100
+    exact: bool = True
+    block_q: int | None = None
 
     def validate(self) -> None:
+        if not isinstance(self.exact, bool):
+            raise TypeError(f"exact: expected a bool, got {type(self.exact).__name__}")
+        if self.block_q is not None and (isinstance(self.block_q, bool) or self.block_q not in BLOCK_Q_CHOICES):
+            raise ValueError(f"block_q: must be None or one of {BLOCK_Q_CHOICES}, got {self.block_q!r}")
         check_int("last_q", self.last_q, minimum=1)
         check_int("init_tokens", self.init_tokens, minimum=0)
         check_int("local_diagonals", self.local_diagonals, minimum=1)
@@ -70,10 +92,8 @@ class VerticalSlash(LinePattern):
                 raise ValueError(f"slash: must be >= local_diagonals ({self.local_diagonals}), the always-kept "
                                  f"recent diagonals count toward it; got {self.slash}")
 
-    def _budgets(self, v_order: torch.Tensor, s_order: torch.Tensor, q_len: int, kv_len: int) -> tuple[int, int]:
-        """(vertical, slash) budgets for this call, forced lines included, each <= kv_len."""
-        init = min(self.init_tokens, kv_len)
-        local = min(self.local_diagonals, kv_len)
+    def _fixed_budgets(self, kv_len: int) -> tuple[int, int] | None:
+        """(vertical, slash) budgets when no compression search is needed, else None."""
         fixed_v = None if self.vertical is None else min(self.vertical, kv_len)
         fixed_s = None if self.slash is None else min(self.slash, kv_len)
         if self.compression is None or (fixed_v is not None and fixed_s is not None):
@@ -81,6 +101,17 @@ class VerticalSlash(LinePattern):
                     min(SLASH_DEFAULT, kv_len) if fixed_s is None else fixed_s)
         if self.compression == 1.0 and fixed_v is None and fixed_s is None:
             return kv_len, kv_len
+        return None
+
+    def _budgets(self, v_order: torch.Tensor, s_order: torch.Tensor, q_len: int, kv_len: int) -> tuple[int, int]:
+        """(vertical, slash) budgets for this call, forced lines included, each <= kv_len."""
+        init = min(self.init_tokens, kv_len)
+        local = min(self.local_diagonals, kv_len)
+        fixed_v = None if self.vertical is None else min(self.vertical, kv_len)
+        fixed_s = None if self.slash is None else min(self.slash, kv_len)
+        fixed = self._fixed_budgets(kv_len)
+        if fixed is not None:
+            return fixed
 
         def budgets(t: int) -> tuple[int, int]:
             nv = fixed_v if fixed_v is not None else min(kv_len, max(init, round(t * VERTICAL_DEFAULT / SLASH_DEFAULT)))
@@ -98,15 +129,21 @@ class VerticalSlash(LinePattern):
         hi = math.ceil(kv_len * SLASH_DEFAULT / VERTICAL_DEFAULT)
         return budgets(solve_budget(count, target, 0, hi))
 
-    def _plan(self, q: torch.Tensor, k: torch.Tensor,
-              scale: float) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    def _plan(self, q: torch.Tensor, k: torch.Tensor, scale: float,
+              backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
         lq, lk = q.shape[2], k.shape[2]
-        col_mass, diag_mass = last_q_line_mass(q, k, scale, self.last_q)
+        col_mass, diag_mass = last_q_line_mass(q, k, scale, self.last_q, backend=backend)
         init = min(self.init_tokens, lk)
         local = min(self.local_diagonals, lk)
+        info = {"last_q": min(self.last_q, lq), "init_tokens": init, "local_diagonals": local}
+        fixed = self._fixed_budgets(lk)
+        if fixed is not None:
+            # no host synchronisation on this path: budgets are known, one topk per head
+            nv, ns = fixed
+            info.update(vertical=nv, slash=ns)
+            return top_lines(col_mass, init, nv), top_lines(diag_mass, local, ns), info
         v_order = selection_order(col_mass, init)
         s_order = selection_order(diag_mass, local)
         nv, ns = self._budgets(v_order, s_order, lq, lk)
-        info = {"vertical": nv, "slash": ns, "last_q": min(self.last_q, lq), "init_tokens": init,
-                "local_diagonals": local}
+        info.update(vertical=nv, slash=ns)
         return take_prefix(v_order, nv), take_prefix(s_order, ns), info

@@ -97,7 +97,7 @@ LAUNCH: dict[str, dict[str, int]] = {
     "paged": {"block_n": 64, "num_warps": 4, "num_stages": 3, "split_factor": 2},
     # Quest scoring: logical pages per program, bytes of bounds per loop step (one step per
     # program by default: many small programs keep more loads in flight than a few long ones)
-    "quest_scores": {"pages_per_prog": 64, "tile_bytes": 16384, "num_warps": 4, "num_stages": 1},
+    "quest_scores": {"pages_per_prog": 32, "tile_bytes": 8192, "num_warps": 4, "num_stages": 1},
     "quest_select": {"num_warps": 16},
 }
 

@@ -11,8 +11,11 @@ import torch  # noqa: E402
 
 from sparsa.ops.dense.reference import dense_attention, query_positions  # noqa: E402
 from sparsa.ops.vertical_slash import vertical_slash_attention, vertical_slash_attention_ref  # noqa: E402
-from sparsa.ops.vertical_slash.convert import (VS_TILE, prepare_vertical_slash, tile_cover_mask,  # noqa: E402
-                                               vertical_slash_pairs, vertical_slash_superset_ref)
+from sparsa.ops.vertical_slash.convert import (DIAG_PAD, VS_TILE, pack_bits, prepare_vertical_slash,  # noqa: E402
+                                               slash_runs, superset_pairs, superset_routes_dense,
+                                               tile_cover_mask, vertical_slash_pairs, vertical_slash_superset_ref)
+from sparsa.ops.vertical_slash.estimate import line_mass_reference  # noqa: E402
+from sparsa.ops.vertical_slash import estimate_triton  # noqa: E402
 from sparsa.ops.vertical_slash.triton import vertical_slash_attention_triton  # noqa: E402
 
 
@@ -55,6 +58,8 @@ def test_conversion_kernel_matches_spec(b, h, hkv, lq, lk, d, shared, nv, ns, bq
         assert torch.equal(spec.tiles, fast.tiles)
         assert torch.equal(spec.clean_count, fast.clean_count)
         assert torch.equal(spec.masked_count, fast.masked_count)
+        if not exact:
+            assert torch.equal(spec.tile_pairs, fast.tile_pairs)
     # tiles are disjoint and cover every causal pair of every chosen diagonal
     ts = spec.tile_starts()
     both = (ts[..., 1:] >= 0) & (ts[..., :-1] >= 0)
@@ -138,6 +143,144 @@ def test_bad_inputs_name_the_argument(monkeypatch):
         vertical_slash_attention_triton(q[..., :16], q[..., :16], q[..., :16], vi, vi)
     with pytest.raises(ValueError, match="^backend"):
         vertical_slash_attention(q[..., :16], q[..., :16], q[..., :16], vi, vi, backend="triton")
+    with pytest.raises(TypeError, match="^exact"):
+        vertical_slash_attention(q, q, q, vi, vi, exact="no")
+    with pytest.raises(ValueError, match="^block_q"):
+        vertical_slash_attention(q, q, q, vi, vi, block_q=96)
+    with pytest.raises(ValueError, match="^last_q"):
+        estimate_triton.line_mass_triton(q, q, 0.1, 0)
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(ValueError, match="^q: .*CUDA"):
         vertical_slash_attention_triton(q, q, q, vi, vi)
+
+
+@pytest.mark.parametrize("bq", [64, 128])
+def test_runs_of_diagonals_match_spec_and_count_superset_pairs(bq):
+    """Long runs of consecutive diagonals (several tiles per run and block), isolated ones, runs
+    reaching offset 0 and the last offset; q_len not a multiple of the block."""
+    b, hx, lq, lk = 2, 2, 300, 457
+    si = torch.cat([torch.arange(0, 150), torch.arange(200, 203), torch.tensor([260, 300, 301, 456]),
+                    torch.arange(330, 420)]).expand(b, hx, -1).clone()
+    si[1, 1, :40] = -1
+    vi = torch.tensor([0, 1, 2, 99, 250, 251, 456]).expand(b, hx, -1).clone()
+    vi[0, 1] = -1
+    for exact in (True, False):
+        spec = prepare_vertical_slash(vi, si, lq, lk, use_triton=False, block_q=bq, exact=exact)
+        fast = prepare_vertical_slash(vi, si, lq, lk, use_triton=True, block_q=bq, exact=exact)
+        assert torch.equal(spec.tiles, fast.tiles)
+        assert torch.equal(spec.clean_count, fast.clean_count)
+        assert torch.equal(spec.masked_count, fast.masked_count)
+    # superset pairs against a brute-force count of (tiles or columns) and causal
+    cover = tile_cover_mask(fast)
+    causal = torch.arange(lk)[None, :] <= query_positions(lq, lk)[:, None]
+    brute = ((cover | fast.column_table.bool()[:, :, None, :]) & causal).sum((-1, -2)).double()
+    assert torch.equal(superset_pairs(fast, hx), brute)
+    # a block never has more tiles than a dense causal pass over it
+    end = torch.clamp(torch.arange(fast.n_query_blocks) * bq + (lk - lq) + bq, max=lk)
+    assert bool((fast.tile_count <= (end + VS_TILE - 1) // VS_TILE).all())
+
+
+def test_slash_runs_and_bit_packing():
+    si = torch.tensor([[[9, 8, 7, 5, 3, 2, 0, -1, -1]]], dtype=torch.int32)
+    high, low, count = slash_runs(si, torch.tensor([[7]], dtype=torch.int32))
+    assert int(count) == 4
+    assert high[0, 0, :4].tolist() == [9, 5, 3, 0] and low[0, 0, :4].tolist() == [7, 5, 2, 0]
+    assert bool((high[0, 0, 4:] == -1).all())
+    table = (torch.rand(2, 3, 100) < 0.4).to(torch.uint8)
+    words = pack_bits(table, 5)
+    bits = (words.to(torch.int64)[..., None] >> torch.arange(32)) & 1
+    assert torch.equal(bits.flatten(-2)[..., :100], table.to(torch.int64))
+    assert int(bits.flatten(-2)[..., 100:].sum()) == 0
+    lay = prepare_vertical_slash(torch.zeros(1, 1, 1, dtype=torch.int32), torch.tensor([[[0, 3, 70]]]), 80, 80,
+                                 use_triton=False)
+    unpacked = ((lay.diag_bits.to(torch.int64)[..., None] >> torch.arange(32)) & 1).flatten(-2)
+    assert unpacked[0, 0].nonzero().flatten().tolist() == [DIAG_PAD + 0, DIAG_PAD + 3, DIAG_PAD + 70]
+
+
+@pytest.mark.parametrize("bq", [64, 128])
+def test_exact_kernel_on_scattered_lines(bq):
+    """Lines over the whole context: nearly every tile is partial and takes the bit test."""
+    gen = torch.Generator().manual_seed(11 + bq)
+    b, h, hkv, lq, lk, d = 1, 4, 2, 260, 390, 64
+    q, k, v = qkv(b, h, hkv, lq, lk, d, torch.float32, gen)
+    si = torch.randperm(lk, generator=gen)[:60].expand(b, hkv, -1).contiguous()
+    vi = torch.randperm(lk, generator=gen)[:9].expand(b, hkv, -1).contiguous()
+    layout = prepare_vertical_slash(vi, si, lq, lk, use_triton=True, block_q=bq)
+    out = vertical_slash_attention_triton(q, k, v, layout=layout)
+    ref, _ = vertical_slash_attention_ref(q, k, v, vi, si)
+    assert rel_err(out, ref) <= 1e-4
+
+
+def test_superset_dispatch_matches_reference_backend():
+    """exact=False through the dispatch: Triton and reference backends agree, outputs and pairs."""
+    gen = torch.Generator().manual_seed(21)
+    b, h, hkv, lq, lk, d = 1, 4, 2, 200, 901, 64
+    q, k, v = qkv(b, h, hkv, lq, lk, d, torch.float32, gen)
+    si = torch.cat([torch.arange(0, 40), torch.tensor([77, 150])]).expand(b, h, -1).contiguous()
+    vi = torch.tensor([0, 1, 5, 780]).expand(b, h, -1).contiguous()
+    for bq in (64, 128):
+        lay = prepare_vertical_slash(vi, si, lq, lk, use_triton=False, block_q=bq, exact=False)
+        assert not superset_routes_dense(lay)
+        out, pairs = vertical_slash_attention(q, k, v, vi, si, backend="triton", exact=False, block_q=bq)
+        ref, ref_pairs = vertical_slash_attention(q, k, v, vi, si, backend="reference", exact=False, block_q=bq)
+        spec, spec_pairs = vertical_slash_superset_ref(q, k, v, lay)
+        assert rel_err(out, ref) <= 1e-4 and rel_err(ref, spec) <= 1e-6
+        assert torch.equal(pairs, ref_pairs) and torch.equal(ref_pairs, spec_pairs)
+        _, exact_pairs = vertical_slash_attention(q, k, v, vi, si, backend="reference")
+        assert bool((pairs >= exact_pairs).all()) and bool((pairs > exact_pairs).any())
+
+
+def test_superset_routes_scattered_lines_to_dense():
+    gen = torch.Generator().manual_seed(4)
+    b, h, hkv, lq, lk, d = 1, 2, 1, 256, 256, 64
+    q, k, v = qkv(b, h, hkv, lq, lk, d, torch.float32, gen)
+    si = torch.randperm(lk, generator=gen)[:40].expand(b, h, -1).contiguous()
+    vi = torch.tensor([0, 3]).expand(b, h, -1).contiguous()
+    lay = prepare_vertical_slash(vi, si, lq, lk, use_triton=False, block_q=128, exact=False)
+    assert superset_routes_dense(lay)
+    dense = dense_attention(q, k, v)
+    for backend in ("triton", "reference"):
+        out, pairs = vertical_slash_attention(q, k, v, vi, si, backend=backend, exact=False, block_q=128)
+        assert rel_err(out, dense) <= 1e-5
+        assert float(pairs[0, 0]) == lk * (lk + 1) / 2
+    # exact semantics never take the dense route
+    out, _ = vertical_slash_attention(q, k, v, vi, si, backend="triton", block_q=128)
+    ref, _ = vertical_slash_attention_ref(q, k, v, vi, si)
+    assert rel_err(out, ref) <= 1e-4
+
+
+@pytest.mark.parametrize("b,h,hkv,lq,lk,d,last_q,dtype", [
+    (1, 4, 2, 100, 301, 64, 64, torch.float32),     # q_len < kv_len, kv_len not a multiple of 64
+    (2, 2, 1, 150, 150, 64, 100, torch.float32),    # two chunks of estimate rows
+    (1, 2, 2, 30, 77, 128, 64, torch.bfloat16),     # fewer query rows than last_q
+])
+def test_line_mass_kernel_matches_reference(b, h, hkv, lq, lk, d, last_q, dtype, monkeypatch):
+    gen = torch.Generator().manual_seed(lk)
+    q = torch.randn(b, h, lq, d, generator=gen).to(dtype)
+    k = torch.randn(b, hkv, lk, d, generator=gen).to(dtype)
+    ref_v, ref_s = line_mass_reference(q.double(), k.double(), 0.15, last_q)
+    for gather in (True, False):
+        monkeypatch.setattr(estimate_triton, "_gather_ok", gather)
+        vert, slash = estimate_triton.line_mass_triton(q, k, 0.15, last_q)
+        assert estimate_triton.diagonal_path() == ("gather" if gather else "buffer")
+        assert vert.dtype == torch.float32 and vert.shape == (b, h, lk)
+        assert float((vert.double() - ref_v).abs().max()) <= 1e-6
+        assert float((slash.double() - ref_s).abs().max()) <= 1e-6
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_method_triton_path_matches_reference_path(exact):
+    """VerticalSlash end to end (estimate kernels, top-k selection, conversion, attention) against
+    the same method on the reference backend."""
+    from sparsa.methods.vertical_slash import VerticalSlash
+    gen = torch.Generator().manual_seed(8)
+    b, h, hkv, lq, lk, d = 1, 4, 2, 190, 700, 64
+    q, k, v = qkv(b, h, hkv, lq, lk, d, torch.float32, gen)
+    method = VerticalSlash(vertical=8, slash=20, last_q=64, init_tokens=4, local_diagonals=10, exact=exact)
+    vi_t, si_t, _ = method._plan(q, k, d ** -0.5, "triton")
+    vi_r, si_r, _ = method._plan(q, k, d ** -0.5, "reference")
+    assert torch.equal(vi_t, vi_r) and torch.equal(si_t, si_r)
+    out, stats = method(q, k, v, backend="triton")
+    ref, ref_stats = method(q, k, v, backend="reference")
+    assert rel_err(out, ref) <= 1e-4
+    assert stats.computed == ref_stats.computed

@@ -1,21 +1,23 @@
 """Triton kernels of vertical-slash prefill attention (forward) and of its index conversion.
 
 Conversion (:func:`slash_tiles_triton`): one program per (batch, head_x, group of 128 query
-blocks) walks the head's diagonals (sorted by descending offset) once; each lane keeps one
-query block's greedy state (covered-up-to position, tile counts), emits 64-key tiles where a
-diagonal's key range is not yet covered and classifies each tile as clean (no mask) or
-masked (with or without the offset gather). See :mod:`sparsa.ops.vertical_slash.convert` for
-the rules and the torch spec.
+blocks) walks the head's runs of consecutive diagonals (sorted by descending offset) once, so
+a contiguous band of diagonals costs one step per tile rather than one per diagonal; each
+lane keeps one query block's greedy state (covered-up-to position, tile counts), emits 64-key
+tiles where a run's key range is not yet covered and classifies each tile as clean (no mask)
+or masked (with or without the offset bit test); superset layouts also count each block's
+pairs. See :mod:`sparsa.ops.vertical_slash.convert` for the rules and the torch spec.
 
 Attention (:func:`vertical_slash_attention_triton`): one program per query block of
 ``block_q`` rows (64 or 128) and query head (or per group of heads stacked along M when the
 lists are shared by a KV head's group and ``block_q`` is 64, as in the block-sparse kernel).
-Loop 1 runs the clean tiles with no mask; loop 2 the masked tiles: causal mask, the vertical
-columns masked out (pass 3 owns them) and, for tiles flagged by the conversion with
-``exact=True``, only pairs whose offset ``p - c`` is a chosen diagonal (a gather from a
-per-head uint8 table of offsets). Pass 3 gathers the head's sorted columns 64 at a time up to
-the last one the block can see; the chunks wholly before the block's first row run unmasked.
-Online softmax in float32 throughout; rows that see no key output zeros.
+Loop 1 runs the clean tiles with no mask; loop 2 the masked tiles: the vertical columns masked
+out (pass 3 owns them) and the causal mask or, for tiles flagged by the conversion with
+``exact=True``, only pairs whose offset ``p - c`` is a chosen diagonal (a 64-bit window of a
+bit-packed offset table per row, then a shift and mask per element). Pass 3 gathers the head's
+sorted columns 64 at a time up to the last one the block can see; the chunks wholly before
+the block's first row run unmasked. Online softmax in float32 throughout; rows that see no
+key output zeros.
 """
 from __future__ import annotations
 
@@ -27,17 +29,66 @@ from ..._validation import check_scale
 from ...backend import triton_interpreted
 from ..block_sparse.triton import (LOG2E, check_kernel_inputs, heads_per_program, last_dim_contiguous,
                                    softmax_tile_update)
-from .convert import (BLOCK_Q_CHOICES, DIAG_PAD, GATHER_BIT, VS_TILE, VSLayout,
-                      prepare_vertical_slash, tiles_width)
+from .convert import (BLOCK_Q_CHOICES, DIAG_PAD, GATHER_BIT, VS_TILE, VSLayout, prepare_vertical_slash,
+                      slash_runs, tiles_width)
 from .reference import check_vs_pair
 
 CONVERT_LANES = 128
 
 
 @triton.jit
+def _keys_below(x, p0, nrows):
+    """Causal pairs of a query block (rows p0 .. p0 + nrows - 1) with all keys < x (int64)."""
+    x = x.to(tl.int64)
+    u = tl.minimum(tl.maximum(x - p0 - 1, 0), nrows - 1)
+    return nrows * tl.minimum(x, p0 + 1) + u * nrows - u * (u + 1) // 2
+
+
+@triton.jit
+def _columns_below(x, p0, last, nrows, cpre, cpos, c_first, s_first, need):
+    """Causal pairs of a query block with the vertical columns < x (int64)."""
+    y = tl.minimum(tl.maximum(x, p0 + 1), last + 1)
+    c_x = tl.load(cpre + tl.minimum(x, p0 + 1), mask=need, other=0).to(tl.int64)
+    c_y = tl.load(cpre + y, mask=need, other=0).to(tl.int64)
+    s_y = tl.load(cpos + y, mask=need, other=0)
+    return nrows * c_x + (last + 1).to(tl.int64) * (c_y - c_first) - (s_y - s_first)
+
+
+@triton.jit
+def _emit_tile(s, need, p0, last, nrows, kv_len, dpre, cpre, cpos, c_first, s_first, t_row, width,
+               n_clean, n_masked, pairs, TILE: tl.constexpr, EXACT: tl.constexpr, GATHER: tl.constexpr):
+    """Classify the tiles at key ``s`` (one per lane where ``need``), store their codes and
+    update the lane counters (and, for superset layouts, the pair counts)."""
+    below = s + TILE - 1 <= p0
+    hi_key = tl.minimum(s + TILE, kv_len)
+    c_hi = tl.load(cpre + hi_key, mask=need, other=0)
+    c_lo = tl.load(cpre + tl.minimum(s, kv_len), mask=need, other=0)
+    clean = below & (c_hi == c_lo)
+    code = s
+    if EXACT:
+        lo = tl.maximum(p0 - (s + TILE - 1), 0)
+        hi = tl.maximum(last - s, 0)
+        d_hi = tl.load(dpre + tl.minimum(hi + 1, kv_len), mask=need, other=0)
+        d_lo = tl.load(dpre + tl.minimum(lo, kv_len), mask=need, other=0)
+        full = (d_hi - d_lo) == (hi - lo + 1)
+        clean = clean & full
+        code = tl.where(full, s, s + GATHER)
+    else:
+        tile = (_keys_below(hi_key, p0, nrows) - _keys_below(s, p0, nrows)
+                - (_columns_below(hi_key, p0, last, nrows, cpre, cpos, c_first, s_first, need)
+                   - _columns_below(s, p0, last, nrows, cpre, cpos, c_first, s_first, need)))
+        pairs += tl.where(need, tile, 0)
+    slot = tl.where(clean, n_clean, width - 1 - n_masked)
+    tl.store(t_row + slot, code, mask=need)
+    n_clean += (need & clean).to(tl.int32)
+    n_masked += (need & (clean == 0)).to(tl.int32)
+    return n_clean, n_masked, pairs
+
+
+@triton.jit
 def _slash_tiles_kernel(
-    SL, NSL, DPRE, CPRE, TILES, NCLEAN, NMASKED,
-    stride_sb, stride_sh, stride_pb, stride_ph, stride_tb, stride_th, stride_tq, stride_cb, stride_ch,
+    RH, RL, NRUN, DPRE, CPRE, CPOS, TILES, NCLEAN, NMASKED, PAIRS,
+    stride_rb, stride_rh, stride_pb, stride_ph, stride_tb, stride_th, stride_tq, stride_cb, stride_ch,
     n_qblocks, q_len, kv_len, heads_x, width,
     LANES: tl.constexpr, BLOCK_Q: tl.constexpr, TILE: tl.constexpr, EXACT: tl.constexpr,
     GATHER: tl.constexpr,
@@ -50,76 +101,112 @@ def _slash_tiles_kernel(
     p0 = kv_len - q_len + qb * BLOCK_Q
     end = tl.minimum(p0 + BLOCK_Q, kv_len)        # one past the block's last visible position
     last = end - 1
-    covered = tl.zeros([LANES], dtype=tl.int32)
-    n_clean = tl.zeros([LANES], dtype=tl.int32)
-    n_masked = tl.zeros([LANES], dtype=tl.int32)
-    n_slash = tl.load(NSL + pid)                  # slash_count is contiguous (B, Hx)
-    sl_row = SL + b * stride_sb + hx * stride_sh
+    nrows = (end - p0).to(tl.int64)
+    n_runs = tl.load(NRUN + pid)                  # run_count is contiguous (B, Hx)
+    rh_row = RH + b * stride_rb + hx * stride_rh
+    rl_row = RL + b * stride_rb + hx * stride_rh
     dpre = DPRE + b * stride_pb + hx * stride_ph
     cpre = CPRE + b * stride_pb + hx * stride_ph
+    cpos = CPOS + b * stride_pb + hx * stride_ph
     t_row = TILES + b * stride_tb + hx * stride_th + qb.to(tl.int64) * stride_tq
-    for i in range(0, n_slash):
-        o = tl.load(sl_row + i)
-        e = end - o
-        r = tl.maximum(p0 - o, 0)
-        for _ in tl.static_range((BLOCK_Q + TILE - 1) // TILE):
-            need = q_ok & (e > covered)
-            s = tl.maximum(r, covered)
-            below = s + TILE - 1 <= p0
-            c_hi = tl.load(cpre + tl.minimum(s + TILE, kv_len), mask=need, other=0)
-            c_lo = tl.load(cpre + tl.minimum(s, kv_len), mask=need, other=0)
-            clean = below & (c_hi == c_lo)
-            code = s
-            if EXACT:
-                lo = tl.maximum(p0 - (s + TILE - 1), 0)
-                hi = tl.maximum(last - s, 0)
-                d_hi = tl.load(dpre + tl.minimum(hi + 1, kv_len), mask=need, other=0)
-                d_lo = tl.load(dpre + tl.minimum(lo, kv_len), mask=need, other=0)
-                full = (d_hi - d_lo) == (hi - lo + 1)
-                clean = clean & full
-                code = tl.where(full, s, s + GATHER)
-            slot = tl.where(clean, n_clean, width - 1 - n_masked)
-            tl.store(t_row + slot, code, mask=need)
-            n_clean += (need & clean).to(tl.int32)
-            n_masked += (need & (clean == 0)).to(tl.int32)
-            covered = tl.where(need, s + TILE, covered)
+
+    n_clean = tl.zeros([LANES], dtype=tl.int32)
+    n_masked = tl.zeros([LANES], dtype=tl.int32)
+    pairs = tl.zeros([LANES], dtype=tl.int64)
+    c_first = tl.zeros([LANES], dtype=tl.int64)
+    s_first = tl.zeros([LANES], dtype=tl.int64)
+    if not EXACT:
+        c_first = tl.load(cpre + p0 + 1, mask=q_ok, other=0).to(tl.int64)
+        s_first = tl.load(cpos + p0 + 1, mask=q_ok, other=0)
+
+    # a run of diagonals o_lo..o_hi covers the keys [p0 - o_hi, end - o_lo): the greedy pass over
+    # its diagonals emits consecutive tiles from max(range start, covered) until that range is covered
+    covered = tl.zeros([LANES], dtype=tl.int32)
+    for i in range(0, n_runs):
+        o_hi = tl.load(rh_row + i)
+        o_lo = tl.load(rl_row + i)
+        hi = end - o_lo
+        need = q_ok & (hi > covered)
+        s0 = tl.maximum(tl.maximum(p0 - o_hi, 0), covered)
+        cnt = tl.where(need, (hi - s0 + TILE - 1) // TILE, 0)
+        for t in range(0, tl.max(cnt, 0)):
+            n_clean, n_masked, pairs = _emit_tile(
+                s0 + t * TILE, t < cnt, p0, last, nrows, kv_len, dpre, cpre, cpos, c_first, s_first, t_row, width,
+                n_clean, n_masked, pairs, TILE, EXACT, GATHER)
+        covered = tl.where(need, s0 + cnt * TILE, covered)
+
     c_off = b * stride_cb + hx * stride_ch + qb
     tl.store(NCLEAN + c_off, n_clean, mask=q_ok)
     tl.store(NMASKED + c_off, n_masked, mask=q_ok)
+    if not EXACT:
+        tl.store(PAIRS + c_off, pairs, mask=q_ok)
 
 
 def slash_tiles_triton(slash: torch.Tensor, slash_count: torch.Tensor, diag_prefix: torch.Tensor,
                        column_prefix: torch.Tensor, q_len: int, kv_len: int, block_q: int = 64,
-                       exact: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                       exact: bool = True, column_positions: torch.Tensor | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Triton version of :func:`~sparsa.ops.vertical_slash.convert.slash_tiles_reference`.
 
-    slash: (B, Hx, NS) int32 offsets sorted descending; slash_count: (B, Hx) int32;
-    diag_prefix, column_prefix: (B, Hx, kv_len + 1) int32. Returns (tiles (B, Hx, NQ, width)
-    int32, clean_count, masked_count (B, Hx, NQ) int32).
+    slash: (B, Hx, NS) int32 offsets sorted descending, unique; slash_count: (B, Hx) int32;
+    diag_prefix, column_prefix: (B, Hx, kv_len + 1) int32; column_positions: (B, Hx,
+    kv_len + 1) int64 running sums of the column positions (required when ``exact`` is
+    False). Returns (tiles (B, Hx, NQ, width) int32, clean_count, masked_count (B, Hx, NQ)
+    int32, tile_pairs (B, Hx, NQ) int64 or None when ``exact``).
     """
+    if not exact and column_positions is None:
+        raise ValueError("column_positions: required when exact is False")
     b, hx, ns = slash.shape
     nq = (q_len + block_q - 1) // block_q
     width = tiles_width(ns, q_len, kv_len, block_q)
-    slash = slash.to(torch.int32).contiguous()
-    slash_count = slash_count.to(torch.int32).contiguous()
+    run_high, run_low, run_count = slash_runs(slash, slash_count)
     dpre, cpre = diag_prefix.contiguous(), column_prefix.contiguous()
-    tiles = torch.full((b, hx, nq, width), -1, dtype=torch.int32, device=slash.device)
-    n_clean = torch.empty((b, hx, nq), dtype=torch.int32, device=slash.device)
-    n_masked = torch.empty((b, hx, nq), dtype=torch.int32, device=slash.device)
+    cpos = cpre if column_positions is None else column_positions.to(torch.int64).contiguous()
+    dev = slash.device
+    tiles = torch.full((b, hx, nq, width), -1, dtype=torch.int32, device=dev)
+    n_clean = torch.empty((b, hx, nq), dtype=torch.int32, device=dev)
+    n_masked = torch.empty((b, hx, nq), dtype=torch.int32, device=dev)
+    pairs = torch.zeros((b, hx, nq), dtype=torch.int64, device=dev)
     grid = (triton.cdiv(nq, CONVERT_LANES), b * hx)
     _slash_tiles_kernel[grid](
-        slash, slash_count, dpre, cpre, tiles, n_clean, n_masked,
-        slash.stride(0), slash.stride(1), dpre.stride(0), dpre.stride(1),
+        run_high, run_low, run_count, dpre, cpre, cpos, tiles, n_clean, n_masked, pairs,
+        run_high.stride(0), run_high.stride(1), dpre.stride(0), dpre.stride(1),
         tiles.stride(0), tiles.stride(1), tiles.stride(2), n_clean.stride(0), n_clean.stride(1),
         nq, q_len, kv_len, hx, width,
         LANES=CONVERT_LANES, BLOCK_Q=block_q, TILE=VS_TILE, EXACT=exact, GATHER=GATHER_BIT, num_warps=4,
     )
-    return tiles, n_clean, n_masked
+    return tiles, n_clean, n_masked, None if exact else pairs
+
+
+@triton.jit
+def _chosen_offsets(bits_row, rel, n, PAD: tl.constexpr, BLOCK_N: tl.constexpr):
+    """(M, BLOCK_N) bool: whether offset ``rel[m] - n`` is chosen, from the packed table.
+
+    ``rel``: (M,) int32 row position minus the tile's first key. The offsets a row meets in
+    the tile are ``rel - BLOCK_N + 1 .. rel``: a 64-bit window of the table starting at bit
+    ``PAD + rel - BLOCK_N + 1``, read as three 32-bit words and shifted into two halves
+    (``lo``: the window's bits 0-31, ``hi``: bits 32-63); column ``n`` is window bit
+    ``BLOCK_N - 1 - n``. Offsets below zero have no bit (causal).
+    """
+    tl.static_assert(BLOCK_N == 64)
+    first = rel - (BLOCK_N - 1) + PAD
+    word = bits_row + (first >> 5)
+    sh = (first & 31).to(tl.uint32)
+    inv = 31 - sh
+    w0 = tl.load(word).to(tl.uint32, bitcast=True)
+    w1 = tl.load(word + 1).to(tl.uint32, bitcast=True)
+    w2 = tl.load(word + 2).to(tl.uint32, bitcast=True)
+    # (w << 1) << inv is w << (32 - sh) without a shift by 32 when sh == 0
+    lo = (w0 >> sh) | ((w1 << 1) << inv)
+    hi = (w1 >> sh) | ((w2 << 1) << inv)
+    half = tl.where(n[None, :] < 32, hi[:, None], lo[:, None])
+    bit = ((31 - n) & 31).to(tl.uint32)
+    return ((half >> bit[None, :]) & 1) != 0
 
 
 @triton.jit
 def _vs_fwd_kernel(
-    Q, K, V, O, TILES, NCLEAN, NMASKED, COLS, BC, BCB, DIAG, COLT,
+    Q, K, V, O, TILES, NCLEAN, NMASKED, COLS, BC, BCB, BITS, COLT,
     stride_qb, stride_qh, stride_qm,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
@@ -165,7 +252,7 @@ def _vs_fwd_kernel(
     n_cols = tl.load(BC + cnt_off)
     n_cols_below = tl.load(BCB + cnt_off)
     cols_row = COLS + b * stride_lb + hx * stride_lh
-    diag_row = DIAG + b * stride_db + hx * stride_dh + PAD
+    bits_row = BITS + b * stride_db + hx * stride_dh
     colt_row = COLT + b * stride_xb + hx * stride_xh
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
@@ -181,18 +268,22 @@ def _vs_fwd_kernel(
             q, s, v_base + kpos[:, None] * stride_vn + d[None, :],
             None, m_i, l_i, acc, False, DOT_PRECISION)
 
-    # 2: masked tiles: causal, columns out, and (flagged tiles) only the chosen offsets
+    # 2: masked tiles: columns out; causal, or (flagged tiles) only the chosen offsets
     for i in range(width - n_masked, width):
         code = tl.load(t_row + i)
-        kpos = (code & (GATHER - 1)) + n
+        start = code & (GATHER - 1)
+        kpos = start + n
         k_ok = kpos < kv_len
         k = tl.load(k_base + kpos[:, None] * stride_kn + d[None, :], mask=k_ok[:, None], other=0.0)
         s = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=DOT_PRECISION) * qk_scale
         not_col = tl.load(colt_row + kpos, mask=k_ok, other=1) == 0
-        visible = (kpos[None, :] <= pos[:, None]) & not_col[None, :]
         if EXACT:
             if code >= GATHER:
-                visible = visible & (tl.load(diag_row + (pos[:, None] - kpos[None, :])) != 0)
+                visible = _chosen_offsets(bits_row, pos - start, n, PAD, BLOCK_N) & not_col[None, :]
+            else:
+                visible = (kpos[None, :] <= pos[:, None]) & not_col[None, :]
+        else:
+            visible = (kpos[None, :] <= pos[:, None]) & not_col[None, :]
         s = tl.where(visible, s, float("-inf"))
         m_i, l_i, acc = softmax_tile_update(
             q, s, v_base + kpos[:, None] * stride_vn + d[None, :],
@@ -225,11 +316,11 @@ def _vs_fwd_kernel(
 
 def vertical_slash_layout(q: torch.Tensor, k: torch.Tensor, vertical_indices: torch.Tensor,
                           slash_indices: torch.Tensor, *, block_q: int | None = None,
-                          exact: bool = True) -> VSLayout:
+                          exact: bool = True, check_indices: bool = True) -> VSLayout:
     """Validate the index lists against q/k and convert them on the device (Triton conversion).
 
-    See :func:`~sparsa.ops.vertical_slash.convert.prepare_vertical_slash` for ``block_q`` and
-    ``exact``. Returns the :class:`VSLayout` the attention kernel reads.
+    See :func:`~sparsa.ops.vertical_slash.convert.prepare_vertical_slash` for ``block_q``,
+    ``exact`` and ``check_indices``. Returns the :class:`VSLayout` the attention kernel reads.
     """
     b, h, lq, _ = q.shape
     hkv, lk = k.shape[1], k.shape[2]
@@ -238,7 +329,7 @@ def vertical_slash_layout(q: torch.Tensor, k: torch.Tensor, vertical_indices: to
         if x.device != q.device:
             raise ValueError(f"{name}: device must match q ({q.device}), got {x.device}")
     return prepare_vertical_slash(vertical_indices, slash_indices, lq, lk, use_triton=True, block_q=block_q,
-                                  exact=exact)
+                                  exact=exact, check_indices=check_indices)
 
 
 def vertical_slash_attention_triton(
@@ -268,7 +359,7 @@ def vertical_slash_attention_triton(
     :func:`~sparsa.ops.vertical_slash.convert.default_block_q`). ``layout``: an already
     converted :class:`VSLayout` (then the indices are not needed, and ``exact``/``block_q``
     come from it). ``num_warps``/``num_stages`` override the launch configuration (default 4
-    warps, 8 for exact layouts of 128 rows, whose offset gather needs the registers; 2 stages).
+    warps, 2 stages).
     Returns the output, shape and dtype of q.
     """
     b, h, hkv, lq, lk, d = check_kernel_inputs(q, k, v)
@@ -290,10 +381,10 @@ def vertical_slash_attention_triton(
     hpp = heads_per_program(h, hx, hkv, bq)
     tiles, cc, mc = layout.tiles, layout.clean_count, layout.masked_count
     cols, bc, bcb = layout.columns, layout.block_columns, layout.block_columns_below
-    diag, colt = layout.diag_table, layout.column_table
+    bits, colt = layout.diag_bits, layout.column_table
     grid = (nq, b * (h // hpp))
     _vs_fwd_kernel[grid](
-        q, k, v, out, tiles, cc, mc, cols, bc, bcb, diag, colt,
+        q, k, v, out, tiles, cc, mc, cols, bc, bcb, bits, colt,
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
@@ -301,7 +392,7 @@ def vertical_slash_attention_triton(
         tiles.stride(0), tiles.stride(1), tiles.stride(2),
         cc.stride(0), cc.stride(1),
         cols.stride(0), cols.stride(1),
-        diag.stride(0), diag.stride(1),
+        bits.stride(0), bits.stride(1),
         colt.stride(0), colt.stride(1),
         lq, lk, nq, h, tiles.shape[-1], sm_scale * LOG2E,
         GROUP=h // hkv, HX_DIV=h // hx, HPP=hpp,
@@ -309,7 +400,7 @@ def vertical_slash_attention_triton(
         EXACT=layout.exact, GATHER=GATHER_BIT, PAD=DIAG_PAD,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         DOT_F32=triton_interpreted() and q.dtype == torch.bfloat16,
-        num_warps=num_warps or (8 if layout.exact and bq == 128 else 4), num_stages=num_stages or 2,
+        num_warps=num_warps or 4, num_stages=num_stages or 2,
     )
     return out
 
