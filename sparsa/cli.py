@@ -122,7 +122,8 @@ def _floats(values: list[str] | None) -> list[float | None] | None:
 def bench_prefill(
     context: list[int] = typer.Option([65536, 131072], "--context", "-n", help="Context lengths (repeatable)."),
     method: list[str] = typer.Option(["block_sparse", "vertical_slash"], "--method", "-m",
-                                     help="Prefill methods to time (repeatable): block_sparse, vertical_slash, flexprefill, sliding_window, streaming, bigbird."),
+                                     help="Prefill methods to time (repeatable): block_sparse, vertical_slash, "
+                                          "flexprefill, sliding_window, streaming, bigbird."),
     compression: list[str] = typer.Option(["10", "paper"], "--compression", "-c",
                                           help="Targets; 'paper' = vertical-slash's 1000 + 6096 lines."),
     check: bool = typer.Option(True, "--check/--no-check", help="Compare with the reference at real size first."),
