@@ -23,11 +23,13 @@ def _config(text: str) -> tuple[int, ...]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--contexts", type=int, nargs="+", default=None,
-                    help="context lengths (default: 65536 for block_sparse, 131072 for vertical_slash)")
-    ap.add_argument("--methods", nargs="+", default=["block_sparse", "vertical_slash"])
+                    help="context lengths (default: 65536 for block_sparse, 131072 for vertical_slash, "
+                         "32768 and 131072 for the others)")
+    ap.add_argument("--methods", nargs="+", default=["block_sparse", "vertical_slash"],
+                    help="block_sparse, vertical_slash, flexprefill, sliding_window, streaming, bigbird")
     ap.add_argument("--compressions", type=_compression, nargs="+", default=None,
                     help="targets; 'paper' = vertical-slash 1000/6096 budgets "
-                         "(default: 10 for block_sparse, paper for vertical_slash)")
+                         "(default: 10 for block_sparse, paper for vertical_slash, 5 10 20 for the others)")
     ap.add_argument("--baselines", nargs="+", default=list(BASELINES))
     ap.add_argument("--bs-configs", type=_config, nargs="+", default=None,
                     help="block-sparse kernel (num_warps)x(num_stages) variants to time, e.g. 8x2 8x3")
@@ -39,6 +41,8 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/prefill.json")
     args = ap.parse_args()
     defaults = {"block_sparse": ([65536], [10.0]), "vertical_slash": ([131072], [None])}
+    for name in ("flexprefill", "sliding_window", "streaming", "bigbird"):
+        defaults[name] = ([32768, 131072], [5.0, 10.0, 20.0])
     for method in args.methods:
         contexts = args.contexts or defaults[method][0]
         compressions = args.compressions if args.compressions is not None else defaults[method][1]
