@@ -188,6 +188,22 @@ def _take(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return x.index_select(2, idx.to(x.device))
 
 
+def _per_row(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, padding: torch.Tensor,
+             build: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], Any]) -> list[Any]:
+    """``build(q_b, k_b, v_b)`` on each batch row's real tokens (padding (B, L_k) bool, True =
+    real); None for a row with no real query. q (B, H, L_q, D), k/v (B, H_kv, L_k, D)."""
+    lq, lk = q.shape[2], k.shape[2]
+    rows: list[Any] = []
+    for b in range(q.shape[0]):
+        real_k = padding[b]
+        real_q = real_k[lk - lq:]
+        if not bool(real_q.any()):
+            rows.append(None)
+            continue
+        rows.append(build(_take(q[b:b + 1], real_q), _take(k[b:b + 1], real_k), _take(v[b:b + 1], real_k)))
+    return rows
+
+
 def _accepts_scale(fn: Callable[..., Any]) -> bool:
     try:
         return "scale" in inspect.signature(fn).parameters
@@ -338,7 +354,7 @@ class SparsaAttention:
             return  # no sparsa cache: a later decode step raises a clear error
         m = plan.decode
         assert isinstance(m, DecodeMethod)
-        lq, lk = q.shape[2], k.shape[2]
+        lk = k.shape[2]
         if compact_supported(m):
             state = LayerState(m.name, lk)
             if cache.defer_release:
@@ -352,15 +368,7 @@ class SparsaAttention:
         if padding is None:
             state = LayerState(m.name, lk, batched=_init_decode(m, q, k, v, scale))
         else:
-            rows: list[Any] = []
-            for b in range(q.shape[0]):
-                real_k = padding[b]
-                real_q = real_k[lk - lq:]
-                if not bool(real_q.any()):
-                    rows.append(None)
-                    continue
-                rows.append(_init_decode(m, _take(q[b:b + 1], real_q), _take(k[b:b + 1], real_k),
-                                         _take(v[b:b + 1], real_k), scale))
+            rows = _per_row(q, k, v, padding, lambda qb, kb, vb: _init_decode(m, qb, kb, vb, scale))
             state = LayerState(m.name, lk, rows=rows, padding=padding.clone())
         cache.sparsa_states[plan.layer] = state
 
@@ -433,16 +441,8 @@ class SparsaAttention:
             state.decoder = init_cache(m, _pack_rows(q, order), _pack_rows(k, order), _pack_rows(v, order),
                                        lengths=lengths, scale=scale, backend=self.backend)
             return
-        rows: list[Any] = []
-        for b in range(q.shape[0]):
-            real_k = padding[b]
-            real_q = real_k[lk - lq:]
-            if not bool(real_q.any()):
-                rows.append(None)
-                continue
-            rows.append(init_cache(m, _take(q[b:b + 1], real_q), _take(k[b:b + 1], real_k),
-                                   _take(v[b:b + 1], real_k), scale=scale, backend=self.backend))
-        state.row_decoders = rows
+        state.row_decoders = _per_row(q, k, v, padding, lambda qb, kb, vb: init_cache(
+            m, qb, kb, vb, scale=scale, backend=self.backend))
 
     def _check_new_tokens(self, attention_mask: torch.Tensor | None, state: LayerState) -> None:
         """Refuse a decode step whose new token is padding for some row: a compact store appends
