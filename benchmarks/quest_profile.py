@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from sparsa.bench.decode import copy_bandwidth_gbps, dense_baselines, graph_ms
+from sparsa.bench.decode import copy_bandwidth_gbps, dense_baselines, graph_ms, sweep_launch
 from sparsa.bench.timing import device_info, rel_err
 from sparsa.cache import init_cache
 from sparsa.methods.quest import Quest
@@ -85,23 +85,7 @@ def check() -> dict:
 def sweep(name: str, variants: list[dict], fn, seconds: float) -> tuple[float, dict]:
     """Time fn under each launch variant of kernel family ``name`` for about ``seconds``; keep
     the best as the default. A variant that fails (compiler limits on some cards) is skipped."""
-    best, deadline = None, time.time() + seconds
-    for var in variants:
-        if best is not None and time.time() > deadline:
-            break
-        kt.set_launch_defaults(name, **var)
-        try:
-            t = graph_ms(fn)
-        except Exception as exc:  # noqa: BLE001 - report and go on with the other variants
-            print(f"  {name} {var}: failed ({type(exc).__name__}: {str(exc)[:120]})", flush=True)
-            torch.cuda.synchronize()
-            continue
-        print(f"  {name} {var}: {t * 1e3:.1f} us", flush=True)
-        best = min(best, (t, var), key=lambda x: x[0]) if best else (t, var)
-    if best is None:
-        raise RuntimeError(f"every {name} launch variant failed")
-    kt.set_launch_defaults(name, **best[1])
-    return best
+    return sweep_launch(name, variants, fn, time.time() + seconds, required=True)
 
 
 def dense_times(q, k, v, kn, vn) -> dict[str, float]:

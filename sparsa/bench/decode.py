@@ -124,6 +124,38 @@ def graph_ms(fn: Callable[[], Any], *, warmup: float = 5.0, rep: float = 25.0) -
     return bench_ms(g.replay, warmup=warmup, rep=rep)
 
 
+def sweep_launch(kind: str, variants: Sequence[dict[str, int]], fn: Callable[[], Any], deadline: float, *,
+                 label: str | None = None, required: bool = False) -> tuple[float, dict[str, int]] | None:
+    """Time ``fn`` (CUDA graph) under each launch variant of the decode kernel family ``kind``
+    until ``time.time()`` passes ``deadline``; make the fastest the default and return (ms,
+    variant), or None when the deadline passed before any ran. With ``required`` at least one
+    variant runs, a variant that fails (compiler limits on some cards) is reported and skipped,
+    and an error is raised when every one fails."""
+    from ..ops.sparse_decode import triton as kt
+    best = None
+    for var in variants:
+        if time.time() > deadline and (best is not None or not required):
+            break
+        kt.set_launch_defaults(kind, **var)
+        try:
+            t = graph_ms(fn)
+        except Exception as exc:  # noqa: BLE001 - report and go on with the other variants
+            if not required:
+                raise
+            print(f"  {label or kind} {var}: failed ({type(exc).__name__}: {str(exc)[:120]})", flush=True)
+            torch.cuda.synchronize()
+            continue
+        print(f"  {label or kind} {var}: {t * 1000:.1f} us", flush=True)
+        if best is None or t < best[0]:
+            best = (t, var)
+    if best is None:
+        if required:
+            raise RuntimeError(f"every {kind} launch variant failed")
+        return None
+    kt.set_launch_defaults(kind, **best[1])
+    return best
+
+
 def dense_baselines(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                     names: Sequence[str] = BASELINES) -> dict[str, Callable[[], torch.Tensor]]:
     """SDPA decode over the full cache; q (B, H, D) is laid out as (B, Hkv, group, D)."""
@@ -360,17 +392,9 @@ def tune_kernels(deadline: float) -> dict[str, Any]:
     variants = [dict(block_n=64, num_warps=4, num_stages=3, split_factor=2),
                 dict(block_n=128, num_warps=8, num_stages=3, split_factor=2),
                 dict(block_n=64, num_warps=4, num_stages=4, split_factor=4)]
-    best = None
-    for var in variants:
-        if time.time() > deadline:
-            break
-        kt.set_launch_defaults("varlen", **var)
-        t = graph_ms(lambda: kt.varlen_decode_triton(q, c.k, c.v, c.start, c.length, max_len=c.max_len_bound))
-        print(f"  tune varlen {var}: {t * 1000:.1f} us", flush=True)
-        if best is None or t < best[0]:
-            best = (t, var)
+    best = sweep_launch("varlen", variants, lambda: kt.varlen_decode_triton(
+        q, c.k, c.v, c.start, c.length, max_len=c.max_len_bound), deadline, label="tune varlen")
     if best:
-        kt.set_launch_defaults("varlen", **best[1])
         chosen["varlen"] = best[1]
     dec = build_decoder("quest", None, k, k, 32, None, gen, budget=4096)
     c = dec.cache
@@ -382,31 +406,14 @@ def tune_kernels(deadline: float) -> dict[str, Any]:
     variants = [dict(block_n=64, num_warps=4, num_stages=3, split_factor=2),
                 dict(block_n=64, num_warps=4, num_stages=2, split_factor=4),
                 dict(block_n=128, num_warps=8, num_stages=3, split_factor=2)]
-    best = None
-    for var in variants:
-        if time.time() > deadline:
-            break
-        kt.set_launch_defaults("paged", **var)
-        t = graph_ms(lambda: kt.paged_decode_triton(q, c.k, c.v, c.page_table, c.seq_lens, plist, nlist,
-                                                    page_size=ps))
-        print(f"  tune paged {var}: {t * 1000:.1f} us", flush=True)
-        if best is None or t < best[0]:
-            best = (t, var)
+    best = sweep_launch("paged", variants, lambda: kt.paged_decode_triton(
+        q, c.k, c.v, c.page_table, c.seq_lens, plist, nlist, page_size=ps), deadline, label="tune paged")
     if best:
-        kt.set_launch_defaults("paged", **best[1])
         chosen["paged"] = best[1]
-    best = None
-    for var in QUEST_SCORE_VARIANTS:
-        if time.time() > deadline:
-            break
-        kt.set_launch_defaults("quest_scores", **var)
-        t = graph_ms(lambda: kt.quest_page_scores_triton(q, c.kmin, c.kmax, c.page_table, c.seq_lens, ps,
-                                                         max_pages=bound, scale=c.kscale))
-        print(f"  tune quest_scores ({c.bounds} bounds) {var}: {t * 1000:.1f} us", flush=True)
-        if best is None or t < best[0]:
-            best = (t, var)
+    best = sweep_launch("quest_scores", QUEST_SCORE_VARIANTS, lambda: kt.quest_page_scores_triton(
+        q, c.kmin, c.kmax, c.page_table, c.seq_lens, ps, max_pages=bound, scale=c.kscale), deadline,
+        label=f"tune quest_scores ({c.bounds} bounds)")
     if best:
-        kt.set_launch_defaults("quest_scores", **best[1])
         chosen["quest_scores"] = best[1]
     t_score = best[0] if best else graph_ms(lambda: kt.quest_page_scores_triton(
         q, c.kmin, c.kmax, c.page_table, c.seq_lens, ps, max_pages=bound, scale=c.kscale))
