@@ -31,6 +31,20 @@ GATHER_AVAILABLE = hasattr(tl, "gather")
 
 
 @triton.jit
+def _last_query_rows(Q, b, h, stride_qb, stride_qh, stride_qm, q_len, m_rows, i, row_ok,
+                     HEAD_DIM: tl.constexpr, DOT_F32: tl.constexpr):
+    """Rows i (< m_rows) of the last m_rows queries of (b, h): a (len(i), HEAD_DIM) tile, zero
+    past m_rows, in float32 when DOT_F32."""
+    d = tl.arange(0, HEAD_DIM)
+    qrow = (q_len - m_rows + i).to(tl.int64)
+    q = tl.load(Q + b * stride_qb + h * stride_qh + qrow[:, None] * stride_qm + d[None, :],
+                mask=row_ok[:, None], other=0.0)
+    if DOT_F32:
+        q = q.to(tl.float32)
+    return q
+
+
+@triton.jit
 def _row_stats_kernel(
     Q, K, MP, LP,
     stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
@@ -49,11 +63,7 @@ def _row_stats_kernel(
     pos = kv_len - m_rows + i
     d = tl.arange(0, HEAD_DIM)
     n = tl.arange(0, BLOCK_N)
-    qrow = (q_len - m_rows + i).to(tl.int64)
-    q = tl.load(Q + b * stride_qb + h * stride_qh + qrow[:, None] * stride_qm + d[None, :],
-                mask=row_ok[:, None], other=0.0)
-    if DOT_F32:
-        q = q.to(tl.float32)
+    q = _last_query_rows(Q, b, h, stride_qb, stride_qh, stride_qm, q_len, m_rows, i, row_ok, HEAD_DIM, DOT_F32)
     k_base = K + b * stride_kb + hkv * stride_kh
     lo = sp * split_len
     hi = tl.minimum(lo + split_len, kv_len)
@@ -96,11 +106,7 @@ def _line_mass_kernel(
     pos = kv_len - m_rows + i
     d = tl.arange(0, HEAD_DIM)
     n = tl.arange(0, BLOCK_N)
-    qrow = (q_len - m_rows + i).to(tl.int64)
-    q = tl.load(Q + b * stride_qb + h * stride_qh + qrow[:, None] * stride_qm + d[None, :],
-                mask=row_ok[:, None], other=0.0)
-    if DOT_F32:
-        q = q.to(tl.float32)
+    q = _last_query_rows(Q, b, h, stride_qb, stride_qh, stride_qm, q_len, m_rows, i, row_ok, HEAD_DIM, DOT_F32)
     row_max = tl.load(MROW + bh.to(tl.int64) * m_pad + i)
     row_inv = tl.load(RINV + bh.to(tl.int64) * m_pad + i)          # 1 / (sum * m); 0 past the rows
     k_base = K + b * stride_kb + hkv * stride_kh
