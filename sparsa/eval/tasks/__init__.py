@@ -27,9 +27,9 @@ doc_qa                 a question on one document among distractor documents    
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
+from ..._registry import Registry
 from .base import Task, TaskInstance, fit_to_length
 from .common_words import CommonWords
 from .documents import DocumentQA
@@ -37,17 +37,12 @@ from .needle import MultiKey, MultiQuery, MultiValue, SingleNeedle
 from .story import StoryFilter, StoryMultiHop, StoryRetrieval
 from .variables import VariableTracking
 
-_REGISTRY: dict[str, type[Task]] = {}
+_TASKS: Registry[type[Task]] = Registry("task", "a task name (str)")
 
 
 def register(cls: type[Task]) -> type[Task]:
     """Add a task class to the registry under ``cls.name``."""
-    if not cls.name:
-        raise ValueError(f"{cls.__name__}: a registered task needs a non-empty `name`")
-    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-        raise ValueError(f"task name {cls.name!r} is already registered by {_REGISTRY[cls.name].__name__}")
-    _REGISTRY[cls.name] = cls
-    return cls
+    return _TASKS.register(cls)
 
 
 for _cls in (SingleNeedle, MultiKey, MultiValue, MultiQuery, VariableTracking, CommonWords, StoryRetrieval,
@@ -57,26 +52,16 @@ for _cls in (SingleNeedle, MultiKey, MultiValue, MultiQuery, VariableTracking, C
 
 def list_tasks() -> list[str]:
     """Names of all registered tasks, in registration order."""
-    return list(_REGISTRY)
+    return _TASKS.names()
 
 
 def task_class(name: str) -> type[Task]:
-    if not isinstance(name, str):
-        raise TypeError(f"task: expected a task name (str), got {type(name).__name__}")
-    if name not in _REGISTRY:
-        raise ValueError(f"task: unknown task {name!r}; available: {', '.join(_REGISTRY)}")
-    return _REGISTRY[name]
+    return _TASKS.get_class(name)
 
 
 def get_task(name: str, **params: Any) -> Task:
     """The task registered as ``name``, with its parameters (e.g. ``distractors=8``) set."""
-    cls = task_class(name)
-    allowed = {f.name for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(params) - allowed)
-    if unknown:
-        raise TypeError(f"{unknown[0]}: not a parameter of task {name!r}; "
-                        f"allowed: {', '.join(sorted(allowed)) or 'none'}")
-    return cls(**params)
+    return _TASKS.build(name, **params)
 
 
 def generate(name: str, length: int, seed: int, tokenizer: Any, *, split: str = "eval",
@@ -88,7 +73,7 @@ def generate(name: str, length: int, seed: int, tokenizer: Any, *, split: str = 
 def describe_tasks() -> dict[str, dict[str, Any]]:
     """name -> {description, metric, min_length} for every task."""
     return {n: {"description": c.description, "metric": c.metric, "min_length": c.min_length}
-            for n, c in _REGISTRY.items()}
+            for n, c in _TASKS.items()}
 
 
 __all__ = ["Task", "TaskInstance", "describe_tasks", "fit_to_length", "generate", "get_task", "list_tasks",
