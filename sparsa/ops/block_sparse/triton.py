@@ -67,6 +67,42 @@ def softmax_tile_update(q, s, v_ptrs, v_mask, m_i, l_i, acc, MASKED: tl.constexp
     return m_new, l_i, acc
 
 
+@triton.jit
+def group_tile_rows(Q, stride_qb, stride_qh, stride_qm, q_len, kv_len, n_qblocks, heads,
+                    GROUP: tl.constexpr, HX_DIV: tl.constexpr, HPP: tl.constexpr, BLOCK_Q: tl.constexpr,
+                    HEAD_DIM: tl.constexpr, DOT_F32: tl.constexpr):
+    """The query tile of this program: HPP heads of one KV group x BLOCK_Q rows of query block
+    ``qb`` (the heaviest, last blocks first). Returns (qb, b, hkv, hx, row, head, row_ok, pos, q):
+    q (HPP * BLOCK_Q, HEAD_DIM), rows past q_len zero; pos = each row's key position."""
+    qb = n_qblocks - 1 - tl.program_id(0)
+    pid = tl.program_id(1)
+    progs_per_batch = heads // HPP
+    b = (pid // progs_per_batch).to(tl.int64)
+    h0 = (pid % progs_per_batch) * HPP
+    hkv = (h0 // GROUP).to(tl.int64)
+    hx = (h0 // HX_DIV).to(tl.int64)
+    r = tl.arange(0, HPP * BLOCK_Q)
+    row = qb * BLOCK_Q + (r % BLOCK_Q)
+    head = (h0 + r // BLOCK_Q).to(tl.int64)
+    d = tl.arange(0, HEAD_DIM)
+    row_ok = row < q_len
+    pos = kv_len - q_len + row
+    q = tl.load(Q + b * stride_qb + head[:, None] * stride_qh + row[:, None] * stride_qm + d[None, :],
+                mask=row_ok[:, None], other=0.0)
+    if DOT_F32:
+        q = q.to(tl.float32)
+    return qb, b, hkv, hx, row, head, row_ok, pos, q
+
+
+@triton.jit
+def store_group_tile(O, b, head, row, row_ok, acc, l_i, stride_ob, stride_oh, stride_om, HEAD_DIM: tl.constexpr):
+    """Normalise the accumulated tile (rows with no key give 0) and store it in O."""
+    d = tl.arange(0, HEAD_DIM)
+    out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
+    o_ptrs = O + b * stride_ob + head[:, None] * stride_oh + row[:, None] * stride_om + d[None, :]
+    tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=row_ok[:, None])
+
+
 def check_kernel_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[int, int, int, int, int, int]:
     """Validate q/k/v for a Triton attention kernel; returns check_qkv's shape tuple."""
     dims = check_qkv(q, k, v)
@@ -150,27 +186,11 @@ def _block_sparse_fwd_kernel(
     LOCAL: tl.constexpr, HAS_GLOBAL: tl.constexpr,
 ):
     BLOCK_M: tl.constexpr = HPP * BLOCK_Q
-    # heaviest query blocks (the last ones, which see the most keys) are scheduled first
-    qb = n_qblocks - 1 - tl.program_id(0)
-    pid = tl.program_id(1)
-    progs_per_batch = heads // HPP
-    b = (pid // progs_per_batch).to(tl.int64)
-    h0 = (pid % progs_per_batch) * HPP
-    hkv = (h0 // GROUP).to(tl.int64)
-    hx = h0 // HX_DIV
-
-    r = tl.arange(0, BLOCK_M)
-    row = qb * BLOCK_Q + (r % BLOCK_Q)
-    head = (h0 + r // BLOCK_Q).to(tl.int64)
+    qb, b, hkv, hx, row, head, row_ok, pos, q = group_tile_rows(
+        Q, stride_qb, stride_qh, stride_qm, q_len, kv_len, n_qblocks, heads,
+        GROUP, HX_DIV, HPP, BLOCK_Q, HEAD_DIM, DOT_F32)
     d = tl.arange(0, HEAD_DIM)
     n = tl.arange(0, BLOCK_N)
-    row_ok = row < q_len
-    pos = kv_len - q_len + row
-
-    q_ptrs = Q + b * stride_qb + head[:, None] * stride_qh + row[:, None] * stride_qm + d[None, :]
-    q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)
-    if DOT_F32:
-        q = q.to(tl.float32)
     k_base = K + b * stride_kb + hkv * stride_kh
     v_base = V + b * stride_vb + hkv * stride_vh
     idx_row = IDX + b * stride_ib + hx * stride_ih + qb * stride_iq
@@ -214,9 +234,7 @@ def _block_sparse_fwd_kernel(
             q, s, v_base + kpos[:, None] * stride_vn + d[None, :],
             k_ok[:, None], m_i, l_i, acc, True, DOT_PRECISION)
 
-    out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
-    o_ptrs = O + b * stride_ob + head[:, None] * stride_oh + row[:, None] * stride_om + d[None, :]
-    tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=row_ok[:, None])
+    store_group_tile(O, b, head, row, row_ok, acc, l_i, stride_ob, stride_oh, stride_om, HEAD_DIM)
 
 
 def _launch_config(block_m: int, block_n: int, head_dim: int) -> tuple[int, int]:

@@ -27,8 +27,8 @@ import triton.language as tl
 
 from ..._validation import check_scale
 from ...backend import triton_interpreted
-from ..block_sparse.triton import (LOG2E, check_kernel_inputs, heads_per_program, last_dim_contiguous,
-                                   softmax_tile_update)
+from ..block_sparse.triton import (LOG2E, check_kernel_inputs, group_tile_rows, heads_per_program,
+                                   last_dim_contiguous, softmax_tile_update, store_group_tile)
 from .convert import (BLOCK_Q_CHOICES, DIAG_PAD, GATHER_BIT, VS_TILE, VSLayout, prepare_vertical_slash,
                       slash_runs, tiles_width)
 from .reference import check_vs_pair
@@ -223,26 +223,11 @@ def _vs_fwd_kernel(
     DOT_PRECISION: tl.constexpr, DOT_F32: tl.constexpr,
 ):
     BLOCK_M: tl.constexpr = HPP * BLOCK_Q
-    qb = n_qblocks - 1 - tl.program_id(0)
-    pid = tl.program_id(1)
-    progs_per_batch = heads // HPP
-    b = (pid // progs_per_batch).to(tl.int64)
-    h0 = (pid % progs_per_batch) * HPP
-    hkv = (h0 // GROUP).to(tl.int64)
-    hx = (h0 // HX_DIV).to(tl.int64)
-
-    r = tl.arange(0, BLOCK_M)
-    row = qb * BLOCK_Q + (r % BLOCK_Q)
-    head = (h0 + r // BLOCK_Q).to(tl.int64)
+    qb, b, hkv, hx, row, head, row_ok, pos, q = group_tile_rows(
+        Q, stride_qb, stride_qh, stride_qm, q_len, kv_len, n_qblocks, heads,
+        GROUP, HX_DIV, HPP, BLOCK_Q, HEAD_DIM, DOT_F32)
     d = tl.arange(0, HEAD_DIM)
     n = tl.arange(0, BLOCK_N)
-    row_ok = row < q_len
-    pos = kv_len - q_len + row
-
-    q = tl.load(Q + b * stride_qb + head[:, None] * stride_qh + row[:, None] * stride_qm + d[None, :],
-                mask=row_ok[:, None], other=0.0)
-    if DOT_F32:
-        q = q.to(tl.float32)
     k_base = K + b * stride_kb + hkv * stride_kh
     v_base = V + b * stride_vb + hkv * stride_vh
     t_row = TILES + b * stride_tb + hx * stride_th + qb * stride_tq
@@ -309,9 +294,7 @@ def _vs_fwd_kernel(
             q, s, v_base + cpos[:, None] * stride_vn + d[None, :],
             c_ok[:, None], m_i, l_i, acc, True, DOT_PRECISION)
 
-    out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
-    o_ptrs = O + b * stride_ob + head[:, None] * stride_oh + row[:, None] * stride_om + d[None, :]
-    tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=row_ok[:, None])
+    store_group_tile(O, b, head, row, row_ok, acc, l_i, stride_ob, stride_oh, stride_om, HEAD_DIM)
 
 
 def vertical_slash_layout(q: torch.Tensor, k: torch.Tensor, vertical_indices: torch.Tensor,
