@@ -83,6 +83,25 @@ def _visible(pos, kk, kv_bound, window, MODE: tl.constexpr, STRIDE: tl.constexpr
 
 
 @triton.jit
+def _row_grads_in(Q, DO, LSE, DELTA, GATES, b, head, t, row_ok,
+                  sqb, sqh, sqt, sdb, sdh, sdt, slb, slh, sgb, sgh, sgt,
+                  BRANCH: tl.constexpr, D: tl.constexpr, DT: tl.constexpr):
+    """What a backward tile needs of its query rows (head, t vectors of the same length): q, the
+    branch's gated output gradient do, and the rows' lse and delta (inf / 0 past row_ok)."""
+    d = tl.arange(0, D)
+    t64 = t.to(tl.int64)
+    q = tl.load(Q + b * sqb + head[:, None] * sqh + t64[:, None] * sqt + d[None, :],
+                mask=row_ok[:, None], other=0.0).to(DT)
+    gate = tl.load(GATES + b * sgb + head * sgh + t64 * sgt + BRANCH, mask=row_ok, other=0.0).to(tl.float32)
+    do = tl.load(DO + b * sdb + head[:, None] * sdh + t64[:, None] * sdt + d[None, :],
+                 mask=row_ok[:, None], other=0.0)
+    do = (do.to(tl.float32) * gate[:, None]).to(DT)
+    lse = tl.load(LSE + b * slb + head * slh + t, mask=row_ok, other=float("inf"))
+    delta = tl.load(DELTA + b * slb + head * slh + t, mask=row_ok, other=0.0)
+    return q, do, lse, delta
+
+
+@triton.jit
 def _band_dq_kernel(
     Q, K, V, DO, LSE, DELTA, GATES, DQ,
     sqb, sqh, sqt, skb, skh, skn, svb, svh, svn, sdb, sdh, sdt, slb, slh, sgb, sgh, sgt,
@@ -108,13 +127,8 @@ def _band_dq_kernel(
     d = tl.arange(0, D)
     n = tl.arange(0, BN)
 
-    q = tl.load(Q + b * sqb + head[:, None] * sqh + t64[:, None] * sqt + d[None, :],
-                mask=row_ok[:, None], other=0.0).to(DT)
-    gate = tl.load(GATES + b * sgb + head * sgh + t64 * sgt + BRANCH, mask=row_ok, other=0.0).to(tl.float32)
-    do = tl.load(DO + b * sdb + head[:, None] * sdh + t64[:, None] * sdt + d[None, :], mask=row_ok[:, None], other=0.0)
-    do = (do.to(tl.float32) * gate[:, None]).to(DT)
-    lse = tl.load(LSE + b * slb + head * slh + t, mask=row_ok, other=float("inf"))
-    delta = tl.load(DELTA + b * slb + head * slh + t, mask=row_ok, other=0.0)
+    q, do, lse, delta = _row_grads_in(Q, DO, LSE, DELTA, GATES, b, head, t, row_ok, sqb, sqh, sqt, sdb, sdh, sdt,
+                                      slb, slh, sgb, sgh, sgt, BRANCH, D, DT)
     k_base = K + b * skb + kh.to(tl.int64) * skh
     v_base = V + b * svb + kh.to(tl.int64) * svh
 
@@ -188,16 +202,9 @@ def _band_dkdv_kernel(
     for t0 in range(t_lo, t_hi, BQ):
         t = t0 + r % BQ
         row_ok = (g < G) & (t < q_len)
-        t64 = t.to(tl.int64)
         pos = off + t
-        q = tl.load(Q + b * sqb + head[:, None] * sqh + t64[:, None] * sqt + d[None, :],
-                    mask=row_ok[:, None], other=0.0).to(DT)
-        gate = tl.load(GATES + b * sgb + head * sgh + t64 * sgt + BRANCH, mask=row_ok, other=0.0).to(tl.float32)
-        do = tl.load(DO + b * sdb + head[:, None] * sdh + t64[:, None] * sdt + d[None, :],
-                     mask=row_ok[:, None], other=0.0)
-        do = (do.to(tl.float32) * gate[:, None]).to(DT)
-        lse = tl.load(LSE + b * slb + head * slh + t, mask=row_ok, other=float("inf"))
-        delta = tl.load(DELTA + b * slb + head * slh + t, mask=row_ok, other=0.0)
+        q, do, lse, delta = _row_grads_in(Q, DO, LSE, DELTA, GATES, b, head, t, row_ok, sqb, sqh, sqt, sdb, sdh,
+                                          sdt, slb, slh, sgb, sgh, sgt, BRANCH, D, DT)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
         vis = _visible(pos, kk, n_keys, window, MODE, STRIDE, CBLOCK) & row_ok[:, None]
         p = tl.where(vis, tl.exp2(s - lse[:, None]), 0.0)
@@ -310,16 +317,9 @@ def _selection_dkdv_kernel(
         e_ok = e < en
         row_ok = (g < G) & e_ok
         t = tl.load(TLIST + e, mask=e_ok, other=0)
-        t64 = t.to(tl.int64)
         pos = off + t
-        q = tl.load(Q + b * sqb + head[:, None] * sqh + t64[:, None] * sqt + d[None, :],
-                    mask=row_ok[:, None], other=0.0).to(DT)
-        gate = tl.load(GATES + b * sgb + head * sgh + t64 * sgt + 1, mask=row_ok, other=0.0).to(tl.float32)
-        do = tl.load(DO + b * sdb + head[:, None] * sdh + t64[:, None] * sdt + d[None, :],
-                     mask=row_ok[:, None], other=0.0)
-        do = (do.to(tl.float32) * gate[:, None]).to(DT)
-        lse = tl.load(LSE + b * slb + head * slh + t, mask=row_ok, other=float("inf"))
-        delta = tl.load(DELTA + b * slb + head * slh + t, mask=row_ok, other=0.0)
+        q, do, lse, delta = _row_grads_in(Q, DO, LSE, DELTA, GATES, b, head, t, row_ok, sqb, sqh, sqt, sdb, sdh,
+                                          sdt, slb, slh, sgb, sgh, sgt, 1, D, DT)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
         vis = (kpos[None, :] <= pos[:, None]) & row_ok[:, None]
         p = tl.where(vis, tl.exp2(s - lse[:, None]), 0.0)
