@@ -106,6 +106,29 @@ def _sorted_indices(top, NSP: tl.constexpr, NS: tl.constexpr):
 # ----------------------------------------------------------------------------- compression + top-k
 
 @triton.jit
+def _group_query_tile(Q, qt, sqb, sqh, sqt, q_len, kv_len, kv_heads,
+                      G: tl.constexpr, GP: tl.constexpr, BQ: tl.constexpr, D: tl.constexpr, DT: tl.constexpr):
+    """The query tile of query block ``qt`` for program axis 1 = (batch, KV head): the KV
+    group's G heads (padded to GP) x BQ rows. Returns (b, kh, off, r, t, row_ok, head, pos, q):
+    r the tile row, t its query index, pos its key position (off = kv_len - q_len), q (GP * BQ, D)
+    in DT, zero on padding rows."""
+    pid = tl.program_id(1)
+    b = (pid // kv_heads).to(tl.int64)
+    kh = pid % kv_heads
+    off = kv_len - q_len
+    r = tl.arange(0, GP * BQ)
+    g = r // BQ
+    t = qt * BQ + r % BQ
+    row_ok = (g < G) & (t < q_len)
+    head = (kh * G + g).to(tl.int64)
+    pos = off + t
+    d = tl.arange(0, D)
+    q = tl.load(Q + b * sqb + head[:, None] * sqh + t[:, None].to(tl.int64) * sqt + d[None, :],
+                mask=row_ok[:, None], other=0.0)
+    return b, kh, off, r, t, row_ok, head, pos, q.to(DT)
+
+
+@triton.jit
 def _cmp_topk_fwd_kernel(
     Q, KC, VC, O, LSE, IDX,
     sqb, sqh, sqt, skb, skh, skn, svb, svh, svn, sob, soh, sot, slb, slh, sib, sih, sit,
@@ -118,23 +141,10 @@ def _cmp_topk_fwd_kernel(
 ):
     M: tl.constexpr = GP * BQ
     qt = tl.num_programs(0) - 1 - tl.program_id(0)          # longest rows first
-    pid = tl.program_id(1)
-    b = (pid // kv_heads).to(tl.int64)
-    kh = pid % kv_heads
-    off = kv_len - q_len
-
-    r = tl.arange(0, M)
-    g = r // BQ
-    t = qt * BQ + r % BQ
-    row_ok = (g < G) & (t < q_len)
-    head = (kh * G + g).to(tl.int64)
-    pos = off + t
+    b, kh, off, r, t, row_ok, head, pos, q = _group_query_tile(Q, qt, sqb, sqh, sqt, q_len, kv_len, kv_heads,
+                                                               G, GP, BQ, D, DT)
     d = tl.arange(0, D)
     c = tl.arange(0, BC)
-
-    q = tl.load(Q + b * sqb + head[:, None] * sqh + t[:, None].to(tl.int64) * sqt + d[None, :],
-                mask=row_ok[:, None], other=0.0)
-    q = q.to(DT)
     kc_base = KC + b * skb + kh.to(tl.int64) * skh
     vc_base = VC + b * svb + kh.to(tl.int64) * svh
 
@@ -227,23 +237,10 @@ def _window_fwd_kernel(
 ):
     M: tl.constexpr = GP * BQ
     qt = tl.program_id(0)
-    pid = tl.program_id(1)
-    b = (pid // kv_heads).to(tl.int64)
-    kh = pid % kv_heads
-    off = kv_len - q_len
-
-    r = tl.arange(0, M)
-    g = r // BQ
-    t = qt * BQ + r % BQ
-    row_ok = (g < G) & (t < q_len)
-    head = (kh * G + g).to(tl.int64)
-    pos = off + t
+    b, kh, off, r, t, row_ok, head, pos, q = _group_query_tile(Q, qt, sqb, sqh, sqt, q_len, kv_len, kv_heads,
+                                                               G, GP, BQ, D, DT)
     d = tl.arange(0, D)
     n = tl.arange(0, BN)
-
-    q = tl.load(Q + b * sqb + head[:, None] * sqh + t[:, None].to(tl.int64) * sqt + d[None, :],
-                mask=row_ok[:, None], other=0.0)
-    q = q.to(DT)
     k_base = K + b * skb + kh.to(tl.int64) * skh
     v_base = V + b * svb + kh.to(tl.int64) * svh
 
