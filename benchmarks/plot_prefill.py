@@ -1,55 +1,83 @@
-"""Bar chart (SVG, no plotting library needed) of benchmarks/results/prefill.json.
+"""Speedup over SDPA cuDNN against context length, from benchmarks/results/prefill.json.
 
-One bar per measurement: speedup over SDPA cuDNN measured in the same run (log scale), the
-label giving context, method and the parameters that distinguish the rows.
+One line per method and compression target, each point a method end to end (planning
+included) over SDPA cuDNN timed in the same run; dense FA2 and FlexAttention as dashed
+references. One panel per target (vertical-slash's paper budget, 1000 + 6096 lines, has its
+own). Needs matplotlib (``pip install sparsa[eval]``).
 
     python benchmarks/plot_prefill.py [results.json] [out.svg]
 """
 from __future__ import annotations
 
 import json
-import math
 import sys
-from html import escape
+from collections import defaultdict
 
-SKIP = {"block": 64, "vertical": 1000, "slash": 6096}
+BASELINES = ("sdpa_flash", "flex")
 
 
-def label(row: dict) -> str:
-    p = {k: v for k, v in row["params"].items() if SKIP.get(k) != v}
-    parts = [f"{k}={v}" for k, v in p.items()]
-    return f"{row['context'] // 1024}K {row['method']} " + " ".join(parts)
+def end_to_end(row: dict) -> bool:
+    """A method row with its planning included (not a kernel-only or FlexAttention-pattern row)."""
+    p = row["params"]
+    if row["method"] in BASELINES or p.get("part") == "kernel" or p.get("impl") == "flex":
+        return False
+    return p.get("estimation", True) is not False
+
+
+def target(row: dict) -> str:
+    p = row["params"]
+    if p.get("target") is not None:
+        return f"{float(p['target']):g}"
+    if p.get("compression") is not None:
+        return f"{float(p['compression']):g}"
+    if "vertical" in p:
+        return f"{p['vertical']}+{p['slash']} lines"
+    return "alpha 0.9" if "alpha" in p else "?"
 
 
 def main() -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     src = sys.argv[1] if len(sys.argv) > 1 else "benchmarks/results/prefill.json"
     dst = sys.argv[2] if len(sys.argv) > 2 else src.rsplit(".", 1)[0] + ".svg"
     data = json.load(open(src))
     rows = [r for r in data["rows"] if r["baseline"] == "sdpa_cudnn"]
-    bar_h, left, width = 18, 560, 420
-    lo, hi = math.log10(0.05), math.log10(20.0)
-
-    def x(s: float) -> float:
-        return left + (math.log10(min(max(s, 0.05), 20.0)) - lo) / (hi - lo) * width
-
-    height = 60 + bar_h * len(rows) + 30
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 80}" height="{height}" '
-           'font-family="monospace" font-size="11">',
-           f'<text x="10" y="20" font-size="13">Prefill speedup vs SDPA cuDNN, same run — {escape(data["device"])}, '
-           f'torch {data["torch"]}, triton {data["triton"]}</text>']
-    for tick in (0.1, 0.5, 1, 2, 5, 7, 10):
-        out.append(f'<line x1="{x(tick):.1f}" y1="40" x2="{x(tick):.1f}" y2="{height - 25}" stroke="#ccc"/>')
-        out.append(f'<text x="{x(tick) - 8:.1f}" y="{height - 10}">{tick}x</text>')
-    for i, r in enumerate(rows):
-        y = 45 + i * bar_h
-        color = "#4a7" if r["speedup"] >= 1 else "#c66"
-        out.append(f'<text x="10" y="{y + 12}">{escape(label(r))[:88]}</text>')
-        out.append(f'<rect x="{x(0.05):.1f}" y="{y + 2}" width="{x(r["speedup"]) - x(0.05):.1f}" '
-                   f'height="{bar_h - 5}" fill="{color}"/>')
-        out.append(f'<text x="{x(r["speedup"]) + 4:.1f}" y="{y + 12}">{r["speedup"]:.2f}x ({r["ms"]:.1f} ms)</text>')
-    out.append("</svg>")
-    with open(dst, "w") as f:
-        f.write("\n".join(out) + "\n")
+    panels: dict[str, dict[str, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
+    base: dict[str, dict[int, float]] = defaultdict(dict)
+    for r in rows:       # later rows (a rerun) replace earlier ones
+        if r["method"] in BASELINES:
+            base[r["method"]][r["context"]] = r["speedup"]
+        elif end_to_end(r):
+            panels[target(r)][r["method"]][r["context"]] = r["speedup"]
+    def order(t: str) -> tuple:
+        try:
+            return (0, float(t), t)
+        except ValueError:
+            return (1, 0.0, t)
+    names = sorted(panels, key=order)
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4), sharey=True, squeeze=False)
+    for ax, name in zip(axes[0], names):
+        for method, pts in sorted(panels[name].items()):
+            xs = sorted(pts)
+            ax.plot(xs, [pts[x] for x in xs], marker="o", label=method)
+        for method, pts in base.items():
+            xs = sorted(pts)
+            ax.plot(xs, [pts[x] for x in xs], linestyle="--", color="grey", alpha=0.6,
+                    marker="x" if method == "flex" else "+", label=f"dense {method}")
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("context (tokens)")
+        ax.set_title(f"compression {name}" if order(name)[0] == 0 else name)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].set_ylabel("speedup over SDPA cuDNN (same run)")
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle(f"Prefill, Llama-3-8B attention shape, bf16 - {data['device']}, torch {data['torch']}, "
+                 f"triton {data['triton']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(dst)
     print(f"wrote {dst}")
 
 

@@ -128,6 +128,10 @@ def bench_prefill(
                                           help="Targets; 'paper' = vertical-slash's 1000 + 6096 lines."),
     check: bool = typer.Option(True, "--check/--no-check", help="Compare with the reference at real size first."),
     out: str = typer.Option("benchmarks/results/prefill.json", "--out", help="Results JSON (appended row by row)."),
+    detail: bool = typer.Option(True, "--detail/--no-detail",
+                                help="Also the profiling rows (kernel variants, scattered lines, torch conversion)."),
+    baseline: list[str] = typer.Option(["sdpa_cudnn", "sdpa_flash", "flex"], "--baseline", "-b",
+                                       help="Dense baselines to time (repeatable): sdpa_cudnn, sdpa_flash, flex."),
 ) -> None:
     """Sparse prefill kernels vs SDPA cuDNN / FLASH / FlexAttention on this GPU (Llama-3-8B attention shape)."""
     import torch
@@ -137,7 +141,7 @@ def bench_prefill(
         raise typer.Exit(2)
     from .bench.prefill import run_prefill_bench
 
-    run_prefill_bench(context, method, _floats(compression) or [None], check, out)
+    run_prefill_bench(context, method, _floats(compression) or [None], check, out, baselines=baseline, detail=detail)
 
 
 _PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}

@@ -290,12 +290,13 @@ class _Recorder:
 
 
 def _bs_rows(rec: _Recorder, q, k, v, context: int, compression: float, base_ms: dict[str, float],
-             check: bool, gen: torch.Generator, configs: Sequence[tuple[int, int]] | None) -> None:
+             check: bool, gen: torch.Generator, configs: Sequence[tuple[int, int]] | None,
+             detail: bool = True) -> None:
     from ..ops.block_sparse.triton import block_counts, block_sparse_attention_triton, block_sparse_pairs
     b, h, _, d = q.shape
     hkv = k.shape[1]
     dense = causal_pairs(context, context) * b * h
-    for lists, hx in (("kv_head", hkv), ("head", h)):
+    for lists, hx in (("kv_head", hkv), ("head", h))[:2 if detail else 1]:
         idx = random_block_indices(b, hx, context, 64, compression, gen)
         pairs = float(block_sparse_pairs(idx, h, context, context, 64, 64).sum())
         _, n_all = block_counts(idx, context, context, 64, 64)
@@ -337,13 +338,14 @@ def _bs_rows(rec: _Recorder, q, k, v, context: int, compression: float, base_ms:
     plan_ms = bench_ms(lambda: m.plan(q, k))
     metrics.update(plan_ms=plan_ms, tflops_pairs=attention_flops(stats.computed, d) / ms / 1e9)
     rec.emit("block_sparse", context, stats.compression,
-             {"lists": "kv_head", "block": m.block_size, "indices": "planned", "estimation": True,
+             {"target": compression, "lists": "kv_head", "block": m.block_size, "indices": "planned",
+              "estimation": True,
               "top_k": stats.info.get("top_k")}, ms, base_ms, metrics)
 
 
 def _vs_rows(rec: _Recorder, q, k, v, context: int, compression: float | None, base_ms: dict[str, float],
              check: bool, gen: torch.Generator, vs_configs: Sequence[tuple[int, int, int]] | None = None,
-             line_sets_to_time: Sequence[str] = ("band", "scattered")) -> None:
+             line_sets_to_time: Sequence[str] = ("band", "scattered"), detail: bool = True) -> None:
     from ..methods.registry import get_method, list_methods
     from ..ops.vertical_slash.convert import (computed_tile_elements, default_block_q, prepare_vertical_slash,
                                              vertical_slash_pairs)
@@ -384,13 +386,14 @@ def _vs_rows(rec: _Recorder, q, k, v, context: int, compression: float | None, b
     for kind, vi_k, si_k in line_kinds:
         conv_ms = bench_ms(lambda: vertical_slash_layout(q, k, vi_k, si_k))
         extra: dict[str, Any] = {"conversion_ms": conv_ms}
-        if kind in ("planned", "band"):
+        if kind in ("planned", "band") and detail:
             # the torch spec of the conversion, once (a Python loop over the diagonals)
             extra["conversion_torch_spec_ms"] = once_ms(
                 lambda: prepare_vertical_slash(vi_k, si_k, context, context, use_triton=False))
         layouts: dict[tuple[bool, int], Any] = {}
-        variants: list[tuple[bool, int, tuple[int, int] | None]] = [(True, default_block_q(True), None),
-                                                                   (False, default_block_q(False), None)]
+        variants: list[tuple[bool, int, tuple[int, int] | None]] = [(True, default_block_q(True), None)]
+        if detail:
+            variants.append((False, default_block_q(False), None))
         if vs_configs and kind == line_kinds[0][0]:
             variants += [(True, cfg[0], (cfg[1], cfg[2])) for cfg in vs_configs]
         for exact, bq, cfg in variants:
@@ -716,7 +719,7 @@ def run_prefill_bench(contexts: Sequence[int], methods: Sequence[str], compressi
                       bs_configs: Sequence[tuple[int, int]] | None = None,
                       vs_configs: Sequence[tuple[int, int, int]] | None = None,
                       vs_lines: Sequence[str] = ("band", "scattered"),
-                      flex_patterns: bool = True,
+                      flex_patterns: bool = True, detail: bool = True,
                       device: str = "cuda") -> list[dict[str, Any]]:
     """Time sparse prefill against the dense baselines; write rows to ``out_path`` as they come.
 
@@ -739,6 +742,9 @@ def run_prefill_bench(contexts: Sequence[int], methods: Sequence[str], compressi
         vs_lines: synthetic line sets timed besides the planned ones ("band" is used only
             when the vertical_slash method is not registered, "scattered").
         flex_patterns: also time FlexAttention with a ``BlockMask`` of each static pattern.
+        detail: the profiling rows too (block-sparse lists per query head, the vertical-slash
+            superset kernel and the torch spec of its conversion); ``False`` keeps the grid's
+            rows: each method end to end and its main kernel alone.
         device: "cuda"; "cpu" only as a smoke test under ``TRITON_INTERPRET=1`` (tiny contexts).
 
     Returns the rows of the results file.
@@ -752,6 +758,7 @@ def run_prefill_bench(contexts: Sequence[int], methods: Sequence[str], compressi
     rec.log(f"device: {rec.file.header['device']}, torch {rec.file.header['torch']}, "
             f"triton {rec.file.header['triton']}")
     gen = torch.Generator(device=device).manual_seed(seed)
+    failures: list[str] = []
     for context in contexts:
         q, k, v = banded_qkv(context, seed=seed, device=device,
                              **{k_: SHAPE[k_] for k_ in ("batch", "heads", "kv_heads", "head_dim")})
@@ -768,22 +775,36 @@ def run_prefill_bench(contexts: Sequence[int], methods: Sequence[str], compressi
                     rec.emit(name, context, 1.0, {}, ms, {"sdpa_cudnn": base_ms["sdpa_cudnn"]}, {})
         for method in methods:
             for c in compressions:
-                if method == "block_sparse":
-                    if c is None:
-                        continue
-                    _bs_rows(rec, q, k, v, context, float(c), base_ms, check, gen, bs_configs)
-                elif method == "vertical_slash":
-                    _vs_rows(rec, q, k, v, context, c, base_ms, check, gen, vs_configs, vs_lines)
-                elif method in STATIC_METHODS:
-                    if c is None:
-                        continue
-                    _static_rows(rec, q, k, v, context, method, float(c), base_ms, check, flex_patterns)
-                else:
-                    _flexprefill_rows(rec, q, k, v, context, None if c is None else float(c), base_ms, check)
+                try:
+                    _method_rows(rec, q, k, v, context, method, c, base_ms, check, gen, bs_configs, vs_configs,
+                                 vs_lines, flex_patterns, detail)
+                except (torch.cuda.OutOfMemoryError, RuntimeError, AssertionError) as exc:
+                    # one failing cell must not lose the rest of a long grid; reported at the end
+                    failures.append(f"{method} at {context} (compression {c}): {type(exc).__name__}: {exc}")
+                    rec.log(f"  FAILED {failures[-1][:300]}")
+                    torch.cuda.empty_cache()
         del q, k, v
     if progress:
         rec.print_table()
+    if failures:
+        raise RuntimeError(f"{len(failures)} benchmark cell(s) failed:\n" + "\n".join(failures))
     return rec.file.rows
+
+
+def _method_rows(rec: _Recorder, q, k, v, context: int, method: str, c: float | None, base_ms: dict[str, float],
+                 check: bool, gen: torch.Generator, bs_configs, vs_configs, vs_lines, flex_patterns: bool,
+                 detail: bool) -> None:
+    """The rows of one (method, compression) cell of the grid (``None``: see run_prefill_bench)."""
+    if method == "block_sparse":
+        if c is not None:
+            _bs_rows(rec, q, k, v, context, float(c), base_ms, check, gen, bs_configs, detail)
+    elif method == "vertical_slash":
+        _vs_rows(rec, q, k, v, context, c, base_ms, check, gen, vs_configs, vs_lines if detail else (), detail)
+    elif method in STATIC_METHODS:
+        if c is not None:
+            _static_rows(rec, q, k, v, context, method, float(c), base_ms, check, flex_patterns)
+    else:
+        _flexprefill_rows(rec, q, k, v, context, None if c is None else float(c), base_ms, check)
 
 
 __all__ = ["BASELINES", "METHODS", "SHAPE", "STATIC_METHODS", "banded_qkv", "check_block_sparse",

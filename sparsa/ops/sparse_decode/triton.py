@@ -96,8 +96,10 @@ LAUNCH: dict[str, dict[str, int]] = {
     "varlen": {"block_n": 128, "num_warps": 8, "num_stages": 3, "split_factor": 2},
     "paged": {"block_n": 64, "num_warps": 4, "num_stages": 3, "split_factor": 2},
     # Quest scoring: logical pages per program, bytes of bounds per loop step (one step per
-    # program by default: many small programs keep more loads in flight than a few long ones)
-    "quest_scores": {"pages_per_prog": 32, "tile_bytes": 8192, "num_warps": 4, "num_stages": 1},
+    # program by default: many small programs keep more loads in flight than a few long ones),
+    # all_heads: one program per (sequence, page range) scores every KV head (1) instead of one
+    # program per (sequence, KV head, page range) (0)
+    "quest_scores": {"pages_per_prog": 32, "tile_bytes": 8192, "num_warps": 4, "num_stages": 1, "all_heads": 0},
     "quest_select": {"num_warps": 16},
 }
 
@@ -105,7 +107,7 @@ LAUNCH: dict[str, dict[str, int]] = {
 def set_launch_defaults(kind: str, **params: int) -> None:
     """Change the default launch parameters of a kernel family: "varlen" or "paged" decode
     (block_n, num_warps, num_stages, split_factor = programs per multiprocessor to aim for),
-    "quest_scores" (pages_per_prog, tile_bytes, num_warps, num_stages) or "quest_select"
+    "quest_scores" (pages_per_prog, tile_bytes, num_warps, num_stages, all_heads) or "quest_select"
     (num_warps)."""
     if kind not in LAUNCH:
         raise ValueError(f"kind: must be one of {tuple(LAUNCH)}, got {kind!r}")
@@ -623,9 +625,88 @@ def _quest_score_kernel(Q, KB, KSCALE, TABLE, SEQ, OUT,
             tl.store(out_row + p, tl.where(ok, sc, float("-inf")), mask=p < hi)
 
 
-def _score_block(tile_bytes: int, head_dim: int, elem: int, pages_per_prog: int) -> int:
-    """Pages per loop step: about ``tile_bytes`` of bounds (min and max), a power of two."""
-    per_page = 2 * head_dim * elem
+@triton.jit
+def _head_bound_weights(q_base, stride_qh, qh, qh_ok, ch, D: tl.constexpr):
+    """:func:`_bound_weights` of every KV head at once: (HP, len(ch)) float32; ``qh`` (HP, GP)
+    the query heads of each KV head's group, ``qh_ok`` their mask."""
+    q = tl.load(q_base + (qh.to(tl.int64) * stride_qh)[:, :, None] + (ch % D)[None, None, :],
+                mask=qh_ok[:, :, None], other=0.0).to(tl.float32)
+    return tl.sum(tl.where((ch < D)[None, None, :], tl.minimum(q, 0.0), tl.maximum(q, 0.0)), 1)
+
+
+@triton.jit
+def _quest_score_heads_kernel(Q, KB, KSCALE, TABLE, SEQ, OUT,
+                              stride_qb, stride_qh, stride_bp, stride_bh, stride_table, width,
+                              kv_heads, page_size, pages_per_prog,
+                              G: tl.constexpr, GP: tl.constexpr, HP: tl.constexpr, D: tl.constexpr,
+                              BLOCK_P: tl.constexpr, INT8: tl.constexpr, ROW_DENSE: tl.constexpr):
+    """:func:`_quest_score_kernel` with every KV head in one program: one sequence and
+    ``pages_per_prog`` logical pages, BLOCK_P at a time, as a (BLOCK_P, HP, row) tile of the
+    pages' rows of all heads (HP: the KV heads padded to a power of two), reduced per head. The
+    sequence length and page-table entries are loaded once for all heads, and the weights of
+    every head once per program. ROW_DENSE: the heads' rows of a page follow each other
+    (stride_bh == row length), so a page's bounds are one contiguous run."""
+    b = tl.program_id(0)
+    c = tl.program_id(1)
+    hh = tl.arange(0, HP)
+    h_ok = hh < kv_heads
+    g = tl.arange(0, GP)
+    qh = hh[:, None] * G + g[None, :]
+    qh_ok = h_ok[:, None] & (g < G)[None, :]
+    q_base = Q + b.to(tl.int64) * stride_qb
+    seq = tl.load(SEQ + b).to(tl.int64)
+    cur = tl.maximum(seq - 1, 0) // page_size
+    lo = c * pages_per_prog
+    hi = tl.minimum(lo + pages_per_prog, width)
+    out_rows = OUT + (b * kv_heads + hh).to(tl.int64) * width               # (HP,)
+    table_row = TABLE + b.to(tl.int64) * stride_table
+    if INT8:
+        j = tl.arange(0, D // 2)
+        if ROW_DENSE:
+            head = hh * (D // 2)
+        else:
+            head = hh * stride_bh
+        w0 = _head_bound_weights(q_base, stride_qh, qh, qh_ok, 4 * j, D)
+        w1 = _head_bound_weights(q_base, stride_qh, qh, qh_ok, 4 * j + 1, D)
+        w2 = _head_bound_weights(q_base, stride_qh, qh, qh_ok, 4 * j + 2, D)
+        w3 = _head_bound_weights(q_base, stride_qh, qh, qh_ok, 4 * j + 3, D)
+        for p0 in range(lo, hi, BLOCK_P):
+            p = p0 + tl.arange(0, BLOCK_P)
+            ok = (p < cur) & (p < hi)
+            phys = tl.load(table_row + p, mask=ok, other=0).to(tl.int64)
+            m = ok[:, None] & h_ok[None, :]                                     # (BLOCK_P, HP)
+            x = tl.load(KB + (phys * stride_bp)[:, None, None] + head[None, :, None] + j[None, None, :],
+                        mask=m[:, :, None], other=0)
+            x = x ^ -2139062144                      # 0x80808080: each byte becomes code + 128
+            x2 = x >> 16
+            sc = (_code_byte0(x) * w0[None, :, :] + _code_byte1(x) * w1[None, :, :]
+                  + _code_byte0(x2) * w2[None, :, :] + _code_byte1(x2) * w3[None, :, :])
+            sc = tl.sum(sc, 2) * tl.load(KSCALE + phys[:, None] * kv_heads + hh[None, :], mask=m, other=0.0)
+            tl.store(out_rows[None, :] + p[:, None], tl.where(ok[:, None], sc, float("-inf")),
+                     mask=(p < hi)[:, None] & h_ok[None, :])
+    else:
+        e = tl.arange(0, 2 * D)
+        if ROW_DENSE:
+            head = hh * (2 * D)
+        else:
+            head = hh * stride_bh
+        wv = _head_bound_weights(q_base, stride_qh, qh, qh_ok, e, D)
+        for p0 in range(lo, hi, BLOCK_P):
+            p = p0 + tl.arange(0, BLOCK_P)
+            ok = (p < cur) & (p < hi)
+            phys = tl.load(table_row + p, mask=ok, other=0).to(tl.int64)
+            m = ok[:, None] & h_ok[None, :]
+            x = tl.load(KB + (phys * stride_bp)[:, None, None] + head[None, :, None] + e[None, None, :],
+                        mask=m[:, :, None], other=0)
+            sc = tl.sum(x.to(tl.float32) * wv[None, :, :], 2)
+            tl.store(out_rows[None, :] + p[:, None], tl.where(ok[:, None], sc, float("-inf")),
+                     mask=(p < hi)[:, None] & h_ok[None, :])
+
+
+def _score_block(tile_bytes: int, head_dim: int, elem: int, pages_per_prog: int, heads: int = 1) -> int:
+    """Pages per loop step: about ``tile_bytes`` of bounds (min and max of ``heads`` KV heads per
+    page), a power of two."""
+    per_page = heads * 2 * head_dim * elem
     block = 1 << max(0, (max(1, tile_bytes // per_page)).bit_length() - 1)
     return max(1, min(block, 256, _pow2(pages_per_prog)))
 
@@ -652,7 +733,7 @@ def quest_page_scores_triton(q: torch.Tensor, kmin: torch.Tensor, kmax: torch.Te
                              seq_lens: torch.Tensor, page_size: int, *, max_pages: int | None = None,
                              scale: torch.Tensor | None = None, block_p: int | None = None,
                              pages_per_prog: int | None = None, num_warps: int | None = None,
-                             num_stages: int | None = None) -> torch.Tensor:
+                             num_stages: int | None = None, all_heads: bool | None = None) -> torch.Tensor:
     """Quest page scores (see :func:`reference.quest_page_scores_ref`), float32 (B, Hkv, W).
 
     kmin, kmax (pages, Hkv, D) with unit stride along D: the two halves of a cache's
@@ -661,7 +742,9 @@ def quest_page_scores_triton(q: torch.Tensor, kmin: torch.Tensor, kmax: torch.Te
     table's width): pages at or past a sequence's current page score -inf and are never
     selected, so the largest current page of the batch is enough. Launch: ``pages_per_prog``
     logical pages per program, ``block_p`` per loop step (default: about
-    LAUNCH["quest_scores"]["tile_bytes"] of bounds).
+    LAUNCH["quest_scores"]["tile_bytes"] of bounds); ``all_heads`` (default:
+    LAUNCH["quest_scores"]["all_heads"]): one program scores every KV head of a sequence's page
+    range (block_p then counts pages of all heads), instead of one program per KV head.
     """
     b, h, d = q.shape
     hkv = kmin.shape[1]
@@ -676,23 +759,29 @@ def quest_page_scores_triton(q: torch.Tensor, kmin: torch.Tensor, kmax: torch.Te
     if int8:
         scale = scale.to(torch.float32).contiguous()
     cfg = LAUNCH["quest_scores"]
+    heads = bool(cfg["all_heads"] if all_heads is None else all_heads)
     pages_per_prog = cfg["pages_per_prog"] if pages_per_prog is None else pages_per_prog
     if block_p is None:
-        block_p = _score_block(cfg["tile_bytes"], d, kmin.element_size(), pages_per_prog)
+        block_p = _score_block(cfg["tile_bytes"], d, kmin.element_size(), pages_per_prog, hkv if heads else 1)
     pages_per_prog = max(pages_per_prog, block_p)
     width = page_table.shape[1] if max_pages is None else min(page_table.shape[1], max_pages)
     out = torch.empty(b, hkv, width, device=q.device, dtype=torch.float32)
     if q.stride(-1) != 1:
         q = q.contiguous()
     group = h // hkv
-    grid = (b * hkv, triton.cdiv(max(width, 1), pages_per_prog))
     page_table = page_table.contiguous()
-    _quest_score_kernel[grid](q, rows, scale if int8 else rows, page_table, seq_lens.contiguous(),
-                              out, q.stride(0), q.stride(1), rows.stride(0), rows.stride(1), page_table.stride(0),
-                              width, hkv, page_size, pages_per_prog,
-                              G=group, GP=max(2, _pow2(group)), D=d, BLOCK_P=block_p, INT8=int8,
-                              num_warps=cfg["num_warps"] if num_warps is None else num_warps,
-                              num_stages=cfg["num_stages"] if num_stages is None else num_stages)
+    args = (q, rows, scale if int8 else rows, page_table, seq_lens.contiguous(),
+            out, q.stride(0), q.stride(1), rows.stride(0), rows.stride(1), page_table.stride(0),
+            width, hkv, page_size, pages_per_prog)
+    launch = dict(G=group, GP=max(2, _pow2(group)), D=d, BLOCK_P=block_p, INT8=int8,
+                  num_warps=cfg["num_warps"] if num_warps is None else num_warps,
+                  num_stages=cfg["num_stages"] if num_stages is None else num_stages)
+    chunks = triton.cdiv(max(width, 1), pages_per_prog)
+    if heads:
+        _quest_score_heads_kernel[(b, chunks)](*args, HP=max(2, _pow2(hkv)),
+                                               ROW_DENSE=rows.stride(1) == rows.shape[2], **launch)
+    else:
+        _quest_score_kernel[(b * hkv, chunks)](*args, **launch)
     return out
 
 

@@ -178,10 +178,23 @@ def slash_runs(slash: torch.Tensor, slash_count: torch.Tensor) -> tuple[torch.Te
             first.sum(-1, dtype=torch.int32))
 
 
-def tiles_width(n_slash: int, q_len: int, kv_len: int, block_q: int) -> int:
-    """Slots per (head, query block) row of the tile list: a bound on the tiles it can need."""
-    per_range = (block_q + VS_TILE - 1) // VS_TILE
-    return max(1, min(n_slash * per_range, (kv_len + VS_TILE - 1) // VS_TILE))
+def tiles_width_runs(run_high: torch.Tensor, run_low: torch.Tensor, run_count: torch.Tensor, kv_len: int,
+                     block_q: int) -> int:
+    """Slots per tile-list row from the runs of consecutive diagonals (:func:`slash_runs`).
+
+    A run ``o_lo..o_hi`` covers ``o_hi - o_lo + block_q`` keys of a query block, so the greedy
+    pass emits at most ``ceil((o_hi - o_lo + block_q) / 64)`` tiles for it; the bound is the
+    largest sum over a head's runs, capped by a dense row. Banded diagonals (a few long runs)
+    then need about ``n_slash / 64`` slots instead of ``n_slash``: at 512K with 6,096 mostly
+    contiguous diagonals that is ~100 slots per row instead of 6,096 (6.4 GB of int32 lists
+    for 32 heads). Costs one device-to-host read of the maximum.
+    """
+    ns = run_high.shape[-1]
+    valid = torch.arange(ns, device=run_high.device) < run_count.to(torch.int64)[..., None]
+    span = run_high.to(torch.int64) - run_low.to(torch.int64) + block_q
+    per_run = torch.where(valid, (span + VS_TILE - 1) // VS_TILE, torch.zeros_like(span))
+    need = int(per_run.sum(-1).max()) if per_run.numel() else 0
+    return max(1, min(need, (kv_len + VS_TILE - 1) // VS_TILE))
 
 
 @dataclass
@@ -297,7 +310,7 @@ def slash_tiles_reference(slash: torch.Tensor, slash_count: torch.Tensor, diag_p
     dev = slash.device
     p0, end, last = _block_bounds(q_len, kv_len, block_q, dev)
     nq = p0.shape[0]
-    width = tiles_width(ns, q_len, kv_len, block_q)
+    width = tiles_width_runs(*slash_runs(slash, slash_count), kv_len, block_q)
     sl = slash.to(torch.int64)
     dpre, cpre = diag_prefix.to(torch.int64), column_prefix.to(torch.int64)
     per_range = (block_q + VS_TILE - 1) // VS_TILE
@@ -512,5 +525,5 @@ def dense_causal_pairs(batch: int, heads: int, q_len: int, kv_len: int, device: 
 __all__ = ["BLOCK_Q_CHOICES", "DENSE_ROUTE_FRACTION", "DIAG_PAD", "GATHER_BIT", "START_MASK", "VSLayout", "VS_TILE",
            "computed_tile_elements", "default_block_q", "dense_causal_pairs", "dense_tile_elements",
            "offset_bits_words", "pack_bits", "prepare_vertical_slash", "slash_runs", "slash_tiles_reference",
-           "superset_pairs", "superset_routes_dense", "tile_cover_mask", "tiles_width", "vertical_slash_pairs",
+           "superset_pairs", "superset_routes_dense", "tile_cover_mask", "tiles_width_runs", "vertical_slash_pairs",
            "vertical_slash_superset_ref"]

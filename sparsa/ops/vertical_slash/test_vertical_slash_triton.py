@@ -180,6 +180,27 @@ def test_runs_of_diagonals_match_spec_and_count_superset_pairs(bq):
     assert bool((fast.tile_count <= (end + VS_TILE - 1) // VS_TILE).all())
 
 
+@pytest.mark.parametrize("bq", [64, 128])
+def test_tile_list_width_follows_the_runs(bq):
+    """The list width is the runs' bound: never below a block's tile count (random lines,
+    every greedy tile must fit), and about n_slash / 64 for a band instead of n_slash."""
+    gen = torch.Generator().manual_seed(3)
+    lq = lk = 1000
+    vi, si = random_lines(2, 3, lk, 7, 60, gen)
+    for use_triton in (False, True):
+        lay = prepare_vertical_slash(vi, si, lq, lk, use_triton=use_triton, block_q=bq)
+        width = lay.tiles.shape[-1]
+        assert int(lay.tile_count.max()) <= width <= (lk + VS_TILE - 1) // VS_TILE
+        runs = slash_runs(lay.slash, lay.slash_count)
+        span = (runs[0].long() - runs[1].long() + bq + VS_TILE - 1) // VS_TILE
+        valid = torch.arange(runs[0].shape[-1]) < runs[2].long()[..., None]
+        assert width == min(int(torch.where(valid, span, 0).sum(-1).max()), (lk + VS_TILE - 1) // VS_TILE)
+    band = torch.arange(300).expand(1, 2, -1).contiguous()
+    lay = prepare_vertical_slash(torch.zeros(1, 2, 1, dtype=torch.int32), band, 4096, 4096, use_triton=True,
+                                 block_q=bq)
+    assert lay.tiles.shape[-1] == (299 + bq + VS_TILE - 1) // VS_TILE          # one run, offsets 299..0
+    assert int(lay.tile_count.max()) <= lay.tiles.shape[-1] < 300 // 16
+
 def test_slash_runs_and_bit_packing():
     si = torch.tensor([[[9, 8, 7, 5, 3, 2, 0, -1, -1]]], dtype=torch.int32)
     high, low, count = slash_runs(si, torch.tensor([[7]], dtype=torch.int32))

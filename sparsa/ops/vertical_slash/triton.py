@@ -30,7 +30,7 @@ from ...backend import triton_interpreted
 from ..block_sparse.triton import (LOG2E, check_kernel_inputs, group_tile_rows, heads_per_program,
                                    last_dim_contiguous, softmax_tile_update, store_group_tile)
 from .convert import (BLOCK_Q_CHOICES, DIAG_PAD, GATHER_BIT, VS_TILE, VSLayout, prepare_vertical_slash,
-                      slash_runs, tiles_width)
+                      slash_runs, tiles_width_runs)
 from .reference import check_vs_pair
 
 CONVERT_LANES = 128
@@ -158,8 +158,8 @@ def slash_tiles_triton(slash: torch.Tensor, slash_count: torch.Tensor, diag_pref
         raise ValueError("column_positions: required when exact is False")
     b, hx, ns = slash.shape
     nq = (q_len + block_q - 1) // block_q
-    width = tiles_width(ns, q_len, kv_len, block_q)
     run_high, run_low, run_count = slash_runs(slash, slash_count)
+    width = tiles_width_runs(run_high, run_low, run_count, kv_len, block_q)
     dpre, cpre = diag_prefix.contiguous(), column_prefix.contiguous()
     cpos = cpre if column_positions is None else column_positions.to(torch.int64).contiguous()
     dev = slash.device
