@@ -33,12 +33,16 @@ from sparsa.ops.sparse_decode import triton as kt
 from sparsa.ops.sparse_decode.reference import quest_page_scores_ref
 
 D, PAGE, BOUNDS = 128, 16, ("int8", "native")
-# launch sweeps, best first by design: (pages_per_prog, tile_bytes, num_warps, num_stages) of the
-# scoring (tile_bytes / 256 pages per loop step for int8 bounds at head_dim 128), num_warps of
-# the selection, (block_n, num_warps, num_stages, split_factor) of the attention
-SCORE_VARIANTS = [dict(zip(("pages_per_prog", "tile_bytes", "num_warps", "num_stages"), x)) for x in
-                  ((64, 16384, 4, 1), (128, 32768, 8, 1), (32, 8192, 4, 1), (128, 16384, 4, 2),
-                   (64, 16384, 8, 1), (256, 16384, 4, 3), (256, 32768, 8, 2), (16, 4096, 2, 1))]
+# launch sweeps, best first by design: (pages_per_prog, tile_bytes, num_warps, num_stages,
+# all_heads) of the scoring (tile_bytes / 256 pages per loop step for int8 bounds at head_dim 128
+# with one program per KV head, all_heads=0; tile_bytes / 2048 with one program for all 8 KV
+# heads, all_heads=1), num_warps of the selection, (block_n, num_warps, num_stages, split_factor)
+# of the attention
+SCORE_VARIANTS = [dict(zip(("pages_per_prog", "tile_bytes", "num_warps", "num_stages", "all_heads"), x)) for x in
+                  ((32, 32768, 8, 2, 1), (16, 32768, 4, 1, 1), (64, 16384, 4, 1, 0), (128, 32768, 8, 1, 0),
+                   (64, 32768, 8, 3, 1), (32, 16384, 4, 2, 1), (32, 8192, 4, 1, 0), (128, 65536, 8, 3, 1),
+                   (128, 16384, 4, 2, 0), (8, 16384, 4, 1, 1), (64, 16384, 8, 1, 0), (256, 16384, 4, 3, 0),
+                   (256, 32768, 8, 2, 0), (16, 4096, 2, 1, 0))]
 SELECT_VARIANTS = [dict(num_warps=w) for w in (16, 8, 32)]
 PAGED_VARIANTS = [dict(zip(("block_n", "num_warps", "num_stages", "split_factor"), x)) for x in
                   ((64, 4, 3, 2), (64, 4, 3, 4), (64, 4, 4, 4), (32, 4, 3, 4), (128, 8, 3, 2), (64, 8, 3, 4),

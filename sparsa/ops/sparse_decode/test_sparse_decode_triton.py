@@ -12,8 +12,9 @@ from sparsa.ops.kv_quant import quantize  # noqa: E402
 from sparsa.ops.sparse_decode import paged_decode, quest_select, use_triton, varlen_decode  # noqa: E402
 from sparsa.ops.sparse_decode.reference import (h2o_victims_ref, paged_decode_ref, quest_page_scores_ref,  # noqa: E402
                                                 quest_select_ref, streaming_victims_ref, varlen_decode_ref)
-from sparsa.ops.sparse_decode.triton import (evict_update_triton, paged_decode_triton,  # noqa: E402
-                                             quest_page_scores_triton, quest_select_triton, varlen_decode_triton)
+from sparsa.ops.sparse_decode.triton import (LAUNCH, bound_rows, evict_update_triton,  # noqa: E402
+                                             paged_decode_triton, quest_page_scores_triton, quest_select_triton,
+                                             set_launch_defaults, varlen_decode_triton)
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -111,10 +112,11 @@ def test_quest_kernels_match_reference(page, nsel, h, quant):
     table, seq, k, v, kmin, kmax = paged_setup(gen, page=page, seq=(min(45, 12 * page), 13))
     q = torch.randn(b, h, d, generator=gen)
     ref_s = quest_page_scores_ref(q, kmin, kmax, table, seq, page)
-    tri_s = quest_page_scores_triton(q, kmin, kmax, table, seq, page, block_p=4)
-    assert torch.equal(torch.isinf(ref_s), torch.isinf(tri_s))
-    fin = torch.isfinite(ref_s)
-    torch.testing.assert_close(tri_s[fin], ref_s[fin], atol=1e-4, rtol=1e-5)
+    for all_heads in (False, True):             # one program per KV head, or per sequence for all heads
+        tri_s = quest_page_scores_triton(q, kmin, kmax, table, seq, page, block_p=4, all_heads=all_heads)
+        assert torch.equal(torch.isinf(ref_s), torch.isinf(tri_s))
+        fin = torch.isfinite(ref_s)
+        torch.testing.assert_close(tri_s[fin], ref_s[fin], atol=1e-4, rtol=1e-5)
     plist_ref = quest_select_ref(ref_s, seq, page, nsel)
     plist, nlist = quest_select_triton(ref_s, seq, page, torch.full((b,), nsel, dtype=torch.int32),
                                        plist_ref.shape[-1])
@@ -154,12 +156,13 @@ def test_quest_select_ties_dense_rows_and_per_row_budgets():
     assert quest_select(scores, seq, 4, nsel, backend="triton").tolist() == ref.tolist()
 
 
-def test_quest_bound_holds_for_every_key():
+@pytest.mark.parametrize("all_heads", [False, True])
+def test_quest_bound_holds_for_every_key(all_heads):
     gen = torch.Generator().manual_seed(5)
     b, h, hkv, d, page = 2, 8, 2, 32, 4
     table, seq, k, v, kmin, kmax = paged_setup(gen, page=page, seq=(48, 48))
     q = torch.randn(b, h, d, generator=gen)
-    s = quest_page_scores_triton(q, kmin, kmax, table, seq, page)
+    s = quest_page_scores_triton(q, kmin, kmax, table, seq, page, all_heads=all_heads)
     kk = k.view(-1, hkv, page, d)
     g = h // hkv
     for bi in range(b):
@@ -264,7 +267,8 @@ def test_heads_of_very_different_lengths_split_by_the_average():
 
 # ----------------------------------------------------------------------------- int8 page bounds, radix selection
 
-def test_quest_scores_kernel_reads_interleaved_int8_and_native_bounds():
+@pytest.mark.parametrize("all_heads", [False, True])
+def test_quest_scores_kernel_reads_interleaved_int8_and_native_bounds(all_heads):
     from sparsa.cache import PagedKVCache
     gen = torch.Generator().manual_seed(21)
     b, h, hkv, d, page = 2, 8, 2, 64, 4
@@ -278,16 +282,16 @@ def test_quest_scores_kernel_reads_interleaved_int8_and_native_bounds():
         ref = quest_page_scores_ref(q, c.kmin, c.kmax, c.page_table, c.seq_lens, page, scale=c.kscale)
         for launch in ({"block_p": 4, "pages_per_prog": 8}, {}):
             tri = quest_page_scores_triton(q, c.kmin, c.kmax, c.page_table, c.seq_lens, page, scale=c.kscale,
-                                           **launch)
+                                           all_heads=all_heads, **launch)
             assert torch.equal(torch.isinf(ref), torch.isinf(tri))
             fin = torch.isfinite(ref)
             torch.testing.assert_close(tri[fin], ref[fin], atol=1e-4, rtol=1e-5)
         # the max_pages bound cuts the output width
         part = quest_page_scores_triton(q, c.kmin, c.kmax, c.page_table, c.seq_lens, page, scale=c.kscale,
-                                        max_pages=12)
+                                        max_pages=12, all_heads=all_heads)
         assert part.shape[-1] == 12 and torch.equal(torch.isinf(part), torch.isinf(ref[..., :12]))
     with pytest.raises(ValueError, match="scale"):
-        quest_page_scores_triton(q, c.kmin, c.kmax, c.page_table, c.seq_lens, page)
+        quest_page_scores_triton(q, c.kmin, c.kmax, c.page_table, c.seq_lens, page, all_heads=all_heads)
     with pytest.raises(ValueError, match="scale"):
         quest_page_scores_ref(q, c.kmin, c.kmax, c.page_table, c.seq_lens, page)
 
@@ -384,7 +388,8 @@ def test_append_kernel_native_half_bounds_equal_the_torch_path(dtype, quant):
 
 # ----------------------------------------------------------------------------- scoring tiles, early-exit selection
 
-def test_quest_scores_decode_every_int8_code_exactly():
+@pytest.mark.parametrize("all_heads", [False, True])
+def test_quest_scores_decode_every_int8_code_exactly(all_heads):
     """int8 codes are widened from int32 words (byte position 0..3 of a word, min and max
     halves): a one-hot query reads one code back, exactly, for every code value."""
     d, hkv, page = 32, 1, 2
@@ -400,7 +405,8 @@ def test_quest_scores_decode_every_int8_code_exactly():
     q = torch.zeros(8, 1, d)
     for i, (ch, sign) in enumerate(chans):
         q[i, 0, ch % d] = sign
-    s = quest_page_scores_triton(q, kb[:, :, 0], kb[:, :, 1], table, seq, page, scale=scale, max_pages=pages)
+    s = quest_page_scores_triton(q, kb[:, :, 0], kb[:, :, 1], table, seq, page, scale=scale, max_pages=pages,
+                                 all_heads=all_heads)
     ref = quest_page_scores_ref(q, kb[:, :, 0], kb[:, :, 1], table, seq, page, scale=scale)
     assert torch.equal(s, ref)
     for i, (ch, sign) in enumerate(chans):
@@ -411,7 +417,8 @@ def test_quest_scores_decode_every_int8_code_exactly():
 
 @pytest.mark.parametrize("d,h,hkv,bounds", [(32, 4, 4, "int8"), (128, 8, 1, "int8"), (256, 4, 2, "int8"),
                                              (64, 16, 1, "native"), (128, 6, 2, "int8")])
-def test_quest_scores_tiles_separate_and_interleaved_bounds(d, h, hkv, bounds):
+@pytest.mark.parametrize("all_heads", [False, True])
+def test_quest_scores_tiles_separate_and_interleaved_bounds(d, h, hkv, bounds, all_heads):
     """Interleaved bounds are read in place, separate kmin / kmax through a copy; head dims
     32..256, groups 1..16 (6: not a power of two), sequences of different lengths, several
     pages per program and loop steps."""
@@ -424,10 +431,57 @@ def test_quest_scores_tiles_separate_and_interleaved_bounds(d, h, hkv, bounds):
     sep = (c.kmin.contiguous(), c.kmax.contiguous())
     for kmin, kmax in ((c.kmin, c.kmax), sep):
         for launch in ({"block_p": 2, "pages_per_prog": 8}, {"block_p": 16, "pages_per_prog": 16}, {}):
-            tri = quest_page_scores_triton(q, kmin, kmax, c.page_table, c.seq_lens, 4, scale=c.kscale, **launch)
+            tri = quest_page_scores_triton(q, kmin, kmax, c.page_table, c.seq_lens, 4, scale=c.kscale,
+                                           all_heads=all_heads, **launch)
             assert torch.equal(torch.isinf(ref), torch.isinf(tri))
             fin = torch.isfinite(ref)
             torch.testing.assert_close(tri[fin], ref[fin], atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("h,hkv,dtype", [(3, 3, torch.int8), (12, 3, torch.int8), (40, 5, torch.float32),
+                                          (8, 8, torch.bfloat16), (32, 8, torch.int8), (24, 3, torch.float16)])
+def test_quest_scores_all_heads_padded_rows_and_launch_default(h, hkv, dtype):
+    """Every KV head in one program against the reference and the per-head kernel: KV head
+    counts that are not powers of two, groups 1, 4, 8, int8 codes with their scale and native
+    bounds, interleaved rows with gaps between heads and pages (strided addressing) and
+    contiguous ones, an odd page count, pages at and past the current page -inf; and
+    ``all_heads`` taken from the launch defaults."""
+    gen = torch.Generator().manual_seed(h * 10 + hkv)
+    b, d, page, pages = 2, 32, 4, 23
+    table = torch.randperm(pages, generator=gen)[:2 * 11].view(b, 11).to(torch.int32)
+    seq = torch.tensor([37, 10])                                   # current pages 9 and 2
+    # rows [min, max, gap] per head, one spare head per page: strides (3 D (hkv + 1), 3 D, 1)
+    raw = torch.randn(pages, hkv + 1, 3, d, generator=gen) * 3
+    if dtype == torch.int8:
+        raw = raw.mul(20).round().clamp(-128, 127)
+    kb = raw.to(dtype)
+    scale = torch.rand(pages, hkv, generator=gen) + 0.5 if dtype == torch.int8 else None
+    q = torch.randn(b, h, d, generator=gen)
+    for kmin, kmax in ((kb[:, :hkv, 0], kb[:, :hkv, 1]), (kb[:, :hkv, 0].contiguous(), kb[:, :hkv, 1].contiguous())):
+        rows = bound_rows(kmin, kmax)                              # gaps: read in place, strided
+        assert (rows.stride(1) == rows.shape[2]) == kmin.is_contiguous()
+        ref = quest_page_scores_ref(q, kmin, kmax, table, seq, page, scale=scale)
+        assert bool(torch.isinf(ref[0, :, 9:]).all()) and bool(torch.isinf(ref[1, :, 2:]).all())
+        fin = torch.isfinite(ref)
+        per_head = quest_page_scores_triton(q, kmin, kmax, table, seq, page, scale=scale, all_heads=False)
+        for launch in ({"block_p": 2, "pages_per_prog": 5}, {"block_p": 1, "pages_per_prog": 3},
+                       {"block_p": 8, "pages_per_prog": 8}, {}):
+            tri = quest_page_scores_triton(q, kmin, kmax, table, seq, page, scale=scale, all_heads=True, **launch)
+            assert tri.shape == ref.shape and torch.equal(torch.isinf(ref), torch.isinf(tri))
+            torch.testing.assert_close(tri[fin], ref[fin], atol=1e-4, rtol=1e-5)
+            torch.testing.assert_close(tri[fin], per_head[fin], atol=1e-4, rtol=1e-5)
+        part = quest_page_scores_triton(q, kmin, kmax, table, seq, page, scale=scale, max_pages=7, all_heads=True)
+        assert part.shape[-1] == 7 and torch.equal(torch.isinf(part), torch.isinf(ref[..., :7]))
+    saved = dict(LAUNCH["quest_scores"])
+    try:
+        set_launch_defaults("quest_scores", all_heads=1, pages_per_prog=4, tile_bytes=2048)
+        tri = quest_page_scores_triton(q, kmin, kmax, table, seq, page, scale=scale)
+        torch.testing.assert_close(tri[fin], ref[fin], atol=1e-4, rtol=1e-5)
+        assert torch.equal(torch.isinf(ref), torch.isinf(tri))
+    finally:
+        LAUNCH["quest_scores"].update(saved)
+    with pytest.raises(ValueError, match="unknown"):
+        set_launch_defaults("quest_scores", all_head=1)
 
 
 def test_quest_select_edge_rows():

@@ -20,7 +20,8 @@ Kernels:
   are read as int32 words and widened by exponent tricks instead of int-to-float
   conversions), and an exact top-k by a radix-16 search on the scores' bits (at most 8
   histogram passes, ties to the lower page), writing the sorted page list plus the current
-  page.
+  page. The scoring runs one program per (sequence, KV head, page range), or with
+  ``all_heads`` one per (sequence, page range) over the pages' rows of every KV head.
 * :func:`append_triton`: one token into a variable-length or paged store, quantized in the
   kernel; a paged store's page bounds are updated (native) or computed when the token
   completes its page (int8).
@@ -626,12 +627,27 @@ def _quest_score_kernel(Q, KB, KSCALE, TABLE, SEQ, OUT,
 
 
 @triton.jit
-def _head_bound_weights(q_base, stride_qh, qh, qh_ok, ch, D: tl.constexpr):
-    """:func:`_bound_weights` of every KV head at once: (HP, len(ch)) float32; ``qh`` (HP, GP)
-    the query heads of each KV head's group, ``qh_ok`` their mask."""
-    q = tl.load(q_base + (qh.to(tl.int64) * stride_qh)[:, :, None] + (ch % D)[None, None, :],
+def _head_row_weights(q_base, stride_qh, qh, qh_ok, HP: tl.constexpr, D: tl.constexpr):
+    """:func:`_bound_weights` of every KV head at once, over whole rows: (HP, 2 D) float32, the
+    group sums of q's negative parts (minima), then of its positive parts (maxima). ``qh``
+    (HP, GP) the query heads of each KV head's group, ``qh_ok`` their mask; q is read once, by
+    contiguous rows, and the halves are laid side by side in registers."""
+    d = tl.arange(0, D)
+    q = tl.load(q_base + (qh.to(tl.int64) * stride_qh)[:, :, None] + d[None, None, :],
                 mask=qh_ok[:, :, None], other=0.0).to(tl.float32)
-    return tl.sum(tl.where((ch < D)[None, None, :], tl.minimum(q, 0.0), tl.maximum(q, 0.0)), 1)
+    neg = tl.sum(tl.minimum(q, 0.0), 1)
+    pos = tl.sum(tl.maximum(q, 0.0), 1)
+    return tl.reshape(tl.permute(tl.join(neg, pos), (0, 2, 1)), (HP, 2 * D))
+
+
+@triton.jit
+def _byte_weights(w, HP: tl.constexpr, D: tl.constexpr):
+    """Row weights (HP, 2 D) split by a bound's byte position in its int32 word: four
+    (HP, D / 2), the weights of codes 4 j, 4 j + 1, 4 j + 2 and 4 j + 3."""
+    even, odd = tl.split(tl.reshape(w, (HP, D // 2, 2, 2)))       # positions (0, 2) and (1, 3)
+    w0, w2 = tl.split(even)
+    w1, w3 = tl.split(odd)
+    return w0, w1, w2, w3
 
 
 @triton.jit
@@ -666,10 +682,7 @@ def _quest_score_heads_kernel(Q, KB, KSCALE, TABLE, SEQ, OUT,
             head = hh * (D // 2)
         else:
             head = hh * stride_bh
-        w0 = _head_bound_weights(q_base, stride_qh, qh, qh_ok, 4 * j, D)
-        w1 = _head_bound_weights(q_base, stride_qh, qh, qh_ok, 4 * j + 1, D)
-        w2 = _head_bound_weights(q_base, stride_qh, qh, qh_ok, 4 * j + 2, D)
-        w3 = _head_bound_weights(q_base, stride_qh, qh, qh_ok, 4 * j + 3, D)
+        w0, w1, w2, w3 = _byte_weights(_head_row_weights(q_base, stride_qh, qh, qh_ok, HP, D), HP, D)
         for p0 in range(lo, hi, BLOCK_P):
             p = p0 + tl.arange(0, BLOCK_P)
             ok = (p < cur) & (p < hi)
@@ -690,7 +703,7 @@ def _quest_score_heads_kernel(Q, KB, KSCALE, TABLE, SEQ, OUT,
             head = hh * (2 * D)
         else:
             head = hh * stride_bh
-        wv = _head_bound_weights(q_base, stride_qh, qh, qh_ok, e, D)
+        wv = _head_row_weights(q_base, stride_qh, qh, qh_ok, HP, D)
         for p0 in range(lo, hi, BLOCK_P):
             p = p0 + tl.arange(0, BLOCK_P)
             ok = (p < cur) & (p < hi)
