@@ -32,7 +32,7 @@ def target(row: dict) -> str:
         return f"{float(p['compression']):g}"
     if "vertical" in p:
         return f"{p['vertical']}+{p['slash']} lines"
-    return "alpha 0.9" if "alpha" in p else "?"
+    return "alpha 0.9" if "alpha" in p else ""
 
 
 def main() -> None:
@@ -49,7 +49,7 @@ def main() -> None:
     for r in rows:       # later rows (a rerun) replace earlier ones
         if r["method"] in BASELINES:
             base[r["method"]][r["context"]] = r["speedup"]
-        elif end_to_end(r):
+        elif end_to_end(r) and target(r):
             panels[target(r)][r["method"]][r["context"]] = r["speedup"]
     def order(t: str) -> tuple:
         try:
@@ -57,11 +57,17 @@ def main() -> None:
         except ValueError:
             return (1, 0.0, t)
     names = sorted(panels, key=order)
-    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4), sharey=True, squeeze=False)
-    for ax, name in zip(axes[0], names):
+    methods = sorted({m for panel in panels.values() for m in panel})
+    colors = {m: plt.get_cmap("tab10")(i) for i, m in enumerate(methods)}
+    cols = min(3, len(names))
+    rows_n = (len(names) + cols - 1) // cols
+    fig, axes = plt.subplots(rows_n, cols, figsize=(4.6 * cols, 3.8 * rows_n), sharey=True, squeeze=False)
+    for ax in axes.flat[len(names):]:
+        ax.set_visible(False)
+    for ax, name in zip(axes.flat, names):
         for method, pts in sorted(panels[name].items()):
             xs = sorted(pts)
-            ax.plot(xs, [pts[x] for x in xs], marker="o", label=method)
+            ax.plot(xs, [pts[x] for x in xs], marker="o", label=method, color=colors[method])
         for method, pts in base.items():
             xs = sorted(pts)
             ax.plot(xs, [pts[x] for x in xs], linestyle="--", color="grey", alpha=0.6,
@@ -72,8 +78,9 @@ def main() -> None:
         ax.set_xlabel("context (tokens)")
         ax.set_title(f"compression {name}" if order(name)[0] == 0 else name)
         ax.grid(True, which="both", alpha=0.3)
-    axes[0][0].set_ylabel("speedup over SDPA cuDNN (same run)")
-    axes[0][-1].legend(fontsize=7)
+    for row in axes:
+        row[0].set_ylabel("speedup over SDPA cuDNN (same run)")
+    axes[0][0].legend(fontsize=7)
     fig.suptitle(f"Prefill, Llama-3-8B attention shape, bf16 - {data['device']}, torch {data['torch']}, "
                  f"triton {data['triton']}", fontsize=9)
     fig.tight_layout()
