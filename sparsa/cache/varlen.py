@@ -465,7 +465,8 @@ class VarlenKVCache:
         if aux[0] == "logits":
             from ..ops.sparse_decode.triton import evict_update_triton
             evict_update_triton("h2o", self.k, self.v, self.pos, self.start, self.length, self.seq_lens,
-                                heavy, recent, score=self.score, logits=aux[1], lse=aux[2], head_dim=self.head_dim)
+                                heavy, recent, score=self.score, logits=aux[1], lse=aux[2], head_dim=self.head_dim,
+                                max_len=self._len_bound)
             return
         probs = aux[1]
         rows, valid = self.slot_rows()

@@ -12,7 +12,7 @@ from sparsa.ops.kv_quant import quantize  # noqa: E402
 from sparsa.ops.sparse_decode import paged_decode, quest_select, use_triton, varlen_decode  # noqa: E402
 from sparsa.ops.sparse_decode.reference import (h2o_victims_ref, paged_decode_ref, quest_page_scores_ref,  # noqa: E402
                                                 quest_select_ref, streaming_victims_ref, varlen_decode_ref)
-from sparsa.ops.sparse_decode.triton import (LAUNCH, bound_rows, evict_update_triton,  # noqa: E402
+from sparsa.ops.sparse_decode.triton import (LAUNCH, bound_rows, evict_update_triton, group_rows,  # noqa: E402
                                              paged_decode_triton, quest_page_scores_triton, quest_select_triton,
                                              set_launch_defaults, varlen_decode_triton)
 
@@ -226,6 +226,82 @@ def test_evict_kernels_match_reference(quant):
     evict_update_triton("streaming", k, v, t_pos, start, t_len, seq, sink, window, head_dim=d, block=8)
     assert torch.equal(t_len, length - (victims >= 0).to(torch.int32))
     assert (victims[1] < 0).all()
+
+
+def _row_stores(x) -> list[torch.Tensor]:
+    if isinstance(x, torch.Tensor):
+        return [x]
+    return [x.data, x.scale] + ([x.zero] if x.zero is not None else [])
+
+
+# chunk 4: more chunks per head (25) than the merge handles per step (16)
+@pytest.mark.parametrize("chunk,block,max_len", [(16, 8, None), (32, 32, 128), (24, 16, None), (4, 4, None)])
+@pytest.mark.parametrize("group", [1, 16])
+@pytest.mark.parametrize("quant", [None, "int8", "int4:g16"])
+def test_h2o_update_over_chunks_matches_reference_and_one_program(quant, group, chunk, block, max_len):
+    gen = torch.Generator().manual_seed(13 + group + chunk)
+    b, hkv, d = 2, 2, 32
+    lens = [[70, 33], [5, 100]]                     # several chunks per head, one head within a chunk
+    start, length, rows = varlen_layout(lens, spare=3)
+    k = torch.randn(rows, d, generator=gen)
+    v = torch.randn(rows, d, generator=gen)
+    if quant:
+        k, v = quantize(k, quant), quantize(v, quant)
+    seq = torch.tensor([110, 120])
+    pos = torch.full((rows,), -1, dtype=torch.int32)
+    for bi in range(b):
+        for hi in range(hkv):
+            r0 = int(start[bi, hi])
+            pos[r0:r0 + lens[bi][hi]] = torch.randperm(int(seq[bi]), generator=gen)[:lens[bi][hi]].to(torch.int32)
+    # base-2 logits that are small negative integers (lse = 0) and scores in quarters: every
+    # probability and sum is exact in any order, and equal scores (ties) are frequent
+    patterns = -torch.randint(1, 4, (4, group), generator=gen).float()
+    logits = patterns[torch.randint(0, 4, (rows,), generator=gen)].T.contiguous()     # (G, rows)
+    lse = torch.zeros(b * hkv, group_rows(group))
+    score = torch.randint(0, 3, (rows,), generator=gen).float() * 0.25
+    heavy, recent = torch.tensor([10, 60]), torch.tensor([20, 30])
+
+    ref_score = score.clone()
+    for bi in range(b):
+        for hi in range(hkv):
+            r0, n = int(start[bi, hi]), lens[bi][hi]
+            ref_score[r0:r0 + n] += torch.exp2(logits[:, r0:r0 + n]).sum(0)
+    victims = h2o_victims_ref(ref_score, pos, start, length, seq, heavy, recent)
+    assert victims.flatten().tolist().count(-1) == 1 and int(victims[1, 0]) == -1
+    ties = 0
+    for bi in range(b):
+        for hi in range(hkv):
+            r0, n = int(start[bi, hi]), lens[bi][hi]
+            cand = pos[r0:r0 + n].long() <= int(seq[bi] - recent[bi])
+            sc = ref_score[r0:r0 + n][cand]
+            ties += int((sc == sc.min()).sum()) > 1
+    assert ties >= 2                                # the tie rule decides at least two victims
+    # expected state: the head's last token moves into the victim's slot
+    exp_len, exp_pos, exp_score = length.clone(), pos.clone(), ref_score.clone()
+    exp_stores = [x.clone() for x in _row_stores(k) + _row_stores(v)]
+    for bi in range(b):
+        for hi in range(hkv):
+            if victims[bi, hi] >= 0:
+                r0, n = int(start[bi, hi]), lens[bi][hi]
+                dst, src = r0 + int(victims[bi, hi]), r0 + n - 1
+                for x in [exp_pos, exp_score, *exp_stores]:
+                    x[dst] = x[src]
+                exp_len[bi, hi] -= 1
+
+    def run(chunk_, block_, max_len_):
+        t_len, t_pos, t_score = length.clone(), pos.clone(), score.clone()
+        kk = k.map(torch.clone) if quant else k.clone()
+        vv = v.map(torch.clone) if quant else v.clone()
+        evict_update_triton("h2o", kk, vv, t_pos, start, t_len, seq, heavy, recent, score=t_score, logits=logits,
+                            lse=lse, head_dim=d, block=block_, chunk=chunk_, max_len=max_len_)
+        return [t_len, t_pos, t_score, *_row_stores(kk), *_row_stores(vv)]
+
+    chunked = run(chunk, block, max_len)
+    single = run(1 << 20, block, None)              # one program per head scans it whole
+    expected = [exp_len, exp_pos, exp_score, *exp_stores]
+    for got, one, want in zip(chunked, single, expected):
+        assert torch.equal(got, one)
+        assert torch.equal(got, want)
 
 
 @pytest.mark.parametrize("quant", [None, "int8", "int8:g16", "int4", "int4:g16"])
