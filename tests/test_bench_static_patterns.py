@@ -62,7 +62,7 @@ def test_flex_bigbird_tables(length, bs, block):
 @pytest.mark.filterwarnings("ignore:flex_attention called without")
 def test_flex_masks_match_the_reference_in_eager_mode():
     flex = pytest.importorskip("torch.nn.attention.flex_attention")
-    from sparsa.bench.prefill import flex_bigbird_mask, flex_local_mask
+    from sparsa.bench.prefill import flex_bigbird_mask, flex_causal_mask, flex_local_mask
     from sparsa.ops.block_sparse import local_attention_ref
     g = torch.Generator().manual_seed(0)
     length = 256
@@ -76,6 +76,13 @@ def test_flex_masks_match_the_reference_in_eager_mode():
     ref, _ = m(q, k, v, backend="reference")
     out = flex.flex_attention(q, k, v, block_mask=flex_bigbird_mask(m.plan(q, k), length, 16, block=32),
                               enable_gqa=True)
+    assert rel_err(out, ref) <= 1e-4
+    # dense causal from block tables; a length that is not a multiple of the block
+    n = 250
+    out = flex.flex_attention(q[:, :, :n], k[:, :, :n], v[:, :, :n], block_mask=flex_causal_mask(n, "cpu", block=32),
+                              enable_gqa=True)
+    ref = torch.nn.functional.scaled_dot_product_attention(q[:, :, :n], k[:, :, :n].repeat_interleave(4, 1),
+                                                           v[:, :, :n].repeat_interleave(4, 1), is_causal=True)
     assert rel_err(out, ref) <= 1e-4
 
 
