@@ -435,6 +435,20 @@ def _move_row(X, src, dst, W: tl.constexpr, WP: tl.constexpr):
 
 
 @triton.jit
+def _fold_least(score, cand, pos, slot, best, best_pos, best_slot):
+    """Folds a block of candidates into the running victim (least score, ties to the larger
+    position; positions are unique within a head, so one slot matches). The running value wins
+    an exact tie of score and position, so earlier blocks keep precedence."""
+    key = tl.where(cand, score, float("inf"))
+    bmin = tl.min(key, 0)
+    tie = cand & (key == bmin)
+    bpos = tl.max(tl.where(tie, pos, -1), 0)
+    bslot = tl.max(tl.where(tie & (pos == bpos), slot, -1), 0)
+    better = (bpos >= 0) & ((bmin < best) | ((bmin == best) & (bpos > best_pos)))
+    return tl.where(better, bmin, best), tl.where(better, bpos, best_pos), tl.where(better, bslot, best_slot)
+
+
+@triton.jit
 def _h2o_scan(LOGITS, SCORE, POS, lse, g, g_ok, base, lo, hi, limit, logit_rows, BLOCK: tl.constexpr):
     """H2O over slots [lo, hi) of one KV head: adds the step's probabilities (summed over the
     query group) to SCORE and returns (candidates, least score, its position, its slot); ties:
@@ -456,15 +470,7 @@ def _h2o_scan(LOGITS, SCORE, POS, lse, g, g_ok, base, lo, hi, limit, logit_rows,
         tl.store(SCORE + rows, sc, mask=ok)
         cand = ok & (p <= limit)
         cnt += tl.sum(cand.to(tl.int32), 0)
-        key = tl.where(cand, sc, float("inf"))
-        bmin = tl.min(key, 0)
-        tie = cand & (key == bmin)
-        bpos = tl.max(tl.where(tie, p, -1), 0)
-        bslot = tl.max(tl.where(tie & (p == bpos), j.to(tl.int64), -1), 0)
-        better = (bpos >= 0) & ((bmin < best) | ((bmin == best) & (bpos > best_pos)))
-        best = tl.where(better, bmin, best)
-        best_pos = tl.where(better, bpos, best_pos)
-        best_slot = tl.where(better, bslot, best_slot)
+        best, best_pos, best_slot = _fold_least(sc, cand, p, j.to(tl.int64), best, best_pos, best_slot)
     return cnt, best, best_pos, best_slot
 
 
@@ -518,17 +524,9 @@ def _h2o_reduce_partials(P_CNT, P_BEST, P_POS, P_SLOT, r, n, n_chunks, CHUNK: tl
         ok = c < used
         cnt += tl.sum(tl.load(P_CNT + row0 + c, mask=ok, other=0), 0)
         p = tl.load(P_POS + row0 + c, mask=ok, other=-1)
-        has = p >= 0
-        key = tl.where(has, tl.load(P_BEST + row0 + c, mask=ok, other=float("inf")), float("inf"))
-        bmin = tl.min(key, 0)
-        tie = has & (key == bmin)
-        bpos = tl.max(tl.where(tie, p, -1), 0)
-        slot = tl.load(P_SLOT + row0 + c, mask=ok, other=-1)
-        bslot = tl.min(tl.where(tie & (p == bpos), slot, 9223372036854775807), 0)
-        better = (bpos >= 0) & ((bmin < best) | ((bmin == best) & (bpos > best_pos)))
-        best = tl.where(better, bmin, best)
-        best_pos = tl.where(better, bpos, best_pos)
-        best_slot = tl.where(better, bslot, best_slot)
+        best, best_pos, best_slot = _fold_least(tl.load(P_BEST + row0 + c, mask=ok, other=float("inf")), p >= 0, p,
+                                                tl.load(P_SLOT + row0 + c, mask=ok, other=-1),
+                                                best, best_pos, best_slot)
     return cnt, best, best_pos, best_slot
 
 
