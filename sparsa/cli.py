@@ -132,6 +132,7 @@ def bench_prefill(
                                 help="Also the profiling rows (kernel variants, scattered lines, torch conversion)."),
     baseline: list[str] = typer.Option(["sdpa_cudnn", "sdpa_flash", "flex"], "--baseline", "-b",
                                        help="Dense baselines to time (repeatable): sdpa_cudnn, sdpa_flash, flex."),
+    resume: bool = typer.Option(False, "--resume", help="Skip the cells whose end-to-end row is already in --out."),
 ) -> None:
     """Sparse prefill kernels vs SDPA cuDNN / FLASH / FlexAttention on this GPU (Llama-3-8B attention shape)."""
     import torch
@@ -141,7 +142,8 @@ def bench_prefill(
         raise typer.Exit(2)
     from .bench.prefill import run_prefill_bench
 
-    run_prefill_bench(context, method, _floats(compression) or [None], check, out, baselines=baseline, detail=detail)
+    run_prefill_bench(context, method, _floats(compression) or [None], check, out, baselines=baseline, detail=detail,
+                      resume=resume)
 
 
 _PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}

@@ -372,7 +372,8 @@ def _vs_rows(rec: _Recorder, q, k, v, context: int, compression: float | None, b
                        tflops_computed=attention_flops(computed, d) / ms / 1e9,
                        mean_tiles_per_query_block=float(layout.tile_count.double().mean()))
         rec.emit("vertical_slash", context, stats.compression,
-                 {**budget, "lines": "planned", "estimation": True, "exact": True}, ms, base_ms, metrics)
+                 {**budget, "target": compression, "lines": "planned", "estimation": True, "exact": True}, ms,
+                 base_ms, metrics)
         line_kinds = [("planned", vi, si)]
     else:
         rec.log("  vertical_slash method not registered: timing the kernel on banded lines only")
@@ -729,7 +730,7 @@ def run_prefill_bench(contexts: Sequence[int], methods: Sequence[str], compressi
                       bs_configs: Sequence[tuple[int, int]] | None = None,
                       vs_configs: Sequence[tuple[int, int, int]] | None = None,
                       vs_lines: Sequence[str] = ("band", "scattered"),
-                      flex_patterns: bool = True, detail: bool = True,
+                      flex_patterns: bool = True, detail: bool = True, resume: bool = False,
                       device: str = "cuda") -> list[dict[str, Any]]:
     """Time sparse prefill against the dense baselines; write rows to ``out_path`` as they come.
 
@@ -755,6 +756,9 @@ def run_prefill_bench(contexts: Sequence[int], methods: Sequence[str], compressi
         detail: the profiling rows too (block-sparse lists per query head, the vertical-slash
             superset kernel and the torch spec of its conversion); ``False`` keeps the grid's
             rows: each method end to end and its main kernel alone.
+        resume: skip the (method, context, compression) cells whose end-to-end row is already in
+            ``out_path`` (same device and shape), and a context's dense baselines when none of its
+            cells is left. A cell cut short after its end-to-end row keeps its other rows as they are.
         device: "cuda"; "cpu" only as a smoke test under ``TRITON_INTERPRET=1`` (tiny contexts).
 
     Returns the rows of the results file.
@@ -769,7 +773,13 @@ def run_prefill_bench(contexts: Sequence[int], methods: Sequence[str], compressi
             f"triton {rec.file.header['triton']}")
     gen = torch.Generator(device=device).manual_seed(seed)
     failures: list[str] = []
+    done = done_cells(rec.file.rows) if resume else set()
     for context in contexts:
+        todo = [(m, c) for m in methods for c in compressions if cell_key(m, context, c) not in done
+                and not (c is None and m in ("block_sparse", *STATIC_METHODS))]
+        if not todo:
+            rec.log(f"  {context:>7}: every cell already in {out_path}")
+            continue
         q, k, v = banded_qkv(context, seed=seed, device=device,
                              **{k_: SHAPE[k_] for k_ in ("batch", "heads", "kv_heads", "head_dim")})
         fns = dense_baselines(q, k, v, baselines)
@@ -783,22 +793,37 @@ def run_prefill_bench(contexts: Sequence[int], methods: Sequence[str], compressi
             for name, ms in base_ms.items():
                 if name != "sdpa_cudnn":
                     rec.emit(name, context, 1.0, {}, ms, {"sdpa_cudnn": base_ms["sdpa_cudnn"]}, {})
-        for method in methods:
-            for c in compressions:
-                try:
-                    _method_rows(rec, q, k, v, context, method, c, base_ms, check, gen, bs_configs, vs_configs,
-                                 vs_lines, flex_patterns, detail)
-                except (torch.cuda.OutOfMemoryError, RuntimeError, AssertionError) as exc:
-                    # one failing cell must not lose the rest of a long grid; reported at the end
-                    failures.append(f"{method} at {context} (compression {c}): {type(exc).__name__}: {exc}")
-                    rec.log(f"  FAILED {failures[-1][:300]}")
-                    torch.cuda.empty_cache()
+        for method, c in todo:
+            try:
+                _method_rows(rec, q, k, v, context, method, c, base_ms, check, gen, bs_configs, vs_configs,
+                             vs_lines, flex_patterns, detail)
+            except (torch.cuda.OutOfMemoryError, RuntimeError, AssertionError) as exc:
+                # one failing cell must not lose the rest of a long grid; reported at the end
+                failures.append(f"{method} at {context} (compression {c}): {type(exc).__name__}: {exc}")
+                rec.log(f"  FAILED {failures[-1][:300]}")
+                torch.cuda.empty_cache()
         del q, k, v
     if progress:
         rec.print_table()
     if failures:
         raise RuntimeError(f"{len(failures)} benchmark cell(s) failed:\n" + "\n".join(failures))
     return rec.file.rows
+
+
+def cell_key(method: str, context: int, compression: float | None) -> tuple[str, int, float | None]:
+    """A grid cell: method, context and compression target (None: the method's default budget)."""
+    return method, int(context), None if compression is None else float(compression)
+
+
+def done_cells(rows: Sequence[dict[str, Any]]) -> set[tuple[str, int, float | None]]:
+    """Cells of a results file that have their end-to-end row (planning included) for this shape."""
+    out = set()
+    for r in rows:
+        p = r.get("params", {})
+        end_to_end = p.get("estimation") is True or p.get("impl") == "triton"
+        if r.get("bench") == "prefill" and r.get("shape") == SHAPE and end_to_end and "target" in p:
+            out.add(cell_key(r["method"], r["context"], p["target"]))
+    return out
 
 
 def _method_rows(rec: _Recorder, q, k, v, context: int, method: str, c: float | None, base_ms: dict[str, float],
@@ -818,6 +843,6 @@ def _method_rows(rec: _Recorder, q, k, v, context: int, method: str, c: float | 
 
 
 __all__ = ["BASELINES", "METHODS", "SHAPE", "STATIC_METHODS", "banded_qkv", "check_block_sparse",
-           "check_vertical_slash", "dense_baselines", "flex_bigbird_mask", "flex_bigbird_tables", "flex_causal_mask", "flex_local_mask",
+           "cell_key", "check_vertical_slash", "dense_baselines", "done_cells", "flex_bigbird_mask", "flex_bigbird_tables", "flex_causal_mask", "flex_local_mask",
            "flex_local_tables", "line_sets",
            "longformer_globals", "pinned_method", "random_block_indices", "run_prefill_bench", "static_method"]
