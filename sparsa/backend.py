@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from typing import Callable
 
 import torch
 
@@ -38,3 +39,21 @@ def resolve_backend(backend: str | None, device: torch.device) -> str:
             raise ValueError(f"backend: 'triton' needs CUDA tensors (got {device}); "
                              "set TRITON_INTERPRET=1 to run kernels on the CPU")
     return backend
+
+
+def use_kernel(backend: str | None, device: torch.device, unsupported: Callable[[], str | None]) -> bool:
+    """Whether a dispatching op should run its Triton kernel.
+
+    ``unsupported()`` (called only when :func:`resolve_backend` picks "triton") returns None when
+    the kernel takes the input, else what it cannot take. Then "auto" falls back to the
+    reference (False) and an explicit "triton" raises a ValueError saying why.
+    """
+    requested = backend if backend is not None else os.environ.get("SPARSA_BACKEND", "auto")
+    if resolve_backend(backend, device) != "triton":
+        return False
+    reason = unsupported()
+    if reason is None:
+        return True
+    if requested == "triton":
+        raise ValueError(f"backend: {reason}; use backend='reference' or 'auto'")
+    return False

@@ -2,12 +2,11 @@
 token-level local patterns (sliding window, sinks, global tokens) run through the same kernel."""
 from __future__ import annotations
 
-import os
 
 import torch
 
 from ..._validation import check_int, check_qkv
-from ...backend import resolve_backend
+from ...backend import use_kernel
 from .geometry import query_block_spans, tile_pairs
 from .indices import (block_mask_from_indices, check_block_indices, indices_from_block_mask,
                       normalize_block_indices, num_blocks)
@@ -42,25 +41,21 @@ def block_sparse_attention(
     check_int("block_k", block_k, minimum=1)
     check_block_indices(block_indices, batch=b, heads=h, kv_heads=hkv, q_len=lq, kv_len=lk,
                         block_q=block_q, block_k=block_k)
-    requested = backend if backend is not None else os.environ.get("SPARSA_BACKEND", "auto")
-    if resolve_backend(backend, q.device) == "triton":
-        supported, why = _kernel_supports(q, block_q, block_k)
-        if not supported and requested == "triton":
-            raise ValueError(f"backend: {why}; use backend='reference' or 'auto'")
-        if supported:
-            from .triton import block_sparse_attention_triton, block_sparse_pairs
-            out = block_sparse_attention_triton(q, k, v, block_indices, block_q=block_q, block_k=block_k,
-                                                scale=scale, check_indices=False)
-            return out, block_sparse_pairs(block_indices, h, lq, lk, block_q, block_k)
+    if use_kernel(backend, q.device, lambda: _kernel_unsupported(q, block_q, block_k)):
+        from .triton import block_sparse_attention_triton, block_sparse_pairs
+        out = block_sparse_attention_triton(q, k, v, block_indices, block_q=block_q, block_k=block_k,
+                                            scale=scale, check_indices=False)
+        return out, block_sparse_pairs(block_indices, h, lq, lk, block_q, block_k)
     return block_sparse_attention_ref(q, k, v, block_indices, block_q=block_q, block_k=block_k, scale=scale)
 
 
-def _kernel_supports(q: torch.Tensor, block_q: int, block_k: int) -> tuple[bool, str]:
+def _kernel_unsupported(q: torch.Tensor, block_q: int, block_k: int) -> str | None:
+    """None when the block-sparse kernel takes the input, else what it cannot take."""
     from .triton import BLOCK_SIZES, HEAD_DIMS, KERNEL_DTYPES
     ok = q.shape[-1] in HEAD_DIMS and q.dtype in KERNEL_DTYPES and block_q in BLOCK_SIZES and block_k in BLOCK_SIZES
-    why = (f"the Triton kernel takes head_dim in {HEAD_DIMS}, float16/bfloat16/float32 and block sizes in "
-           f"{BLOCK_SIZES}; got head_dim={q.shape[-1]}, {q.dtype}, block_q={block_q}, block_k={block_k}")
-    return ok, why
+    return None if ok else (f"the Triton kernel takes head_dim in {HEAD_DIMS}, float16/bfloat16/float32 and block "
+                            f"sizes in {BLOCK_SIZES}; got head_dim={q.shape[-1]}, {q.dtype}, block_q={block_q}, "
+                            f"block_k={block_k}")
 
 
 def local_attention(
@@ -96,18 +91,13 @@ def local_attention(
     check_int("block_q", block_q, minimum=1)
     check_int("block_k", block_k, minimum=1)
     local = LocalMask.build(window, sink, global_positions, lk)
-    requested = backend if backend is not None else os.environ.get("SPARSA_BACKEND", "auto")
-    if resolve_backend(backend, q.device) == "triton":
-        supported, why = _kernel_supports(q, block_q, block_k)
-        if not supported and requested == "triton":
-            raise ValueError(f"backend: {why}; use backend='reference' or 'auto'")
-        if supported:
-            from .triton import local_attention_triton
-            out = local_attention_triton(q, k, v, window=local.window, sink=local.sink,
-                                         global_positions=local.globals, scale=scale,
-                                         block_q=block_q, block_k=block_k)
-            pairs = float(local_pairs(local, lq, lk, q.device))
-            return out, torch.full((b, h), pairs, dtype=torch.float64, device=q.device)
+    if use_kernel(backend, q.device, lambda: _kernel_unsupported(q, block_q, block_k)):
+        from .triton import local_attention_triton
+        out = local_attention_triton(q, k, v, window=local.window, sink=local.sink,
+                                     global_positions=local.globals, scale=scale,
+                                     block_q=block_q, block_k=block_k)
+        pairs = float(local_pairs(local, lq, lk, q.device))
+        return out, torch.full((b, h), pairs, dtype=torch.float64, device=q.device)
     return local_attention_ref(q, k, v, window=local.window, sink=local.sink, global_positions=local.globals,
                                scale=scale)
 

@@ -13,11 +13,9 @@ supports (head_dim 32/64/128/256, float16/bfloat16/float32) and the reference ot
 """
 from __future__ import annotations
 
-import os
-
 import torch
 
-from ...backend import resolve_backend
+from ...backend import resolve_backend, use_kernel
 from ..kv_quant import QuantizedTensor
 from .reference import (PAGE_BOUNDS, bounds_bytes_per_page, current_pages, default_bounds, dequantize_bounds,
                         gather_rows, h2o_victims_ref, paged_decode_ref, paged_rows, pages_to_tokens, quantize_bounds,
@@ -32,15 +30,13 @@ def use_triton(backend: str | None, q: torch.Tensor) -> bool:
 
     "triton" on an unsupported input raises a ValueError naming what is unsupported.
     """
-    requested = backend if backend is not None else os.environ.get("SPARSA_BACKEND", "auto")
-    if resolve_backend(backend, q.device) != "triton":
-        return False
-    ok = q.shape[-1] in KERNEL_HEAD_DIMS and q.dtype in (torch.float16, torch.bfloat16, torch.float32)
-    if not ok and requested == "triton":
-        raise ValueError(f"backend: the Triton decode kernels take head_dim in {KERNEL_HEAD_DIMS} and "
-                         f"float16/bfloat16/float32; got head_dim={q.shape[-1]}, {q.dtype}; "
-                         "use backend='reference' or 'auto'")
-    return ok
+    def unsupported() -> str | None:
+        if q.shape[-1] in KERNEL_HEAD_DIMS and q.dtype in (torch.float16, torch.bfloat16, torch.float32):
+            return None
+        return (f"the Triton decode kernels take head_dim in {KERNEL_HEAD_DIMS} and float16/bfloat16/float32; "
+                f"got head_dim={q.shape[-1]}, {q.dtype}")
+
+    return use_kernel(backend, q.device, unsupported)
 
 
 def varlen_decode(q: torch.Tensor, k: torch.Tensor | QuantizedTensor, v: torch.Tensor | QuantizedTensor,

@@ -1,13 +1,11 @@
 """Vertical-slash prefill attention (MInference's pattern) behind one dispatching function."""
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 
 from ..._validation import check_qkv, check_scale
-from ...backend import resolve_backend
+from ...backend import use_kernel
 from ..dense.reference import dense_attention
 from .reference import check_vs_indices, check_vs_pair, vertical_slash_attention_ref
 
@@ -82,23 +80,21 @@ def vertical_slash_attention(
         raise TypeError(f"exact: expected a bool, got {type(exact).__name__}")
     if block_q is not None and (isinstance(block_q, bool) or block_q not in BLOCK_Q_CHOICES):
         raise ValueError(f"block_q: must be None or one of {BLOCK_Q_CHOICES}, got {block_q!r}")
-    chosen = resolve_backend(backend, q.device)
-    requested = backend if backend is not None else os.environ.get("SPARSA_BACKEND", "auto")
-    if chosen == "triton":
-        # "auto" falls back to the reference for inputs the kernel does not take
+    def unsupported() -> str | None:
         from ..block_sparse.triton import HEAD_DIMS, KERNEL_DTYPES
-        supported = q.shape[-1] in HEAD_DIMS and q.dtype in KERNEL_DTYPES
-        if not supported and requested == "triton":
-            raise ValueError(f"backend: the Triton kernel takes head_dim in {HEAD_DIMS} and float16/bfloat16/"
-                             f"float32; got head_dim={q.shape[-1]}, {q.dtype}; use backend='reference' or 'auto'")
-        if supported:
-            from .triton import vertical_slash_attention_triton, vertical_slash_layout
-            layout = vertical_slash_layout(q, k, vertical_indices, slash_indices, block_q=block_q, exact=exact,
-                                           check_indices=check_indices)
-            if superset_routes_dense(layout):
-                return dense_causal_sdpa(q, k, v, scale), dense_causal_pairs(b, h, lq, lk, q.device)
-            out = vertical_slash_attention_triton(q, k, v, scale=scale, layout=layout)
-            return out, vertical_slash_pairs(layout, h) if exact else superset_pairs(layout, h)
+        if q.shape[-1] in HEAD_DIMS and q.dtype in KERNEL_DTYPES:
+            return None
+        return (f"the Triton kernel takes head_dim in {HEAD_DIMS} and float16/bfloat16/float32; "
+                f"got head_dim={q.shape[-1]}, {q.dtype}")
+
+    if use_kernel(backend, q.device, unsupported):
+        from .triton import vertical_slash_attention_triton, vertical_slash_layout
+        layout = vertical_slash_layout(q, k, vertical_indices, slash_indices, block_q=block_q, exact=exact,
+                                       check_indices=check_indices)
+        if superset_routes_dense(layout):
+            return dense_causal_sdpa(q, k, v, scale), dense_causal_pairs(b, h, lq, lk, q.device)
+        out = vertical_slash_attention_triton(q, k, v, scale=scale, layout=layout)
+        return out, vertical_slash_pairs(layout, h) if exact else superset_pairs(layout, h)
     if exact:
         return vertical_slash_attention_ref(q, k, v, vertical_indices, slash_indices, scale=scale)
     check_vs_pair(vertical_indices, slash_indices, b, h, hkv)
