@@ -13,15 +13,9 @@ import json
 import sys
 from collections import defaultdict
 
+from sparsa.bench.prefill import end_to_end
+
 BASELINES = ("sdpa_flash", "flex")
-
-
-def end_to_end(row: dict) -> bool:
-    """A method row with its planning included (not a kernel-only or FlexAttention-pattern row)."""
-    p = row["params"]
-    if row["method"] in BASELINES or p.get("part") == "kernel" or p.get("impl") == "flex":
-        return False
-    return p.get("estimation", True) is not False
 
 
 def target(row: dict) -> str:

@@ -815,13 +815,18 @@ def cell_key(method: str, context: int, compression: float | None) -> tuple[str,
     return method, int(context), None if compression is None else float(compression)
 
 
+def end_to_end(row: dict[str, Any]) -> bool:
+    """A method's row with its planning included (not a kernel-alone, FlexAttention or dense row)."""
+    p = row.get("params", {})
+    return p.get("estimation") is True or p.get("impl") == "triton"
+
+
 def done_cells(rows: Sequence[dict[str, Any]]) -> set[tuple[str, int, float | None]]:
-    """Cells of a results file that have their end-to-end row (planning included) for this shape."""
+    """Cells of a results file that have their end-to-end row for this shape."""
     out = set()
     for r in rows:
         p = r.get("params", {})
-        end_to_end = p.get("estimation") is True or p.get("impl") == "triton"
-        if r.get("bench") == "prefill" and r.get("shape") == SHAPE and end_to_end and "target" in p:
+        if r.get("bench") == "prefill" and r.get("shape") == SHAPE and end_to_end(r) and "target" in p:
             out.add(cell_key(r["method"], r["context"], p["target"]))
     return out
 
@@ -843,6 +848,6 @@ def _method_rows(rec: _Recorder, q, k, v, context: int, method: str, c: float | 
 
 
 __all__ = ["BASELINES", "METHODS", "SHAPE", "STATIC_METHODS", "banded_qkv", "check_block_sparse",
-           "cell_key", "check_vertical_slash", "dense_baselines", "done_cells", "flex_bigbird_mask", "flex_bigbird_tables", "flex_causal_mask", "flex_local_mask",
+           "cell_key", "check_vertical_slash", "dense_baselines", "done_cells", "end_to_end", "flex_bigbird_mask", "flex_bigbird_tables", "flex_causal_mask", "flex_local_mask",
            "flex_local_tables", "line_sets",
            "longformer_globals", "pinned_method", "random_block_indices", "run_prefill_bench", "static_method"]
