@@ -834,15 +834,14 @@ def done_cells(rows: Sequence[dict[str, Any]]) -> set[tuple[str, int, float | No
 def _method_rows(rec: _Recorder, q, k, v, context: int, method: str, c: float | None, base_ms: dict[str, float],
                  check: bool, gen: torch.Generator, bs_configs, vs_configs, vs_lines, flex_patterns: bool,
                  detail: bool) -> None:
-    """The rows of one (method, compression) cell of the grid (``None``: see run_prefill_bench)."""
+    """The rows of one (method, compression) cell of the grid (``None``: see run_prefill_bench;
+    the block-sparse and static methods get no ``None`` cell)."""
     if method == "block_sparse":
-        if c is not None:
-            _bs_rows(rec, q, k, v, context, float(c), base_ms, check, gen, bs_configs, detail)
+        _bs_rows(rec, q, k, v, context, float(c), base_ms, check, gen, bs_configs, detail)
     elif method == "vertical_slash":
         _vs_rows(rec, q, k, v, context, c, base_ms, check, gen, vs_configs, vs_lines if detail else (), detail)
     elif method in STATIC_METHODS:
-        if c is not None:
-            _static_rows(rec, q, k, v, context, method, float(c), base_ms, check, flex_patterns)
+        _static_rows(rec, q, k, v, context, method, float(c), base_ms, check, flex_patterns)
     else:
         _flexprefill_rows(rec, q, k, v, context, None if c is None else float(c), base_ms, check)
 
