@@ -210,6 +210,26 @@ def test_task_param_ranges_are_drawn_per_instance():
             toy(data={"task_params": {"variable_tracking": {"hops": bad}}}).validate()
 
 
+def test_instances_too_long_for_the_drawn_length_retry_or_fall_back():
+    from sparsa.train.data import LM_TASK_ID, StreamDataset, lm_tokens, load_train_tokenizer
+
+    # 4 chains of 5 lines need ~300 tokens: more than a 512-token sequence at 30% of its room
+    cfg = toy(data={"lm_fraction": 0.0, "curriculum": [[0, 512]], "tokens_per_step": 512,
+                    "length_fraction": [0.3, 0.3], "task_weights": {"variable_tracking": 1.0},
+                    "task_params": {"variable_tracking": {"hops": 4, "chains": 4}}})
+    tok = load_train_tokenizer("default")
+    ds = StreamDataset(cfg, tok, lm_tokens(tok, 2))
+    ex = ds.make_example(0, 0)
+    pos = ex.answer.nonzero()[:, 0]
+    assert ex.task_id != LM_TASK_ID and len(tok.decode(ex.ids[pos + 1].tolist(), skip_special_tokens=True).split(",")) == 5
+    # and a sequence too short for the task at any length is plain language modelling
+    cfg = toy(data={"lm_fraction": 0.0, "curriculum": [[0, 320]], "tokens_per_step": 320,
+                    "task_weights": {"variable_tracking": 1.0},
+                    "task_params": {"variable_tracking": {"hops": 4, "chains": 4}}})
+    ex = StreamDataset(cfg, tok, lm_tokens(tok, 2)).make_example(0, 0)
+    assert ex.task_id == LM_TASK_ID and not ex.answer.any() and ex.ids.shape == (321,)
+
+
 def test_sigterm_checkpoints_and_stops(tmp_path):
     import os
     import signal

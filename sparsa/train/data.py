@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..eval.tasks import get_task, list_tasks
+from ..eval.tasks.base import FitError
 from .config import DataConfig, TrainConfig, draw_params, param_extremes
 
 LM_TASK_ID = -1
@@ -142,6 +143,7 @@ class StreamDataset(torch.utils.data.Dataset):
         w: list[float] = []
         ans: list[bool] = []
         task_id = LM_TASK_ID
+        inst = None
         if self.tasks and rng.random() >= d.lm_fraction:
             feasible = [(t, wt, tid, tp) for t, wt, tid, tp in
                         zip(self.tasks, self.task_weights, self.task_ids, self.task_params)
@@ -152,7 +154,10 @@ class StreamDataset(torch.utils.data.Dataset):
                     task = dataclasses.replace(task, **draw_params(params, rng))
                 room = L - task.max_new_tokens(L) - 2
                 target = max(task.min_length, int(rng.uniform(*d.length_fraction) * room))
-                inst = task.generate(target, rng.randrange(2**31), self.tok, split="train")
+                inst = _generate_fitting(task, target, room, rng.randrange(2**31), self.tok)
+            if inst is None:
+                task_id = LM_TASK_ID
+            else:
                 prompt = self.tok.encode(inst.prompt, add_special_tokens=False).ids
                 answer = self.tok.encode(" " + inst.answer_text, add_special_tokens=False).ids + [self.eos]
                 answer = answer[:L - len(prompt)]
@@ -171,6 +176,18 @@ class StreamDataset(torch.utils.data.Dataset):
             ans += [False] * rest
         return Example(torch.tensor(ids[:L + 1], dtype=torch.long), torch.tensor(w[:L], dtype=torch.float32),
                        torch.tensor(ans[:L], dtype=torch.bool), task_id)
+
+
+def _generate_fitting(task: Any, target: int, room: int, seed: int, tok: Any) -> Any:
+    """``task``'s instance at ``target`` tokens; if its fixed parts need more (drawn parameters such
+    as many chains can), at ``room`` tokens; None if it fits in neither (the sequence is then pure
+    language modelling)."""
+    for n in dict.fromkeys((target, room)):
+        try:
+            return task.generate(n, seed, tok, split="train")
+        except FitError:
+            continue
+    return None
 
 
 def _with_repeats(rng: random.Random, text: list[int]) -> list[int]:
