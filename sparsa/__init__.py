@@ -11,11 +11,13 @@ from .methods.dense import Dense
 from .methods.flexprefill import FlexPrefill
 from .methods.h2o import H2O
 from .methods.nsa import NSA
+from .methods.per_head import PerHead
 from .methods.quest import Quest
 from .methods.sliding_window import SlidingWindow
 from .methods.snapkv import SnapKV
 from .methods.streaming import Streaming
 from .methods.vertical_slash import VerticalSlash
+from .patterns import load_head_patterns
 
 __version__ = "0.1.0"
 
@@ -31,5 +33,5 @@ def apply(model: Any, prefill: Any = None, *args: Any, **kwargs: Any) -> Any:
 
 
 __all__ = ["AdaSnapKV", "AttentionStats", "BigBird", "BlockSparse", "DecodeMethod", "Dense", "FlexPrefill", "H2O",
-           "Method", "NSA", "Quest", "SlidingWindow", "SnapKV", "Streaming", "VerticalSlash", "__version__", "apply",
-           "attention", "get_method", "list_methods", "register"]
+           "Method", "NSA", "PerHead", "Quest", "SlidingWindow", "SnapKV", "Streaming", "VerticalSlash", "__version__", "apply",
+           "attention", "get_method", "list_methods", "load_head_patterns", "register"]

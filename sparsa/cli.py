@@ -99,6 +99,54 @@ def train(
     typer.echo(res.message)
 
 
+@app.command("search-patterns")
+def search_patterns(
+    out: str = typer.Option(..., "--out", help="Pattern file to write (JSON)."),
+    model: str = typer.Option(None, "--model", help="HuggingFace model directory (default: the embedded sparsa-tiny)."),
+    compression: float = typer.Option(10.0, "--compression", min=1.0, help="Prefill target every candidate runs at."),
+    candidate: list[str] = typer.Option(None, "--candidate", "-c",
+                                        help="Candidate methods (repeatable; default streaming vertical_slash "
+                                             "block_sparse)."),
+    task: str = typer.Option("niah_multikey", "--task", help="Task whose instance is the calibration prompt."),
+    length: int = typer.Option(4096, "--length", min=64, help="Calibration prompt length in tokens."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the calibration instance."),
+    device: str = typer.Option(None, "--device", help="cpu, cuda, ... (default: cuda if present)."),
+) -> None:
+    """Assign each attention head the candidate pattern closest to dense attention (MInference-style offline search).
+
+    Use the file with ``sparsa.apply(model, layers=sparsa.patterns.load_head_patterns(FILE))``.
+    """
+    from .eval.models import load_model, resolve_model_path
+    from .eval.tasks import generate, list_tasks
+    from .integrations.hf.search import search_head_patterns
+    from .methods.registry import method_class
+    from .patterns import DEFAULT_CANDIDATES, summary, write_patterns, read_patterns
+
+    names = list(candidate) if candidate else list(DEFAULT_CANDIDATES)
+    for n in names:
+        try:
+            method_class(n)
+        except ValueError as e:
+            raise typer.BadParameter(str(e), param_hint="--candidate") from None
+    if task not in list_tasks():
+        raise typer.BadParameter(f"{task!r}: choose from {list_tasks()}", param_hint="--task")
+    try:
+        path = resolve_model_path(model)
+        lm, tok = load_model(path, device=device)
+        inst = generate(task, length, seed, tok, split="train")
+        ids = tok(inst.prompt, return_tensors="pt").input_ids
+        layers, specs = search_head_patterns(lm, ids, compression=compression, candidates=names)
+    except (ValueError, FileNotFoundError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    calib = {"model": str(model or "sparsa-tiny"), "task": task, "length": length, "tokens": int(ids.shape[1]),
+             "seed": seed}
+    write_patterns(out, layers, compression=compression, candidates=specs, calibration=calib)
+    counts = summary(read_patterns(out))
+    typer.echo(f"wrote {out}: {len(layers)} layers; heads per method: "
+               + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+
+
 bench_app = typer.Typer(no_args_is_help=True, help="GPU benchmarks against dense attention (results as JSON).")
 app.add_typer(bench_app, name="bench")
 
