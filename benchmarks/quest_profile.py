@@ -138,7 +138,7 @@ def main() -> None:
             return kt.quest_page_scores_triton(q, c.kmin, c.kmax, c.page_table, c.seq_lens, PAGE, max_pages=cur,
                                                scale=c.kscale)
         key = "quest_scores" if bounds == "int8" else "quest_scores_native"
-        t_sc, var_sc = sweep("quest_scores", SCORE_VARIANTS, scores, SWEEP_S[key] * share)
+        t_sc, var_sc = sweep(key, SCORE_VARIANTS, scores, SWEEP_S[key] * share)
         s = scores()
         if "select" not in swept:
             swept["select"] = sweep("quest_select", SELECT_VARIANTS,
@@ -162,7 +162,7 @@ def main() -> None:
             "scores_us": t_sc * 1e3, "scores_gbps": sc_bytes / t_sc / 1e6, "select_us": t_sel * 1e3,
             "attention_us": t_att * 1e3, "attention_gbps": att_bytes / t_att / 1e6, "step_us": t_step * 1e3,
             "speedup": {n: t / (t_step * 1e3) for n, t in base.items()},
-            "launch": {"quest_scores": var_sc, "quest_select": var_sel, "paged": var_att},
+            "launch": {key: var_sc, "quest_select": var_sel, "paged": var_att},
             "compression": stats.compression, "bytes_read": stats.bytes_read, "cache_bytes": c.nbytes()}
         torch.cuda.empty_cache()
     print(f"\n{'bounds':<7}{'scores us':>10}{'GB/s':>7}{'select us':>10}{'attn us':>9}{'GB/s':>7}"

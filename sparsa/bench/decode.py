@@ -410,11 +410,12 @@ def tune_kernels(deadline: float) -> dict[str, Any]:
         q, c.k, c.v, c.page_table, c.seq_lens, plist, nlist, page_size=ps), deadline, label="tune paged")
     if best:
         chosen["paged"] = best[1]
-    best = sweep_launch("quest_scores", QUEST_SCORE_VARIANTS, lambda: kt.quest_page_scores_triton(
+    kind = "quest_scores" if c.bounds == "int8" else "quest_scores_native"
+    best = sweep_launch(kind, QUEST_SCORE_VARIANTS, lambda: kt.quest_page_scores_triton(
         q, c.kmin, c.kmax, c.page_table, c.seq_lens, ps, max_pages=bound, scale=c.kscale), deadline,
-        label=f"tune quest_scores ({c.bounds} bounds)")
+        label=f"tune {kind} ({c.bounds} bounds)")
     if best:
-        chosen["quest_scores"] = best[1]
+        chosen[kind] = best[1]
     t_score = best[0] if best else graph_ms(lambda: kt.quest_page_scores_triton(
         q, c.kmin, c.kmax, c.page_table, c.seq_lens, ps, max_pages=bound, scale=c.kscale))
     t_sel = graph_ms(lambda: kt.quest_select_triton(s, c.seq_lens, ps, dec.n_select, 257))

@@ -548,14 +548,16 @@ def test_quest_scores_all_heads_padded_rows_and_launch_default(h, hkv, dtype):
             torch.testing.assert_close(tri[fin], per_head[fin], atol=1e-4, rtol=1e-5)
         part = quest_page_scores_triton(q, kmin, kmax, table, seq, page, scale=scale, max_pages=7, all_heads=True)
         assert part.shape[-1] == 7 and torch.equal(torch.isinf(part), torch.isinf(ref[..., :7]))
-    saved = dict(LAUNCH["quest_scores"])
+    kind = "quest_scores" if dtype == torch.int8 else "quest_scores_native"   # defaults by bounds dtype
+    saved = dict(LAUNCH[kind])
     try:
-        set_launch_defaults("quest_scores", all_heads=1, pages_per_prog=4, tile_bytes=2048)
-        tri = quest_page_scores_triton(q, kmin, kmax, table, seq, page, scale=scale)
-        torch.testing.assert_close(tri[fin], ref[fin], atol=1e-4, rtol=1e-5)
-        assert torch.equal(torch.isinf(ref), torch.isinf(tri))
+        for all_heads in (1, 0):
+            set_launch_defaults(kind, all_heads=all_heads, pages_per_prog=4, tile_bytes=2048)
+            tri = quest_page_scores_triton(q, kmin, kmax, table, seq, page, scale=scale)
+            torch.testing.assert_close(tri[fin], ref[fin], atol=1e-4, rtol=1e-5)
+            assert torch.equal(torch.isinf(ref), torch.isinf(tri))
     finally:
-        LAUNCH["quest_scores"].update(saved)
+        LAUNCH[kind].update(saved)
     with pytest.raises(ValueError, match="unknown"):
         set_launch_defaults("quest_scores", all_head=1)
 
