@@ -239,6 +239,22 @@ def _row(method: str, pass_: str, shape: dict[str, int], context: int, compressi
             "baseline_ms": round(baseline_ms, 4), "speedup": round(baseline_ms / ms, 3), "metrics": metrics}
 
 
+def forward_branches(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: torch.Tensor, cfg: NSAConfig, *,
+                     scale: float, interpreted: bool = False) -> dict[str, torch.Tensor]:
+    """One forward pass of the kernels branch by branch, keeping what the branch timings and the
+    backward kernels take: compressed ``kc``/``vc``, ``o_c``/``lse_c``/``idx`` (compression and
+    top-k), ``o_w``/``lse_w`` (window), ``out``/``o_s``/``lse_s`` (selection and the gated mix)."""
+    from ..ops.nsa import triton_fwd as tf
+    length = k.shape[2]
+    kc = compress_blocks(k, cfg).to(k.dtype)
+    vc = compress_blocks(v, cfg).to(v.dtype)
+    o_c, lse_c, idx = tf.cmp_topk_fwd(q, kc, vc, kv_len=length, cfg=cfg, scale=scale, interpreted=interpreted)
+    o_w, lse_w = tf.window_fwd(q, k, v, window=cfg.window, scale=scale, interpreted=interpreted)
+    out, o_s, lse_s = tf.selection_fwd(q, k, v, idx, gates, o_c, o_w, sel_block=cfg.sel_block, scale=scale,
+                                       interpreted=interpreted)
+    return dict(kc=kc, vc=vc, o_c=o_c, lse_c=lse_c, idx=idx, o_w=o_w, lse_w=lse_w, out=out, o_s=o_s, lse_s=lse_s)
+
+
 def bench_prefill(results: ResultsFile, length: int, shape_name: str, *, cfg: NSAConfig = PAPER_CFG,
                   baselines: Sequence[str] = ("sdpa_cudnn", "sdpa_flash"), backward: bool = True,
                   branches: bool = True, budget: Budget | None = None,
@@ -259,12 +275,9 @@ def bench_prefill(results: ResultsFile, length: int, shape_name: str, *, cfg: NS
     ms_fwd = _ms(lambda: nsa_attention_triton(q, k, v, gates, cfg))
     metrics["tflops"] = flops / ms_fwd / 1e9
     if branches:
-        kc = compress_blocks(k, cfg).to(k.dtype)
-        vc = compress_blocks(v, cfg).to(v.dtype)
-        o_c, lse_c, idx = tf.cmp_topk_fwd(q, kc, vc, kv_len=length, cfg=cfg, scale=scale, interpreted=False)
-        o_w, lse_w = tf.window_fwd(q, k, v, window=cfg.window, scale=scale, interpreted=False)
-        _, o_s, lse_s = tf.selection_fwd(q, k, v, idx, gates, o_c, o_w, sel_block=cfg.sel_block, scale=scale,
-                                         interpreted=False)
+        fb = forward_branches(q, k, v, gates, cfg, scale=scale)
+        kc, vc, o_c, lse_c, idx = fb["kc"], fb["vc"], fb["o_c"], fb["lse_c"], fb["idx"]
+        o_w, lse_w, o_s, lse_s = fb["o_w"], fb["lse_w"], fb["o_s"], fb["lse_s"]
         metrics["branch_ms"] = {
             "compress_pool": _ms(lambda: (compress_blocks(k, cfg).to(k.dtype), compress_blocks(v, cfg).to(v.dtype))),
             "cmp_topk": _ms(lambda: tf.cmp_topk_fwd(q, kc, vc, kv_len=length, cfg=cfg, scale=scale,
@@ -437,12 +450,9 @@ def bench_sweep(length: int, shape_name: str, *, cfg: NSAConfig = PAPER_CFG, bud
     shape = SHAPES[shape_name]
     q, k, v, gates, do = nsa_inputs(length, shape)
     scale = shape["head_dim"] ** -0.5
-    kc = compress_blocks(k, cfg).to(k.dtype)
-    vc = compress_blocks(v, cfg).to(v.dtype)
-    o_c, lse_c, idx = tf.cmp_topk_fwd(q, kc, vc, kv_len=length, cfg=cfg, scale=scale, interpreted=False)
-    o_w, _ = tf.window_fwd(q, k, v, window=cfg.window, scale=scale, interpreted=False)
-    _, o_s, lse_s = tf.selection_fwd(q, k, v, idx, gates, o_c, o_w, sel_block=cfg.sel_block, scale=scale,
-                                     interpreted=False)
+    fb = forward_branches(q, k, v, gates, cfg, scale=scale)
+    kc, vc, o_c, lse_c, idx = fb["kc"], fb["vc"], fb["o_c"], fb["lse_c"], fb["idx"]
+    o_w, o_s, lse_s = fb["o_w"], fb["o_s"], fb["lse_s"]
     _, delta = tb.preprocess(do, o_c, o_s, o_w, gates)
     dk = torch.zeros(k.shape, device=q.device, dtype=torch.float32)
     dv = torch.zeros_like(dk)
