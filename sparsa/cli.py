@@ -120,7 +120,7 @@ def search_patterns(
     from .eval.tasks import generate, list_tasks
     from .integrations.hf.search import search_head_patterns
     from .methods.registry import method_class
-    from .patterns import DEFAULT_CANDIDATES, summary, write_patterns, read_patterns
+    from .patterns import DEFAULT_CANDIDATES, summary, write_patterns
 
     names = list(candidate) if candidate else list(DEFAULT_CANDIDATES)
     for n in names:
@@ -142,7 +142,7 @@ def search_patterns(
     calib = {"model": str(model or "sparsa-tiny"), "task": task, "length": length, "tokens": int(ids.shape[1]),
              "seed": seed}
     write_patterns(out, layers, compression=compression, candidates=specs, calibration=calib)
-    counts = summary(read_patterns(out))
+    counts = summary(layers)
     typer.echo(f"wrote {out}: {len(layers)} layers; heads per method: "
                + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
 

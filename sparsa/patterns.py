@@ -25,7 +25,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from .methods.base import Method
+from .methods.base import AttentionStats, Method
 from .methods.per_head import PerHead, head_method
 from .methods.registry import get_method
 
@@ -58,9 +58,10 @@ def head_errors(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, candidates: S
 
 
 def score_layer(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, candidates: Sequence[Mapping[str, Any]], *,
-                scale: float | None = None, backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(:func:`head_errors`, the dense output (B, H, L, D)) in one pass."""
-    dense, _ = get_method("dense")(q, k, v, scale=scale, backend=backend)
+                scale: float | None = None,
+                backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor, AttentionStats]:
+    """(:func:`head_errors`, the dense output (B, H, L, D), its stats) in one pass."""
+    dense, stats = get_method("dense")(q, k, v, scale=scale, backend=backend)
     ref = dense.double()
     norm = ref.pow(2).sum(dim=(0, 2, 3)).sqrt().clamp_min(1e-30)
     errs = torch.empty(q.shape[1], len(candidates), dtype=torch.float64)
@@ -68,7 +69,7 @@ def score_layer(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, candidates: S
         m = head_method(dict(spec), f"candidates[{c}]")
         out, _ = m(q, k, v, scale=scale, backend=backend)
         errs[:, c] = ((out.double() - ref).pow(2).sum(dim=(0, 2, 3)).sqrt() / norm).cpu()
-    return errs, dense
+    return errs, dense, stats
 
 
 def choose(errors: torch.Tensor) -> list[int]:
@@ -132,10 +133,10 @@ def load_head_patterns(path: str | Path) -> dict[int, Method]:
     return out
 
 
-def summary(doc: Mapping[str, Any]) -> dict[str, int]:
-    """How many heads took each candidate method, over all layers."""
+def summary(layers: Mapping[Any, Mapping[str, Any]]) -> dict[str, int]:
+    """How many heads took each candidate method, over all layers (a file's ``layers`` entry)."""
     counts: dict[str, int] = {}
-    for entry in doc["layers"].values():
+    for entry in layers.values():
         for spec in entry["heads"]:
             name = spec if isinstance(spec, str) else (spec or {}).get("method", "dense")
             counts[name] = counts.get(name, 0) + 1

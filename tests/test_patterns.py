@@ -110,7 +110,7 @@ def test_file_roundtrip_and_errors(tmp_path):
     path = write_patterns(tmp_path / "p.json", layers, compression=4, candidates=cands, calibration={"task": "x"})
     assert not (tmp_path / "p.json.tmp").exists()
     doc = read_patterns(path)
-    assert list(doc["layers"]) == ["0", "1"] and summary(doc) == {"dense": 1, "streaming": 2, "block_sparse": 1}
+    assert list(doc["layers"]) == ["0", "1"] and summary(doc["layers"]) == {"dense": 1, "streaming": 2, "block_sparse": 1}
     plans = load_head_patterns(path)
     assert set(plans) == {0, 1} and all(isinstance(p, PerHead) for p in plans.values())
     assert [m is None for m in plans[0]._methods] == [True, False]
@@ -166,7 +166,7 @@ def test_cli_search_patterns(tmp_path):
     r = CliRunner().invoke(app, ["search-patterns", "--out", str(out), "--length", "512", "--device", "cpu",
                                  "--task", "niah_single"])
     assert r.exit_code == 0, r.output
-    assert "wrote" in r.output and sum(summary(read_patterns(out)).values()) == 8 * 4
+    assert "wrote" in r.output and sum(summary(read_patterns(out)["layers"]).values()) == 8 * 4
     assert len(load_head_patterns(out)) == 8
     r = CliRunner().invoke(app, ["search-patterns", "--out", str(out), "--candidate", "nope"])
     assert r.exit_code == 2 and "--candidate" in r.output

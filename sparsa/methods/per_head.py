@@ -94,7 +94,8 @@ class PerHead(Method):
         dense_head = float(causal_pairs(lq, k.shape[2])) * B
         pairs = torch.zeros(H, dtype=torch.float64)
         dense_method = get_method("dense")
-        for m, hs in self.groups():
+        groups = self.groups()
+        for m, hs in groups:
             kv = sorted({h // group for h in hs})
             whole = hs == [g * group + j for g in kv for j in range(group)]
             if whole:   # complete KV groups: keep GQA, read each KV head once
@@ -110,5 +111,5 @@ class PerHead(Method):
             else:
                 pairs[hs] = st.computed / len(hs)
         per_head = dense_head / pairs.clamp_min(1e-30)
-        info = {"groups": [("dense" if m is None else m.name, len(hs)) for m, hs in self.groups()]}
+        info = {"groups": [("dense" if m is None else m.name, len(hs)) for m, hs in groups]}
         return out, AttentionStats(self.name, "prefill", dense_head * H, float(pairs.sum()), per_head, info)

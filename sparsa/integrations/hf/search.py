@@ -28,12 +28,11 @@ class _ScoreLayer(Method):
                 backend: str | None) -> tuple[torch.Tensor, AttentionStats]:
         if q.shape[2] != k.shape[2]:
             raise ValueError("input_ids: the search runs the calibration prompt in one forward (no cache)")
-        errs, out = score_layer(q, k, v, self.candidates, scale=scale, backend=backend)
+        errs, out, stats = score_layer(q, k, v, self.candidates, scale=scale, backend=backend)
         self.sink[self.layer] = errs
         if self.on_done is not None:
             self.on_done()
-        pairs = float(q.shape[2]) * (q.shape[2] + 1) / 2 * q.shape[0] * q.shape[1]
-        return out, AttentionStats("dense", "prefill", pairs, pairs, torch.ones(q.shape[1], dtype=torch.float64))
+        return out, stats
 
 
 def search_head_patterns(model: torch.nn.Module, input_ids: torch.Tensor, *, compression: float = 10.0,
