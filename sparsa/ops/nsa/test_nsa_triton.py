@@ -12,12 +12,15 @@ os.environ["TRITON_INTERPRET"] = "1"          # before any triton-dependent impo
 pytest.importorskip("triton", reason="triton is not installed")
 
 import torch  # noqa: E402
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
 
 from sparsa.ops.nsa import (CompressionParams, NSAConfig, compress_blocks, nsa_attention,  # noqa: E402
                             nsa_attention_ref, nsa_decode, nsa_decode_ref)
 from sparsa.ops.nsa import triton_bwd  # noqa: E402
 from sparsa.ops.nsa.triton import nsa_attention_triton, nsa_decode_triton, unsupported_reason  # noqa: E402
 from sparsa.ops.nsa.triton_bwd import inverted_index  # noqa: E402
+from sparsa.ops.nsa.triton_fwd import _topk_init, _topk_merge  # noqa: E402
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -275,3 +278,31 @@ def test_decode_precompressed_cache_bf16_and_out_of_order_cache():
         nsa_decode_triton(q, k2, v2, gates, PAPER, k_cmp=kc, v_cmp=vc)
     with pytest.raises(ValueError, match="^q: "):
         nsa_decode_triton(q[:, :, None], k, v, gates, PAPER)
+
+
+@triton.jit
+def _merge_kernel(TOP_IN, CAND, OUT, ROWS: tl.constexpr, N: tl.constexpr, NSP: tl.constexpr, NS: tl.constexpr,
+                  PREFILL: tl.constexpr):
+    r = tl.arange(0, ROWS)[:, None]
+    top = _topk_init(ROWS, NSP, NS)
+    if PREFILL:
+        top = _topk_merge(top, tl.load(TOP_IN + r * NSP + tl.arange(0, NSP)[None, :]))
+    top = _topk_merge(top, tl.load(CAND + r * N + tl.arange(0, N)[None, :]))
+    tl.store(OUT + r * NSP + tl.arange(0, NSP)[None, :], top)
+
+
+def test_topk_merge_keeps_the_largest_keys():
+    """Many more candidates than list slots, a list that already holds real keys: the bound on
+    the insertion steps (the list's length) loses nothing."""
+    gen = torch.Generator().manual_seed(0)
+    rows, n, nsp, ns = 4, 64, 8, 5
+    keys = torch.randperm(1 << 20, generator=gen)[:rows * (n + nsp)].view(rows, n + nsp).long()
+    first, cand = keys[:, :nsp].clone(), keys[:, nsp:].clone()
+    first[:, ns:] = -(1 << 40)                     # only ns real keys go into the list first
+    for prefill in (False, True):
+        out = torch.empty(rows, nsp, dtype=torch.long)
+        _merge_kernel[(1,)](first, cand, out, ROWS=rows, N=n, NSP=nsp, NS=ns, PREFILL=prefill)
+        pool = torch.cat([first[:, :ns], cand], 1) if prefill else cand
+        want = pool.topk(ns, 1).values.sort(1).values
+        assert torch.equal(out[:, :ns].sort(1).values, want)
+        assert (out[:, ns:] == torch.iinfo(torch.long).max).all()   # padding slots untouched

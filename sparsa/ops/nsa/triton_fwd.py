@@ -21,7 +21,7 @@ Top-k keys are int64: the float32 bit pattern of the (non-negative) block score 
 word, ``2**31 - 1 - block`` in the low word, so comparing keys orders by score and, on ties,
 by lower block first, like the reference's stable sort; forced blocks score ``+inf``. The
 running list is kept unsorted and updated by insertion (:func:`_topk_merge`): only as many
-steps as a tile has candidates above the list's minimum.
+steps as a tile has candidates above the list's minimum, and never more than the list's length.
 """
 from __future__ import annotations
 
@@ -78,9 +78,13 @@ def _topk_merge(top, cand):
 
     Repeatedly moves each row's largest candidate into the slot of its smallest kept key while
     it is larger; the loop runs as many times as the row with the most candidates above its
-    current minimum needs. Keys are distinct, so each step touches one slot per row.
+    current minimum needs, and at most the list's length: candidates arrive in descending order,
+    so an inserted one is never evicted by a later one and, once the list holds only inserted
+    keys, no further candidate beats its minimum. Keys are distinct, so each step touches one
+    slot per row.
     """
     n_ins = tl.max(tl.sum((cand > tl.min(top, 1)[:, None]).to(tl.int32), 1), 0)
+    n_ins = tl.minimum(n_ins, top.shape[1])
     for _ in range(n_ins):
         c_max = tl.max(cand, 1)
         t_min = tl.min(top, 1)
