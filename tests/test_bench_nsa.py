@@ -29,3 +29,27 @@ def test_forward_branches_make_the_full_forward(h, hkv):
     for name in ("lse_c", "lse_w", "lse_s"):   # lse_c is +inf on rows before the first compressed token
         assert fb[name].shape == (1, h, 70)
     assert torch.isfinite(fb["lse_w"]).all() and torch.isfinite(fb["lse_s"]).all()
+
+
+def test_plot_shows_the_latest_run(tmp_path):
+    import json
+
+    from sparsa.bench.nsa import plot_svg
+
+    def row(pass_, speedup, run):
+        return {"bench": "nsa", "method": "nsa", "pass": pass_, "context": 65536, "compression": 9.0,
+                "shape": {"batch": 1, "heads": 64, "kv_heads": 4, "head_dim": 128}, "params": {},
+                "ms": 1.0, "baseline": "sdpa_cudnn", "baseline_ms": speedup, "speedup": speedup,
+                "metrics": {"run": run}}
+    data = {"device": "dev", "torch": "t", "triton": "tr", "created": "2026-01-02",
+            "runs": {"run1": "2026-01-01", "run2": "2026-01-02"},
+            "rows": [row("fwd", 1.5, "run1"), row("bwd", 1.1, "run1"), row("fwd", 2.5, "run2")]}
+    path = tmp_path / "nsa.json"
+    path.write_text(json.dumps(data))
+    plot_svg(path, tmp_path / "nsa.svg")
+    svg = (tmp_path / "nsa.svg").read_text()
+    assert svg.count("<rect") == 1 and "2.50x" in svg and "1.50x" not in svg
+    del data["runs"]
+    path.write_text(json.dumps(data))
+    plot_svg(path, tmp_path / "nsa.svg")
+    assert (tmp_path / "nsa.svg").read_text().count("<rect") == 3

@@ -580,10 +580,15 @@ def summary(rows: Sequence[dict[str, Any]], log: Callable[[str], None] = print) 
 
 
 def plot_svg(json_path: str | Path, svg_path: str | Path) -> None:
-    """Bar chart of the speedups in a results file (one bar per row), as a dependency-free SVG."""
+    """Bar chart of the speedups in a results file (one bar per row; of a file that keeps several
+    runs under ``runs``, the rows of the latest), as a dependency-free SVG."""
     import json
     data = json.loads(Path(json_path).read_text())
     rows = data["rows"]
+    if data.get("runs"):
+        latest = max(data["runs"], key=data["runs"].get)
+        rows = [r for r in rows if r.get("metrics", {}).get("run") == latest] or rows
+        data = dict(data, created=data["runs"][latest])
     bar_h, left, width = 18, 430, 520
     height = 60 + bar_h * len(rows)
     top = max([r["speedup"] for r in rows] + [1.0])

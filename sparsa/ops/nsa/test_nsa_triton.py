@@ -98,6 +98,19 @@ def test_forward_backward_match_reference_fp32(b, h, hkv, lq, lk, d, cfg):
         assert rel_err(g, rg) <= 1e-4, name
 
 
+@pytest.mark.parametrize("tile_blocks", [32, 64])
+def test_wider_topk_tiles_choose_the_same_blocks(monkeypatch, tile_blocks):
+    """The top-k tile width is a speed knob only: more blocks per tile than list slots, same
+    blocks and outputs."""
+    from sparsa.ops.nsa import triton_fwd
+    monkeypatch.setattr(triton_fwd, "TOPK_TILE_BLOCKS", tile_blocks)
+    q, k, v, gates, _ = inputs(1, 4, 1, 300, 300, 64, seed=11)
+    out, aux = nsa_attention_triton(q, k, v, gates, SMALL, return_aux=True)
+    ref, raux = nsa_attention_ref(q, k, v, gates, SMALL, return_aux=True)
+    assert torch.equal(aux.block_indices, raux.block_indices)
+    assert rel_err(out, ref) <= 1e-4
+
+
 def test_learned_compression_separate_window_kv_and_split_selection_lists(monkeypatch):
     """Gradients reach the compression MLP and k_win/v_win; dK/dV of blocks chosen by many
     queries, and of compressed keys, are summed over several programs (short segments and

@@ -364,9 +364,15 @@ def tile_rows(group: int, rows: int = 128) -> tuple[int, int]:
     return gp, bq
 
 
+# Selection blocks per tile of the compression + top-k pass (at least; at least 64 compressed
+# tokens too). A tile runs at most n_select insertion steps, so wider tiles take fewer steps per
+# block but hold larger score tiles.
+TOPK_TILE_BLOCKS = 16
+
+
 def select_tile(r: int) -> tuple[int, int]:
     """(BS, BC): selection blocks and compressed tokens per tile of the top-k pass."""
-    bs = max(16, 64 // r)
+    bs = max(TOPK_TILE_BLOCKS, 64 // r)
     return bs, bs * r
 
 
