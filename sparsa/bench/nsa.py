@@ -415,8 +415,15 @@ def bench_fla(results: ResultsFile, length: int, check_length: int = 4096, *, ba
     theirs = _fla_call(q, k, v, gates)
     kc, vc = compress_blocks(k, cfg).to(k.dtype).float(), compress_blocks(v, cfg).to(v.dtype).float()
     ref = nsa_attention_ref(q.float(), k.float(), v.float(), gates.float(), cfg, k_cmp=kc, v_cmp=vc)
+    # fla scores with q * scale rounded to bf16 first: on about 1% of rows that swaps one nearly
+    # tied block, which moves those rows a lot. The same rounding in the reference tells such
+    # flips apart from real differences.
+    scale = shape["head_dim"] ** -0.5
+    q_rounded = (q.float() * scale).to(q.dtype).float()
+    ref_rounded = nsa_attention_ref(q_rounded, k.float(), v.float(), gates.float(), cfg, k_cmp=kc, v_cmp=vc,
+                                    scale=1.0)
     checks = {"ours_vs_ref": rel_err(ours, ref), "fla_vs_ref": rel_err(theirs, ref),
-              "ours_vs_fla": rel_err(ours, theirs)}
+              "fla_vs_ref_rounded_q": rel_err(theirs, ref_rounded), "ours_vs_fla": rel_err(ours, theirs)}
     log(f"  fla check at {check_length}: {checks}")
 
     q, k, v, gates, do = nsa_inputs(length, shape, seed=6)
