@@ -39,6 +39,25 @@ def qkv(b, h, hkv, lq, lk, d, dtype, gen):
             torch.randn(b, hkv, lk, d, generator=gen).to(dtype))
 
 
+def spec_and_kernel_layouts(vi, si, lq, lk, bq, exact):
+    """The PyTorch (spec) and Triton conversions of the same lines; asserts they build the same tiles."""
+    spec = prepare_vertical_slash(vi, si, lq, lk, use_triton=False, block_q=bq, exact=exact)
+    fast = prepare_vertical_slash(vi, si, lq, lk, use_triton=True, block_q=bq, exact=exact)
+    assert torch.equal(spec.tiles, fast.tiles)
+    assert torch.equal(spec.clean_count, fast.clean_count)
+    assert torch.equal(spec.masked_count, fast.masked_count)
+    return spec, fast
+
+
+def exact_kernel_matches_reference(q, k, v, vi, si, bq):
+    """Runs the exact kernel on the Triton-built layout against the reference; returns the layout."""
+    layout = prepare_vertical_slash(vi, si, q.shape[2], k.shape[2], use_triton=True, block_q=bq)
+    out = vertical_slash_attention_triton(q, k, v, layout=layout)
+    ref, _ = vertical_slash_attention_ref(q, k, v, vi, si)
+    assert rel_err(out, ref) <= 1e-4
+    return layout
+
+
 CASES = [
     # batch, heads, kv_heads, q_len, kv_len, head_dim, lines per KV head, n_vertical, n_slash, block_q
     (2, 4, 4, 200, 200, 64, False, 12, 16, 64),
@@ -53,11 +72,7 @@ def test_conversion_kernel_matches_spec(b, h, hkv, lq, lk, d, shared, nv, ns, bq
     gen = torch.Generator().manual_seed(lq * 7 + lk)
     vi, si = random_lines(b, hkv if shared else h, lk, nv, ns, gen)
     for exact in (True, False):
-        spec = prepare_vertical_slash(vi, si, lq, lk, use_triton=False, block_q=bq, exact=exact)
-        fast = prepare_vertical_slash(vi, si, lq, lk, use_triton=True, block_q=bq, exact=exact)
-        assert torch.equal(spec.tiles, fast.tiles)
-        assert torch.equal(spec.clean_count, fast.clean_count)
-        assert torch.equal(spec.masked_count, fast.masked_count)
+        spec, fast = spec_and_kernel_layouts(vi, si, lq, lk, bq, exact)
         if not exact:
             assert torch.equal(spec.tile_pairs, fast.tile_pairs)
     # tiles are disjoint and cover every causal pair of every chosen diagonal
@@ -94,11 +109,8 @@ def test_band_with_clean_tiles(bq):
     q, k, v = qkv(b, h, hkv, lq, lk, d, torch.float32, gen)
     si = torch.cat([torch.arange(0, 200), torch.tensor([230, 231, 300])]).expand(b, h, -1)
     vi = torch.tensor([0, 1, 2, 250]).expand(b, h, -1)
-    layout = prepare_vertical_slash(vi, si, lq, lk, use_triton=True, block_q=bq)
+    layout = exact_kernel_matches_reference(q, k, v, vi, si, bq)
     assert int(layout.clean_count.sum()) > 0
-    out = vertical_slash_attention_triton(q, k, v, layout=layout)
-    ref, _ = vertical_slash_attention_ref(q, k, v, vi, si)
-    assert rel_err(out, ref) <= 1e-4
 
 
 def test_superset_semantics_and_bf16():
@@ -165,11 +177,7 @@ def test_runs_of_diagonals_match_spec_and_count_superset_pairs(bq):
     vi = torch.tensor([0, 1, 2, 99, 250, 251, 456]).expand(b, hx, -1).clone()
     vi[0, 1] = -1
     for exact in (True, False):
-        spec = prepare_vertical_slash(vi, si, lq, lk, use_triton=False, block_q=bq, exact=exact)
-        fast = prepare_vertical_slash(vi, si, lq, lk, use_triton=True, block_q=bq, exact=exact)
-        assert torch.equal(spec.tiles, fast.tiles)
-        assert torch.equal(spec.clean_count, fast.clean_count)
-        assert torch.equal(spec.masked_count, fast.masked_count)
+        spec, fast = spec_and_kernel_layouts(vi, si, lq, lk, bq, exact)
     # superset pairs against a brute-force count of (tiles or columns) and causal
     cover = tile_cover_mask(fast)
     causal = torch.arange(lk)[None, :] <= query_positions(lq, lk)[:, None]
@@ -226,10 +234,7 @@ def test_exact_kernel_on_scattered_lines(bq):
     q, k, v = qkv(b, h, hkv, lq, lk, d, torch.float32, gen)
     si = torch.randperm(lk, generator=gen)[:60].expand(b, hkv, -1).contiguous()
     vi = torch.randperm(lk, generator=gen)[:9].expand(b, hkv, -1).contiguous()
-    layout = prepare_vertical_slash(vi, si, lq, lk, use_triton=True, block_q=bq)
-    out = vertical_slash_attention_triton(q, k, v, layout=layout)
-    ref, _ = vertical_slash_attention_ref(q, k, v, vi, si)
-    assert rel_err(out, ref) <= 1e-4
+    exact_kernel_matches_reference(q, k, v, vi, si, bq)
 
 
 def test_superset_dispatch_matches_reference_backend():
