@@ -11,8 +11,8 @@ HEADER = ("The text below hides lines that assign values to variables, each vari
           "five capital letters. A question about them follows the text.\n\n")
 
 
-TEMPLATES = (HEADER, "VAR = VAR", "Question: Which variables are assigned the value, directly or through other "
-             "variables? List them in order of assignment.", "Answer:")
+TEMPLATES = (HEADER, "VAR = VAR", "Question: In order of assignment, which variables are assigned, directly or "
+             "through other variables, the value?", "Answer:")
 
 
 def _names(rng: random.Random, n: int) -> list[str]:
@@ -34,6 +34,11 @@ class VariableTracking(Task):
     the previous one. ``chains`` chains (one asked about, the rest distractors with other
     values), each ``hops`` re-assignments long, placed in order at random depths.
     Answer: the target chain's variables in order of assignment. Metric: set IoU.
+
+    ``name_echo`` (training only, 0 in evaluation): the probability that an assignment line
+    repeats its variable's name after the right-hand side ("VAR B = VAR A B"). Predicting the
+    echo teaches the model to carry a line's name at its value's tokens, the half of the
+    value -> name lookup that the answer loss alone gives no gradient to.
     """
 
     name = "variable_tracking"
@@ -43,6 +48,7 @@ class VariableTracking(Task):
     min_length = 256
     chains: int = 2
     hops: int = 4
+    name_echo: float = 0.0
 
     def max_new_tokens(self, length: int) -> int:
         return 6 * (self.hops + 1) + 8
@@ -50,6 +56,8 @@ class VariableTracking(Task):
     def _build(self, rng, counter, length, split):
         if self.chains < 1 or self.hops < 0:
             raise ValueError(f"chains/hops: need chains >= 1 and hops >= 0, got {self.chains}, {self.hops}")
+        if not 0.0 <= self.name_echo <= 1.0:
+            raise ValueError(f"name_echo: need a probability in [0, 1], got {self.name_echo}")
         names = _names(rng, self.chains * (self.hops + 1))
         values = [str(v) for v in rng.sample(range(10_000, 100_000), self.chains)]
         inserts: list[tuple[float, str]] = []
@@ -59,11 +67,16 @@ class VariableTracking(Task):
             chains.append(chain)
             depths = sorted(rng.random() for _ in chain)
             lines = [f"VAR {chain[0]} = {values[c]}"] + [f"VAR {b} = VAR {a}" for a, b in zip(chain, chain[1:])]
+            if self.name_echo > 0:
+                lines = [f"{line} {name}" if rng.random() < self.name_echo else line
+                         for line, name in zip(lines, chain)]
             inserts.extend(zip(depths, lines))
         inserts.sort(key=lambda x: x[0])
         hay = LineHaystack(rng, split)
-        q = (f"Question: Which variables are assigned the value {values[0]}, directly or through other "
-             "variables? List them in order of assignment.\nAnswer:")
+        # the value ends the question, right before "Answer:" (as a needle's key does): a small
+        # model did not learn to carry it over the dozen tokens of an instruction after it
+        q = (f"Question: In order of assignment, which variables are assigned, directly or through other "
+             f"variables, the value {values[0]}?\nAnswer:")
 
         def build(n: int) -> str:
             return HEADER + "\n".join(insert_at_depths(hay.take(n), inserts)) + "\n\n" + q
