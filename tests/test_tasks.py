@@ -66,9 +66,11 @@ def oracle_niah_multiquery(prompt):
 def oracle_variable_tracking(prompt):
     body, q = _question(prompt)
     value = re.search(r"the value (\d+)\?\nAnswer:$", q).group(1)
+    arrow = re.finditer(r"^(?:(\d+)|VAR ([A-Z]{5})) -> VAR ([A-Z]{5})$", body, flags=re.M)
+    equals = re.finditer(r"^VAR ([A-Z]{5}) = (?:(\d+)|VAR ([A-Z]{5}))$", body, flags=re.M)
+    assigns = [m.groups() for m in arrow] + [(m.group(2), m.group(3), m.group(1)) for m in equals]
     holds, order = set(), []
-    for m in re.finditer(r"^VAR ([A-Z]{5}) = (?:(\d+)|VAR ([A-Z]{5}))$", body, flags=re.M):
-        name, num, src = m.groups()
+    for num, src, name in assigns:  # one notation per prompt, so this is document order
         if num == value or (src is not None and src in holds):
             holds.add(name)
             order.append(name)
@@ -186,15 +188,14 @@ def test_long_context(tok):
 def test_task_parameters(tok):
     inst = generate("variable_tracking", 2048, 0, tok, chains=3, hops=6)
     assert len(inst.answer) == 7 and list(inst.answer) == oracle_variable_tracking(inst.prompt)
-    plain = generate("variable_tracking", 2048, 0, tok, chains=3, hops=6, name_echo=0.0)
-    assert plain == inst  # the training-only echo is off by default and draws nothing when off
-    echoed = generate("variable_tracking", 2048, 0, tok, chains=3, hops=6, name_echo=1.0)
-    lines = re.findall(r"^VAR ([A-Z]{5}) = (?:\d+|VAR [A-Z]{5}) ([A-Z]{5})$", echoed.prompt, flags=re.M)
-    assert len(lines) == 21 and all(a == b for a, b in lines)
-    assert list(echoed.answer) == oracle_variable_tracking(re.sub(r"^(VAR .*) [A-Z]{5}$", r"\1", echoed.prompt,
-                                                                  flags=re.M))
-    with pytest.raises(ValueError, match="name_echo"):
-        generate("variable_tracking", 2048, 0, tok, name_echo=1.5)
+    assert re.search(r"^\d{5} -> VAR [A-Z]{5}$", inst.prompt, flags=re.M)  # arrow notation by default
+    assert not re.search(r"^VAR [A-Z]{5} = ", inst.prompt, flags=re.M)
+    ruler = generate("variable_tracking", 2048, 0, tok, chains=3, hops=6, notation="equals")
+    assert re.search(r"^VAR [A-Z]{5} = VAR [A-Z]{5}$", ruler.prompt, flags=re.M)
+    assert not re.search(r" -> VAR [A-Z]{5}$", ruler.prompt, flags=re.M)
+    assert len(ruler.answer) == 7 and list(ruler.answer) == oracle_variable_tracking(ruler.prompt)
+    with pytest.raises(ValueError, match="notation"):
+        generate("variable_tracking", 2048, 0, tok, notation="colon")
     inst = generate("niah_multikey", 2048, 0, tok, distractors=30)
     assert len(_needles(_question(inst.prompt)[0])) == 31
     with pytest.raises(TypeError, match="not a parameter"):
