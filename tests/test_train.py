@@ -253,3 +253,51 @@ def test_sigterm_checkpoints_and_stops(tmp_path):
     assert res.stopped_by == "SIGTERM" and 2 <= res.step < 200
     assert torch.load(tmp_path / CHECKPOINT, weights_only=False)["step"] == res.step
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_rank_shares_cover_each_step_once():
+    from sparsa.train.data import rank_micro_batches, step_layout
+
+    cfg = toy()
+    for step in (0, 7):
+        _, n, mb = step_layout(cfg.data, step, cfg.steps)
+        for world in (1, 3, 5):
+            shares = [rank_micro_batches(cfg.data, step, cfg.steps, r, world) for r in range(world)]
+            flat = [i for share in shares for batch in share for i in batch]
+            assert flat == list(range(n))
+            assert all(len(batch) <= mb for share in shares for batch in share)
+    assert rank_micro_batches(cfg.data, 7, cfg.steps, 0, 3) == []  # 2 sequences, 3 processes
+
+
+def test_data_parallel_run_matches_one_process(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    # 3 processes on the CPU (gloo) for 3 steps: at 128 tokens (steps 1-2) the shares are 1, 1
+    # and 2 sequences; at 256 (step 3) process 0 has none and still takes part in the gradient
+    # sum. Then one process resumes the run for step 4.
+    recipe = tmp_path / "toy.json"
+    recipe.write_text(json.dumps({**TOY, "steps": 4}))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "3", "--master-port", str(port),
+           "-m", "sparsa", "train", "--recipe", str(recipe), "--out", str(tmp_path / "ddp"), "--device", "cpu",
+           "--max-steps", "3", "--no-card"]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "stopped at step 3/4" in r.stdout
+    assert torch.load(tmp_path / "ddp" / CHECKPOINT, weights_only=False)["step"] == 3
+    train(toy(steps=4), tmp_path / "ddp", resume=True, device="cpu", progress=False)
+    train(toy(steps=4), tmp_path / "one", device="cpu", progress=False)
+    one = torch.load(tmp_path / "one" / CHECKPOINT, weights_only=False)
+    ddp = torch.load(tmp_path / "ddp" / CHECKPOINT, weights_only=False)
+    assert ddp["step"] == one["step"] == 4 and ddp["tokens"] == one["tokens"]
+    for name, w in one["model"].items():
+        assert torch.allclose(ddp["model"][name], w, rtol=1e-4, atol=1e-6), name
+    l1, l2 = _losses(tmp_path / "one"), _losses(tmp_path / "ddp")
+    assert len(l1) == len(l2) == 4  # one log row per step: only process 0 writes
+    assert l2 == pytest.approx(l1, rel=1e-5)

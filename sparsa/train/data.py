@@ -210,24 +210,34 @@ def _with_repeats(rng: random.Random, text: list[int]) -> list[int]:
     return out[:n]
 
 
-class StepSampler(torch.utils.data.Sampler):
-    """Yields the micro-batches [(step, i), ...] of steps ``start`` .. ``stop - 1`` in order."""
+def rank_micro_batches(cfg: DataConfig, step: int, steps: int, rank: int = 0, world: int = 1) -> list[list[int]]:
+    """Indices in ``step`` of the micro-batches process ``rank`` of ``world`` trains on.
 
-    def __init__(self, cfg: TrainConfig, start: int, stop: int):
-        self.cfg, self.start, self.stop = cfg, start, stop
+    The step's sequences are split into ``world`` contiguous shares (sizes differ by at most
+    one; a share may be empty), each cut into micro-batches of the step's micro-batch size.
+    """
+    _, n, mb = step_layout(cfg, step, steps)
+    lo, hi = rank * n // world, (rank + 1) * n // world
+    return [list(range(i, min(hi, i + mb))) for i in range(lo, hi, mb)]
+
+
+class StepSampler(torch.utils.data.Sampler):
+    """Yields the micro-batches [(step, i), ...] of steps ``start`` .. ``stop - 1`` in order
+    (those of process ``rank`` of ``world``)."""
+
+    def __init__(self, cfg: TrainConfig, start: int, stop: int, rank: int = 0, world: int = 1):
+        self.cfg, self.start, self.stop, self.rank, self.world = cfg, start, stop, rank, world
+
+    def _batches(self, step: int) -> list[list[int]]:
+        return rank_micro_batches(self.cfg.data, step, self.cfg.steps, self.rank, self.world)
 
     def __iter__(self):
         for step in range(self.start, self.stop):
-            _, n, mb = step_layout(self.cfg.data, step, self.cfg.steps)
-            for i in range(0, n, mb):
-                yield [(step, j) for j in range(i, min(n, i + mb))]
+            for idx in self._batches(step):
+                yield [(step, j) for j in idx]
 
     def __len__(self) -> int:
-        total = 0
-        for step in range(self.start, self.stop):
-            _, n, mb = step_layout(self.cfg.data, step, self.cfg.steps)
-            total += math.ceil(n / mb)
-        return total
+        return sum(len(self._batches(step)) for step in range(self.start, self.stop))
 
 
 def collate(batch: list[Example]) -> dict[str, Any]:
@@ -244,11 +254,12 @@ def _worker_init(_: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def make_loader(cfg: TrainConfig, dataset: StreamDataset, start: int, stop: int):
-    """DataLoader over the micro-batches of steps [start, stop)."""
+def make_loader(cfg: TrainConfig, dataset: StreamDataset, start: int, stop: int, rank: int = 0, world: int = 1):
+    """DataLoader over the micro-batches of steps [start, stop) (process ``rank``'s share of each)."""
     nw = cfg.data.num_workers
     kw: dict[str, Any] = {}
     if nw > 0:
         kw = {"prefetch_factor": 4, "persistent_workers": False, "worker_init_fn": _worker_init}
-    return torch.utils.data.DataLoader(dataset, batch_sampler=StepSampler(cfg, start, stop), num_workers=nw,
+    return torch.utils.data.DataLoader(dataset, batch_sampler=StepSampler(cfg, start, stop, rank, world),
+                                       num_workers=nw,
                                        collate_fn=collate, pin_memory=torch.cuda.is_available(), **kw)

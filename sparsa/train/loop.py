@@ -1,5 +1,11 @@
 """Training loop: AdamW + cosine schedule, bf16 autocast on CUDA, atomic checkpoints, resume.
 
+Runs on one device, or data-parallel on several when started by ``torchrun`` (one process
+per GPU): each process trains on its share of every step's sequences, the gradients are
+summed over processes and normalised by the step's total loss weight, so a step computes the
+same update as on one device (up to the order of float additions). Process 0 logs,
+evaluates and checkpoints.
+
 Layout of an output directory::
 
     OUT/checkpoint.pt     last checkpoint (model, optimizer, step, RNG states, recipe)
@@ -22,11 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from .config import TrainConfig
-from .data import (LM_TASK_ID, StreamDataset, lm_tokens, load_train_tokenizer, make_loader, special_token_ids,
-                   step_layout)
+from .data import (LM_TASK_ID, StreamDataset, lm_tokens, load_train_tokenizer, make_loader, rank_micro_batches,
+                   special_token_ids, step_layout)
 from .model import build_model, count_parameters, train_flops_per_token
 
 CHECKPOINT = "checkpoint.pt"
@@ -142,6 +149,39 @@ def _device(spec: str | None) -> torch.device:
     return torch.device(spec)
 
 
+def dist_env() -> tuple[int, int, int]:
+    """(rank, world size, local rank) as torchrun sets them; (0, 1, 0) in a plain process."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def _setup_dist(dev: torch.device, world: int, local: int) -> tuple[torch.device, bool]:
+    """Join the process group (NCCL on CUDA, gloo on the CPU) unless already in one; each
+    process takes its local GPU. Returns (device, whether this call created the group)."""
+    if dev.type == "cuda":
+        dev = torch.device("cuda", local)
+        torch.cuda.set_device(dev)
+    created = not dist.is_initialized()
+    if created:
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    if dist.get_world_size() != world:
+        raise RuntimeError(f"WORLD_SIZE is {world} but the process group has {dist.get_world_size()} processes")
+    return dev, created
+
+
+def _all_reduce_grads(model: torch.nn.Module) -> None:
+    """Sum every gradient over the processes (one flat buffer, one collective)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    dist.all_reduce(flat)
+    i = 0
+    for p in params:
+        p.grad.copy_(flat[i:i + p.numel()].view_as(p))
+        i += p.numel()
+
+
 def _truncate_log(path: Path, step: int) -> None:
     """Drop log rows after ``step`` (written after the checkpoint a run resumes from)."""
     if not path.exists():
@@ -174,6 +214,11 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, recipe_text: str | None = No
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path, log_path = out / CHECKPOINT, out / LOG
     dev = _device(device)
+    rank, world, local = dist_env()
+    created_group = False
+    if world > 1:
+        dev, created_group = _setup_dist(dev, world, local)
+    main = rank == 0
     use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and dev.type == "cuda")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if dev.type == "cuda":
@@ -203,15 +248,20 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, recipe_text: str | None = No
         opt.load_state_dict(ck["optimizer"])
         step, elapsed_prev, tokens_seen = ck["step"], ck["elapsed_s"], ck["tokens"]
         _set_rng_state(ck["rng"])
-        _truncate_log(log_path, step)
-    elif log_path.exists():
+        if main:
+            _truncate_log(log_path, step)
+    elif log_path.exists() and main:
         log_path.unlink()  # a run that never reached its first checkpoint starts over
-    if recipe_text is not None and not (out / f"recipe{recipe_suffix}").exists():
+    if main and recipe_text is not None and not (out / f"recipe{recipe_suffix}").exists():
         (out / f"recipe{recipe_suffix}").write_text(recipe_text)
 
     n_params = count_parameters(model)
     fwd_model = torch.compile(model) if cfg.compile and dev.type == "cuda" else model
+    if world > 1 and not main:
+        dist.barrier()  # process 0 tokenizes the corpus into the cache first
     lm = lm_tokens(tok, cfg.data.lm_max_files, cache_dir=out / "cache")
+    if world > 1 and main:
+        dist.barrier()
     dataset = StreamDataset(cfg, tok, lm)
     stop_at = cfg.steps if max_steps is None else min(cfg.steps, step + max_steps)
     t_start = time.perf_counter()
@@ -219,29 +269,32 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, recipe_text: str | None = No
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=cfg.steps, initial=step, desc=cfg.name, disable=not progress, unit="step", dynamic_ncols=True,
-               mininterval=2.0)
+    bar = tqdm(total=cfg.steps, initial=step, desc=cfg.name, disable=not (progress and main), unit="step",
+               dynamic_ncols=True, mininterval=2.0)
     window: dict[str, list[float]] = defaultdict(list)
     per_task: dict[int, list[float]] = defaultdict(list)
     t_window = time.perf_counter()
     tokens_window = 0
-    log_f = open(log_path, "a")
+    log_f = open(log_path, "a") if main else open(os.devnull, "w")
     model.train()
     try:
         with _Stopper() as stopper:
             if step == 0 and stop_at > 0:
                 log_f.write(json.dumps({"step": 0, "event": "start", "parameters": n_params,
                                         "device": str(dev), "bf16": use_bf16}) + "\n")
-            loader = iter(make_loader(cfg, dataset, step, stop_at)) if step < stop_at else iter(())
+            loader = iter(make_loader(cfg, dataset, step, stop_at, rank, world)) if step < stop_at else iter(())
             while step < stop_at:
-                L, n_seq, mb = step_layout(cfg.data, step, cfg.steps)
-                micro = [next(loader) for _ in range(math.ceil(n_seq / mb))]
+                L, n_seq, _ = step_layout(cfg.data, step, cfg.steps)
+                micro = [next(loader) for _ in rank_micro_batches(cfg.data, step, cfg.steps, rank, world)]
                 total_w = sum(float(b["weights"].sum()) for b in micro)
+                if world > 1:
+                    total_w = _all_reduce_floats([total_w], dev)[0]
                 lr = lr_at(cfg, step)
                 for g in opt.param_groups:
                     g["lr"] = lr
                 opt.zero_grad(set_to_none=True)
-                sums = defaultdict(float)
+                sums: dict[str, float] = defaultdict(float)
+                per_task_step: dict[int, list[float]] = defaultdict(list)
                 for b in micro:
                     ids = b["ids"].to(dev, non_blocking=True)
                     w = b["weights"].to(dev, non_blocking=True)
@@ -265,7 +318,12 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, recipe_text: str | None = No
                             sums["ans_n"] += float(a.sum())
                             sums["ans_right"] += float(((logits.argmax(-1) == tgt) & a).sum())
                             for tid, ok in zip(b["task_id"][has.cpu()].tolist(), seq_ok[has].tolist()):
-                                per_task[tid].append(float(ok))
+                                per_task_step[tid].append(float(ok))
+                if world > 1:
+                    _all_reduce_grads(model)
+                    sums, per_task_step = _reduce_stats(sums, per_task_step, dev)
+                for tid, oks in per_task_step.items():
+                    per_task[tid].extend(oks)
                 gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
                 opt.step()
                 step += 1
@@ -297,12 +355,14 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, recipe_text: str | None = No
                     window.clear()
                     per_task.clear()
                     t_window, tokens_window = now, 0
-                if cfg.eval.every and step % cfg.eval.every == 0 and step < cfg.steps:
+                if main and cfg.eval.every and step % cfg.eval.every == 0 and step < cfg.steps:
                     _quick_eval(cfg, model, tok, step, L, log_f, dev, use_bf16)
                 elapsed = time.perf_counter() - t_start
                 if stopper.reason is None and time_limit_s is not None and elapsed >= time_limit_s:
                     stopper.reason = "time_limit"
-                if step % cfg.ckpt_every == 0 or step == stop_at or stopper.reason is not None:
+                if world > 1:  # every process stops after the same step, for process 0's reason
+                    stopper.reason = _agree_on_stop(stopper.reason, dev)
+                if main and (step % cfg.ckpt_every == 0 or step == stop_at or stopper.reason is not None):
                     _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
                                   "elapsed_s": elapsed_prev + elapsed, "tokens": tokens_seen,
                                   "rng": _rng_state(), "recipe": cfg.to_dict(), "tokenizer_sha256": _sha(tok)},
@@ -316,8 +376,46 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, recipe_text: str | None = No
     finally:
         bar.close()
         log_f.close()
+    if world > 1:
+        dist.barrier()  # the last checkpoint is written before any process returns
+        if created_group:
+            dist.destroy_process_group()
     model.eval()
     return TrainResult(out, step, step >= cfg.steps, stopped_by, model, tok)
+
+
+_STOP_REASONS = (None, "time_limit", "SIGTERM", "SIGINT")
+
+
+def _agree_on_stop(reason: str | None, dev: torch.device) -> str | None:
+    """The stop reason every process uses: process 0's if it has one, else any process's."""
+    codes = torch.zeros(dist.get_world_size(), device=dev)
+    codes[dist.get_rank()] = _STOP_REASONS.index(reason)
+    dist.all_reduce(codes)
+    nonzero = [int(c) for c in codes.tolist() if c]
+    if not nonzero:
+        return None
+    return _STOP_REASONS[int(codes[0])] if codes[0] else _STOP_REASONS[nonzero[0]]
+
+
+def _all_reduce_floats(values: list[float], dev: torch.device) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=dev)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def _reduce_stats(sums: dict[str, float], per_task: dict[int, list[float]],
+                  dev: torch.device) -> tuple[dict[str, float], dict[int, list[float]]]:
+    """Step statistics summed over the processes; per-task results gathered (order: by process)."""
+    keys = ("loss", "lm_ce", "lm_n", "ans_ce", "ans_n", "ans_right")
+    total = dict(zip(keys, _all_reduce_floats([sums.get(k, 0.0) for k in keys], dev)))
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, dict(per_task))
+    merged: dict[int, list[float]] = defaultdict(list)
+    for part in gathered:
+        for tid, oks in part.items():
+            merged[tid].extend(oks)
+    return total, merged
 
 
 def _quick_eval(cfg: TrainConfig, model, tok, step: int, seq_len: int, log_f, dev: torch.device,

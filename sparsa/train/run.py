@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import load_recipe
-from .loop import estimate_flops, train
+from .loop import dist_env, estimate_flops, train
 from .model import count_parameters
 
 
@@ -42,6 +42,9 @@ def run(recipe: str | Path, out_dir: str | Path, *, resume: bool = False, max_st
     res = train(cfg, out_dir, recipe_text=text, recipe_suffix=recipe.suffix, resume=resume, max_steps=max_steps,
                 time_limit_s=time_limit_s, device=device, progress=progress)
     out = Path(out_dir)
+    rank = dist_env()[0]
+    if rank != 0:  # data-parallel run: process 0 exports and evaluates
+        return RunResult(out, res.step, res.finished, None, False, f"process {rank}: trained to step {res.step}")
     if not res.finished:
         return RunResult(out, res.step, False, None, False,
                          f"stopped at step {res.step}/{cfg.steps} ({res.stopped_by}); continue with --resume")
