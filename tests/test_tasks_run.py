@@ -59,6 +59,24 @@ def test_evaluate_scores_and_resumes(tok, tmp_path):
     assert model3.calls == 2
 
 
+def test_sharded_evaluation_fills_one_file(tok, tmp_path):
+    from sparsa.eval.run import shard_cells
+
+    cells = [(t, L) for t in ("a", "b", "c") for L in (512, 1024, 4096)]
+    shares = [shard_cells(cells, i, 4) for i in range(4)]
+    assert sorted(c for s in shares for c in s) == sorted(cells)
+    loads = [sum(L for _, L in s) for s in shares]
+    assert loads == [4608, 4096, 4096, 4096]  # 4096s dealt first, then 1024s and 512s to the lightest
+    out = tmp_path / "rows.jsonl"
+    tasks, lengths = ["niah_single", "niah_multikey"], [512, 1024]
+    parts = [evaluate(NeedleOracle(), tok, tasks, lengths, 2, seed=3, out=out, progress=False, shard=(i, 3))
+             for i in range(3)]
+    assert sorted(len(p) for p in parts) == [2, 2, 4]
+    model = NeedleOracle()
+    rows = evaluate(model, tok, tasks, lengths, 2, seed=3, out=out, progress=False)
+    assert model.calls == 0 and len(rows) == 8 and len(read_rows(out)) == 8
+
+
 def test_evaluate_time_limit_and_errors(tok):
     rows = evaluate(NeedleOracle(), tok, ["niah_single"], [512], 4, progress=False, time_limit_s=0.0)
     assert rows == []

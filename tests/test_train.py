@@ -279,7 +279,8 @@ def test_data_parallel_run_matches_one_process(tmp_path):
     # and 2 sequences; at 256 (step 3) process 0 has none and still takes part in the gradient
     # sum. Then one process resumes the run for step 4.
     recipe = tmp_path / "toy.json"
-    recipe.write_text(json.dumps({**TOY, "steps": 4}))
+    card = {"tasks": ["niah_single", "niah_multikey"], "lengths": [256, 384], "samples": 2, "batch_size": 2}
+    recipe.write_text(json.dumps({**TOY, "steps": 4, "card": card}))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -301,3 +302,12 @@ def test_data_parallel_run_matches_one_process(tmp_path):
     l1, l2 = _losses(tmp_path / "one"), _losses(tmp_path / "ddp")
     assert len(l1) == len(l2) == 4  # one log row per step: only process 0 writes
     assert l2 == pytest.approx(l1, rel=1e-5)
+    # the finished run resumed by 3 processes: process 0 exports, each evaluates a share of the
+    # card's 4 cells (one process gets none), process 0 writes the card from all the rows
+    r = subprocess.run(cmd[:-3] + ["--resume"], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "model card complete" in r.stdout
+    rows = [json.loads(x) for x in (tmp_path / "ddp" / "card_eval.jsonl").read_text().splitlines()]
+    assert sorted((x["task"], x["length"], x["sample"]) for x in rows) == sorted(
+        (t, L, i) for t in card["tasks"] for L in card["lengths"] for i in range(2))
+    assert "niah_multikey" in (tmp_path / "ddp" / "model" / "README.md").read_text()

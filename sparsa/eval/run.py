@@ -53,8 +53,22 @@ def read_rows(path: str | Path) -> list[Row]:
     return rows
 
 
-def _drop_partial_line(path: Path) -> None:
+def shard_cells(cells: Sequence[tuple[str, int]], index: int, count: int) -> list[tuple[str, int]]:
+    """The (task, length) cells shard ``index`` of ``count`` evaluates: cells are dealt longest
+    first to the shard with the least work so far (work ~ length), the same on every process."""
+    load = [0] * count
+    mine = []
+    for cell in sorted(cells, key=lambda c: (-c[1], c[0])):
+        j = min(range(count), key=lambda k: (load[k], k))
+        load[j] += cell[1]
+        if j == index:
+            mine.append(cell)
+    return mine
+
+
+def drop_partial_line(path: str | Path) -> None:
     """Cut an unfinished last line (an interrupted write) so appended rows start on a new line."""
+    path = Path(path)
     if not path.exists():
         return
     data = path.read_bytes()
@@ -109,7 +123,8 @@ def _hf_generate(model: Any, tokenizer: Any, prompts: list[list[int]], max_new_t
 def evaluate(model: Any, tokenizer: Any, tasks: Sequence[str] | Mapping[str, Mapping[str, Any]] | None,
              lengths: Sequence[int], n_samples: int, seed: int = 0, *, out: str | Path | None = None,
              batch_size: int = 1, split: str = "eval", progress: bool = True,
-             extra: Mapping[str, Any] | None = None, time_limit_s: float | None = None) -> list[Row]:
+             extra: Mapping[str, Any] | None = None, time_limit_s: float | None = None,
+             shard: tuple[int, int] | None = None) -> list[Row]:
     """Generate greedy answers for tasks x lengths x samples and score them.
 
     model: a HuggingFace causal LM (anything with ``generate`` and ``parameters``) or a callable
@@ -124,6 +139,10 @@ def evaluate(model: Any, tokenizer: Any, tasks: Sequence[str] | Mapping[str, Map
     extra: constant fields added to every row (e.g. the method and its compression).
     time_limit_s: start no new batch after this many seconds (the rows so far are kept; a
         later call with the same ``out`` continues).
+    shard: (index, count): evaluate only this process's share of the (task, length) cells (see
+        :func:`shard_cells`), for several processes appending to one ``out`` (each row is one
+        write); the caller drops a partial last line of ``out`` (:func:`drop_partial_line`)
+        before any process starts.
 
     Returns the rows of the grid done so far (loaded and new; all of them unless stopped by
     ``time_limit_s``), each
@@ -157,6 +176,9 @@ def evaluate(model: Any, tokenizer: Any, tasks: Sequence[str] | Mapping[str, Map
                 raise ValueError(f"out: {out} holds results of another seed ({r.get('seed')} for sample "
                                  f"{sample}); use another file or the same seed")
     grid = [(n, L, s) for n in task_objs for L in lengths for s in range(n_samples)]
+    if shard is not None:
+        mine = set(shard_cells([(n, L) for n in task_objs for L in lengths], *shard))
+        grid = [k for k in grid if k[:2] in mine]
     todo = [k for k in grid if k not in done]
 
     from tqdm.auto import tqdm
@@ -165,8 +187,9 @@ def evaluate(model: Any, tokenizer: Any, tasks: Sequence[str] | Mapping[str, Map
     fh = None
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        _drop_partial_line(Path(out))
-        fh = open(out, "a")
+        if shard is None:
+            drop_partial_line(out)
+        fh = open(out, "a", buffering=1 << 20)  # a row reaches the file in one write (at its flush)
     counter = TokenCounter(tokenizer)
     t_start = time.perf_counter()
     try:

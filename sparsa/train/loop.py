@@ -154,18 +154,17 @@ def dist_env() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
 
 
-def _setup_dist(dev: torch.device, world: int, local: int) -> tuple[torch.device, bool]:
-    """Join the process group (NCCL on CUDA, gloo on the CPU) unless already in one; each
-    process takes its local GPU. Returns (device, whether this call created the group)."""
+def _setup_dist(dev: torch.device, world: int, local: int) -> torch.device:
+    """Join the default process group (NCCL on CUDA, gloo on the CPU) unless already in one;
+    each process takes its local GPU. The group stays for the caller (``run`` evaluates with it)."""
     if dev.type == "cuda":
         dev = torch.device("cuda", local)
         torch.cuda.set_device(dev)
-    created = not dist.is_initialized()
-    if created:
+    if not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     if dist.get_world_size() != world:
         raise RuntimeError(f"WORLD_SIZE is {world} but the process group has {dist.get_world_size()} processes")
-    return dev, created
+    return dev
 
 
 def _all_reduce_grads(model: torch.nn.Module) -> None:
@@ -215,9 +214,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, recipe_text: str | None = No
     ckpt_path, log_path = out / CHECKPOINT, out / LOG
     dev = _device(device)
     rank, world, local = dist_env()
-    created_group = False
     if world > 1:
-        dev, created_group = _setup_dist(dev, world, local)
+        dev = _setup_dist(dev, world, local)
     main = rank == 0
     use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and dev.type == "cuda")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -378,8 +376,6 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, recipe_text: str | None = No
         log_f.close()
     if world > 1:
         dist.barrier()  # the last checkpoint is written before any process returns
-        if created_group:
-            dist.destroy_process_group()
     model.eval()
     return TrainResult(out, step, step >= cfg.steps, stopped_by, model, tok)
 

@@ -41,56 +41,86 @@ def run(recipe: str | Path, out_dir: str | Path, *, resume: bool = False, max_st
     cfg, text = load_recipe(recipe)
     res = train(cfg, out_dir, recipe_text=text, recipe_suffix=recipe.suffix, resume=resume, max_steps=max_steps,
                 time_limit_s=time_limit_s, device=device, progress=progress)
-    out = Path(out_dir)
-    rank = dist_env()[0]
-    if rank != 0:  # data-parallel run: process 0 exports and evaluates
-        return RunResult(out, res.step, res.finished, None, False, f"process {rank}: trained to step {res.step}")
+    rank, world, local = dist_env()
+    try:
+        return _finish(res, cfg, text, recipe, t0, time_limit_s, device, card, progress, rank, world, local)
+    finally:
+        if world > 1:
+            import torch.distributed as dist
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+def _finish(res, cfg, text: str, recipe: Path, t0: float, time_limit_s: float | None, device: str | None,
+            card: bool, progress: bool, rank: int, world: int, local: int) -> RunResult:
+    """Export the trained model and evaluate it for its card; with several processes (torchrun),
+    process 0 exports and writes the card, every process evaluates a share of the cells."""
+    out = Path(res.out_dir)
     if not res.finished:
-        return RunResult(out, res.step, False, None, False,
-                         f"stopped at step {res.step}/{cfg.steps} ({res.stopped_by}); continue with --resume")
+        msg = f"stopped at step {res.step}/{cfg.steps} ({res.stopped_by}); continue with --resume"
+        return RunResult(out, res.step, False, None, False, msg if rank == 0 else f"process {rank}: {msg}")
 
     import json
 
     import torch
 
     from ..eval.models import load_model
-    from ..eval.run import evaluate, read_rows
+    from ..eval.run import drop_partial_line, evaluate, read_rows
     from ..eval.tasks import list_tasks
     from .card import model_card
     from .export import export_hf
 
-    ck = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
-    vocab = res.tokenizer.get_vocab_size()
-    fl = estimate_flops(cfg, vocab)
-    train_info = {"steps": cfg.steps, "tokens": f"{fl['tokens'] / 1e6:.3g}M",
-                  "training FLOPs": f"{fl['flops']:.2e}", "wall time": f"{ck['elapsed_s'] / 60:.1f} min",
-                  "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
-    log = out / "log.jsonl"
-    if log.exists():
-        last = [json.loads(x) for x in log.read_text().splitlines() if '"loss"' in x]
-        if last:
-            train_info["final loss"] = f"{last[-1]['loss']:.3f}"
-    params = count_parameters(res.model)
+    def barrier() -> None:
+        if world > 1:
+            import torch.distributed as dist
+            dist.barrier()
+
     model_dir = out / "model"
     rows_path = out / "card_eval.jsonl"
-    card_kw = dict(recipe_text=text, recipe_file=_display_path(recipe), params=params,
-                   model_cfg=cfg.to_dict()["model"], data_cfg=cfg.to_dict()["data"], train_info=train_info,
-                   vocab_size=vocab)
+    write = None
+    if rank == 0:
+        ck = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
+        vocab = res.tokenizer.get_vocab_size()
+        fl = estimate_flops(cfg, vocab)
+        train_info = {"steps": cfg.steps, "tokens": f"{fl['tokens'] / 1e6:.3g}M",
+                      "training FLOPs": f"{fl['flops']:.2e}", "wall time": f"{ck['elapsed_s'] / 60:.1f} min",
+                      "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
+        if world > 1:
+            train_info["device"] = f"{world} x {train_info['device']}"
+        log = out / "log.jsonl"
+        if log.exists():
+            last = [json.loads(x) for x in log.read_text().splitlines() if '"loss"' in x]
+            if last:
+                train_info["final loss"] = f"{last[-1]['loss']:.3f}"
+        card_kw = dict(recipe_text=text, recipe_file=_display_path(recipe), params=count_parameters(res.model),
+                       model_cfg=cfg.to_dict()["model"], data_cfg=cfg.to_dict()["data"], train_info=train_info,
+                       vocab_size=vocab)
 
-    def write(rows):
-        return export_hf(res.model, cfg.data.tokenizer, model_dir, rope_theta=cfg.model.rope_theta,
-                         recipe_text=text, recipe_name=recipe.name,
-                         card=model_card(cfg.name, rows=rows, samples=cfg.card.samples, **card_kw))
+        def write(rows):
+            return export_hf(res.model, cfg.data.tokenizer, model_dir, rope_theta=cfg.model.rope_theta,
+                             recipe_text=text, recipe_name=recipe.name,
+                             card=model_card(cfg.name, rows=rows, samples=cfg.card.samples, **card_kw))
 
-    write(read_rows(rows_path) if rows_path.exists() else None)
+        write(read_rows(rows_path) if rows_path.exists() else None)
+        drop_partial_line(rows_path)
+    barrier()  # the export exists before any process loads it
     if not card:
-        return RunResult(out, res.step, True, model_dir, False, f"exported {model_dir} (no card evaluation)")
+        msg = f"exported {model_dir} (no card evaluation)"
+        return RunResult(out, res.step, True, model_dir, False, msg if rank == 0 else f"process {rank}: done")
     c = cfg.card
+    if world > 1 and torch.cuda.is_available() and device in (None, "cuda"):
+        device = f"cuda:{local}"
     model, tok = load_model(model_dir, device=device)
     left = None if time_limit_s is None else max(0.0, time_limit_s - (time.perf_counter() - t0))
     tasks = c.tasks or list_tasks()
-    rows = evaluate(model, tok, tasks, c.lengths, c.samples, seed=c.seed, out=rows_path, batch_size=c.batch_size,
-                    progress=progress, time_limit_s=left)
+    kw = dict(seed=c.seed, out=rows_path, batch_size=c.batch_size)
+    rows = evaluate(model, tok, tasks, c.lengths, c.samples, progress=progress and rank == 0, time_limit_s=left,
+                    shard=(rank, world) if world > 1 else None, **kw)
+    barrier()  # every share is in the file
+    if rank != 0:
+        return RunResult(out, res.step, True, model_dir, False, f"process {rank}: evaluated its share")
+    if world > 1:  # the rows all processes wrote (time limit 0: reads them, starts no new batch)
+        rows = evaluate(model, tok, tasks, c.lengths, c.samples, progress=False, time_limit_s=0.0, **kw)
     complete = len(rows) == len(tasks) * len(c.lengths) * c.samples
     write(rows)
     msg = f"exported {model_dir}; model card " + ("complete" if complete else
