@@ -65,5 +65,5 @@ def test_shipped_tokenizer_is_reproduced_by_its_trainer(tmp_path):
     meta = json.loads(TOKENIZER_PATH.with_name("tokenizer.meta.json").read_text())
     if meta["python"] != platform.python_version():
         pytest.skip(f"tokenizer trained on Python {meta['python']}; its stdlib differs from this one's")
-    train_tokenizer(meta["vocab_size"], out=tmp_path / "tokenizer.json")
+    train_tokenizer(meta["vocab_size"], out=tmp_path / "tokenizer.json", words=meta["supplement_words"])
     assert (tmp_path / "tokenizer.json").read_text() == TOKENIZER_PATH.read_text()

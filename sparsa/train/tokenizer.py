@@ -1,7 +1,8 @@
 """Train sparsa's byte-level BPE tokenizer on the Python standard library's source.
 
 Next to ``tokenizer.json`` it writes ``tokenizer.meta.json``: the Python version and the list of
-files it was trained on, since another Python version has other stdlib sources.
+files it was trained on, since another Python version has other stdlib sources, and the
+supplement's word list, since the task texts it is drawn from may change later.
 
 The training text is every usable stdlib ``.py`` file (``sparsa.eval.corpus.stdlib_files("all")``,
 which leaves out ``corpus.CHECK_FILES``, kept for the tokenizer tests) in sorted path order,
@@ -45,15 +46,21 @@ _DIGIT_REPEATS = 400
 _WORD_REPEATS = 150
 
 
-def supplement_lines() -> Iterator[str]:
-    """The task-vocabulary supplement, one line at a time (deterministic)."""
+def supplement_words() -> list[str]:
+    """The words of the supplement: the task word lists and the task templates' words."""
     from ..eval.tasks.words import all_vocabulary
 
+    return sorted(set(all_vocabulary()) | set(template_words()))
+
+
+def supplement_lines(words: Sequence[str] | None = None) -> Iterator[str]:
+    """The task-vocabulary supplement, one line at a time (deterministic); ``words`` defaults to
+    :func:`supplement_words`."""
     groups = [str(i) for i in range(10)] + [f"{i:02d}" for i in range(100)] + [f"{i:03d}" for i in range(1000)]
     line = " ".join(groups)
     for _ in range(_DIGIT_REPEATS):
         yield line
-    words = sorted(set(all_vocabulary()) | set(template_words()))
+    words = supplement_words() if words is None else list(words)
     line = " ".join(words + [w.capitalize() for w in words]) + "\n" + "\n".join(words)
     for _ in range(_WORD_REPEATS):
         yield line
@@ -70,14 +77,15 @@ def template_words() -> list[str]:
     return sorted(out)
 
 
-def training_texts(files: Sequence[str] | None = None, supplement: bool = True) -> Iterator[str]:
+def training_texts(files: Sequence[str] | None = None, supplement: bool = True,
+                   words: Sequence[str] | None = None) -> Iterator[str]:
     """Texts the tokenizer is trained on: stdlib files (sorted relative paths) then the supplement."""
     from ..eval.corpus import read_stdlib, stdlib_files
 
     for rel in (stdlib_files("all") if files is None else files):
         yield read_stdlib(rel)
     if supplement:
-        yield from supplement_lines()
+        yield from supplement_lines(words)
 
 
 def build_empty_tokenizer():
@@ -94,11 +102,13 @@ def build_empty_tokenizer():
 
 
 def train_tokenizer(vocab_size: int = 8192, files: Sequence[str] | None = None, supplement: bool = True,
-                    out: str | Path | None = None):
+                    out: str | Path | None = None, words: Sequence[str] | None = None):
     """Train the byte-level BPE tokenizer; returns a ``tokenizers.Tokenizer`` (and saves it to ``out``).
 
     vocab_size: total vocabulary including the 256 byte tokens and the 3 special tokens.
     files: stdlib relative paths to train on (default: all usable files except ``CHECK_FILES``).
+    words: the supplement's words (default: :func:`supplement_words`; a tokenizer's meta file
+        records the ones it was trained with).
     """
     from tokenizers import pre_tokenizers, processors, trainers
 
@@ -110,7 +120,8 @@ def train_tokenizer(vocab_size: int = 8192, files: Sequence[str] | None = None, 
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, show_progress=False,
                                   special_tokens=list(SPECIAL_TOKENS),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(training_texts(files, supplement), trainer=trainer)
+    words = supplement_words() if words is None else sorted(words)
+    tok.train_from_iterator(training_texts(files, supplement, words), trainer=trainer)
     bos_id = tok.token_to_id(BOS)
     tok.post_processor = processors.TemplateProcessing(single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B",
                                                        special_tokens=[(BOS, bos_id)])
@@ -120,7 +131,8 @@ def train_tokenizer(vocab_size: int = 8192, files: Sequence[str] | None = None, 
         if files is None and supplement:
             meta = {"python": platform.python_version(), "vocab_size": vocab_size,
                     "files": len(stdlib_files("all")),
-                    "files_sha256": hashlib.sha256("\n".join(stdlib_files("all")).encode()).hexdigest()}
+                    "files_sha256": hashlib.sha256("\n".join(stdlib_files("all")).encode()).hexdigest(),
+                    "supplement_words": words}
             Path(out).with_name(Path(out).stem + ".meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return tok
 
