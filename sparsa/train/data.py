@@ -8,7 +8,6 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import hashlib
-import math
 import os
 import random
 import signal

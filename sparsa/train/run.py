@@ -77,7 +77,6 @@ def _finish(res, cfg, text: str, recipe: Path, t0: float, time_limit_s: float | 
 
     model_dir = out / "model"
     rows_path = out / "card_eval.jsonl"
-    write = None
     if rank == 0:
         ck = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
         vocab = res.tokenizer.get_vocab_size()
