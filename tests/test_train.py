@@ -311,3 +311,31 @@ def test_data_parallel_run_matches_one_process(tmp_path):
     assert sorted((x["task"], x["length"], x["sample"]) for x in rows) == sorted(
         (t, L, i) for t in card["tasks"] for L in card["lengths"] for i in range(2))
     assert "niah_multikey" in (tmp_path / "ddp" / "model" / "README.md").read_text()
+
+
+def _stop_worker(rank: int, port: int, reasons: list, out: str) -> None:
+    import torch.distributed as dist
+
+    from sparsa.train.loop import _agree_on_stop
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    got = [_agree_on_stop(pair[rank], torch.device("cpu")) for pair in reasons]
+    dist.destroy_process_group()
+    with open(f"{out}.{rank}", "w") as f:
+        json.dump(got, f)
+
+
+def test_processes_agree_on_when_to_stop(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    # (process 0's reason, process 1's reason): process 0's wins, else any other's
+    reasons = [(None, None), (None, "SIGTERM"), ("time_limit", "SIGINT"), ("time_limit", None)]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_stop_worker, args=(port, reasons, str(tmp_path / "r")), nprocs=2)
+    want = [None, "SIGTERM", "time_limit", "time_limit"]
+    for rank in (0, 1):
+        assert json.loads((tmp_path / f"r.{rank}").read_text()) == want
