@@ -11,7 +11,9 @@ HEADER = ("The text below hides lines that assign values to variables, each vari
           "five capital letters. A question about them follows the text.\n\n")
 ARROW_HEADER = HEADER.replace("\n\n", " A line X -> VAR NAME stores X, a number or another variable, in the "
                               "variable NAME.\n\n")
-HEADERS = {"arrow": ARROW_HEADER, "equals": HEADER}
+# notation -> (header, first line of a chain, each later line)
+NOTATIONS = {"arrow": (ARROW_HEADER, "{value} -> VAR {name}", "VAR {prev} -> VAR {name}"),
+             "equals": (HEADER, "VAR {name} = {value}", "VAR {name} = VAR {prev}")}
 
 TEMPLATES = (ARROW_HEADER, "VAR = VAR", "-> VAR", "Question: In order of assignment, which variables are assigned, "
              "directly or through other variables, the value?", "Answer:")
@@ -60,8 +62,9 @@ class VariableTracking(Task):
     def _build(self, rng, counter, length, split):
         if self.chains < 1 or self.hops < 0:
             raise ValueError(f"chains/hops: need chains >= 1 and hops >= 0, got {self.chains}, {self.hops}")
-        if self.notation not in HEADERS:
-            raise ValueError(f"notation: need one of {tuple(HEADERS)}, got {self.notation!r}")
+        if self.notation not in NOTATIONS:
+            raise ValueError(f"notation: need one of {tuple(NOTATIONS)}, got {self.notation!r}")
+        head, first, later = NOTATIONS[self.notation]
         names = _names(rng, self.chains * (self.hops + 1))
         values = [str(v) for v in rng.sample(range(10_000, 100_000), self.chains)]
         inserts: list[tuple[float, str]] = []
@@ -70,18 +73,14 @@ class VariableTracking(Task):
             chain = names[c * (self.hops + 1):(c + 1) * (self.hops + 1)]
             chains.append(chain)
             depths = sorted(rng.random() for _ in chain)
-            if self.notation == "arrow":
-                lines = [f"{values[c]} -> VAR {chain[0]}"] + [f"VAR {a} -> VAR {b}" for a, b in zip(chain, chain[1:])]
-            else:
-                lines = [f"VAR {chain[0]} = {values[c]}"] + [f"VAR {b} = VAR {a}" for a, b in zip(chain, chain[1:])]
+            lines = [first.format(value=values[c], name=chain[0])]
+            lines += [later.format(prev=a, name=b) for a, b in zip(chain, chain[1:])]
             inserts.extend(zip(depths, lines))
         inserts.sort(key=lambda x: x[0])
         hay = LineHaystack(rng, split)
         # the value ends the question, right before "Answer:", as a needle's key does
         q = (f"Question: In order of assignment, which variables are assigned, directly or through other "
              f"variables, the value {values[0]}?\nAnswer:")
-
-        head = HEADERS[self.notation]
 
         def build(n: int) -> str:
             return head + "\n".join(insert_at_depths(hay.take(n), inserts)) + "\n\n" + q
