@@ -53,14 +53,14 @@ def supplement_words() -> list[str]:
     return sorted(set(all_vocabulary()) | set(template_words()))
 
 
-def supplement_lines(words: Sequence[str] | None = None) -> Iterator[str]:
-    """The task-vocabulary supplement, one line at a time (deterministic); ``words`` defaults to
-    :func:`supplement_words`."""
+def supplement_lines(words: Sequence[str]) -> Iterator[str]:
+    """The task-vocabulary supplement over ``words`` (:func:`supplement_words`, or a tokenizer's
+    recorded list), one line at a time (deterministic)."""
     groups = [str(i) for i in range(10)] + [f"{i:02d}" for i in range(100)] + [f"{i:03d}" for i in range(1000)]
     line = " ".join(groups)
     for _ in range(_DIGIT_REPEATS):
         yield line
-    words = supplement_words() if words is None else list(words)
+    words = list(words)
     line = " ".join(words + [w.capitalize() for w in words]) + "\n" + "\n".join(words)
     for _ in range(_WORD_REPEATS):
         yield line
@@ -77,8 +77,7 @@ def template_words() -> list[str]:
     return sorted(out)
 
 
-def training_texts(files: Sequence[str] | None = None, supplement: bool = True,
-                   words: Sequence[str] | None = None) -> Iterator[str]:
+def training_texts(files: Sequence[str] | None, supplement: bool, words: Sequence[str]) -> Iterator[str]:
     """Texts the tokenizer is trained on: stdlib files (sorted relative paths) then the supplement."""
     from ..eval.corpus import read_stdlib, stdlib_files
 
