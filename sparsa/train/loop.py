@@ -32,8 +32,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from .config import TrainConfig
-from .data import (LM_TASK_ID, StreamDataset, lm_tokens, load_train_tokenizer, make_loader, rank_micro_batches,
-                   special_token_ids, step_layout)
+from .data import (StreamDataset, lm_tokens, load_train_tokenizer, make_loader, rank_micro_batches, special_token_ids,
+                   step_layout)
 from .model import build_model, count_parameters, train_flops_per_token
 
 CHECKPOINT = "checkpoint.pt"
@@ -270,10 +270,13 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, recipe_text: str | None = No
     bar = tqdm(total=cfg.steps, initial=step, desc=cfg.name, disable=not (progress and main), unit="step",
                dynamic_ncols=True, mininterval=2.0)
     window: dict[str, list[float]] = defaultdict(list)
-    per_task: dict[int, list[float]] = defaultdict(list)
+    per_task: dict[int, list[float]] = defaultdict(lambda: [0.0, 0.0])  # task -> [sequences right, sequences]
     t_window = time.perf_counter()
     tokens_window = 0
     log_f = open(log_path, "a") if main else open(os.devnull, "w")
+    from ..eval.tasks import list_tasks
+
+    task_names = list_tasks()  # a training sequence's task_id indexes this list (LM_TASK_ID: none)
     model.train()
     try:
         with _Stopper() as stopper:
@@ -291,8 +294,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, recipe_text: str | None = No
                 for g in opt.param_groups:
                     g["lr"] = lr
                 opt.zero_grad(set_to_none=True)
-                sums: dict[str, float] = defaultdict(float)
-                per_task_step: dict[int, list[float]] = defaultdict(list)
+                sums: dict[str, float] = defaultdict(float)  # step statistics; per task "right{t}", "seqs{t}"
                 for b in micro:
                     ids = b["ids"].to(dev, non_blocking=True)
                     w = b["weights"].to(dev, non_blocking=True)
@@ -309,19 +311,22 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, recipe_text: str | None = No
                         sums["lm_ce"] += float((ce * lm_mask).sum())
                         sums["lm_n"] += float(lm_mask.sum())
                         if a.any():
-                            right = (logits.argmax(-1) == tgt) | ~a
-                            seq_ok = right.all(-1)
+                            hit = logits.argmax(-1) == tgt
+                            seq_ok = (hit | ~a).all(-1)
                             has = a.any(-1)
                             sums["ans_ce"] += float((ce * a).sum())
                             sums["ans_n"] += float(a.sum())
-                            sums["ans_right"] += float(((logits.argmax(-1) == tgt) & a).sum())
+                            sums["ans_right"] += float((hit & a).sum())
                             for tid, ok in zip(b["task_id"][has.cpu()].tolist(), seq_ok[has].tolist()):
-                                per_task_step[tid].append(float(ok))
+                                sums[f"right{tid}"] += float(ok)
+                                sums[f"seqs{tid}"] += 1.0
                 if world > 1:
                     _all_reduce_grads(model)
-                    sums, per_task_step = _reduce_stats(sums, per_task_step, dev)
-                for tid, oks in per_task_step.items():
-                    per_task[tid].extend(oks)
+                    sums = _reduce_stats(sums, len(task_names), dev)
+                for tid in range(len(task_names)):
+                    if sums.get(f"seqs{tid}"):
+                        per_task[tid][0] += sums[f"right{tid}"]
+                        per_task[tid][1] += sums[f"seqs{tid}"]
                 gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
                 opt.step()
                 step += 1
@@ -341,11 +346,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, recipe_text: str | None = No
                            "tokens_per_s": round(tokens_window / max(now - t_window, 1e-9), 1),
                            "elapsed_s": round(elapsed_prev + now - t_start, 2)}
                     row.update({k: round(sum(v) / len(v), 5) for k, v in window.items() if v})
-                    from ..eval.tasks import list_tasks
-
-                    names = list_tasks()
-                    row["teacher_forced_exact"] = {names[t]: round(sum(v) / len(v), 3)
-                                                   for t, v in sorted(per_task.items()) if t != LM_TASK_ID}
+                    row["teacher_forced_exact"] = {task_names[t]: round(r / n, 3)
+                                                   for t, (r, n) in sorted(per_task.items())}
                     log_f.write(json.dumps(row) + "\n")
                     log_f.flush()
                     bar.set_postfix(loss=f"{row['loss']:.3f}", ans_acc=f"{row.get('answer_token_acc', 0):.2f}",
@@ -400,18 +402,12 @@ def _all_reduce_floats(values: list[float], dev: torch.device) -> list[float]:
     return t.tolist()
 
 
-def _reduce_stats(sums: dict[str, float], per_task: dict[int, list[float]],
-                  dev: torch.device) -> tuple[dict[str, float], dict[int, list[float]]]:
-    """Step statistics summed over the processes; per-task results gathered (order: by process)."""
-    keys = ("loss", "lm_ce", "lm_n", "ans_ce", "ans_n", "ans_right")
-    total = dict(zip(keys, _all_reduce_floats([sums.get(k, 0.0) for k in keys], dev)))
-    gathered: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, dict(per_task))
-    merged: dict[int, list[float]] = defaultdict(list)
-    for part in gathered:
-        for tid, oks in part.items():
-            merged[tid].extend(oks)
-    return total, merged
+def _reduce_stats(sums: dict[str, float], n_tasks: int, dev: torch.device) -> dict[str, float]:
+    """Step statistics summed over the processes (per-task counts of tasks 0 .. n_tasks - 1
+    included), in one collective."""
+    keys = ["loss", "lm_ce", "lm_n", "ans_ce", "ans_n", "ans_right"]
+    keys += [f"{k}{t}" for t in range(n_tasks) for k in ("right", "seqs")]
+    return dict(zip(keys, _all_reduce_floats([sums.get(k, 0.0) for k in keys], dev)))
 
 
 def _quick_eval(cfg: TrainConfig, model, tok, step: int, seq_len: int, log_f, dev: torch.device,
