@@ -269,9 +269,16 @@ def test_rank_shares_cover_each_step_once():
     assert rank_micro_batches(cfg.data, 7, cfg.steps, 0, 3) == []  # 2 sequences, 3 processes
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_data_parallel_run_matches_one_process(tmp_path):
     import os
-    import socket
     import subprocess
     import sys
 
@@ -281,9 +288,7 @@ def test_data_parallel_run_matches_one_process(tmp_path):
     recipe = tmp_path / "toy.json"
     card = {"tasks": ["niah_single", "niah_multikey"], "lengths": [256, 384], "samples": 2, "batch_size": 2}
     recipe.write_text(json.dumps({**TOY, "steps": 4, "card": card}))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = _free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "3", "--master-port", str(port),
            "-m", "sparsa", "train", "--recipe", str(recipe), "--out", str(tmp_path / "ddp"), "--device", "cpu",
@@ -326,15 +331,11 @@ def _stop_worker(rank: int, port: int, reasons: list, out: str) -> None:
 
 
 def test_processes_agree_on_when_to_stop(tmp_path):
-    import socket
-
     import torch.multiprocessing as mp
 
     # (process 0's reason, process 1's reason): process 0's wins, else any other's
     reasons = [(None, None), (None, "SIGTERM"), ("time_limit", "SIGINT"), ("time_limit", None)]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = _free_port()
     mp.spawn(_stop_worker, args=(port, reasons, str(tmp_path / "r")), nprocs=2)
     want = [None, "SIGTERM", "time_limit", "time_limit"]
     for rank in (0, 1):
