@@ -110,7 +110,7 @@ def test_hf_model_batched_generation_matches_unbatched(tok):
 
 
 @pytest.mark.skipif(not has_default_model(), reason="the default model has not been added to sparsa/assets yet")
-def test_shipped_model_solves_single_needle_at_1k():
+def test_shipped_model_solves_single_needle_and_variable_tracking_at_1k():
     pytest.importorskip("transformers")
     from sparsa.assets import DEFAULT_MODEL_DIR
     from sparsa.eval.models import load_model
@@ -121,3 +121,6 @@ def test_shipped_model_solves_single_needle_at_1k():
     model, tok = load_model(device="cpu")
     rows = evaluate(model, tok, ["niah_single"], [1024], 5, seed=0, batch_size=5, progress=False)
     assert sum(r["score"] for r in rows) >= 4, rows
+    # the card's setting (4 hops, 2 chains); the card scores 0.93 at 1K over 40 instances
+    rows = evaluate(model, tok, ["variable_tracking"], [1024], 6, seed=0, batch_size=6, progress=False)
+    assert sum(r["score"] for r in rows) / len(rows) >= 0.7, rows
