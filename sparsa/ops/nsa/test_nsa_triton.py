@@ -20,6 +20,8 @@ from sparsa.ops.nsa import (CompressionParams, NSAConfig, compress_blocks, nsa_a
 from sparsa.ops.nsa import triton_bwd  # noqa: E402
 from sparsa.ops.nsa.triton import nsa_attention_triton, nsa_decode_triton, unsupported_reason  # noqa: E402
 from sparsa.ops.nsa.triton_bwd import inverted_index  # noqa: E402
+from sparsa.ops.nsa import triton_decode  # noqa: E402
+from sparsa.ops.nsa.triton_decode import group_weights  # noqa: E402
 from sparsa.ops.nsa.triton_fwd import _topk_init, _topk_merge  # noqa: E402
 
 
@@ -253,6 +255,7 @@ DECODE_CASES = [
     (1, 16, 1, 333, 128, WIDE),    # GQA 16, head dim 128
     (2, 2, 2, 201, 64, FLA),       # GQA 1, fla geometry, no window
     (1, 4, 1, 20, 64, PAPER),      # shorter than one compression block
+    (2, 4, 1, 300, 64, NSAConfig(block=48, stride=16, sel_block=32, n_select=4, window=40)),  # block - stride = sel_block
 ]
 
 
@@ -271,6 +274,43 @@ def test_decode_matches_reference(b, h, hkv, lk, d, cfg):
     # batch 1 and few programs: the splits change, the result does not
     out_small = nsa_decode_triton(q, k, v, gates, cfg)
     assert torch.equal(out_small, out)
+
+
+def test_decode_split_sizes_do_not_change_the_result():
+    # 4100 keys, SMALL geometry: 511 compressed tokens in 8 sub-tiles of 64; one program per
+    # sub-tile, or one program looping over all eight (online softmax across sub-tiles)
+    b, h, hkv, lk, d = 1, 4, 2, 4100, 64
+    gen = torch.Generator().manual_seed(4)
+    q = torch.randn(b, h, d, generator=gen)
+    k = torch.randn(b, hkv, lk, d, generator=gen)
+    v = torch.randn(b, hkv, lk, d, generator=gen)
+    gates = torch.rand(b, h, 3, generator=gen)
+    kc, vc = compress_blocks(k, SMALL), compress_blocks(v, SMALL)
+    ref, pos, _ = nsa_decode_ref(q, k, v, gates, SMALL, k_cmp=kc, v_cmp=vc)
+    # the first position read in each selected block's slot gives the block (all four exist)
+    want = pos[..., :SMALL.n_select * SMALL.sel_block].reshape(b, hkv, SMALL.n_select, -1)[..., 0] // SMALL.sel_block
+    for target in (1, 10_000):
+        out, idx = triton_decode.nsa_decode_fwd(q, k, v, gates, kc, vc, k, v, cfg=SMALL, scale=d ** -0.5,
+                                                interpreted=True, target_programs=target)
+        assert rel_err(out, ref) <= 1e-4
+        assert torch.equal(idx.long(), want)
+
+
+@pytest.mark.parametrize("block,stride,sel_block", [(32, 16, 64), (16, 16, 16), (48, 16, 32), (32, 8, 16),
+                                                    (64, 32, 64), (16, 4, 64)])
+def test_decode_group_weights_are_the_block_overlaps(block, stride, sel_block):
+    # overlap, in strides, of compressed token i (keys [i*stride, i*stride + block)) with
+    # selection block j (keys [j*sel_block, (j+1)*sel_block)), straight from the key ranges
+    r_, c_ = sel_block // stride, block // stride
+    w = group_weights(r_, c_)
+    assert w.shape == (1 + -(-(c_ - 1) // r_), r_)
+    for j in range(4):
+        for i in range(6 * r_):
+            lo, hi = max(i * stride, j * sel_block), min(i * stride + block, (j + 1) * sel_block)
+            want = max(0, hi - lo) // stride
+            e = j - i // r_
+            got = w[e, i % r_].item() if 0 <= e < w.shape[0] else 0.0
+            assert got == want, (i, j)
 
 
 def test_decode_precompressed_cache_bf16_and_out_of_order_cache():

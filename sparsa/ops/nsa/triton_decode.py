@@ -2,17 +2,18 @@
 
 Per (batch, KV head) the group's query heads share one tile (padded to 16 rows). Four launches:
 
-1. ``_dec_cmp_kernel`` (chunks of compressed tokens x batch*kv_heads): raw scores of the chunk
-   (kept for the top-k, float32 (batch*kv_heads, group, n_cmp)) and a partial softmax
-   (max, sum, unnormalised output) per chunk.
-2. ``_dec_topk_kernel`` (chunks of selection blocks x batch*kv_heads): merges the partial
-   statistics into the exact log-sum-exp, turns the scores into block scores (each block sums
-   the probabilities of the compressed tokens overlapping it, weighted by overlap / stride,
-   over the group's heads) and keeps the chunk's top ``n_select`` keys (same int64 keys as the
+1. ``_dec_cmp_kernel`` (chunks of compressed tokens, then window chunks x batch*kv_heads): each
+   compressed chunk loops over sub-tiles of 64 tokens with an online softmax (max, sum,
+   unnormalised output per chunk). Per sub-tile it also stores what each group of R = sel_block
+   / stride tokens adds to the block scores (overlap-weighted probabilities relative to the
+   sub-tile's row maximum, kept beside them): the top-k then reads R times fewer floats than
+   the scores. The window branch does not depend on the selection, so its chunks run here too.
+2. ``_dec_topk_kernel`` (chunks of selection blocks x batch*kv_heads): merges the compressed
+   partials into the exact log-sum-exp, rescales the group sums into block scores (summed over
+   the group's heads) and keeps the chunk's top ``n_select`` keys (same int64 keys as the
    prefill kernel: ties go to the lower block, forced blocks first).
-3. ``_dec_sparse_kernel`` (selection splits + window chunks x batch*kv_heads): each selection
-   program merges the chunk lists into the final top-k and attends its share of the chosen
-   blocks; each window program attends a chunk of the window; partial softmax out.
+3. ``_dec_sparse_kernel`` (selection splits x batch*kv_heads): each program merges the chunk
+   lists into the final top-k and attends its share of the chosen blocks.
 4. ``_dec_combine_kernel`` (batch*heads): merges the partials of each branch in one step
    (all partials of a query row loaded at once) and mixes them with the gates.
 
@@ -29,45 +30,78 @@ from .triton_fwd import LOG2E, _key_block, _pack_keys, _pow2, _sorted_indices, _
 
 @triton.jit
 def _dec_cmp_kernel(
-    Q, KC, VC, SBUF, MPART, LPART, APART,
-    sqb, sqh, skb, skh, skn, svb, svh, svn,
-    n_cmp, kv_heads, qk_scale,
-    G: tl.constexpr, MP: tl.constexpr, CH: tl.constexpr, D: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr,
+    Q, KC, VC, KW, VW, TBUF, MSUB, WE, MPART, LPART, APART,
+    sqb, sqh, skb, skh, skn, svb, svh, svn, swb, swh, swn, sxb, sxh, sxn,
+    n_cmp, n_grp, ngrp_pad, nsub_all, nc1, pos, window, kv_heads, qk_scale,
+    G: tl.constexpr, MP: tl.constexpr, D: tl.constexpr, R: tl.constexpr, NGS: tl.constexpr,
+    NSUB: tl.constexpr, E: tl.constexpr, WCH: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr,
 ):
     c = tl.program_id(0)
-    nc = tl.num_programs(0)
+    n_parts = tl.num_programs(0)
     bh = tl.program_id(1)
+    bh64 = bh.to(tl.int64)
     b = (bh // kv_heads).to(tl.int64)
     kh = (bh % kv_heads).to(tl.int64)
     r = tl.arange(0, MP)
     row_ok = r < G
     d = tl.arange(0, D)
-    i = c * CH + tl.arange(0, CH)
-    ok = i < n_cmp
     q = tl.load(Q + b * sqb + (kh * G + r)[:, None] * sqh + d[None, :], mask=row_ok[:, None], other=0.0).to(DT)
-    kc = tl.load(KC + b * skb + kh * skh + i[:, None].to(tl.int64) * skn + d[None, :], mask=ok[:, None], other=0.0)
-    s = tl.dot(q, tl.trans(kc.to(DT)), input_precision=PREC) * qk_scale
-    s = tl.where(ok[None, :], s, float("-inf"))
-    bh64 = bh.to(tl.int64)
-    tl.store(SBUF + bh64 * G * n_cmp + r[:, None] * n_cmp + i[None, :], s, mask=row_ok[:, None] & ok[None, :])
-    m = tl.max(s, 1)
-    m_use = tl.where(m == float("-inf"), 0.0, m)
-    p = tl.exp2(s - m_use[:, None])
-    vc = tl.load(VC + b * svb + kh * svh + i[:, None].to(tl.int64) * svn + d[None, :], mask=ok[:, None], other=0.0)
-    acc = tl.dot(p.to(DT), vc.to(DT), input_precision=PREC)
-    part = (bh64 * nc + c) * MP + r
-    tl.store(MPART + part, m)
-    tl.store(LPART + part, tl.sum(p, 1))
+    m_i = tl.full([MP], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([MP], dtype=tl.float32)
+    acc = tl.zeros([MP, D], dtype=tl.float32)
+    if c < nc1:
+        # a sub-tile holds NGS groups of R compressed tokens; group g (tokens [g*R, g*R + R))
+        # starts inside selection block g
+        col = tl.arange(0, NGS * R)
+        kc_base = KC + b * skb + kh * skh
+        vc_base = VC + b * svb + kh * svh
+        for u in range(NSUB):
+            sub = c * NSUB + u
+            i = sub * NGS * R + col
+            ok = i < n_cmp
+            kc = tl.load(kc_base + i[:, None].to(tl.int64) * skn + d[None, :], mask=ok[:, None], other=0.0)
+            s = tl.dot(q, tl.trans(kc.to(DT)), input_precision=PREC) * qk_scale
+            s = tl.where(ok[None, :], s, float("-inf"))
+            m_loc = tl.max(s, 1)
+            m_loc_use = tl.where(m_loc == float("-inf"), 0.0, m_loc)
+            p = tl.exp2(s - m_loc_use[:, None])
+            # what each group adds to the scores of its own block (e = 0) and of the E - 1
+            # blocks after it, relative to the sub-tile's row maximum (stored beside it)
+            p3 = tl.reshape(p, (MP, NGS, R))
+            gg = sub * NGS + tl.arange(0, NGS)
+            for e in tl.static_range(E):
+                we = tl.load(WE + e * R + tl.arange(0, R))
+                te = tl.sum(p3 * we[None, None, :], 2)
+                tl.store(TBUF + ((e * tl.num_programs(1) + bh64) * G + r[:, None]) * ngrp_pad + gg[None, :], te,
+                         mask=row_ok[:, None])
+            tl.store(MSUB + (bh64 * nsub_all + sub) * MP + r, m_loc)
+            m_new = tl.maximum(m_i, m_loc)
+            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+            alpha = tl.exp2(m_i - m_use)
+            beta = tl.exp2(m_loc_use - m_use)
+            p = p * beta[:, None]
+            l_i = l_i * alpha + tl.sum(p, 1)
+            vc = tl.load(vc_base + i[:, None].to(tl.int64) * svn + d[None, :], mask=ok[:, None], other=0.0)
+            acc = tl.dot(p.to(DT), vc.to(DT), acc * alpha[:, None], input_precision=PREC)
+            m_i = m_new
+    else:
+        # the sliding window does not depend on the selection: its chunks run in this launch
+        kpos = pos - window + 1 + (c - nc1) * WCH + tl.arange(0, WCH)
+        k_ok = (kpos >= 0) & (kpos <= pos)
+        m_i, l_i, acc = _attend(q, KW + b * swb + kh * swh, VW + b * sxb + kh * sxh, kpos, k_ok, swn, sxn,
+                                m_i, l_i, acc, d, qk_scale, DT, PREC)
+    part = (bh64 * n_parts + c) * MP + r
+    tl.store(MPART + part, m_i)
+    tl.store(LPART + part, l_i)
     tl.store(APART + part[:, None] * D + d[None, :], acc)
 
 
 @triton.jit
 def _dec_topk_kernel(
-    SBUF, MPART, LPART, WTAPS, CAND,
-    n_cmp, n_chunks, pos,
+    TBUF, MSUB, MPART, LPART, CAND,
+    n_grp, ngrp_pad, nsub_all, n_parts1, nc1, pos,
     G: tl.constexpr, MP: tl.constexpr, NCP: tl.constexpr, BSD: tl.constexpr, NS: tl.constexpr, NSP: tl.constexpr,
-    R: tl.constexpr, C: tl.constexpr, NTAP: tl.constexpr, SEL: tl.constexpr,
-    N_INIT: tl.constexpr, N_LOCAL: tl.constexpr,
+    NGS: tl.constexpr, E: tl.constexpr, SEL: tl.constexpr, N_INIT: tl.constexpr, N_LOCAL: tl.constexpr,
 ):
     c2 = tl.program_id(0)
     nc2 = tl.num_programs(0)
@@ -75,8 +109,8 @@ def _dec_topk_kernel(
     r = tl.arange(0, MP)
     row_ok = r < G
     cc = tl.arange(0, NCP)
-    part = (bh * n_chunks + cc[None, :]) * MP + r[:, None]
-    c_ok = cc[None, :] < n_chunks
+    part = (bh * n_parts1 + cc[None, :]) * MP + r[:, None]
+    c_ok = cc[None, :] < nc1
     m_p = tl.load(MPART + part, mask=c_ok, other=float("-inf"))
     l_p = tl.load(LPART + part, mask=c_ok, other=0.0)
     m = tl.max(m_p, 1)
@@ -86,13 +120,13 @@ def _dec_topk_kernel(
 
     j = c2 * BSD + tl.arange(0, BSD)
     score = tl.zeros([BSD], dtype=tl.float32)
-    for tap in tl.static_range(NTAP):
-        i = j * R - (C - 1) + tap
-        ok = (i >= 0) & (i < n_cmp)
-        w = tl.load(WTAPS + tap)
-        sv = tl.load(SBUF + bh * G * n_cmp + r[:, None] * n_cmp + i[None, :], mask=row_ok[:, None] & ok[None, :],
-                     other=float("-inf"))
-        score += w * tl.sum(tl.exp2(sv - lse[:, None]), 0)
+    for e in tl.static_range(E):
+        g = j - e
+        ok = row_ok[:, None] & ((g >= 0) & (g < n_grp))[None, :]
+        te = tl.load(TBUF + ((e * tl.num_programs(1) + bh) * G + r[:, None]) * ngrp_pad + g[None, :], mask=ok,
+                     other=0.0)
+        ms = tl.load(MSUB + (bh * nsub_all + g[None, :] // NGS) * MP + r[:, None], mask=ok, other=0.0)
+        score += tl.sum(tl.where(ok, te * tl.exp2(ms - lse[:, None]), 0.0), 0)
     cur = pos // SEL
     eligible = j <= cur
     forced = eligible & ((j < N_INIT) | (j > cur - N_LOCAL))
@@ -120,12 +154,11 @@ def _attend(q, k_base, v_base, kpos, k_ok, skn, svn, m_i, l_i, acc, d, qk_scale,
 
 @triton.jit
 def _dec_sparse_kernel(
-    Q, K, V, KW, VW, CAND, IDX, MPART, LPART, APART,
-    sqb, sqh, skb, skh, skn, svb, svh, svn, swb, swh, swn, sxb, sxh, sxn, sib, sih,
-    n_chunks2, pos, window, kv_heads, qk_scale,
+    Q, K, V, CAND, IDX, MPART, LPART, APART,
+    sqb, sqh, skb, skh, skn, svb, svh, svn, sib, sih,
+    n_chunks2, pos, kv_heads, qk_scale,
     G: tl.constexpr, MP: tl.constexpr, D: tl.constexpr, SB: tl.constexpr, NS: tl.constexpr, NSP: tl.constexpr,
-    NSW: tl.constexpr, NCP2: tl.constexpr, BPS: tl.constexpr, NSPL: tl.constexpr, WCH: tl.constexpr,
-    DT: tl.constexpr, PREC: tl.constexpr,
+    NSW: tl.constexpr, NCP2: tl.constexpr, BPS: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr,
 ):
     sp = tl.program_id(0)
     nsp_all = tl.num_programs(0)
@@ -141,34 +174,27 @@ def _dec_sparse_kernel(
     m_i = tl.full([MP], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([MP], dtype=tl.float32)
     acc = tl.zeros([MP, D], dtype=tl.float32)
-    if sp < NSPL:
-        cc = tl.arange(0, NCP2 * NSP)[None, :]
-        # chunk lists hold sentinels < 0 in unused slots (made distinct here) and int64 max in
-        # padding slots (not loaded): neither beats a real key
-        cand = tl.load(CAND + bh64 * n_chunks2 * NSP + cc, mask=(cc < n_chunks2 * NSP) & (cc % NSP < NS),
-                       other=-(1 << 62))
-        top2 = _topk_merge(_topk_init(1, NSP, NS), tl.where(cand < 0, -(1 << 62) - cc.to(tl.int64), cand))
-        slot2 = tl.arange(0, NSP)[None, :]
-        if sp == 0:
-            tl.store(IDX + b * sib + kh * sih + slot2, _sorted_indices(top2, NSP, NS), mask=slot2 < NSW)
-        slot = tl.arange(0, NSP)
-        top = tl.reshape(top2, (NSP,))
-        k_base = K + b * skb + kh * skh
-        v_base = V + b * svb + kh * svh
-        n = tl.arange(0, SB)
-        for u in tl.static_range(BPS):
-            s_id = sp * BPS + u
-            key = tl.sum(tl.where(slot == s_id, top, 0), 0)
-            if (key >= 0) & (s_id < NS):  # padding slots hold int64 max: excluded by s_id < NS
-                kpos = _key_block(key) * SB + n
-                m_i, l_i, acc = _attend(q, k_base, v_base, kpos, kpos <= pos, skn, svn, m_i, l_i, acc, d,
-                                        qk_scale, DT, PREC)
-    else:
-        kw_base = KW + b * swb + kh * swh
-        vw_base = VW + b * sxb + kh * sxh
-        kpos = pos - window + 1 + (sp - NSPL) * WCH + tl.arange(0, WCH)
-        k_ok = (kpos >= 0) & (kpos <= pos)
-        m_i, l_i, acc = _attend(q, kw_base, vw_base, kpos, k_ok, swn, sxn, m_i, l_i, acc, d, qk_scale, DT, PREC)
+    cc = tl.arange(0, NCP2 * NSP)[None, :]
+    # chunk lists hold sentinels < 0 in unused slots (made distinct here) and int64 max in
+    # padding slots (not loaded): neither beats a real key
+    cand = tl.load(CAND + bh64 * n_chunks2 * NSP + cc, mask=(cc < n_chunks2 * NSP) & (cc % NSP < NS),
+                   other=-(1 << 62))
+    top2 = _topk_merge(_topk_init(1, NSP, NS), tl.where(cand < 0, -(1 << 62) - cc.to(tl.int64), cand))
+    slot2 = tl.arange(0, NSP)[None, :]
+    if sp == 0:
+        tl.store(IDX + b * sib + kh * sih + slot2, _sorted_indices(top2, NSP, NS), mask=slot2 < NSW)
+    slot = tl.arange(0, NSP)
+    top = tl.reshape(top2, (NSP,))
+    k_base = K + b * skb + kh * skh
+    v_base = V + b * svb + kh * svh
+    n = tl.arange(0, SB)
+    for u in tl.static_range(BPS):
+        s_id = sp * BPS + u
+        key = tl.sum(tl.where(slot == s_id, top, 0), 0)
+        if (key >= 0) & (s_id < NS):  # padding slots hold int64 max: excluded by s_id < NS
+            kpos = _key_block(key) * SB + n
+            m_i, l_i, acc = _attend(q, k_base, v_base, kpos, kpos <= pos, skn, svn, m_i, l_i, acc, d,
+                                    qk_scale, DT, PREC)
     part = (bh64 * nsp_all + sp) * MP + r
     tl.store(MPART + part, m_i)
     tl.store(LPART + part, l_i)
@@ -196,8 +222,8 @@ def _merge(MPART, LPART, APART, base, lo, hi, row, d, MP: tl.constexpr, D: tl.co
 def _dec_combine_kernel(
     M1, L1, A1, M2, L2, A2, GATES, OUT,
     sgb, sgh, sgc, sob, soh,
-    n_chunks1, n_parts2, kv_heads, heads,
-    G: tl.constexpr, MP: tl.constexpr, D: tl.constexpr, NSPL: tl.constexpr,
+    n_chunks1, n_parts1, n_parts2, kv_heads, heads,
+    G: tl.constexpr, MP: tl.constexpr, D: tl.constexpr,
     NP1: tl.constexpr, NP2: tl.constexpr, NP3: tl.constexpr,
 ):
     pid = tl.program_id(0)                      # one (batch, query head)
@@ -206,9 +232,9 @@ def _dec_combine_kernel(
     bh64 = (b * kv_heads + h // G).to(tl.int64)
     row = h % G
     d = tl.arange(0, D)
-    o_cmp = _merge(M1, L1, A1, bh64 * n_chunks1, 0, n_chunks1, row, d, MP, D, NP1)
-    o_slc = _merge(M2, L2, A2, bh64 * n_parts2, 0, NSPL, row, d, MP, D, NP2)
-    o_win = _merge(M2, L2, A2, bh64 * n_parts2, NSPL, n_parts2, row, d, MP, D, NP3)
+    o_cmp = _merge(M1, L1, A1, bh64 * n_parts1, 0, n_chunks1, row, d, MP, D, NP1)
+    o_win = _merge(M1, L1, A1, bh64 * n_parts1, n_chunks1, n_parts1, row, d, MP, D, NP3)
+    o_slc = _merge(M2, L2, A2, bh64 * n_parts2, 0, n_parts2, row, d, MP, D, NP2)
     g_ptr = GATES + b.to(tl.int64) * sgb + h.to(tl.int64) * sgh
     g0 = tl.load(g_ptr).to(tl.float32)
     g1 = tl.load(g_ptr + sgc).to(tl.float32)
@@ -217,18 +243,24 @@ def _dec_combine_kernel(
     tl.store(OUT + b.to(tl.int64) * sob + h.to(tl.int64) * soh + d, out.to(OUT.dtype.element_ty))
 
 
-_TAPS: dict[tuple[int, int, str], torch.Tensor] = {}
+_WEIGHTS: dict[tuple[int, int, str], torch.Tensor] = {}
 
 
-def _tap_weights(cfg, device: torch.device) -> torch.Tensor:
-    """Overlap (in strides) of compressed token ``j*R - (C-1) + tap`` with selection block j
-    (cached per geometry and device: a decode step makes no host-to-device copy)."""
-    r_, c_ = cfg.sel_block // cfg.stride, cfg.block // cfg.stride
+def group_weights(r_: int, c_: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(E, r_) float32 weights: entry [e, t] is the overlap (in strides) of compressed token
+    ``g*r_ + t`` with selection block ``g + e``; E = 1 + ceil((c_ - 1) / r_) (2 at most, as the
+    kernels need c_ - 1 <= r_). r_ = sel_block / stride, c_ = block / stride. Cached per
+    geometry and device, so a decode step makes no host-to-device copy."""
     key = (r_, c_, str(device))
-    if key not in _TAPS:
-        w = [max(0, min(delta + c_, r_) - max(delta, 0)) for delta in range(-(c_ - 1), r_)]
-        _TAPS[key] = torch.tensor(w, dtype=torch.float32, device=device)
-    return _TAPS[key]
+    if key not in _WEIGHTS:
+        n_e = 1 + -(-(c_ - 1) // r_)
+        w = torch.zeros(n_e, r_, dtype=torch.float32)
+        for e in range(n_e):
+            for t in range(r_):
+                delta = t - r_ * e           # token offset from the block's first key, in strides
+                w[e, t] = max(0, min(delta + c_, r_) - max(delta, 0))
+        _WEIGHTS[key] = w.to(device)
+    return _WEIGHTS[key]
 
 
 def nsa_decode_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: torch.Tensor, k_cmp: torch.Tensor,
@@ -255,61 +287,73 @@ def nsa_decode_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: tor
         k_cmp = q.new_zeros(b, hkv, 1, d)
         v_cmp = k_cmp
 
-    # chunks of compressed tokens: enough programs to fill the GPU, at most 32 partials to merge
-    ch = 256
-    while ch > 16 and bh * triton.cdiv(max(n_cmp, 1), ch) < target_programs:
-        ch //= 2
-    ch = max(ch, min(256, _pow2(triton.cdiv(max(n_cmp, 1), 32))))
-    nc1 = triton.cdiv(max(n_cmp, 1), ch)
-    sbuf = torch.empty(bh * group * max(n_cmp, 1), device=dev, dtype=torch.float32)
-    m1 = torch.empty(bh, nc1, mp, device=dev, dtype=torch.float32)
+    # launch 1: compressed tokens in sub-tiles of NGS groups (64 tokens, or R if larger), NSUB
+    # sub-tiles per program: enough programs to fill the GPU, at most 32 partials to merge
+    r_, c_ = cfg.sel_block // cfg.stride, cfg.block // cfg.stride
+    we = group_weights(r_, c_, dev)
+    n_e = we.shape[0]
+    ngs = max(1, 64 // r_)
+    n_grp = triton.cdiv(n_cmp, r_)
+    need = triton.cdiv(max(n_grp, 1), ngs)
+    nsub = 1
+    while nsub < 8 and bh * triton.cdiv(need, 2 * nsub) >= target_programs:
+        nsub *= 2
+    while triton.cdiv(need, nsub) > 32:
+        nsub *= 2
+    nc1 = triton.cdiv(need, nsub)
+    nsub_all = nc1 * nsub
+    ngrp_pad = nsub_all * ngs
+    window = min(cfg.window, lk)
+    wch = 128
+    nwin = triton.cdiv(window, wch) if window > 0 else 0
+    tbuf = torch.empty(n_e, bh, group, ngrp_pad, device=dev, dtype=torch.float32)
+    msub = torch.empty(bh, nsub_all, mp, device=dev, dtype=torch.float32)
+    m1 = torch.empty(bh, nc1 + nwin, mp, device=dev, dtype=torch.float32)
     l1 = torch.empty_like(m1)
-    a1 = torch.empty(bh, nc1, mp, d, device=dev, dtype=torch.float32)
-    _dec_cmp_kernel[(nc1, bh)](
-        q, k_cmp, v_cmp, sbuf, m1, l1, a1,
+    a1 = torch.empty(bh, nc1 + nwin, mp, d, device=dev, dtype=torch.float32)
+    _dec_cmp_kernel[(nc1 + nwin, bh)](
+        q, k_cmp, v_cmp, k_win, v_win, tbuf, msub, we, m1, l1, a1,
         q.stride(0), q.stride(1), k_cmp.stride(0), k_cmp.stride(1), k_cmp.stride(2),
         v_cmp.stride(0), v_cmp.stride(1), v_cmp.stride(2),
-        n_cmp, hkv, qk_scale, G=group, MP=mp, CH=ch, D=d, DT=dt, PREC=prec, num_warps=4,
+        k_win.stride(0), k_win.stride(1), k_win.stride(2), v_win.stride(0), v_win.stride(1), v_win.stride(2),
+        n_cmp, n_grp, ngrp_pad, nsub_all, nc1, pos, window, hkv, qk_scale,
+        G=group, MP=mp, D=d, R=r_, NGS=ngs, NSUB=nsub, E=n_e, WCH=wch, DT=dt, PREC=prec, num_warps=4,
     )
 
-    r_, c_ = cfg.sel_block // cfg.stride, cfg.block // cfg.stride
+    # launch 2: block scores and a top-k list per chunk of selection blocks
     n_sel = cfg.n_sel_blocks(lk)
     nsp = _pow2(cfg.n_select)
     bsd = max(64, min(256, _pow2(triton.cdiv(n_sel, 8))))   # at most ~8 candidate lists to merge
     nc2 = triton.cdiv(n_sel, bsd)
     cand = torch.empty(bh, nc2, nsp, device=dev, dtype=torch.int64)
     _dec_topk_kernel[(nc2, bh)](
-        sbuf, m1, l1, _tap_weights(cfg, dev), cand, n_cmp, nc1, pos,
-        G=group, MP=mp, NCP=_pow2(nc1), BSD=bsd, NS=cfg.n_select, NSP=nsp, R=r_, C=c_, NTAP=c_ + r_ - 1,
-        SEL=cfg.sel_block,
+        tbuf, msub, m1, l1, cand, n_grp, ngrp_pad, nsub_all, nc1 + nwin, nc1, pos,
+        G=group, MP=mp, NCP=_pow2(nc1), BSD=bsd, NS=cfg.n_select, NSP=nsp, NGS=ngs, E=n_e, SEL=cfg.sel_block,
         N_INIT=cfg.n_forced_init, N_LOCAL=cfg.n_forced_local, num_warps=4,
     )
 
+    # launch 3: the selected blocks, BPS per program
     bps = 2 if bh * triton.cdiv(cfg.n_select, 2) >= target_programs else 1
     nspl = triton.cdiv(cfg.n_select, bps)
-    wch = 64 * bps
-    nwin = triton.cdiv(min(cfg.window, lk), wch) if cfg.window > 0 else 0
     nsw = min(cfg.n_select, n_sel)
     idx = torch.empty(b, hkv, nsw, device=dev, dtype=torch.int32)
-    m2 = torch.empty(bh, nspl + nwin, mp, device=dev, dtype=torch.float32)
+    m2 = torch.empty(bh, nspl, mp, device=dev, dtype=torch.float32)
     l2 = torch.empty_like(m2)
-    a2 = torch.empty(bh, nspl + nwin, mp, d, device=dev, dtype=torch.float32)
-    window = min(cfg.window, lk)
-    _dec_sparse_kernel[(nspl + nwin, bh)](
-        q, k, v, k_win, v_win, cand, idx, m2, l2, a2,
+    a2 = torch.empty(bh, nspl, mp, d, device=dev, dtype=torch.float32)
+    _dec_sparse_kernel[(nspl, bh)](
+        q, k, v, cand, idx, m2, l2, a2,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
-        k_win.stride(0), k_win.stride(1), k_win.stride(2), v_win.stride(0), v_win.stride(1), v_win.stride(2),
         idx.stride(0), idx.stride(1),
-        nc2, pos, window, hkv, qk_scale,
+        nc2, pos, hkv, qk_scale,
         G=group, MP=mp, D=d, SB=cfg.sel_block, NS=cfg.n_select, NSP=nsp, NSW=nsw, NCP2=_pow2(nc2), BPS=bps,
-        NSPL=nspl, WCH=wch, DT=dt, PREC=prec, num_warps=4,
+        DT=dt, PREC=prec, num_warps=4,
     )
 
     out = torch.empty(b, h, d, device=dev, dtype=q.dtype)
     _dec_combine_kernel[(b * h,)](
         m1, l1, a1, m2, l2, a2, gates, out,
         gates.stride(0), gates.stride(1), gates.stride(2), out.stride(0), out.stride(1),
-        nc1, nspl + nwin, hkv, h, G=group, MP=mp, D=d, NSPL=nspl,
+        nc1, nc1 + nwin, nspl, hkv, h, G=group, MP=mp, D=d,
         NP1=_pow2(nc1), NP2=_pow2(nspl), NP3=_pow2(max(nwin, 1)), num_warps=4,
     )
     return out, idx
