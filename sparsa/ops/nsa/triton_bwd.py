@@ -83,6 +83,33 @@ def _visible(pos, kk, kv_bound, window, MODE: tl.constexpr, STRIDE: tl.constexpr
 
 
 @triton.jit
+def _visible_t(pos, kk, kv_bound, window, MODE: tl.constexpr, STRIDE: tl.constexpr, CBLOCK: tl.constexpr):
+    """:func:`_visible` key-major: (keys, rows)."""
+    if MODE == 0:
+        return (kk[:, None] * STRIDE + (CBLOCK - 1) <= pos[None, :]) & (kk[:, None] < kv_bound)
+    else:
+        diff = pos[None, :] - kk[:, None]
+        return (diff >= 0) & (diff < window)
+
+
+@triton.jit
+def _dkdv_step(k, v, q, do, lse, delta, vis_t, dk, dv, qk_scale, DT: tl.constexpr, PREC: tl.constexpr):
+    """Add one query tile's share to a key tile's dK (before the softmax scale) and dV.
+
+    Computed key-major (scores as keys x rows) so that the probabilities and their gradient
+    feed the dK / dV products without a transpose of a register tile; q and dO are used
+    transposed only as loaded operands. k, v: (keys, D); q, do: (rows, D); vis_t: (keys, rows).
+    """
+    s_t = tl.dot(k, tl.trans(q), input_precision=PREC) * qk_scale
+    p_t = tl.where(vis_t, tl.exp2(s_t - lse[None, :]), 0.0)
+    dv = tl.dot(p_t.to(DT), do, dv, input_precision=PREC)
+    dp_t = tl.dot(v, tl.trans(do), input_precision=PREC)
+    ds_t = p_t * (dp_t - delta[None, :])
+    dk = tl.dot(ds_t.to(DT), q, dk, input_precision=PREC)
+    return dk, dv
+
+
+@triton.jit
 def _row_grads_in(Q, DO, LSE, DELTA, GATES, b, head, t, row_ok,
                   sqb, sqh, sqt, sdb, sdh, sdt, slb, slh, sgb, sgh, sgt,
                   BRANCH: tl.constexpr, D: tl.constexpr, DT: tl.constexpr):
@@ -205,13 +232,8 @@ def _band_dkdv_kernel(
         pos = off + t
         q, do, lse, delta = _row_grads_in(Q, DO, LSE, DELTA, GATES, b, head, t, row_ok, sqb, sqh, sqt, sdb, sdh,
                                           sdt, slb, slh, sgb, sgh, sgt, BRANCH, D, DT)
-        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
-        vis = _visible(pos, kk, n_keys, window, MODE, STRIDE, CBLOCK) & row_ok[:, None]
-        p = tl.where(vis, tl.exp2(s - lse[:, None]), 0.0)
-        dv = tl.dot(tl.trans(p.to(DT)), do, dv, input_precision=PREC)
-        dp = tl.dot(do, tl.trans(v), input_precision=PREC)
-        ds = p * (dp - delta[:, None])
-        dk = tl.dot(tl.trans(ds.to(DT)), q, dk, input_precision=PREC)
+        vis_t = _visible_t(pos, kk, n_keys, window, MODE, STRIDE, CBLOCK) & row_ok[None, :]
+        dk, dv = _dkdv_step(k, v, q, do, lse, delta, vis_t, dk, dv, qk_scale, DT, PREC)
     dk = dk * sm_scale
     x_off = b * sxb + kh.to(tl.int64) * sxh + kk[:, None].to(tl.int64) * sxn + d[None, :]
     if SPLIT:
@@ -320,13 +342,8 @@ def _selection_dkdv_kernel(
         pos = off + t
         q, do, lse, delta = _row_grads_in(Q, DO, LSE, DELTA, GATES, b, head, t, row_ok, sqb, sqh, sqt, sdb, sdh,
                                           sdt, slb, slh, sgb, sgh, sgt, 1, D, DT)
-        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
-        vis = (kpos[None, :] <= pos[:, None]) & row_ok[:, None]
-        p = tl.where(vis, tl.exp2(s - lse[:, None]), 0.0)
-        dv = tl.dot(tl.trans(p.to(DT)), do, dv, input_precision=PREC)
-        dp = tl.dot(do, tl.trans(v), input_precision=PREC)
-        ds = p * (dp - delta[:, None])
-        dk = tl.dot(tl.trans(ds.to(DT)), q, dk, input_precision=PREC)
+        vis_t = (kpos[:, None] <= pos[None, :]) & row_ok[None, :]
+        dk, dv = _dkdv_step(k, v, q, do, lse, delta, vis_t, dk, dv, qk_scale, DT, PREC)
     dk = dk * sm_scale
     x_off = b * sxb + kh.to(tl.int64) * sxh + kpos[:, None].to(tl.int64) * sxn + d[None, :]
     ok = (k_ok & (n * 0 + en > st))[:, None] & (d[None, :] < D)  # scalar test widened first
