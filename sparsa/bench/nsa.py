@@ -491,6 +491,14 @@ def bench_sweep(length: int, shape_name: str, *, cfg: NSAConfig = PAPER_CFG, bud
             finally:
                 tf.LAUNCH[key] = default
         log(f"  sweep {key}: {found[key]}")
+    # the compression pass with its top-k taken by torch.topk over stored keys
+    if budget.allows(10):
+        tf.TOPK_IN_KERNEL = False
+        try:
+            found["cmp"]["stored keys"] = _ms(timers["cmp"])
+        finally:
+            tf.TOPK_IN_KERNEL = True
+        log(f"  sweep cmp, stored keys: {found['cmp']['stored keys']:.2f} ms")
     return found
 
 

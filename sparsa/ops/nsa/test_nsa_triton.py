@@ -22,6 +22,7 @@ from sparsa.ops.nsa.triton import nsa_attention_triton, nsa_decode_triton, unsup
 from sparsa.ops.nsa.triton_bwd import inverted_index  # noqa: E402
 from sparsa.ops.nsa import triton_decode  # noqa: E402
 from sparsa.ops.nsa.triton_decode import group_weights  # noqa: E402
+from sparsa.ops.nsa import triton_fwd  # noqa: E402
 from sparsa.ops.nsa.triton_fwd import _topk_init, _topk_merge  # noqa: E402
 
 
@@ -274,6 +275,24 @@ def test_decode_matches_reference(b, h, hkv, lk, d, cfg):
     # batch 1 and few programs: the splits change, the result does not
     out_small = nsa_decode_triton(q, k, v, gates, cfg)
     assert torch.equal(out_small, out)
+
+
+@pytest.mark.parametrize("cfg,lq,lk", [(PAPER, 300, 700), (SMALL, 77, 77), (FLA, 129, 200)])
+def test_topk_from_stored_keys_matches_the_running_list(monkeypatch, cfg, lq, lk):
+    # keys stored per chunk of query rows (tiny chunks here) and ranked by torch.topk choose
+    # exactly the blocks of the in-kernel list, with the same outputs
+    gen = torch.Generator().manual_seed(lq)
+    b, h, hkv, d = 2, 8, 2, 64
+    q = torch.randn(b, h, lq, d, generator=gen)
+    k = torch.randn(b, hkv, lk, d, generator=gen)
+    v = torch.randn(b, hkv, lk, d, generator=gen)
+    kc, vc = compress_blocks(k, cfg), compress_blocks(v, cfg)
+    args = dict(kv_len=lk, cfg=cfg, scale=d ** -0.5, interpreted=True)
+    o1, lse1, idx1 = triton_fwd.cmp_topk_fwd(q, kc, vc, **args)
+    monkeypatch.setattr(triton_fwd, "TOPK_IN_KERNEL", False)
+    monkeypatch.setattr(triton_fwd, "TOPK_KEYS_BYTES", 8 * b * hkv * 2 * cfg.n_sel_blocks(lk) * 16)
+    o2, lse2, idx2 = triton_fwd.cmp_topk_fwd(q, kc, vc, **args)
+    assert torch.equal(idx1, idx2) and torch.equal(o1, o2) and torch.equal(lse1, lse2)
 
 
 def test_decode_split_sizes_do_not_change_the_result():

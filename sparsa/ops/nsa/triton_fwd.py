@@ -134,17 +134,17 @@ def _group_query_tile(Q, qt, sqb, sqh, sqt, q_len, kv_len, kv_heads,
 
 @triton.jit
 def _cmp_topk_fwd_kernel(
-    Q, KC, VC, O, LSE, IDX,
-    sqb, sqh, sqt, skb, skh, skn, svb, svh, svn, sob, soh, sot, slb, slh, sib, sih, sit,
-    q_len, kv_len, n_cmp, kv_heads, qk_scale,
+    Q, KC, VC, O, LSE, IDX, KEYS,
+    sqb, sqh, sqt, skb, skh, skn, svb, svh, svn, sob, soh, sot, slb, slh, sib, sih, sit, syb, syt,
+    q_len, kv_len, n_cmp, kv_heads, qk_scale, qt_base,
     G: tl.constexpr, GP: tl.constexpr, BQ: tl.constexpr, BC: tl.constexpr, D: tl.constexpr,
     STRIDE: tl.constexpr, CBLOCK: tl.constexpr, SEL: tl.constexpr, R: tl.constexpr, C: tl.constexpr,
     BS: tl.constexpr, NS: tl.constexpr, NSP: tl.constexpr, NSW: tl.constexpr,
     N_INIT: tl.constexpr, N_LOCAL: tl.constexpr,
-    DT: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr, TOPK: tl.constexpr,
+    DT: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr, TOPK: tl.constexpr, KEYS_OUT: tl.constexpr,
 ):
     M: tl.constexpr = GP * BQ
-    qt = tl.num_programs(0) - 1 - tl.program_id(0)          # longest rows first
+    qt = qt_base + tl.num_programs(0) - 1 - tl.program_id(0)          # longest rows first
     b, kh, off, r, t, row_ok, head, pos, q = _group_query_tile(Q, qt, sqb, sqh, sqt, q_len, kv_len, kv_heads,
                                                                G, GP, BQ, D, DT)
     d = tl.arange(0, D)
@@ -216,17 +216,23 @@ def _cmp_topk_fwd_kernel(
             j = j0 + jl[None, :]
             eligible = j <= cur[:, None]
             forced = eligible & ((j < N_INIT) | (j > cur[:, None] - N_LOCAL))
-            top = _topk_merge(top, _pack_keys(score, j, eligible, forced))
+            keys = _pack_keys(score, j, eligible, forced)
+            if KEYS_OUT:  # the caller takes the top-k of the stored keys
+                tl.store(KEYS + tl.program_id(1).to(tl.int64) * syb + ((qt - qt_base) * BQ + rq)[:, None] * syt + j,
+                         keys, mask=(qt * BQ + rq < q_len)[:, None])
+            else:
+                top = _topk_merge(top, keys)
 
     o_ptrs = O + b * sob + head[:, None] * soh + t[:, None].to(tl.int64) * sot + d[None, :]
     tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=row_ok[:, None])
     tl.store(LSE + b * slb + head * slh + t, lse, mask=row_ok)
 
-    slot = tl.arange(0, NSP)[None, :]
-    idx = _sorted_indices(top, NSP, NS)
-    tq = qt * BQ + rq
-    i_ptrs = IDX + b * sib + kh.to(tl.int64) * sih + tq[:, None].to(tl.int64) * sit + slot
-    tl.store(i_ptrs, idx, mask=(tq[:, None] < q_len) & (slot < NSW))
+    if not KEYS_OUT:
+        slot = tl.arange(0, NSP)[None, :]
+        idx = _sorted_indices(top, NSP, NS)
+        tq = qt * BQ + rq
+        i_ptrs = IDX + b * sib + kh.to(tl.int64) * sih + tq[:, None].to(tl.int64) * sit + slot
+        tl.store(i_ptrs, idx, mask=(tq[:, None] < q_len) & (slot < NSW))
 
 
 # ----------------------------------------------------------------------------- sliding window
@@ -369,6 +375,12 @@ def tile_rows(group: int, rows: int = 128) -> tuple[int, int]:
 # block but hold larger score tiles.
 TOPK_TILE_BLOCKS = 16
 
+# Where the compression pass's top-k is taken: in the kernel (a running list merged tile by
+# tile), or, when False, by torch.topk over int64 keys the kernel stores for a chunk of query
+# rows at a time (at most TOPK_KEYS_BYTES of keys per chunk).
+TOPK_IN_KERNEL = True
+TOPK_KEYS_BYTES = 1 << 29
+
 
 def select_tile(r: int) -> tuple[int, int]:
     """(BS, BC): selection blocks and compressed tokens per tile of the top-k pass."""
@@ -413,20 +425,42 @@ def cmp_topk_fwd(q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tensor, *, k
     lse = torch.empty(b, h, lq, device=q.device, dtype=torch.float32)
     idx = torch.empty(b, hkv, lq, nsw, device=q.device, dtype=torch.int32)
     dt, prec = dot_flags(q, interpreted)
-    grid = (triton.cdiv(lq, bq), b * hkv)
-    _cmp_topk_fwd_kernel[grid](
-        q, k_cmp, v_cmp, o, lse, idx,
-        q.stride(0), q.stride(1), q.stride(2), k_cmp.stride(0), k_cmp.stride(1), k_cmp.stride(2),
-        v_cmp.stride(0), v_cmp.stride(1), v_cmp.stride(2), o.stride(0), o.stride(1), o.stride(2),
-        lse.stride(0), lse.stride(1), idx.stride(0), idx.stride(1), idx.stride(2),
-        lq, kv_len, n_cmp, hkv, scale * LOG2E,
-        G=group, GP=gp, BQ=bq, BC=bc, D=d, STRIDE=cfg.stride, CBLOCK=cfg.block, SEL=cfg.sel_block,
-        R=r_, C=c_, BS=bs, NS=cfg.n_select, NSP=nsp, NSW=nsw,
-        N_INIT=cfg.n_forced_init, N_LOCAL=cfg.n_forced_local,
-        DT=dt, PREC=prec, SPLIT=dt != tl.float32, TOPK=topk,
-        num_warps=warps, num_stages=stages,
-    )
+    keys_out = topk and not TOPK_IN_KERNEL
+    nselp = triton.cdiv(cfg.n_sel_blocks(kv_len), bs) * bs
+    rows_chunk = triton.cdiv(lq, bq) * bq
+    keys = idx  # unused pointer unless keys_out
+    if keys_out:
+        rows_chunk = min(rows_chunk, max(bq, TOPK_KEYS_BYTES // (8 * b * hkv * nselp) // bq * bq))
+        keys = torch.empty(b * hkv, rows_chunk, nselp, device=q.device, dtype=torch.int64)
+    for t0 in range(0, lq, rows_chunk):
+        n_rows = min(rows_chunk, lq - t0)
+        if keys_out:
+            keys.fill_(-(1 << 62))  # blocks after a row's last one are never written: not eligible
+        _cmp_topk_fwd_kernel[(triton.cdiv(n_rows, bq), b * hkv)](
+            q, k_cmp, v_cmp, o, lse, idx, keys,
+            q.stride(0), q.stride(1), q.stride(2), k_cmp.stride(0), k_cmp.stride(1), k_cmp.stride(2),
+            v_cmp.stride(0), v_cmp.stride(1), v_cmp.stride(2), o.stride(0), o.stride(1), o.stride(2),
+            lse.stride(0), lse.stride(1), idx.stride(0), idx.stride(1), idx.stride(2),
+            keys.stride(0), keys.stride(1),
+            lq, kv_len, n_cmp, hkv, scale * LOG2E, t0 // bq,
+            G=group, GP=gp, BQ=bq, BC=bc, D=d, STRIDE=cfg.stride, CBLOCK=cfg.block, SEL=cfg.sel_block,
+            R=r_, C=c_, BS=bs, NS=cfg.n_select, NSP=nsp, NSW=nsw,
+            N_INIT=cfg.n_forced_init, N_LOCAL=cfg.n_forced_local,
+            DT=dt, PREC=prec, SPLIT=dt != tl.float32, TOPK=topk, KEYS_OUT=keys_out,
+            num_warps=warps, num_stages=stages,
+        )
+        if keys_out:
+            idx[:, :, t0:t0 + n_rows] = _top_blocks(keys[:, :n_rows], cfg.n_select, nsw).view(b, hkv, n_rows, nsw)
     return o, lse, idx
+
+
+def _top_blocks(keys: torch.Tensor, n_select: int, nsw: int) -> torch.Tensor:
+    """Blocks of the ``n_select`` largest keys (..., n) of each row: ascending, -1 padded, int32,
+    ``nsw`` columns. Keys < 0 (not eligible) are never chosen."""
+    top = torch.topk(keys, min(n_select, keys.shape[-1]), dim=-1, sorted=False).values
+    none = torch.iinfo(torch.int32).max
+    blk = torch.where(top >= 0, 2147483647 - (top & 0xFFFFFFFF), none).sort(-1).values[..., :nsw]
+    return torch.where(blk == none, -1, blk).to(torch.int32)
 
 
 def window_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window: int, scale: float,
