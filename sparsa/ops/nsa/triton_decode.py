@@ -1,6 +1,6 @@
 """Triton decode step of Native Sparse Attention: one query per sequence, KV loop split across programs.
 
-Per (batch, KV head) the group's query heads share one tile (padded to 16 rows). Four launches:
+Per (batch, KV head) the group's query heads share one tile (padded to 16 rows). Three launches:
 
 1. ``_dec_cmp_kernel`` (chunks of compressed tokens, then window chunks x batch*kv_heads): each
    compressed chunk loops over sub-tiles of 64 tokens with an online softmax (max, sum,
@@ -13,9 +13,9 @@ Per (batch, KV head) the group's query heads share one tile (padded to 16 rows).
    the group's heads) and keeps the chunk's top ``n_select`` keys (same int64 keys as the
    prefill kernel: ties go to the lower block, forced blocks first).
 3. ``_dec_sparse_kernel`` (selection splits x batch*kv_heads): each program merges the chunk
-   lists into the final top-k and attends its share of the chosen blocks.
-4. ``_dec_combine_kernel`` (batch*heads): merges the partials of each branch in one step
-   (all partials of a query row loaded at once) and mixes them with the gates.
+   lists into the final top-k and attends its share of the chosen blocks. The last program of
+   a (batch, KV head) to finish (an arrival counter, zeroed by launch 1) merges the partials of
+   the three branches for the group's heads and mixes them with the gates.
 
 Only the compressed tokens, the selected blocks and the window are read from the cache.
 """
@@ -30,7 +30,7 @@ from .triton_fwd import LOG2E, _key_block, _pack_keys, _pow2, _sorted_indices, _
 
 @triton.jit
 def _dec_cmp_kernel(
-    Q, KC, VC, KW, VW, TBUF, MSUB, WE, MPART, LPART, APART,
+    Q, KC, VC, KW, VW, TBUF, MSUB, WE, MPART, LPART, APART, COUNT,
     sqb, sqh, skb, skh, skn, svb, svh, svn, swb, swh, swn, sxb, sxh, sxn,
     n_cmp, n_grp, ngrp_pad, nsub_all, nc1, pos, window, kv_heads, qk_scale,
     G: tl.constexpr, MP: tl.constexpr, D: tl.constexpr, R: tl.constexpr, NGS: tl.constexpr,
@@ -45,6 +45,8 @@ def _dec_cmp_kernel(
     r = tl.arange(0, MP)
     row_ok = r < G
     d = tl.arange(0, D)
+    if c == 0:
+        tl.store(COUNT + bh, 0)  # launch 3 counts its programs here (stream order: this runs first)
     q = tl.load(Q + b * sqb + (kh * G + r)[:, None] * sqh + d[None, :], mask=row_ok[:, None], other=0.0).to(DT)
     m_i = tl.full([MP], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([MP], dtype=tl.float32)
@@ -154,9 +156,9 @@ def _attend(q, k_base, v_base, kpos, k_ok, skn, svn, m_i, l_i, acc, d, qk_scale,
 
 @triton.jit
 def _dec_sparse_kernel(
-    Q, K, V, CAND, IDX, MPART, LPART, APART,
-    sqb, sqh, skb, skh, skn, svb, svh, svn, sib, sih,
-    n_chunks2, pos, kv_heads, qk_scale,
+    Q, K, V, CAND, IDX, MPART, LPART, APART, M1, L1, A1, GATES, OUT, COUNT,
+    sqb, sqh, skb, skh, skn, svb, svh, svn, sib, sih, sgb, sgh, sgc, sob, soh,
+    n_chunks2, nc1, n_parts1, pos, kv_heads, qk_scale,
     G: tl.constexpr, MP: tl.constexpr, D: tl.constexpr, SB: tl.constexpr, NS: tl.constexpr, NSP: tl.constexpr,
     NSW: tl.constexpr, NCP2: tl.constexpr, BPS: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr,
 ):
@@ -199,48 +201,43 @@ def _dec_sparse_kernel(
     tl.store(MPART + part, m_i)
     tl.store(LPART + part, l_i)
     tl.store(APART + part[:, None] * D + d[None, :], acc)
+    # the last program of this (batch, KV head) to finish merges every branch's partials and
+    # mixes them: the barrier orders all threads' stores before the counter's release, and the
+    # partials are read past L1 (.cg), which holds no other SM's writes
+    tl.debug_barrier()
+    if tl.atomic_add(COUNT + bh, 1, sem="acq_rel", scope="gpu") == nsp_all - 1:
+        o_cmp = _merge_rows(M1, L1, A1, bh64 * n_parts1, 0, nc1, r, d, MP, D)
+        o_win = _merge_rows(M1, L1, A1, bh64 * n_parts1, nc1, n_parts1, r, d, MP, D)
+        o_slc = _merge_rows(MPART, LPART, APART, bh64 * nsp_all, 0, nsp_all, r, d, MP, D)
+        head = kh * G + r
+        g_ptr = GATES + b * sgb + head * sgh
+        g0 = tl.load(g_ptr, mask=row_ok, other=0.0).to(tl.float32)
+        g1 = tl.load(g_ptr + sgc, mask=row_ok, other=0.0).to(tl.float32)
+        g2 = tl.load(g_ptr + 2 * sgc, mask=row_ok, other=0.0).to(tl.float32)
+        out = g0[:, None] * o_cmp + g1[:, None] * o_slc + g2[:, None] * o_win
+        tl.store(OUT + b * sob + head[:, None] * soh + d[None, :], out.to(OUT.dtype.element_ty),
+                 mask=row_ok[:, None])
 
 
 @triton.jit
-def _merge(MPART, LPART, APART, base, lo, hi, row, d, MP: tl.constexpr, D: tl.constexpr, NP: tl.constexpr):
-    """Merge the partial softmax results lo..hi-1 (at most NP) of one query row in one step;
-    returns its normalised output (D,)."""
-    c = lo + tl.arange(0, NP)
-    ok = c < hi
-    part = (base + c) * MP + row
-    m = tl.load(MPART + part, mask=ok, other=float("-inf"))
-    l = tl.load(LPART + part, mask=ok, other=0.0)
-    a = tl.load(APART + part[:, None] * D + d[None, :], mask=ok[:, None], other=0.0)
-    mx = tl.max(m, 0)
-    w = tl.exp2(m - tl.where(mx == float("-inf"), 0.0, mx))
-    den = tl.sum(l * w, 0)
-    acc = tl.sum(a * w[:, None], 0)
-    return acc / tl.where(den > 0.0, den, 1.0)
-
-
-@triton.jit
-def _dec_combine_kernel(
-    M1, L1, A1, M2, L2, A2, GATES, OUT,
-    sgb, sgh, sgc, sob, soh,
-    n_chunks1, n_parts1, n_parts2, kv_heads, heads,
-    G: tl.constexpr, MP: tl.constexpr, D: tl.constexpr,
-    NP1: tl.constexpr, NP2: tl.constexpr, NP3: tl.constexpr,
-):
-    pid = tl.program_id(0)                      # one (batch, query head)
-    b = pid // heads
-    h = pid % heads
-    bh64 = (b * kv_heads + h // G).to(tl.int64)
-    row = h % G
-    d = tl.arange(0, D)
-    o_cmp = _merge(M1, L1, A1, bh64 * n_parts1, 0, n_chunks1, row, d, MP, D, NP1)
-    o_win = _merge(M1, L1, A1, bh64 * n_parts1, n_chunks1, n_parts1, row, d, MP, D, NP3)
-    o_slc = _merge(M2, L2, A2, bh64 * n_parts2, 0, n_parts2, row, d, MP, D, NP2)
-    g_ptr = GATES + b.to(tl.int64) * sgb + h.to(tl.int64) * sgh
-    g0 = tl.load(g_ptr).to(tl.float32)
-    g1 = tl.load(g_ptr + sgc).to(tl.float32)
-    g2 = tl.load(g_ptr + 2 * sgc).to(tl.float32)
-    out = g0 * o_cmp + g1 * o_slc + g2 * o_win
-    tl.store(OUT + b.to(tl.int64) * sob + h.to(tl.int64) * soh + d, out.to(OUT.dtype.element_ty))
+def _merge_rows(MPART, LPART, APART, base, lo, hi, r, d, MP: tl.constexpr, D: tl.constexpr):
+    """Merge the partial softmax results lo..hi-1 of all MP rows; returns the normalised
+    output (MP, D) (zero for a row no partial saw a key of)."""
+    m = tl.full([MP], float("-inf"), dtype=tl.float32)
+    l = tl.zeros([MP], dtype=tl.float32)
+    acc = tl.zeros([MP, D], dtype=tl.float32)
+    for c in range(lo, hi):
+        part = (base + c) * MP + r
+        m_c = tl.load(MPART + part, cache_modifier=".cg")
+        m_new = tl.maximum(m, m_c)
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m - m_use)
+        beta = tl.exp2(m_c - m_use)
+        l = l * alpha + tl.load(LPART + part, cache_modifier=".cg") * beta
+        a_c = tl.load(APART + part[:, None] * D + d[None, :], cache_modifier=".cg")
+        acc = acc * alpha[:, None] + a_c * beta[:, None]
+        m = m_new
+    return acc / tl.where(l > 0.0, l, 1.0)[:, None]
 
 
 _WEIGHTS: dict[tuple[int, int, str], torch.Tensor] = {}
@@ -307,12 +304,13 @@ def nsa_decode_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: tor
     wch = 128
     nwin = triton.cdiv(window, wch) if window > 0 else 0
     tbuf = torch.empty(n_e, bh, group, ngrp_pad, device=dev, dtype=torch.float32)
+    count = torch.empty(bh, device=dev, dtype=torch.int32)
     msub = torch.empty(bh, nsub_all, mp, device=dev, dtype=torch.float32)
     m1 = torch.empty(bh, nc1 + nwin, mp, device=dev, dtype=torch.float32)
     l1 = torch.empty_like(m1)
     a1 = torch.empty(bh, nc1 + nwin, mp, d, device=dev, dtype=torch.float32)
     _dec_cmp_kernel[(nc1 + nwin, bh)](
-        q, k_cmp, v_cmp, k_win, v_win, tbuf, msub, we, m1, l1, a1,
+        q, k_cmp, v_cmp, k_win, v_win, tbuf, msub, we, m1, l1, a1, count,
         q.stride(0), q.stride(1), k_cmp.stride(0), k_cmp.stride(1), k_cmp.stride(2),
         v_cmp.stride(0), v_cmp.stride(1), v_cmp.stride(2),
         k_win.stride(0), k_win.stride(1), k_win.stride(2), v_win.stride(0), v_win.stride(1), v_win.stride(2),
@@ -340,21 +338,14 @@ def nsa_decode_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: tor
     m2 = torch.empty(bh, nspl, mp, device=dev, dtype=torch.float32)
     l2 = torch.empty_like(m2)
     a2 = torch.empty(bh, nspl, mp, d, device=dev, dtype=torch.float32)
+    out = torch.empty(b, h, d, device=dev, dtype=q.dtype)
     _dec_sparse_kernel[(nspl, bh)](
-        q, k, v, cand, idx, m2, l2, a2,
+        q, k, v, cand, idx, m2, l2, a2, m1, l1, a1, gates, out, count,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
-        idx.stride(0), idx.stride(1),
-        nc2, pos, hkv, qk_scale,
+        idx.stride(0), idx.stride(1), gates.stride(0), gates.stride(1), gates.stride(2), out.stride(0), out.stride(1),
+        nc2, nc1, nc1 + nwin, pos, hkv, qk_scale,
         G=group, MP=mp, D=d, SB=cfg.sel_block, NS=cfg.n_select, NSP=nsp, NSW=nsw, NCP2=_pow2(nc2), BPS=bps,
         DT=dt, PREC=prec, num_warps=4,
-    )
-
-    out = torch.empty(b, h, d, device=dev, dtype=q.dtype)
-    _dec_combine_kernel[(b * h,)](
-        m1, l1, a1, m2, l2, a2, gates, out,
-        gates.stride(0), gates.stride(1), gates.stride(2), out.stride(0), out.stride(1),
-        nc1, nc1 + nwin, nspl, hkv, h, G=group, MP=mp, D=d,
-        NP1=_pow2(nc1), NP2=_pow2(nspl), NP3=_pow2(max(nwin, 1)), num_warps=4,
     )
     return out, idx
 
