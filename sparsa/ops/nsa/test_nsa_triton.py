@@ -4,6 +4,7 @@ Outputs, block choices and the gradients of q, k, v, the gates, the compression 
 separate window keys/values; GQA groups 1, 4 and 16; head dims 64 and 128; odd lengths; the
 decode kernels; bad inputs.
 """
+import math
 import os
 
 import pytest
@@ -293,6 +294,46 @@ def test_topk_from_stored_keys_matches_the_running_list(monkeypatch, cfg, lq, lk
     monkeypatch.setattr(triton_fwd, "TOPK_KEYS_BYTES", 8 * b * hkv * 2 * cfg.n_sel_blocks(lk) * 16)
     o2, lse2, idx2 = triton_fwd.cmp_topk_fwd(q, kc, vc, **args)
     assert torch.equal(idx1, idx2) and torch.equal(o1, o2) and torch.equal(lse1, lse2)
+
+
+@pytest.mark.parametrize("group,nsw", [(16, 16), (1, 16), (4, 3)])
+def test_selection_tiles_of_several_queries_match_one_query_per_tile(monkeypatch, group, nsw):
+    # neighbouring queries share some blocks and not others; some lists are short (-1 padded)
+    gen = torch.Generator().manual_seed(group)
+    b, hkv, lq, d, sb = 1, 2, 37, 64, 16
+    lk = lq + 50
+    q = torch.randn(b, hkv * group, lq, d, generator=gen)
+    k, v = torch.randn(b, hkv, lk, d, generator=gen), torch.randn(b, hkv, lk, d, generator=gen)
+    gates = torch.rand(b, hkv * group, lq, 3, generator=gen)
+    o_cmp, o_win = torch.randn_like(q), torch.randn_like(q)
+    n_blocks = -(-lk // sb)
+    idx = torch.full((b, hkv, lq, nsw), -1, dtype=torch.int32)
+    for t in range(lq):
+        own = (lk - lq + t) // sb + 1                     # blocks a query may read
+        for h in range(hkv):
+            n = int(torch.randint(1, min(nsw, own) + 1, (1,), generator=gen))
+            pool = torch.arange(min(own, n_blocks)) if t % 3 else torch.arange(min(own, 4))
+            pick = pool[torch.randperm(len(pool), generator=gen)[:n]].sort().values
+            idx[0, h, t, :len(pick)] = pick.int()
+    # direct oracle: each (query, head) attends the keys of its blocks up to its position
+    o_slc = torch.zeros_like(q)
+    lse = torch.full((b, hkv * group, lq), float("inf"))
+    for t in range(lq):
+        pos = lk - lq + t
+        for hd in range(hkv * group):
+            blocks = idx[0, hd // group, t]
+            keys = torch.cat([torch.arange(bl * sb, min(bl * sb + sb, pos + 1)) for bl in blocks[blocks >= 0].tolist()])
+            s = (q[0, hd, t] @ k[0, hd // group, keys].T) * d ** -0.5
+            o_slc[0, hd, t] = torch.softmax(s, 0) @ v[0, hd // group, keys]
+            lse[0, hd, t] = torch.logsumexp(s, 0) / math.log(2)
+    g = gates
+    out = g[..., :1] * o_cmp + g[..., 1:2] * o_slc + g[..., 2:] * o_win
+    args = dict(sel_block=sb, scale=d ** -0.5, interpreted=True)
+    for rows in (16, 32, 64, 128):   # one query per tile (group 16, rows 16) up to 64 rows
+        monkeypatch.setitem(triton_fwd.LAUNCH, "slc", (rows, 4, 2))
+        got = triton_fwd.selection_fwd(q, k, v, idx, gates, o_cmp, o_win, **args)
+        for a, e in zip(got, (out, o_slc, lse)):
+            assert torch.allclose(a, e, rtol=1e-4, atol=1e-5)
 
 
 def test_decode_split_sizes_do_not_change_the_result():

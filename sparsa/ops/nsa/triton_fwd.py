@@ -14,8 +14,10 @@ Softmax statistics are kept in the log2 domain: ``lse2 = log2(sum(exp2(s * scale
   which it merges into a running per-query top-k. Neither the probabilities nor the
   (q_len x blocks) score matrix ever reach memory.
 * :func:`window_fwd` — sliding-window attention, same tiling.
-* :func:`selection_fwd` — one program per (query, KV head): the group's heads (padded to 16
-  rows) walk the query's selected blocks. Its epilogue mixes the three branches with the gates.
+* :func:`selection_fwd` — one program per (BQ consecutive queries, KV head): their rows (the
+  group's heads for each query) walk the union of the queries' selected blocks, each block
+  loaded once and masked for the queries that did not choose it. Its epilogue mixes the three
+  branches with the gates.
 
 Top-k keys are int64: the float32 bit pattern of the (non-negative) block score in the high
 word, ``2**31 - 1 - block`` in the low word, so comparing keys orders by score and, on ties,
@@ -37,7 +39,7 @@ LOG2E = 1.4426950408889634
 LAUNCH: dict[str, tuple[int, int, int]] = {
     "cmp": (128, 8, 2),        # compression + top-k
     "win": (64, 8, 2),         # sliding window forward
-    "slc": (16, 4, 2),         # selection forward (rows: the group padded to >= 16)
+    "slc": (64, 4, 2),         # selection forward (rows: queries x the group, which share block loads)
     "band_dq": (64, 8, 2),     # compression / window dQ
     "band_dkdv": (32, 8, 2),   # compression / window dK, dV
     "slc_dq": (16, 4, 2),      # selection dQ
@@ -292,41 +294,59 @@ def _selection_fwd_kernel(
     sqb, sqh, sqt, skb, skh, skn, svb, svh, svn, sib, sih, sit, sob, soh, sot, slb, slh,
     sgb, sgh, sgt, sgc,
     q_len, kv_len, kv_heads, qk_scale,
-    G: tl.constexpr, MP: tl.constexpr, SB: tl.constexpr, D: tl.constexpr,
+    G: tl.constexpr, GP: tl.constexpr, BQ: tl.constexpr, M: tl.constexpr, SB: tl.constexpr, D: tl.constexpr,
     NSW: tl.constexpr, NSWP: tl.constexpr, HAS_WIN: tl.constexpr,
     DT: tl.constexpr, PREC: tl.constexpr,
 ):
-    t = tl.program_id(0)
+    qt = tl.program_id(0)
     pid = tl.program_id(1)
     b = (pid // kv_heads).to(tl.int64)
     kh = pid % kv_heads
-    pos = kv_len - q_len + t
+    off = kv_len - q_len
 
-    r = tl.arange(0, MP)
-    row_ok = r < G
-    head = (kh * G + r).to(tl.int64)
+    # rows: BQ consecutive queries x the group's heads (padded to GP), query-major, then
+    # padding up to M >= 16 rows
+    r = tl.arange(0, M)
+    qi = r // GP
+    t = qt * BQ + qi
+    row_ok = (r % GP < G) & (qi < BQ) & (t < q_len)
+    head = (kh * G + r % GP).to(tl.int64)
+    pos = off + t
+    t64 = t.to(tl.int64)
     d = tl.arange(0, D)
     n = tl.arange(0, SB)
-    t64 = t.to(tl.int64)
-
-    q = tl.load(Q + b * sqb + head[:, None] * sqh + t64 * sqt + d[None, :], mask=row_ok[:, None], other=0.0)
-    q = q.to(DT)
+    q = tl.load(Q + b * sqb + head[:, None] * sqh + t64[:, None] * sqt + d[None, :], mask=row_ok[:, None],
+                other=0.0).to(DT)
     k_base = K + b * skb + kh.to(tl.int64) * skh
     v_base = V + b * svb + kh.to(tl.int64) * svh
-    idx_row = IDX + b * sib + kh.to(tl.int64) * sih + t64 * sit
-    slots = tl.arange(0, NSWP)
-    n_valid = tl.sum((tl.load(idx_row + slots, mask=slots < NSW, other=-1) >= 0).to(tl.int32), 0)
 
-    m_i = tl.full([MP], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([MP], dtype=tl.float32)
-    acc = tl.zeros([MP, D], dtype=tl.float32)
-    for i in range(0, n_valid):
-        blk = tl.load(idx_row + i)
+    # the tile's queries' block lists; the loop walks their union in ascending order, each
+    # block loaded once for every query that chose it (neighbouring queries mostly agree)
+    qq = tl.arange(0, BQ)
+    slots = tl.arange(0, NSWP)
+    tq = qt * BQ + qq
+    lists = tl.load(IDX + b * sib + kh.to(tl.int64) * sih + tq[:, None].to(tl.int64) * sit + slots[None, :],
+                    mask=(tq < q_len)[:, None] & (slots < NSW)[None, :], other=-1)
+    none = 2147483647
+    vals = tl.where(lists >= 0, lists, none)
+    flat = tl.reshape(vals, (BQ * NSWP,))
+    z = tl.arange(0, BQ * NSWP)
+    seen_before = tl.max(((flat[:, None] == flat[None, :]) & (z[None, :] < z[:, None])).to(tl.int32), 1)
+    n_union = tl.sum(((flat < none) & (seen_before == 0)).to(tl.int32), 0)
+
+    m_i = tl.full([M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([M], dtype=tl.float32)
+    acc = tl.zeros([M, D], dtype=tl.float32)
+    for _ in range(0, n_union):
+        blk = tl.min(tl.min(vals, 1), 0)
+        chose = tl.max((vals == blk).to(tl.int32), 1)                                   # (BQ,)
+        vals = tl.where(vals == blk, none, vals)
+        row_chose = tl.sum(tl.where(qq[None, :] == qi[:, None], chose[None, :], 0), 1) > 0  # (M,)
         kpos = blk * SB + n
-        k_ok = kpos <= pos
+        k_ok = kpos < kv_len
         k = tl.load(k_base + kpos[:, None].to(tl.int64) * skn + d[None, :], mask=k_ok[:, None], other=0.0)
         s = tl.dot(q, tl.trans(k.to(DT)), input_precision=PREC) * qk_scale
-        s = tl.where(k_ok[None, :], s, float("-inf"))
+        s = tl.where(row_chose[:, None] & (kpos[None, :] <= pos[:, None]), s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
         alpha = tl.exp2(m_i - m_use)
@@ -338,9 +358,9 @@ def _selection_fwd_kernel(
     ok = l_i > 0.0
     o = acc / tl.where(ok, l_i, 1.0)[:, None]
     lse = tl.where(ok, m_i + tl.log2(tl.where(ok, l_i, 1.0)), float("inf"))
-    o_off = b * sob + head[:, None] * soh + t64 * sot + d[None, :]
+    o_off = b * sob + head[:, None] * soh + t64[:, None] * sot + d[None, :]
     tl.store(O + o_off, o.to(O.dtype.element_ty), mask=row_ok[:, None])
-    tl.store(LSE + b * slb + head * slh + t, lse, mask=row_ok)
+    tl.store(LSE + b * slb + head * slh + t64, lse, mask=row_ok)
 
     # gate mixing: out = g_cmp * o_cmp + g_slc * o_slc + g_win * o_win
     g_ptr = GATES + b * sgb + head * sgh + t64 * sgt
@@ -500,14 +520,15 @@ def selection_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.
     hkv, lk = k.shape[1], k.shape[2]
     group = h // hkv
     rows, warps, stages = LAUNCH["slc"]
-    mp = max(rows, _pow2(group))
     nsw = idx.shape[-1]
+    gp = _pow2(group)
+    bq = max(1, min(rows // gp, 64 // _pow2(nsw)))  # the union count compares BQ * NSWP entries pairwise
     o = torch.empty_like(q, memory_format=torch.contiguous_format)
     out = torch.empty_like(o)
     lse = torch.empty(b, h, lq, device=q.device, dtype=torch.float32)
     ow = o_cmp if o_win is None else o_win
     dt, prec = dot_flags(q, interpreted)
-    grid = (lq, b * hkv)
+    grid = (triton.cdiv(lq, bq), b * hkv)
     _selection_fwd_kernel[grid](
         q, k, v, idx, o, lse, out, o_cmp, ow, gates,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
@@ -515,7 +536,8 @@ def selection_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.
         o.stride(0), o.stride(1), o.stride(2), lse.stride(0), lse.stride(1),
         gates.stride(0), gates.stride(1), gates.stride(2), gates.stride(3),
         lq, lk, hkv, scale * LOG2E,
-        G=group, MP=mp, SB=sel_block, D=d, NSW=nsw, NSWP=_pow2(nsw), HAS_WIN=o_win is not None,
+        G=group, GP=gp, BQ=bq, M=max(16, gp * bq), SB=sel_block, D=d, NSW=nsw, NSWP=_pow2(nsw),
+        HAS_WIN=o_win is not None,
         DT=dt, PREC=prec,
         num_warps=warps, num_stages=stages,
     )
