@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_fwd import LAUNCH, LOG2E, _pow2, dot_flags, tile_rows
+from .triton_fwd import LAUNCH, LOG2E, _pow2, _union_lists, _union_next, dot_flags, selection_tile, tile_rows
 
 MODE_CMP = 0
 MODE_WIN = 1
@@ -256,47 +256,44 @@ def _selection_dq_kernel(
     sqb, sqh, sqt, skb, skh, skn, svb, svh, svn, sib, sih, sit, sdb, sdh, sdt, slb, slh, sgb, sgh, sgt,
     sxb, sxh, sxt,
     q_len, kv_len, kv_heads, qk_scale, sm_scale,
-    ACCUM: tl.constexpr, G: tl.constexpr, MP: tl.constexpr, SB: tl.constexpr, D: tl.constexpr,
-    NSW: tl.constexpr, NSWP: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr,
+    ACCUM: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, BQ: tl.constexpr, M: tl.constexpr,
+    SB: tl.constexpr, D: tl.constexpr, NSW: tl.constexpr, NSWP: tl.constexpr, DT: tl.constexpr,
+    PREC: tl.constexpr,
 ):
-    t = tl.program_id(0)
+    qt = tl.program_id(0)
     pid = tl.program_id(1)
     b = (pid // kv_heads).to(tl.int64)
     kh = pid % kv_heads
+    # rows as in the forward: BQ queries x the group's heads, walking the union of their blocks
+    r = tl.arange(0, M)
+    qi = r // GP
+    t = qt * BQ + qi
+    row_ok = (r % GP < G) & (qi < BQ) & (t < q_len)
+    head = (kh * G + r % GP).to(tl.int64)
     pos = kv_len - q_len + t
-    t64 = t.to(tl.int64)
-    r = tl.arange(0, MP)
-    row_ok = r < G
-    head = (kh * G + r).to(tl.int64)
     d = tl.arange(0, D)
     n = tl.arange(0, SB)
-
-    q = tl.load(Q + b * sqb + head[:, None] * sqh + t64 * sqt + d[None, :], mask=row_ok[:, None], other=0.0).to(DT)
-    gate = tl.load(GATES + b * sgb + head * sgh + t64 * sgt + 1, mask=row_ok, other=0.0).to(tl.float32)
-    do = tl.load(DO + b * sdb + head[:, None] * sdh + t64 * sdt + d[None, :], mask=row_ok[:, None], other=0.0)
-    do = (do.to(tl.float32) * gate[:, None]).to(DT)
-    lse = tl.load(LSE + b * slb + head * slh + t, mask=row_ok, other=float("inf"))
-    delta = tl.load(DELTA + b * slb + head * slh + t, mask=row_ok, other=0.0)
+    q, do, lse, delta = _row_grads_in(Q, DO, LSE, DELTA, GATES, b, head, t, row_ok, sqb, sqh, sqt, sdb, sdh, sdt,
+                                      slb, slh, sgb, sgh, sgt, 1, D, DT)
     k_base = K + b * skb + kh.to(tl.int64) * skh
     v_base = V + b * svb + kh.to(tl.int64) * svh
-    idx_row = IDX + b * sib + kh.to(tl.int64) * sih + t64 * sit
-    slots = tl.arange(0, NSWP)
-    n_valid = tl.sum((tl.load(idx_row + slots, mask=slots < NSW, other=-1) >= 0).to(tl.int32), 0)
+    vals, n_union = _union_lists(IDX + b * sib + kh.to(tl.int64) * sih, sit, qt, q_len, BQ, NSW, NSWP)
 
-    dq = tl.zeros([MP, D], dtype=tl.float32)
-    for i in range(0, n_valid):
-        blk = tl.load(idx_row + i)
+    dq = tl.zeros([M, D], dtype=tl.float32)
+    for _ in range(0, n_union):
+        blk, row_chose, vals = _union_next(vals, qi, BQ)
         kpos = blk * SB + n
-        k_ok = kpos <= pos
+        k_ok = kpos < kv_len
         k = tl.load(k_base + kpos[:, None].to(tl.int64) * skn + d[None, :], mask=k_ok[:, None], other=0.0).to(DT)
         v = tl.load(v_base + kpos[:, None].to(tl.int64) * svn + d[None, :], mask=k_ok[:, None], other=0.0).to(DT)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
-        p = tl.where(k_ok[None, :] & row_ok[:, None], tl.exp2(s - lse[:, None]), 0.0)
+        vis = row_chose[:, None] & (kpos[None, :] <= pos[:, None]) & row_ok[:, None]
+        p = tl.where(vis, tl.exp2(s - lse[:, None]), 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=PREC)
         ds = p * (dp - delta[:, None])
         dq = tl.dot(ds.to(DT), k, dq, input_precision=PREC)
     dq = dq * sm_scale
-    dq_ptrs = DQ + b * sxb + head[:, None] * sxh + t64 * sxt + d[None, :]
+    dq_ptrs = DQ + b * sxb + head[:, None] * sxh + t[:, None].to(tl.int64) * sxt + d[None, :]
     if ACCUM:
         dq += tl.load(dq_ptrs, mask=row_ok[:, None], other=0.0)
     tl.store(dq_ptrs, dq, mask=row_ok[:, None])
@@ -442,15 +439,16 @@ def selection_dq(q, k, v, idx, do, lse, delta, gates, dq, *, sel_block: int, sca
     group = h // hkv
     nsw = idx.shape[-1]
     rows, warps, stages = LAUNCH["slc_dq"]
+    gp, bq = selection_tile(group, nsw, rows)
     dt, prec = dot_flags(q, interpreted)
-    _selection_dq_kernel[(lq, b * hkv)](
+    _selection_dq_kernel[(triton.cdiv(lq, bq), b * hkv)](
         q, k, v, idx, do, lse, delta, gates, dq,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), idx.stride(0), idx.stride(1), idx.stride(2),
         do.stride(0), do.stride(1), do.stride(2), lse.stride(0), lse.stride(1),
         gates.stride(0), gates.stride(1), gates.stride(2), dq.stride(0), dq.stride(1), dq.stride(2),
         lq, lk, hkv, scale * LOG2E, scale,
-        ACCUM=accumulate, G=group, MP=max(rows, _pow2(group)), SB=sel_block, D=d, NSW=nsw, NSWP=_pow2(nsw),
+        ACCUM=accumulate, G=group, GP=gp, BQ=bq, M=max(16, gp * bq), SB=sel_block, D=d, NSW=nsw, NSWP=_pow2(nsw),
         DT=dt, PREC=prec, num_warps=warps, num_stages=stages,
     )
 

@@ -42,7 +42,7 @@ LAUNCH: dict[str, tuple[int, int, int]] = {
     "slc": (64, 4, 2),         # selection forward (rows: queries x the group, which share block loads)
     "band_dq": (64, 8, 2),     # compression / window dQ
     "band_dkdv": (32, 8, 2),   # compression / window dK, dV
-    "slc_dq": (16, 4, 2),      # selection dQ
+    "slc_dq": (64, 4, 2),      # selection dQ (rows as the selection forward)
     "slc_dkdv": (32, 8, 2),    # selection dK, dV (per segment of an inverted list)
 }
 
@@ -107,6 +107,33 @@ def _sorted_indices(top, NSP: tl.constexpr, NS: tl.constexpr):
         out = tl.where(slot == s, mn[:, None], out)
         idx = tl.where(idx == mn[:, None], 2147483647, idx)
     return tl.where(out == 2147483647, -1, out)
+
+
+@triton.jit
+def _union_lists(idx_base, sit, qt, q_len, BQ: tl.constexpr, NSW: tl.constexpr, NSWP: tl.constexpr):
+    """The block lists of queries qt*BQ .. qt*BQ + BQ - 1 (idx_base: their KV head's index rows):
+    (vals (BQ, NSWP) with unused entries 2**31 - 1, the number of distinct blocks among them)."""
+    qq = tl.arange(0, BQ)
+    slots = tl.arange(0, NSWP)
+    tq = qt * BQ + qq
+    lists = tl.load(idx_base + tq[:, None].to(tl.int64) * sit + slots[None, :],
+                    mask=(tq < q_len)[:, None] & (slots < NSW)[None, :], other=-1)
+    vals = tl.where(lists >= 0, lists, 2147483647)
+    flat = tl.reshape(vals, (BQ * NSWP,))
+    z = tl.arange(0, BQ * NSWP)
+    seen_before = tl.max(((flat[:, None] == flat[None, :]) & (z[None, :] < z[:, None])).to(tl.int32), 1)
+    return vals, tl.sum(((flat < 2147483647) & (seen_before == 0)).to(tl.int32), 0)
+
+
+@triton.jit
+def _union_next(vals, qi, BQ: tl.constexpr):
+    """Take the smallest block left in vals: (block, which tile rows chose it (rows of query
+    qi), vals without it)."""
+    blk = tl.min(tl.min(vals, 1), 0)
+    chose = tl.max((vals == blk).to(tl.int32), 1)
+    qq = tl.arange(0, BQ)
+    rows = tl.sum(tl.where(qq[None, :] == qi[:, None], chose[None, :], 0), 1) > 0
+    return blk, rows, tl.where(vals == blk, 2147483647, vals)
 
 
 # ----------------------------------------------------------------------------- compression + top-k
@@ -322,26 +349,13 @@ def _selection_fwd_kernel(
 
     # the tile's queries' block lists; the loop walks their union in ascending order, each
     # block loaded once for every query that chose it (neighbouring queries mostly agree)
-    qq = tl.arange(0, BQ)
-    slots = tl.arange(0, NSWP)
-    tq = qt * BQ + qq
-    lists = tl.load(IDX + b * sib + kh.to(tl.int64) * sih + tq[:, None].to(tl.int64) * sit + slots[None, :],
-                    mask=(tq < q_len)[:, None] & (slots < NSW)[None, :], other=-1)
-    none = 2147483647
-    vals = tl.where(lists >= 0, lists, none)
-    flat = tl.reshape(vals, (BQ * NSWP,))
-    z = tl.arange(0, BQ * NSWP)
-    seen_before = tl.max(((flat[:, None] == flat[None, :]) & (z[None, :] < z[:, None])).to(tl.int32), 1)
-    n_union = tl.sum(((flat < none) & (seen_before == 0)).to(tl.int32), 0)
+    vals, n_union = _union_lists(IDX + b * sib + kh.to(tl.int64) * sih, sit, qt, q_len, BQ, NSW, NSWP)
 
     m_i = tl.full([M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([M], dtype=tl.float32)
     acc = tl.zeros([M, D], dtype=tl.float32)
     for _ in range(0, n_union):
-        blk = tl.min(tl.min(vals, 1), 0)
-        chose = tl.max((vals == blk).to(tl.int32), 1)                                   # (BQ,)
-        vals = tl.where(vals == blk, none, vals)
-        row_chose = tl.sum(tl.where(qq[None, :] == qi[:, None], chose[None, :], 0), 1) > 0  # (M,)
+        blk, row_chose, vals = _union_next(vals, qi, BQ)
         kpos = blk * SB + n
         k_ok = kpos < kv_len
         k = tl.load(k_base + kpos[:, None].to(tl.int64) * skn + d[None, :], mask=k_ok[:, None], other=0.0)
@@ -379,6 +393,13 @@ def _selection_fwd_kernel(
 
 def _pow2(x: int) -> int:
     return 1 << max(0, (int(x) - 1).bit_length())
+
+
+def selection_tile(group: int, nsw: int, rows: int) -> tuple[int, int]:
+    """(GP, BQ) of a selection tile: the group padded to a power of two and about rows / GP
+    queries, at most 64 / NSWP (the union count compares BQ * NSWP list entries pairwise)."""
+    gp = _pow2(group)
+    return gp, max(1, min(rows // gp, 64 // _pow2(nsw)))
 
 
 def tile_rows(group: int, rows: int = 128) -> tuple[int, int]:
@@ -521,8 +542,7 @@ def selection_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.
     group = h // hkv
     rows, warps, stages = LAUNCH["slc"]
     nsw = idx.shape[-1]
-    gp = _pow2(group)
-    bq = max(1, min(rows // gp, 64 // _pow2(nsw)))  # the union count compares BQ * NSWP entries pairwise
+    gp, bq = selection_tile(group, nsw, rows)
     o = torch.empty_like(q, memory_format=torch.contiguous_format)
     out = torch.empty_like(o)
     lse = torch.empty(b, h, lq, device=q.device, dtype=torch.float32)
@@ -544,4 +564,5 @@ def selection_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.
     return out, o, lse
 
 
-__all__ = ["LAUNCH", "LOG2E", "cmp_topk_fwd", "dot_flags", "selection_fwd", "select_tile", "tile_rows", "window_fwd"]
+__all__ = ["LAUNCH", "LOG2E", "cmp_topk_fwd", "dot_flags", "select_tile", "selection_fwd", "selection_tile",
+           "tile_rows", "window_fwd"]
