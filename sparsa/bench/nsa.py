@@ -51,6 +51,7 @@ SWEEP: dict[str, list[tuple[int, int, int]]] = {
     "band_dkdv": [(64, 8, 1), (64, 8, 2), (64, 4, 2), (32, 4, 3)],
     "slc_dkdv": [(64, 8, 1), (64, 8, 2), (64, 4, 2)],
     "slc": [(16, 4, 2), (32, 4, 2), (128, 8, 2)],
+    "slc_dq": [(16, 4, 2), (32, 4, 2), (64, 8, 2)],
     "cmp": [(64, 4, 2)],
 }
 
@@ -463,6 +464,7 @@ def bench_sweep(length: int, shape_name: str, *, cfg: NSAConfig = PAPER_CFG, bud
     _, delta = tb.preprocess(do, o_c, o_s, o_w, gates)
     dk = torch.zeros(k.shape, device=q.device, dtype=torch.float32)
     dv = torch.zeros_like(dk)
+    dq = torch.zeros(q.shape, device=q.device, dtype=torch.float32)
     dkc = torch.zeros(kc.shape, device=q.device, dtype=torch.float32)
     dvc = torch.zeros_like(dkc)
     common = dict(kv_len=length, window=cfg.window, cfg=cfg, scale=scale, interpreted=False)
@@ -472,6 +474,8 @@ def bench_sweep(length: int, shape_name: str, *, cfg: NSAConfig = PAPER_CFG, bud
                                         interpreted=False),
         "band_dkdv": lambda: tb.band_dkdv(q, kc, vc, do, lse_c, delta[0], gates, dkc, dvc, mode=0, branch=0,
                                           accumulate=False, **common),
+        "slc_dq": lambda: tb.selection_dq(q, k, v, idx, do, lse_s, delta[1], gates, dq, sel_block=cfg.sel_block,
+                                          scale=scale, accumulate=False, interpreted=False),
         "slc_dkdv": lambda: tb.selection_dkdv(q, k, v, idx, do, lse_s, delta[1], gates, dk, dv,
                                               sel_block=cfg.sel_block, scale=scale, interpreted=False),
     }
