@@ -48,7 +48,7 @@ CHECK_TOL = 1e-2
 SLOW_MS = 100.0
 # launch shapes (rows, num_warps, num_stages) tried besides the defaults when ``sweep`` is on
 SWEEP: dict[str, list[tuple[int, int, int]]] = {
-    "band_dkdv": [(64, 8, 1), (64, 8, 2), (64, 4, 2), (32, 4, 3)],
+    "band_dkdv": [(64, 8, 1), (64, 8, 2), (64, 4, 2), (32, 4, 3), (128, 8, 2)],
     "slc_dkdv": [(64, 8, 1), (64, 8, 2), (64, 4, 2)],
     "slc": [(16, 4, 2), (32, 4, 2), (128, 8, 2)],
     "slc_dq": [(16, 4, 2), (32, 4, 2), (64, 8, 2)],
