@@ -39,10 +39,10 @@ LOG2E = 1.4426950408889634
 LAUNCH: dict[str, tuple[int, int, int]] = {
     "cmp": (128, 8, 2),        # compression + top-k
     "win": (64, 8, 2),         # sliding window forward
-    "slc": (64, 4, 2),         # selection forward (rows: queries x the group, which share block loads)
+    "slc": (1, 4, 2),          # selection forward (rows: see selection_tile; 1 = one query per program)
     "band_dq": (64, 8, 2),     # compression / window dQ
     "band_dkdv": (32, 8, 2),   # compression / window dK, dV
-    "slc_dq": (64, 4, 2),      # selection dQ (rows as the selection forward)
+    "slc_dq": (1, 4, 2),       # selection dQ (rows as the selection forward)
     "slc_dkdv": (32, 8, 2),    # selection dK, dV (per segment of an inverted list)
 }
 
@@ -397,7 +397,11 @@ def _pow2(x: int) -> int:
 
 def selection_tile(group: int, nsw: int, rows: int) -> tuple[int, int]:
     """(GP, BQ) of a selection tile: the group padded to a power of two and about rows / GP
-    queries, at most 64 / NSWP (the union count compares BQ * NSWP list entries pairwise)."""
+    queries, at least 1 and at most 64 / NSWP (the union count compares BQ * NSWP list entries
+    pairwise). Several queries per tile pay where neighbouring queries choose mostly the same
+    blocks (trained models); with unrelated choices (random inputs) the union is nearly the sum
+    of the lists and every block is computed for all the tile's rows, so one query per tile
+    (rows <= GP: the heads padded to 16 rows) is the default."""
     gp = _pow2(group)
     return gp, max(1, min(rows // gp, 64 // _pow2(nsw)))
 
