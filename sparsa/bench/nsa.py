@@ -47,9 +47,10 @@ FLA_CFG = NSAConfig(block=64, stride=64, sel_block=64, n_select=16, window=0)
 CHECK_TOL = 1e-2
 SLOW_MS = 100.0
 # launch shapes (rows, num_warps, num_stages) tried besides the defaults when ``sweep`` is on
-SWEEP: dict[str, list[tuple[int, int, int]]] = {
-    "band_dkdv": [(64, 8, 1), (64, 8, 2), (64, 4, 2), (32, 4, 3), (128, 8, 2)],
-    "slc_dkdv": [(64, 8, 1), (64, 8, 2), (64, 4, 2)],
+SWEEP: dict[str, list[tuple[int, ...]]] = {
+    "band_dkdv": [(32, 8, 2, 64), (32, 8, 1, 32), (16, 8, 1, 32), (64, 8, 1, 32)],
+    "band_dq": [(64, 8, 2, 64), (64, 8, 2, 32), (16, 8, 2, 64)],
+    "slc_dkdv": [(16, 8, 1), (64, 8, 2)],
     "slc": [(16, 4, 2), (64, 4, 2), (128, 8, 2)],
     "slc_dq": [(16, 4, 2), (64, 4, 2)],
     "cmp": [(64, 4, 2)],
@@ -474,6 +475,8 @@ def bench_sweep(length: int, shape_name: str, *, cfg: NSAConfig = PAPER_CFG, bud
                                         interpreted=False),
         "band_dkdv": lambda: tb.band_dkdv(q, kc, vc, do, lse_c, delta[0], gates, dkc, dvc, mode=0, branch=0,
                                           accumulate=False, **common),
+        "band_dq": lambda: tb.band_dq(q, kc, vc, do, lse_c, delta[0], gates, dq, mode=0, branch=0, accumulate=False,
+                                      **common),
         "slc_dq": lambda: tb.selection_dq(q, k, v, idx, do, lse_s, delta[1], gates, dq, sel_block=cfg.sel_block,
                                           scale=scale, accumulate=False, interpreted=False),
         "slc_dkdv": lambda: tb.selection_dkdv(q, k, v, idx, do, lse_s, delta[1], gates, dk, dv,

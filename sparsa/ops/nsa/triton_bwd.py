@@ -387,14 +387,14 @@ def band_dq(q, k, v, do, lse, delta, gates, dq, *, mode: int, branch: int, accum
     b, h, lq, d = q.shape
     hkv, n_keys = k.shape[1], k.shape[2]
     group = h // hkv
-    rows, warps, stages = LAUNCH["band_dq"]
+    rows, warps, stages, bn = LAUNCH["band_dq"]
     gp, bq = tile_rows(group, rows)
     dt, prec = dot_flags(q, interpreted)
     _band_dq_kernel[(triton.cdiv(lq, bq), b * hkv)](
         q, k, v, do, lse, delta, gates, dq, *_common(q, k, v, do, lse, gates),
         dq.stride(0), dq.stride(1), dq.stride(2),
         lq, kv_len, n_keys, hkv, window, scale * LOG2E, scale,
-        MODE=mode, BRANCH=branch, ACCUM=accumulate, G=group, GP=gp, BQ=bq, BN=64, D=d,
+        MODE=mode, BRANCH=branch, ACCUM=accumulate, G=group, GP=gp, BQ=bq, BN=bn, D=d,
         STRIDE=cfg.stride, CBLOCK=cfg.block, DT=dt, PREC=prec,
         num_warps=warps, num_stages=stages,
     )
@@ -414,9 +414,8 @@ def band_dkdv(q, k, v, do, lse, delta, gates, dk, dv, *, mode: int, branch: int,
     if n_keys == 0:
         return
     group = h // hkv
-    rows, warps, stages = LAUNCH["band_dkdv"]
+    rows, warps, stages, bn = LAUNCH["band_dkdv"]
     gp, bq = tile_rows(group, rows)
-    bn = 64
     # a compressed key tile is seen by every later query: split that range over programs
     chunk = max(bq, (Q_CHUNK // bq) * bq) if mode == MODE_CMP else lq + bq
     n_split = triton.cdiv(lq, chunk)

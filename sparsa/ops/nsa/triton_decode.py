@@ -240,6 +240,12 @@ def _merge_rows(MPART, LPART, APART, base, lo, hi, r, d, MP: tl.constexpr, D: tl
     return acc / tl.where(l > 0.0, l, 1.0)[:, None]
 
 
+# Launch shapes, for head_dim 128 on Hopper, chosen from the sm_90 resource report of Triton 3.6 (no
+# spills): compressed launch (tokens per sub-tile, window keys per program, num_warps);
+# selection launch num_warps.
+DEC_CMP_LAUNCH = (64, 64, 8)
+DEC_SPARSE_WARPS = 8
+
 _WEIGHTS: dict[tuple[int, int, str], torch.Tensor] = {}
 
 
@@ -284,12 +290,13 @@ def nsa_decode_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: tor
         k_cmp = q.new_zeros(b, hkv, 1, d)
         v_cmp = k_cmp
 
-    # launch 1: compressed tokens in sub-tiles of NGS groups (64 tokens, or R if larger), NSUB
+    # launch 1: compressed tokens in sub-tiles of NGS groups (DEC_CMP_LAUNCH[0] tokens, or R if larger), NSUB
     # sub-tiles per program: enough programs to fill the GPU, at most 32 partials to merge
     r_, c_ = cfg.sel_block // cfg.stride, cfg.block // cfg.stride
     we = group_weights(r_, c_, dev)
     n_e = we.shape[0]
-    ngs = max(1, 64 // r_)
+    sub_tokens, wch, cmp_warps = DEC_CMP_LAUNCH
+    ngs = max(1, sub_tokens // r_)
     n_grp = triton.cdiv(n_cmp, r_)
     need = triton.cdiv(max(n_grp, 1), ngs)
     nsub = 1
@@ -301,7 +308,6 @@ def nsa_decode_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: tor
     nsub_all = nc1 * nsub
     ngrp_pad = nsub_all * ngs
     window = min(cfg.window, lk)
-    wch = 128
     nwin = triton.cdiv(window, wch) if window > 0 else 0
     tbuf = torch.empty(n_e, bh, group, ngrp_pad, device=dev, dtype=torch.float32)
     count = torch.empty(bh, device=dev, dtype=torch.int32)
@@ -315,7 +321,7 @@ def nsa_decode_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: tor
         v_cmp.stride(0), v_cmp.stride(1), v_cmp.stride(2),
         k_win.stride(0), k_win.stride(1), k_win.stride(2), v_win.stride(0), v_win.stride(1), v_win.stride(2),
         n_cmp, n_grp, ngrp_pad, nsub_all, nc1, pos, window, hkv, qk_scale,
-        G=group, MP=mp, D=d, R=r_, NGS=ngs, NSUB=nsub, E=n_e, WCH=wch, DT=dt, PREC=prec, num_warps=4,
+        G=group, MP=mp, D=d, R=r_, NGS=ngs, NSUB=nsub, E=n_e, WCH=wch, DT=dt, PREC=prec, num_warps=cmp_warps,
     )
 
     # launch 2: block scores and a top-k list per chunk of selection blocks
@@ -345,7 +351,7 @@ def nsa_decode_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: tor
         idx.stride(0), idx.stride(1), gates.stride(0), gates.stride(1), gates.stride(2), out.stride(0), out.stride(1),
         nc2, nc1, nc1 + nwin, pos, hkv, qk_scale,
         G=group, MP=mp, D=d, SB=cfg.sel_block, NS=cfg.n_select, NSP=nsp, NSW=nsw, NCP2=_pow2(nc2), BPS=bps,
-        DT=dt, PREC=prec, num_warps=4,
+        DT=dt, PREC=prec, num_warps=DEC_SPARSE_WARPS,
     )
     return out, idx
 
