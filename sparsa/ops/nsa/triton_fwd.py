@@ -45,7 +45,7 @@ LAUNCH: dict[str, tuple[int, ...]] = {
     "band_dq": (32, 8, 2, 64),     # compression / window dQ
     "band_dkdv": (16, 8, 2, 64),   # compression / window dK, dV
     "slc_dq": (1, 8, 2),       # selection dQ (rows as the selection forward)
-    "slc_dkdv": (32, 8, 2),    # selection dK, dV (per segment of an inverted list)
+    "slc_dkdv": (16, 8, 1),    # selection dK, dV (per segment of an inverted list)
 }
 
 
