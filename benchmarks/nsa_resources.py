@@ -84,7 +84,8 @@ def kernels(over: dict) -> dict[str, tuple]:
         rows, w, s, _ = launch(key)
         gp, bq = tf.selection_tile(G, NS, rows)
         out[key] = (kern, dict(common, GP=gp, BQ=bq, M=max(16, gp * bq), SB=64, NSW=NS, NSWP=NS, **extra), w, s)
-    for key, kern, extra in (("band_dq", tb._band_dq_kernel, {}), ("band_dkdv", tb._band_dkdv_kernel, dict(SPLIT=True))):
+    for key, kern, extra in (("band_dq", tb._band_dq_kernel, {}),
+                             ("band_dkdv", tb._band_dkdv_kernel, dict(SPLIT=True))):
         rows, w, s, bn = launch(key)
         gp, bq = tf.tile_rows(G, rows)
         out[key] = (kern, dict(common, MODE=0, BRANCH=0, ACCUM=True, GP=gp, BQ=bq, BN=bn, STRIDE=16, CBLOCK=32,

@@ -257,7 +257,8 @@ DECODE_CASES = [
     (1, 16, 1, 333, 128, WIDE),    # GQA 16, head dim 128
     (2, 2, 2, 201, 64, FLA),       # GQA 1, fla geometry, no window
     (1, 4, 1, 20, 64, PAPER),      # shorter than one compression block
-    (2, 4, 1, 300, 64, NSAConfig(block=48, stride=16, sel_block=32, n_select=4, window=40)),  # block - stride = sel_block
+    # block - stride = sel_block: a token group feeds the next block too
+    (2, 4, 1, 300, 64, NSAConfig(block=48, stride=16, sel_block=32, n_select=4, window=40)),
 ]
 
 
@@ -354,6 +355,23 @@ def test_decode_split_sizes_do_not_change_the_result():
                                                 interpreted=True, target_programs=target)
         assert rel_err(out, ref) <= 1e-4
         assert torch.equal(idx.long(), want)
+
+
+def test_decode_empty_sub_tiles_with_very_negative_scores():
+    # every compressed score is about -200 (log2 units) and the one program also walks three
+    # sub-tiles past the last token: their softmax factor must be 0, not 2**200 * 0 = nan
+    b, h, hkv, lk, d = 1, 4, 1, 2400, 64
+    gen = torch.Generator().manual_seed(5)
+    q = torch.full((b, h, d), -4.2) + 0.01 * torch.randn(b, h, d, generator=gen)
+    k = torch.full((b, hkv, lk, d), 4.2) + 0.01 * torch.randn(b, hkv, lk, d, generator=gen)
+    v = torch.randn(b, hkv, lk, d, generator=gen)
+    gates = torch.rand(b, h, 3, generator=gen)
+    kc, vc = compress_blocks(k, SMALL), compress_blocks(v, SMALL)
+    assert 256 < kc.shape[2] <= 320                      # 5 sub-tiles of 64 tokens, rounded up to 8
+    ref, _, _ = nsa_decode_ref(q, k, v, gates, SMALL, k_cmp=kc, v_cmp=vc)
+    out, _ = triton_decode.nsa_decode_fwd(q, k, v, gates, kc, vc, k, v, cfg=SMALL, scale=d ** -0.5,
+                                          interpreted=True, target_programs=1)
+    assert torch.isfinite(out).all() and rel_err(out, ref) <= 1e-4
 
 
 @pytest.mark.parametrize("block,stride,sel_block", [(32, 16, 64), (16, 16, 16), (48, 16, 32), (32, 8, 16),

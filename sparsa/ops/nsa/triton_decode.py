@@ -3,7 +3,7 @@
 Per (batch, KV head) the group's query heads share one tile (padded to 16 rows). Three launches:
 
 1. ``_dec_cmp_kernel`` (chunks of compressed tokens, then window chunks x batch*kv_heads): each
-   compressed chunk loops over sub-tiles of 64 tokens with an online softmax (max, sum,
+   compressed chunk loops over sub-tiles (64 tokens by default) with an online softmax (max, sum,
    unnormalised output per chunk). Per sub-tile it also stores what each group of R = sel_block
    / stride tokens adds to the block scores (overlap-weighted probabilities relative to the
    sub-tile's row maximum, kept beside them): the top-k then reads R times fewer floats than
@@ -80,7 +80,9 @@ def _dec_cmp_kernel(
             m_new = tl.maximum(m_i, m_loc)
             m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
             alpha = tl.exp2(m_i - m_use)
-            beta = tl.exp2(m_loc_use - m_use)
+            # m_loc, not m_loc_use: a sub-tile past the last token (m_loc = -inf, p = 0) gets
+            # factor 0, not exp2(0 - m_use), which overflows for very negative running maxima
+            beta = tl.exp2(m_loc - m_use)
             p = p * beta[:, None]
             l_i = l_i * alpha + tl.sum(p, 1)
             vc = tl.load(vc_base + i[:, None].to(tl.int64) * svn + d[None, :], mask=ok[:, None], other=0.0)
@@ -127,7 +129,7 @@ def _dec_topk_kernel(
         ok = row_ok[:, None] & ((g >= 0) & (g < n_grp))[None, :]
         te = tl.load(TBUF + ((e * tl.num_programs(1) + bh) * G + r[:, None]) * ngrp_pad + g[None, :], mask=ok,
                      other=0.0)
-        ms = tl.load(MSUB + (bh * nsub_all + g[None, :] // NGS) * MP + r[:, None], mask=ok, other=0.0)
+        ms = tl.load(MSUB + (bh * nsub_all + g[None, :] // NGS) * MP + r[:, None], mask=ok, other=float("-inf"))
         score += tl.sum(tl.where(ok, te * tl.exp2(ms - lse[:, None]), 0.0), 0)
     cur = pos // SEL
     eligible = j <= cur
