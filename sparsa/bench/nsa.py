@@ -499,13 +499,16 @@ def bench_sweep(length: int, shape_name: str, *, cfg: NSAConfig = PAPER_CFG, bud
                 tf.LAUNCH[key] = default
         log(f"  sweep {key}: {found[key]}")
     # the compression pass with its top-k taken by torch.topk over stored keys
-    if budget.allows(10):
-        tf.TOPK_IN_KERNEL = False
+    default = tf.LAUNCH["cmp"]
+    for alt in (default, (64, 8, 2)):
+        if not budget.allows(10):
+            break
+        tf.TOPK_IN_KERNEL, tf.LAUNCH["cmp"] = False, alt
         try:
-            found["cmp"]["stored keys"] = _ms(timers["cmp"])
+            found["cmp"][f"stored keys {alt}"] = _ms(timers["cmp"])
         finally:
-            tf.TOPK_IN_KERNEL = True
-        log(f"  sweep cmp, stored keys: {found['cmp']['stored keys']:.2f} ms")
+            tf.TOPK_IN_KERNEL, tf.LAUNCH["cmp"] = True, default
+        log(f"  sweep cmp, stored keys {alt}: {found['cmp'][f'stored keys {alt}']:.2f} ms")
     return found
 
 
