@@ -53,8 +53,13 @@ SWEEP: dict[str, list[tuple[int, ...]]] = {
     "slc_dkdv": [(32, 8, 2), (16, 8, 2)],
     "slc": [(16, 4, 2), (32, 8, 2), (64, 8, 2)],
     "slc_dq": [(16, 4, 2), (32, 8, 2)],
-    "cmp": [(64, 8, 2), (64, 4, 2)],
+    "cmp": [(128, 8, 2), (64, 8, 2)],
 }
+# decode: ((tokens per compressed sub-tile, window keys per program, num_warps), selection num_warps)
+SWEEP_DECODE: list[tuple[tuple[int, int, int], int]] = [
+    ((64, 64, 4), 4), ((128, 64, 4), 4), ((256, 64, 4), 4), ((128, 128, 4), 4), ((64, 64, 8), 4),
+    ((64, 64, 4), 8), ((128, 64, 8), 8),
+]
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -509,6 +514,44 @@ def bench_sweep(length: int, shape_name: str, *, cfg: NSAConfig = PAPER_CFG, bud
         finally:
             tf.TOPK_IN_KERNEL, tf.LAUNCH["cmp"] = True, default
         log(f"  sweep cmp, stored keys {alt}: {found['cmp'][f'stored keys {alt}']:.2f} ms")
+    found.update(bench_decode_sweep(length, shape_name, cfg=cfg, budget=budget, log=log))
+    return found
+
+
+def bench_decode_sweep(length: int, shape_name: str, *, cfg: NSAConfig = PAPER_CFG, budget: Budget | None = None,
+                       batches: Sequence[int] = (1, 16), log: Callable[[str], None] = print
+                       ) -> dict[str, dict[str, float]]:
+    """Times (us, CUDA-graph replay where it captures) of one decode step under each launch shape
+    of :data:`SWEEP_DECODE`, default first, per batch size."""
+    from ..ops.nsa import triton_decode as td
+    from ..ops.nsa.triton import nsa_decode_triton
+    budget = budget or Budget(None)
+    default = (td.DEC_CMP_LAUNCH, td.DEC_SPARSE_WARPS)
+    found: dict[str, dict[str, float]] = {}
+    for batch in batches:
+        shape = dict(SHAPES[shape_name], batch=batch)
+        gen = torch.Generator(device="cuda").manual_seed(3)
+        k, v = (torch.randn(batch, shape["kv_heads"], length, shape["head_dim"], generator=gen, device="cuda")
+                .to(torch.bfloat16) for _ in range(2))
+        q = torch.randn(batch, shape["heads"], shape["head_dim"], generator=gen, device="cuda").to(torch.bfloat16)
+        g = torch.sigmoid(torch.randn(batch, shape["heads"], 3, generator=gen, device="cuda")).to(torch.bfloat16)
+        kc, vc = compress_blocks(k, cfg).to(k.dtype), compress_blocks(v, cfg).to(v.dtype)
+        key = f"decode_b{batch}"
+        found[key] = {}
+        for alt in [default] + [a for a in SWEEP_DECODE if a != default]:
+            if not budget.allows(5):
+                break
+            td.DEC_CMP_LAUNCH, td.DEC_SPARSE_WARPS = alt
+            try:
+                fn = lambda: nsa_decode_triton(q, k, v, g, cfg, k_cmp=kc, v_cmp=vc)  # noqa: E731
+                ms = _graph_ms(fn)
+                found[key][str(alt)] = 1000.0 * (_ms(fn) if ms is None else ms)
+            except Exception as e:  # noqa: BLE001 - a variant that does not compile is reported
+                found[key][str(alt)] = float("nan")
+                log(f"  sweep {key} {alt}: {type(e).__name__}: {str(e)[:200]}")
+            finally:
+                td.DEC_CMP_LAUNCH, td.DEC_SPARSE_WARPS = default
+        log(f"  sweep {key} (us): {found[key]}")
     return found
 
 

@@ -35,17 +35,17 @@ LOG2E = 1.4426950408889634
 
 # Launch shapes (rows per program = a KV group's heads x queries; num_warps; num_stages; for the
 # band kernels also keys per tile) of every prefill kernel, for head_dim 128 on Hopper (head_dim
-# 64 uses them too). The band backward and the selection forward / dQ shapes are the largest
-# without register spills in the sm_90 compile of Triton 3.6 (its resource report); the others
-# were chosen by timing.
+# 64 uses them too), chosen by timing at 64K on the paper shape (`sparsa bench nsa --sweep`). The
+# sm_90 resource report (benchmarks/nsa_resources.py) shows spills in some of them; the spill-free
+# shapes (fewer rows, or 8 warps for the selection) timed slower on H200.
 LAUNCH: dict[str, tuple[int, ...]] = {
-    "cmp": (128, 8, 2),        # compression + top-k
+    "cmp": (64, 4, 2),         # compression + top-k
     "win": (64, 8, 2),         # sliding window forward
-    "slc": (1, 8, 2),          # selection forward (rows: see selection_tile; 1 = one query per program)
-    "band_dq": (32, 8, 2, 64),     # compression / window dQ
-    "band_dkdv": (16, 8, 2, 64),   # compression / window dK, dV
-    "slc_dq": (1, 8, 2),       # selection dQ (rows as the selection forward)
-    "slc_dkdv": (16, 8, 1),    # selection dK, dV (per segment of an inverted list)
+    "slc": (16, 4, 2),         # selection forward (rows: see selection_tile; the group padded to >= 16)
+    "band_dq": (64, 8, 2, 32),     # compression / window dQ
+    "band_dkdv": (32, 8, 2, 64),   # compression / window dK, dV
+    "slc_dq": (16, 4, 2),      # selection dQ (rows as the selection forward)
+    "slc_dkdv": (32, 8, 2),    # selection dK, dV (per segment of an inverted list)
 }
 
 
