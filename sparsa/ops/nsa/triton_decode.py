@@ -1,6 +1,7 @@
 """Triton decode step of Native Sparse Attention: one query per sequence, KV loop split across programs.
 
-Per (batch, KV head) the group's query heads share one tile (padded to 16 rows). Three launches:
+Per (batch, KV head) the group's query heads share one tile (padded to 16 rows). Three launches
+(four with few (batch, KV head) pairs):
 
 1. ``_dec_cmp_kernel`` (chunks of compressed tokens, then window chunks x batch*kv_heads): each
    compressed chunk loops over sub-tiles (64 tokens by default) with an online softmax (max, sum,
@@ -16,6 +17,9 @@ Per (batch, KV head) the group's query heads share one tile (padded to 16 rows).
    lists into the final top-k and attends its share of the chosen blocks. The last program of
    a (batch, KV head) to finish (an arrival counter, zeroed by launch 1) merges the partials of
    the three branches for the group's heads and mixes them with the gates.
+4. ``_dec_combine_kernel`` (batch*heads), only below ``FUSED_MERGE_MIN_BH`` pairs, instead of that
+   merge: at batch 1 the paper shape has 4 pairs, and 4 programs merging 16 heads' partials each
+   took longer than a launch of 64.
 
 Only the compressed tokens, the selected blocks and the window are read from the cache.
 """
@@ -163,6 +167,7 @@ def _dec_sparse_kernel(
     n_chunks2, nc1, n_parts1, pos, kv_heads, qk_scale,
     G: tl.constexpr, MP: tl.constexpr, D: tl.constexpr, SB: tl.constexpr, NS: tl.constexpr, NSP: tl.constexpr,
     NSW: tl.constexpr, NCP2: tl.constexpr, BPS: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr,
+    MERGE: tl.constexpr,
 ):
     sp = tl.program_id(0)
     nsp_all = tl.num_programs(0)
@@ -203,22 +208,62 @@ def _dec_sparse_kernel(
     tl.store(MPART + part, m_i)
     tl.store(LPART + part, l_i)
     tl.store(APART + part[:, None] * D + d[None, :], acc)
-    # the last program of this (batch, KV head) to finish merges every branch's partials and
-    # mixes them: the barrier orders all threads' stores before the counter's release, and the
-    # partials are read past L1 (.cg), which holds no other SM's writes
-    tl.debug_barrier()
-    if tl.atomic_add(COUNT + bh, 1, sem="acq_rel", scope="gpu") == nsp_all - 1:
-        o_cmp = _merge_rows(M1, L1, A1, bh64 * n_parts1, 0, nc1, r, d, MP, D)
-        o_win = _merge_rows(M1, L1, A1, bh64 * n_parts1, nc1, n_parts1, r, d, MP, D)
-        o_slc = _merge_rows(MPART, LPART, APART, bh64 * nsp_all, 0, nsp_all, r, d, MP, D)
-        head = kh * G + r
-        g_ptr = GATES + b * sgb + head * sgh
-        g0 = tl.load(g_ptr, mask=row_ok, other=0.0).to(tl.float32)
-        g1 = tl.load(g_ptr + sgc, mask=row_ok, other=0.0).to(tl.float32)
-        g2 = tl.load(g_ptr + 2 * sgc, mask=row_ok, other=0.0).to(tl.float32)
-        out = g0[:, None] * o_cmp + g1[:, None] * o_slc + g2[:, None] * o_win
-        tl.store(OUT + b * sob + head[:, None] * soh + d[None, :], out.to(OUT.dtype.element_ty),
-                 mask=row_ok[:, None])
+    if MERGE:
+        # the last program of this (batch, KV head) to finish merges every branch's partials and
+        # mixes them: the barrier orders all threads' stores before the counter's release, and
+        # the partials are read past L1 (.cg), which holds no other SM's writes
+        tl.debug_barrier()
+        if tl.atomic_add(COUNT + bh, 1, sem="acq_rel", scope="gpu") == nsp_all - 1:
+            o_cmp = _merge_rows(M1, L1, A1, bh64 * n_parts1, 0, nc1, r, d, MP, D)
+            o_win = _merge_rows(M1, L1, A1, bh64 * n_parts1, nc1, n_parts1, r, d, MP, D)
+            o_slc = _merge_rows(MPART, LPART, APART, bh64 * nsp_all, 0, nsp_all, r, d, MP, D)
+            head = kh * G + r
+            g_ptr = GATES + b * sgb + head * sgh
+            g0 = tl.load(g_ptr, mask=row_ok, other=0.0).to(tl.float32)
+            g1 = tl.load(g_ptr + sgc, mask=row_ok, other=0.0).to(tl.float32)
+            g2 = tl.load(g_ptr + 2 * sgc, mask=row_ok, other=0.0).to(tl.float32)
+            out = g0[:, None] * o_cmp + g1[:, None] * o_slc + g2[:, None] * o_win
+            tl.store(OUT + b * sob + head[:, None] * soh + d[None, :], out.to(OUT.dtype.element_ty),
+                     mask=row_ok[:, None])
+
+
+@triton.jit
+def _merge_row(MPART, LPART, APART, base, lo, hi, row, d, MP: tl.constexpr, D: tl.constexpr, NP: tl.constexpr):
+    """Merge the partial softmax results lo..hi-1 (hi - lo <= NP) of one row, all loaded at
+    once; returns the normalised output (D,) (zero if no partial saw a key)."""
+    c = tl.arange(0, NP)
+    ok = c < hi - lo
+    part = (base + lo + c) * MP + row
+    m_c = tl.load(MPART + part, mask=ok, other=float("-inf"))
+    m = tl.max(m_c, 0)
+    w = tl.exp2(m_c - tl.where(m == float("-inf"), 0.0, m))
+    w = tl.where(ok, w, 0.0)
+    l = tl.sum(tl.load(LPART + part, mask=ok, other=0.0) * w, 0)
+    a = tl.load(APART + part[:, None] * D + d[None, :], mask=ok[:, None], other=0.0)
+    return tl.sum(a * w[:, None], 0) / tl.where(l > 0.0, l, 1.0)
+
+
+@triton.jit
+def _dec_combine_kernel(
+    M1, L1, A1, M2, L2, A2, GATES, OUT,
+    sgb, sgh, sgc, sob, soh, nc1, n_parts1, n_parts2, kv_heads, heads,
+    G: tl.constexpr, MP: tl.constexpr, D: tl.constexpr, NP1: tl.constexpr, NP2: tl.constexpr, NP3: tl.constexpr,
+):
+    pid = tl.program_id(0)                      # one (batch, query head)
+    b = pid // heads
+    h = pid % heads
+    bh64 = (b * kv_heads + h // G).to(tl.int64)
+    row = h % G
+    d = tl.arange(0, D)
+    o_cmp = _merge_row(M1, L1, A1, bh64 * n_parts1, 0, nc1, row, d, MP, D, NP1)
+    o_win = _merge_row(M1, L1, A1, bh64 * n_parts1, nc1, n_parts1, row, d, MP, D, NP3)
+    o_slc = _merge_row(M2, L2, A2, bh64 * n_parts2, 0, n_parts2, row, d, MP, D, NP2)
+    g_ptr = GATES + b.to(tl.int64) * sgb + h.to(tl.int64) * sgh
+    g0 = tl.load(g_ptr).to(tl.float32)
+    g1 = tl.load(g_ptr + sgc).to(tl.float32)
+    g2 = tl.load(g_ptr + 2 * sgc).to(tl.float32)
+    out = g0 * o_cmp + g1 * o_slc + g2 * o_win
+    tl.store(OUT + b.to(tl.int64) * sob + h.to(tl.int64) * soh + d, out.to(OUT.dtype.element_ty))
 
 
 @triton.jit
@@ -245,8 +290,12 @@ def _merge_rows(MPART, LPART, APART, base, lo, hi, r, d, MP: tl.constexpr, D: tl
 # Launch shapes, for head_dim 128 on Hopper, chosen from the sm_90 resource report of Triton 3.6 (no
 # spills): compressed launch (tokens per sub-tile, window keys per program, num_warps);
 # selection launch num_warps.
-DEC_CMP_LAUNCH = (64, 64, 8)
-DEC_SPARSE_WARPS = 8
+DEC_CMP_LAUNCH = (64, 64, 4)
+DEC_SPARSE_WARPS = 4
+# the last selection program merges the branches only from this many (batch, KV head) pairs on:
+# with few pairs, a few programs would merge every head's partials alone, so a fourth launch of
+# one program per (batch, query head) merges them instead
+FUSED_MERGE_MIN_BH = 32
 
 _WEIGHTS: dict[tuple[int, int, str], torch.Tensor] = {}
 
@@ -347,14 +396,22 @@ def nsa_decode_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: tor
     l2 = torch.empty_like(m2)
     a2 = torch.empty(bh, nspl, mp, d, device=dev, dtype=torch.float32)
     out = torch.empty(b, h, d, device=dev, dtype=q.dtype)
+    fused = bh >= FUSED_MERGE_MIN_BH
     _dec_sparse_kernel[(nspl, bh)](
         q, k, v, cand, idx, m2, l2, a2, m1, l1, a1, gates, out, count,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
         idx.stride(0), idx.stride(1), gates.stride(0), gates.stride(1), gates.stride(2), out.stride(0), out.stride(1),
         nc2, nc1, nc1 + nwin, pos, hkv, qk_scale,
         G=group, MP=mp, D=d, SB=cfg.sel_block, NS=cfg.n_select, NSP=nsp, NSW=nsw, NCP2=_pow2(nc2), BPS=bps,
-        DT=dt, PREC=prec, num_warps=DEC_SPARSE_WARPS,
+        DT=dt, PREC=prec, MERGE=fused, num_warps=DEC_SPARSE_WARPS,
     )
+    if not fused:
+        _dec_combine_kernel[(b * h,)](
+            m1, l1, a1, m2, l2, a2, gates, out,
+            gates.stride(0), gates.stride(1), gates.stride(2), out.stride(0), out.stride(1),
+            nc1, nc1 + nwin, nspl, hkv, h,
+            G=group, MP=mp, D=d, NP1=_pow2(nc1), NP2=_pow2(nspl), NP3=_pow2(max(nwin, 1)), num_warps=4,
+        )
     return out, idx
 
 
