@@ -551,16 +551,6 @@ def bench_decode_sweep(length: int, shape_name: str, *, cfg: NSAConfig = PAPER_C
                 log(f"  sweep {key} {alt}: {type(e).__name__}: {str(e)[:200]}")
             finally:
                 td.DEC_CMP_LAUNCH, td.DEC_SPARSE_WARPS = default
-        for thr in (1, 10**9):   # the branch merge fused into the selection launch, or a combine launch
-            if not budget.allows(5):
-                break
-            default_thr, td.FUSED_MERGE_MIN_BH = td.FUSED_MERGE_MIN_BH, thr
-            try:
-                fn = lambda: nsa_decode_triton(q, k, v, g, cfg, k_cmp=kc, v_cmp=vc)  # noqa: E731
-                ms = _graph_ms(fn)
-                found[key]["fused merge" if thr == 1 else "combine launch"] = 1000.0 * (_ms(fn) if ms is None else ms)
-            finally:
-                td.FUSED_MERGE_MIN_BH = default_thr
         log(f"  sweep {key} (us): {found[key]}")
     return found
 

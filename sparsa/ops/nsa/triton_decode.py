@@ -1,7 +1,6 @@
 """Triton decode step of Native Sparse Attention: one query per sequence, KV loop split across programs.
 
-Per (batch, KV head) the group's query heads share one tile (padded to 16 rows). Three launches
-(four with few (batch, KV head) pairs):
+Per (batch, KV head) the group's query heads share one tile (padded to 16 rows). Four launches:
 
 1. ``_dec_cmp_kernel`` (chunks of compressed tokens, then window chunks x batch*kv_heads): each
    compressed chunk loops over sub-tiles (64 tokens by default) with an online softmax (max, sum,
@@ -14,12 +13,12 @@ Per (batch, KV head) the group's query heads share one tile (padded to 16 rows).
    the group's heads) and keeps the chunk's top ``n_select`` keys (same int64 keys as the
    prefill kernel: ties go to the lower block, forced blocks first).
 3. ``_dec_sparse_kernel`` (selection splits x batch*kv_heads): each program merges the chunk
-   lists into the final top-k and attends its share of the chosen blocks. The last program of
-   a (batch, KV head) to finish (an arrival counter, zeroed by launch 1) merges the partials of
-   the three branches for the group's heads and mixes them with the gates.
-4. ``_dec_combine_kernel`` (batch*heads), only below ``FUSED_MERGE_MIN_BH`` pairs, instead of that
-   merge: at batch 1 the paper shape has 4 pairs, and 4 programs merging 16 heads' partials each
-   took longer than a launch of 64.
+   lists into the final top-k and attends its share of the chosen blocks.
+4. ``_dec_combine_kernel`` (batch*heads): merges the partials of the three branches for one
+   query head (each branch's partials loaded at once) and mixes them with the gates. Merging
+   in the last selection program of each (batch, KV head) instead, found by an arrival
+   counter, saves this launch but was slower on H100 (53 vs 36 us at batch 1, 127 vs 122 us
+   at batch 16, 64K): at batch 1 only four programs merge sixteen heads each.
 
 Only the compressed tokens, the selected blocks and the window are read from the cache.
 """
@@ -34,7 +33,7 @@ from .triton_fwd import LOG2E, _key_block, _pack_keys, _pow2, _sorted_indices, _
 
 @triton.jit
 def _dec_cmp_kernel(
-    Q, KC, VC, KW, VW, TBUF, MSUB, WE, MPART, LPART, APART, COUNT,
+    Q, KC, VC, KW, VW, TBUF, MSUB, WE, MPART, LPART, APART,
     sqb, sqh, skb, skh, skn, svb, svh, svn, swb, swh, swn, sxb, sxh, sxn,
     n_cmp, n_grp, ngrp_pad, nsub_all, nc1, pos, window, kv_heads, qk_scale,
     G: tl.constexpr, MP: tl.constexpr, D: tl.constexpr, R: tl.constexpr, NGS: tl.constexpr,
@@ -49,8 +48,6 @@ def _dec_cmp_kernel(
     r = tl.arange(0, MP)
     row_ok = r < G
     d = tl.arange(0, D)
-    if c == 0:
-        tl.store(COUNT + bh, 0)  # launch 3 counts its programs here (stream order: this runs first)
     q = tl.load(Q + b * sqb + (kh * G + r)[:, None] * sqh + d[None, :], mask=row_ok[:, None], other=0.0).to(DT)
     m_i = tl.full([MP], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([MP], dtype=tl.float32)
@@ -162,12 +159,11 @@ def _attend(q, k_base, v_base, kpos, k_ok, skn, svn, m_i, l_i, acc, d, qk_scale,
 
 @triton.jit
 def _dec_sparse_kernel(
-    Q, K, V, CAND, IDX, MPART, LPART, APART, M1, L1, A1, GATES, OUT, COUNT,
-    sqb, sqh, skb, skh, skn, svb, svh, svn, sib, sih, sgb, sgh, sgc, sob, soh,
-    n_chunks2, nc1, n_parts1, pos, kv_heads, qk_scale,
+    Q, K, V, CAND, IDX, MPART, LPART, APART,
+    sqb, sqh, skb, skh, skn, svb, svh, svn, sib, sih,
+    n_chunks2, pos, kv_heads, qk_scale,
     G: tl.constexpr, MP: tl.constexpr, D: tl.constexpr, SB: tl.constexpr, NS: tl.constexpr, NSP: tl.constexpr,
     NSW: tl.constexpr, NCP2: tl.constexpr, BPS: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr,
-    MERGE: tl.constexpr,
 ):
     sp = tl.program_id(0)
     nsp_all = tl.num_programs(0)
@@ -208,23 +204,6 @@ def _dec_sparse_kernel(
     tl.store(MPART + part, m_i)
     tl.store(LPART + part, l_i)
     tl.store(APART + part[:, None] * D + d[None, :], acc)
-    if MERGE:
-        # the last program of this (batch, KV head) to finish merges every branch's partials and
-        # mixes them: the barrier orders all threads' stores before the counter's release, and
-        # the partials are read past L1 (.cg), which holds no other SM's writes
-        tl.debug_barrier()
-        if tl.atomic_add(COUNT + bh, 1, sem="acq_rel", scope="gpu") == nsp_all - 1:
-            o_cmp = _merge_rows(M1, L1, A1, bh64 * n_parts1, 0, nc1, r, d, MP, D)
-            o_win = _merge_rows(M1, L1, A1, bh64 * n_parts1, nc1, n_parts1, r, d, MP, D)
-            o_slc = _merge_rows(MPART, LPART, APART, bh64 * nsp_all, 0, nsp_all, r, d, MP, D)
-            head = kh * G + r
-            g_ptr = GATES + b * sgb + head * sgh
-            g0 = tl.load(g_ptr, mask=row_ok, other=0.0).to(tl.float32)
-            g1 = tl.load(g_ptr + sgc, mask=row_ok, other=0.0).to(tl.float32)
-            g2 = tl.load(g_ptr + 2 * sgc, mask=row_ok, other=0.0).to(tl.float32)
-            out = g0[:, None] * o_cmp + g1[:, None] * o_slc + g2[:, None] * o_win
-            tl.store(OUT + b * sob + head[:, None] * soh + d[None, :], out.to(OUT.dtype.element_ty),
-                     mask=row_ok[:, None])
 
 
 @triton.jit
@@ -266,36 +245,11 @@ def _dec_combine_kernel(
     tl.store(OUT + b.to(tl.int64) * sob + h.to(tl.int64) * soh + d, out.to(OUT.dtype.element_ty))
 
 
-@triton.jit
-def _merge_rows(MPART, LPART, APART, base, lo, hi, r, d, MP: tl.constexpr, D: tl.constexpr):
-    """Merge the partial softmax results lo..hi-1 of all MP rows; returns the normalised
-    output (MP, D) (zero for a row no partial saw a key of)."""
-    m = tl.full([MP], float("-inf"), dtype=tl.float32)
-    l = tl.zeros([MP], dtype=tl.float32)
-    acc = tl.zeros([MP, D], dtype=tl.float32)
-    for c in range(lo, hi):
-        part = (base + c) * MP + r
-        m_c = tl.load(MPART + part, cache_modifier=".cg")
-        m_new = tl.maximum(m, m_c)
-        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m - m_use)
-        beta = tl.exp2(m_c - m_use)
-        l = l * alpha + tl.load(LPART + part, cache_modifier=".cg") * beta
-        a_c = tl.load(APART + part[:, None] * D + d[None, :], cache_modifier=".cg")
-        acc = acc * alpha[:, None] + a_c * beta[:, None]
-        m = m_new
-    return acc / tl.where(l > 0.0, l, 1.0)[:, None]
-
-
 # Launch shapes, for head_dim 128 on Hopper, chosen from the sm_90 resource report of Triton 3.6 (no
 # spills): compressed launch (tokens per sub-tile, window keys per program, num_warps);
 # selection launch num_warps.
 DEC_CMP_LAUNCH = (64, 64, 4)
 DEC_SPARSE_WARPS = 4
-# the last selection program merges the branches only from this many (batch, KV head) pairs on:
-# with few pairs, a few programs would merge every head's partials alone, so a fourth launch of
-# one program per (batch, query head) merges them instead
-FUSED_MERGE_MIN_BH = 32
 
 _WEIGHTS: dict[tuple[int, int, str], torch.Tensor] = {}
 
@@ -361,13 +315,12 @@ def nsa_decode_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: tor
     window = min(cfg.window, lk)
     nwin = triton.cdiv(window, wch) if window > 0 else 0
     tbuf = torch.empty(n_e, bh, group, ngrp_pad, device=dev, dtype=torch.float32)
-    count = torch.empty(bh, device=dev, dtype=torch.int32)
     msub = torch.empty(bh, nsub_all, mp, device=dev, dtype=torch.float32)
     m1 = torch.empty(bh, nc1 + nwin, mp, device=dev, dtype=torch.float32)
     l1 = torch.empty_like(m1)
     a1 = torch.empty(bh, nc1 + nwin, mp, d, device=dev, dtype=torch.float32)
     _dec_cmp_kernel[(nc1 + nwin, bh)](
-        q, k_cmp, v_cmp, k_win, v_win, tbuf, msub, we, m1, l1, a1, count,
+        q, k_cmp, v_cmp, k_win, v_win, tbuf, msub, we, m1, l1, a1,
         q.stride(0), q.stride(1), k_cmp.stride(0), k_cmp.stride(1), k_cmp.stride(2),
         v_cmp.stride(0), v_cmp.stride(1), v_cmp.stride(2),
         k_win.stride(0), k_win.stride(1), k_win.stride(2), v_win.stride(0), v_win.stride(1), v_win.stride(2),
@@ -396,22 +349,21 @@ def nsa_decode_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: tor
     l2 = torch.empty_like(m2)
     a2 = torch.empty(bh, nspl, mp, d, device=dev, dtype=torch.float32)
     out = torch.empty(b, h, d, device=dev, dtype=q.dtype)
-    fused = bh >= FUSED_MERGE_MIN_BH
     _dec_sparse_kernel[(nspl, bh)](
-        q, k, v, cand, idx, m2, l2, a2, m1, l1, a1, gates, out, count,
+        q, k, v, cand, idx, m2, l2, a2,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
-        idx.stride(0), idx.stride(1), gates.stride(0), gates.stride(1), gates.stride(2), out.stride(0), out.stride(1),
-        nc2, nc1, nc1 + nwin, pos, hkv, qk_scale,
+        idx.stride(0), idx.stride(1), nc2, pos, hkv, qk_scale,
         G=group, MP=mp, D=d, SB=cfg.sel_block, NS=cfg.n_select, NSP=nsp, NSW=nsw, NCP2=_pow2(nc2), BPS=bps,
-        DT=dt, PREC=prec, MERGE=fused, num_warps=DEC_SPARSE_WARPS,
+        DT=dt, PREC=prec, num_warps=DEC_SPARSE_WARPS,
     )
-    if not fused:
-        _dec_combine_kernel[(b * h,)](
-            m1, l1, a1, m2, l2, a2, gates, out,
-            gates.stride(0), gates.stride(1), gates.stride(2), out.stride(0), out.stride(1),
-            nc1, nc1 + nwin, nspl, hkv, h,
-            G=group, MP=mp, D=d, NP1=_pow2(nc1), NP2=_pow2(nspl), NP3=_pow2(max(nwin, 1)), num_warps=4,
-        )
+
+    # launch 4: merge the branches and mix them, one program per (batch, query head)
+    _dec_combine_kernel[(b * h,)](
+        m1, l1, a1, m2, l2, a2, gates, out,
+        gates.stride(0), gates.stride(1), gates.stride(2), out.stride(0), out.stride(1),
+        nc1, nc1 + nwin, nspl, hkv, h,
+        G=group, MP=mp, D=d, NP1=_pow2(nc1), NP2=_pow2(nspl), NP3=_pow2(max(nwin, 1)), num_warps=4,
+    )
     return out, idx
 
 
