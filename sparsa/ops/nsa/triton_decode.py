@@ -245,9 +245,9 @@ def _dec_combine_kernel(
     tl.store(OUT + b.to(tl.int64) * sob + h.to(tl.int64) * soh + d, out.to(OUT.dtype.element_ty))
 
 
-# Launch shapes, for head_dim 128 on Hopper, chosen from the sm_90 resource report of Triton 3.6 (no
-# spills): compressed launch (tokens per sub-tile, window keys per program, num_warps);
-# selection launch num_warps.
+# Launch shapes, for head_dim 128 on Hopper, chosen by timing at 64K, batch 1 and 16 (`sparsa bench
+# nsa --sweep`; 8 warps, spill-free in the sm_90 resource report, timed slower): compressed launch
+# (tokens per sub-tile, window keys per program, num_warps); selection launch num_warps.
 DEC_CMP_LAUNCH = (64, 64, 4)
 DEC_SPARSE_WARPS = 4
 
