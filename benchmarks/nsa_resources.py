@@ -3,7 +3,9 @@
 Compiles every NSA kernel with its launch shape (``LAUNCH`` of ``sparsa.ops.nsa.triton_fwd``,
 the ``DEC_*`` shapes of ``triton_decode``) at the paper shape (16 query heads per KV head,
 head_dim 128, bf16) and prints ptxas's resource use per thread: a nonzero STACK means register
-spills, which in these kernels cost more than a smaller tile. Needs only ``triton`` (its
+spills. Spills are a hint, not a verdict: on H100/H200 several spilling shapes (selection at
+4 warps, band dK/dV with 32 rows) timed faster than the spill-free ones, so the defaults come
+from `sparsa bench nsa --sweep`. Needs only ``triton`` (its
 bundled ptxas and cuobjdump); use the Triton version of the GPU machine, since register
 allocation changes between versions.
 
