@@ -41,7 +41,7 @@ LOG2E = 1.4426950408889634
 LAUNCH: dict[str, tuple[int, ...]] = {
     "cmp": (64, 4, 2),         # compression + top-k
     "win": (64, 8, 2),         # sliding window forward
-    "slc": (16, 4, 2),         # selection forward (rows: see selection_tile; the group padded to >= 16)
+    "slc": (16, 4, 2),         # selection forward (rows: see selection_tile)
     "band_dq": (64, 8, 2, 32),     # compression / window dQ
     "band_dkdv": (32, 8, 2, 64),   # compression / window dK, dV
     "slc_dq": (16, 4, 2),      # selection dQ (rows as the selection forward)
@@ -402,8 +402,9 @@ def selection_tile(group: int, nsw: int, rows: int) -> tuple[int, int]:
     queries, at least 1 and at most 64 / NSWP (the union count compares BQ * NSWP list entries
     pairwise). Several queries per tile pay where neighbouring queries choose mostly the same
     blocks (trained models); with unrelated choices (random inputs) the union is nearly the sum
-    of the lists and every block is computed for all the tile's rows, so one query per tile
-    (rows <= GP: the heads padded to 16 rows) is the default."""
+    of the lists and every block is computed for all the tile's rows. The default of 16 rows is
+    one query per tile for groups of 16 heads or more; a smaller group fills the 16 rows with
+    consecutive queries rather than padding (on random inputs the same work as padding)."""
     gp = _pow2(group)
     return gp, max(1, min(rows // gp, 64 // _pow2(nsw)))
 
