@@ -207,19 +207,20 @@ def _dec_sparse_kernel(
 
 
 @triton.jit
-def _merge_row(MPART, LPART, APART, base, lo, hi, row, d, MP: tl.constexpr, D: tl.constexpr, NP: tl.constexpr):
-    """Merge the partial softmax results lo..hi-1 (hi - lo <= NP) of one row, all loaded at
-    once; returns the normalised output (D,) (zero if no partial saw a key)."""
-    c = tl.arange(0, NP)
-    ok = c < hi - lo
-    part = (base + lo + c) * MP + row
-    m_c = tl.load(MPART + part, mask=ok, other=float("-inf"))
-    m = tl.max(m_c, 0)
-    w = tl.exp2(m_c - tl.where(m == float("-inf"), 0.0, m))
-    w = tl.where(ok, w, 0.0)
-    l = tl.sum(tl.load(LPART + part, mask=ok, other=0.0) * w, 0)
+def _merge(MPART, LPART, APART, base, lo, hi, row, d, MP: tl.constexpr, D: tl.constexpr, NP: tl.constexpr):
+    """Merge the partial softmax results lo..hi-1 (at most NP) of one query row in one step;
+    returns its normalised output (D,)."""
+    c = lo + tl.arange(0, NP)
+    ok = c < hi
+    part = (base + c) * MP + row
+    m = tl.load(MPART + part, mask=ok, other=float("-inf"))
+    l = tl.load(LPART + part, mask=ok, other=0.0)
     a = tl.load(APART + part[:, None] * D + d[None, :], mask=ok[:, None], other=0.0)
-    return tl.sum(a * w[:, None], 0) / tl.where(l > 0.0, l, 1.0)
+    mx = tl.max(m, 0)
+    w = tl.exp2(m - tl.where(mx == float("-inf"), 0.0, mx))
+    den = tl.sum(l * w, 0)
+    acc = tl.sum(a * w[:, None], 0)
+    return acc / tl.where(den > 0.0, den, 1.0)
 
 
 @triton.jit
@@ -234,9 +235,9 @@ def _dec_combine_kernel(
     bh64 = (b * kv_heads + h // G).to(tl.int64)
     row = h % G
     d = tl.arange(0, D)
-    o_cmp = _merge_row(M1, L1, A1, bh64 * n_parts1, 0, nc1, row, d, MP, D, NP1)
-    o_win = _merge_row(M1, L1, A1, bh64 * n_parts1, nc1, n_parts1, row, d, MP, D, NP3)
-    o_slc = _merge_row(M2, L2, A2, bh64 * n_parts2, 0, n_parts2, row, d, MP, D, NP2)
+    o_cmp = _merge(M1, L1, A1, bh64 * n_parts1, 0, nc1, row, d, MP, D, NP1)
+    o_win = _merge(M1, L1, A1, bh64 * n_parts1, nc1, n_parts1, row, d, MP, D, NP3)
+    o_slc = _merge(M2, L2, A2, bh64 * n_parts2, 0, n_parts2, row, d, MP, D, NP2)
     g_ptr = GATES + b.to(tl.int64) * sgb + h.to(tl.int64) * sgh
     g0 = tl.load(g_ptr).to(tl.float32)
     g1 = tl.load(g_ptr + sgc).to(tl.float32)
@@ -348,7 +349,6 @@ def nsa_decode_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: tor
     m2 = torch.empty(bh, nspl, mp, device=dev, dtype=torch.float32)
     l2 = torch.empty_like(m2)
     a2 = torch.empty(bh, nspl, mp, d, device=dev, dtype=torch.float32)
-    out = torch.empty(b, h, d, device=dev, dtype=q.dtype)
     _dec_sparse_kernel[(nspl, bh)](
         q, k, v, cand, idx, m2, l2, a2,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
@@ -358,6 +358,7 @@ def nsa_decode_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: tor
     )
 
     # launch 4: merge the branches and mix them, one program per (batch, query head)
+    out = torch.empty(b, h, d, device=dev, dtype=q.dtype)
     _dec_combine_kernel[(b * h,)](
         m1, l1, a1, m2, l2, a2, gates, out,
         gates.stride(0), gates.stride(1), gates.stride(2), out.stride(0), out.stride(1),
