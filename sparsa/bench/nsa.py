@@ -363,20 +363,28 @@ def bench_prefill(results: ResultsFile, length: int, shape_name: str, *, cfg: NS
         dout = None
 
 
+def decode_inputs(length: int, shape_name: str, batch: int, cfg: NSAConfig = PAPER_CFG
+                  ) -> tuple[torch.Tensor, ...]:
+    """Random bf16 decode inputs on the GPU (seed 3): q (B, H, D), k, v (B, Hkv, length, D),
+    gates (B, H, 3) and the compressed cache k_cmp, v_cmp (B, Hkv, n_cmp, D)."""
+    shape = SHAPES[shape_name]
+    h, hkv, d = shape["heads"], shape["kv_heads"], shape["head_dim"]
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    k = torch.randn(batch, hkv, length, d, generator=gen, device="cuda").to(torch.bfloat16)
+    v = torch.randn(batch, hkv, length, d, generator=gen, device="cuda").to(torch.bfloat16)
+    q = torch.randn(batch, h, d, generator=gen, device="cuda").to(torch.bfloat16)
+    gates = torch.sigmoid(torch.randn(batch, h, 3, generator=gen, device="cuda")).to(torch.bfloat16)
+    return q, k, v, gates, compress_blocks(k, cfg).to(k.dtype), compress_blocks(v, cfg).to(v.dtype)
+
+
 def bench_decode(results: ResultsFile, length: int, shape_name: str, batch: int, *, cfg: NSAConfig = PAPER_CFG,
                  baselines: Sequence[str] = ("sdpa_cudnn", "sdpa_flash"), checks: dict[str, Any] | None = None,
                  log: Callable[[str], None] = print) -> None:
     """One decode step over a ``length``-token cache vs SDPA over the whole cache."""
     from ..ops.nsa.triton import nsa_decode_triton
     shape = dict(SHAPES[shape_name], batch=batch)
-    h, hkv, d = shape["heads"], shape["kv_heads"], shape["head_dim"]
-    gen = torch.Generator(device="cuda").manual_seed(3)
-    k = torch.randn(batch, hkv, length, d, generator=gen, device="cuda").to(torch.bfloat16)
-    v = torch.randn(batch, hkv, length, d, generator=gen, device="cuda").to(torch.bfloat16)
-    q1 = torch.randn(batch, h, d, generator=gen, device="cuda").to(torch.bfloat16)
-    g1 = torch.sigmoid(torch.randn(batch, h, 3, generator=gen, device="cuda")).to(torch.bfloat16)
-    kc = compress_blocks(k, cfg).to(k.dtype)
-    vc = compress_blocks(v, cfg).to(v.dtype)
+    hkv, d = shape["kv_heads"], shape["head_dim"]
+    q1, k, v, g1, kc, vc = decode_inputs(length, shape_name, batch, cfg)
     read = min(length, cfg.n_compressed(length) + cfg.n_select * cfg.sel_block + cfg.window)
     bytes_read = 2.0 * batch * hkv * read * d * k.element_size()
 
@@ -529,13 +537,7 @@ def bench_decode_sweep(length: int, shape_name: str, *, cfg: NSAConfig = PAPER_C
     default = (td.DEC_CMP_LAUNCH, td.DEC_SPARSE_WARPS)
     found: dict[str, dict[str, float]] = {}
     for batch in batches:
-        shape = dict(SHAPES[shape_name], batch=batch)
-        gen = torch.Generator(device="cuda").manual_seed(3)
-        k, v = (torch.randn(batch, shape["kv_heads"], length, shape["head_dim"], generator=gen, device="cuda")
-                .to(torch.bfloat16) for _ in range(2))
-        q = torch.randn(batch, shape["heads"], shape["head_dim"], generator=gen, device="cuda").to(torch.bfloat16)
-        g = torch.sigmoid(torch.randn(batch, shape["heads"], 3, generator=gen, device="cuda")).to(torch.bfloat16)
-        kc, vc = compress_blocks(k, cfg).to(k.dtype), compress_blocks(v, cfg).to(v.dtype)
+        q, k, v, g, kc, vc = decode_inputs(length, shape_name, batch, cfg)
         key = f"decode_b{batch}"
         found[key] = {}
         for alt in [default] + [a for a in SWEEP_DECODE if a != default]:
