@@ -302,6 +302,7 @@ def test_data_parallel_run_matches_one_process(tmp_path):
     one = torch.load(tmp_path / "one" / CHECKPOINT, weights_only=False)
     ddp = torch.load(tmp_path / "ddp" / CHECKPOINT, weights_only=False)
     assert ddp["step"] == one["step"] == 4 and ddp["tokens"] == one["tokens"]
+    assert ddp["devices"] == ["3 x cpu", "cpu"] and one["devices"] == ["cpu"]
     for name, w in one["model"].items():
         assert torch.allclose(ddp["model"][name], w, rtol=1e-4, atol=1e-6), name
     l1, l2 = _losses(tmp_path / "one"), _losses(tmp_path / "ddp")
@@ -315,7 +316,9 @@ def test_data_parallel_run_matches_one_process(tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "ddp" / "card_eval.jsonl").read_text().splitlines()]
     assert sorted((x["task"], x["length"], x["sample"]) for x in rows) == sorted(
         (t, L, i) for t in card["tasks"] for L in card["lengths"] for i in range(2))
-    assert "niah_multikey" in (tmp_path / "ddp" / "model" / "README.md").read_text()
+    card_text = (tmp_path / "ddp" / "model" / "README.md").read_text()
+    assert "niah_multikey" in card_text
+    assert "device: 3 x cpu, then cpu," in card_text  # what trained, not what evaluated the card
 
 
 def _stop_worker(rank: int, port: int, reasons: list, out: str) -> None:

@@ -154,6 +154,12 @@ def dist_env() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
 
 
+def device_label(dev: torch.device, world: int = 1) -> str:
+    """What trains: the device's name, with the process count when there are several."""
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else dev.type
+    return name if world == 1 else f"{world} x {name}"
+
+
 def _setup_dist(dev: torch.device, world: int, local: int) -> torch.device:
     """Join the default process group (NCCL on CUDA, gloo on the CPU) unless already in one;
     each process takes its local GPU. The group stays for the caller (``run`` evaluates with it)."""
@@ -228,7 +234,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, recipe_text: str | None = No
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, tok.get_vocab_size(), pad, bos, eos).to(dev)
     opt = make_optimizer(cfg, model, dev)
-    step, elapsed_prev, tokens_seen = 0, 0.0, 0
+    step, elapsed_prev, tokens_seen, devices = 0, 0.0, 0, []
 
     if ckpt_path.exists():
         if not resume:
@@ -245,6 +251,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, recipe_text: str | None = No
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         step, elapsed_prev, tokens_seen = ck["step"], ck["elapsed_s"], ck["tokens"]
+        devices = list(ck.get("devices", []))
         _set_rng_state(ck["rng"])
         if main:
             _truncate_log(log_path, step)
@@ -253,6 +260,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, recipe_text: str | None = No
     if main and recipe_text is not None and not (out / f"recipe{recipe_suffix}").exists():
         (out / f"recipe{recipe_suffix}").write_text(recipe_text)
 
+    here = device_label(dev, world)
+    if not devices or devices[-1] != here:
+        devices.append(here)  # in the checkpoint only once a step has run here
     n_params = count_parameters(model)
     fwd_model = torch.compile(model) if cfg.compile and dev.type == "cuda" else model
     if world > 1 and not main:
@@ -365,7 +375,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, recipe_text: str | None = No
                 if main and (step % cfg.ckpt_every == 0 or step == stop_at or stopper.reason is not None):
                     _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
                                   "elapsed_s": elapsed_prev + elapsed, "tokens": tokens_seen,
-                                  "rng": _rng_state(), "recipe": cfg.to_dict(), "tokenizer_sha256": _sha(tok)},
+                                  "devices": devices, "rng": _rng_state(), "recipe": cfg.to_dict(), "tokenizer_sha256": _sha(tok)},
                                  ckpt_path)
                 if stopper.reason is not None:
                     stopped_by = stopper.reason

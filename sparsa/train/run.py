@@ -83,9 +83,7 @@ def _finish(res, cfg, text: str, recipe: Path, t0: float, time_limit_s: float | 
         fl = estimate_flops(cfg, vocab)
         train_info = {"steps": cfg.steps, "tokens": f"{fl['tokens'] / 1e6:.3g}M",
                       "training FLOPs": f"{fl['flops']:.2e}", "wall time": f"{ck['elapsed_s'] / 60:.1f} min",
-                      "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
-        if world > 1:
-            train_info["device"] = f"{world} x {train_info['device']}"
+                      "device": ", then ".join(ck.get("devices") or ["unrecorded"])}
         log = out / "log.jsonl"
         if log.exists():
             last = [json.loads(x) for x in log.read_text().splitlines() if '"loss"' in x]
