@@ -55,10 +55,11 @@ SWEEP: dict[str, list[tuple[int, ...]]] = {
     "slc_dq": [(16, 4, 2), (32, 8, 2)],
     "cmp": [(128, 8, 2), (64, 8, 2)],
 }
-# decode: ((tokens per compressed sub-tile, window keys per program, num_warps), selection num_warps)
-SWEEP_DECODE: list[tuple[tuple[int, int, int], int]] = [
-    ((64, 64, 4), 4), ((128, 64, 4), 4), ((256, 64, 4), 4), ((128, 128, 4), 4), ((64, 64, 8), 4),
-    ((64, 64, 4), 8), ((128, 64, 8), 8),
+# decode: ((tokens per compressed sub-tile, least window keys per program, num_warps), selection
+# num_warps, most sub-tiles per compressed program)
+SWEEP_DECODE: list[tuple[tuple[int, int, int], int, int]] = [
+    ((64, 64, 4), 4, 8), ((128, 64, 4), 4, 8), ((128, 128, 8), 4, 8), ((64, 64, 8), 4, 8),
+    ((64, 64, 4), 8, 8), ((64, 64, 4), 4, 16), ((64, 64, 4), 4, 4),
 ]
 
 
@@ -534,7 +535,7 @@ def bench_decode_sweep(length: int, shape_name: str, *, cfg: NSAConfig = PAPER_C
     from ..ops.nsa import triton_decode as td
     from ..ops.nsa.triton import nsa_decode_triton
     budget = budget or Budget(None)
-    default = (td.DEC_CMP_LAUNCH, td.DEC_SPARSE_WARPS)
+    default = (td.DEC_CMP_LAUNCH, td.DEC_SPARSE_WARPS, td.DEC_MAX_NSUB)
     found: dict[str, dict[str, float]] = {}
     for batch in batches:
         q, k, v, g, kc, vc = decode_inputs(length, shape_name, batch, cfg)
@@ -543,7 +544,7 @@ def bench_decode_sweep(length: int, shape_name: str, *, cfg: NSAConfig = PAPER_C
         for alt in [default] + [a for a in SWEEP_DECODE if a != default]:
             if not budget.allows(5):
                 break
-            td.DEC_CMP_LAUNCH, td.DEC_SPARSE_WARPS = alt
+            td.DEC_CMP_LAUNCH, td.DEC_SPARSE_WARPS, td.DEC_MAX_NSUB = alt
             try:
                 fn = lambda: nsa_decode_triton(q, k, v, g, cfg, k_cmp=kc, v_cmp=vc)  # noqa: E731
                 ms = _graph_ms(fn)
@@ -552,7 +553,7 @@ def bench_decode_sweep(length: int, shape_name: str, *, cfg: NSAConfig = PAPER_C
                 found[key][str(alt)] = float("nan")
                 log(f"  sweep {key} {alt}: {type(e).__name__}: {str(e)[:200]}")
             finally:
-                td.DEC_CMP_LAUNCH, td.DEC_SPARSE_WARPS = default
+                td.DEC_CMP_LAUNCH, td.DEC_SPARSE_WARPS, td.DEC_MAX_NSUB = default
         log(f"  sweep {key} (us): {found[key]}")
     return found
 

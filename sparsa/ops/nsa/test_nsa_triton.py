@@ -374,6 +374,29 @@ def test_decode_empty_sub_tiles_with_very_negative_scores():
     assert torch.isfinite(out).all() and rel_err(out, ref) <= 1e-4
 
 
+def test_decode_last_token_of_a_sub_tile_scores_the_next_sub_tiles_first_block():
+    # paper geometry: compressed token 63 (keys 1008..1039), the last of the first 64-token
+    # sub-tile, overlaps blocks 15 and 16; made to dominate, it alone decides the two free
+    # choices, so block 16 is chosen only if its share crosses the sub-tile boundary
+    b, h, hkv, lk, d = 1, 8, 2, 1500, 64
+    gen = torch.Generator().manual_seed(6)
+    q = torch.randn(b, h, d, generator=gen)
+    k = torch.randn(b, hkv, lk, d, generator=gen)
+    v = torch.randn(b, hkv, lk, d, generator=gen)
+    gates = torch.rand(b, h, 3, generator=gen)
+    kc, vc = 0.1 * compress_blocks(k, PAPER), compress_blocks(v, PAPER)
+    kc[:, :, 63] = 3.0 * q.view(b, hkv, h // hkv, d).mean(2)
+    assert kc.shape[2] > 64
+    ref, pos, _ = nsa_decode_ref(q, k, v, gates, PAPER, k_cmp=kc, v_cmp=vc)
+    want = pos[..., :PAPER.n_select * PAPER.sel_block].reshape(b, hkv, PAPER.n_select, -1)[..., 0] // PAPER.sel_block
+    assert (want == 15).any(-1).all() and (want == 16).any(-1).all()
+    for target in (1, 10_000):
+        out, idx = triton_decode.nsa_decode_fwd(q, k, v, gates, kc, vc, k, v, cfg=PAPER, scale=d ** -0.5,
+                                                interpreted=True, target_programs=target)
+        assert rel_err(out, ref) <= 1e-4
+        assert torch.equal(idx.long(), want)
+
+
 @pytest.mark.parametrize("block,stride,sel_block", [(32, 16, 64), (16, 16, 16), (48, 16, 32), (32, 8, 16),
                                                     (64, 32, 64), (16, 4, 64)])
 def test_decode_group_weights_are_the_block_overlaps(block, stride, sel_block):
