@@ -453,10 +453,12 @@ def test_topk_merge_keeps_the_largest_keys():
     keys = torch.randperm(1 << 20, generator=gen)[:rows * (n + nsp)].view(rows, n + nsp).long()
     first, cand = keys[:, :nsp].clone(), keys[:, nsp:].clone()
     first[:, ns:] = -(1 << 40)                     # only ns real keys go into the list first
+    cand[1, :] = -cand[1, :] - (1 << 41)           # a row whose candidates are all ineligible
     for prefill in (False, True):
         out = torch.empty(rows, nsp, dtype=torch.long)
         _merge_kernel[(1,)](first, cand, out, ROWS=rows, N=n, NSP=nsp, NS=ns, PREFILL=prefill)
         pool = torch.cat([first[:, :ns], cand], 1) if prefill else cand
+        pool = torch.cat([-1 - torch.arange(ns).expand(rows, ns), pool], 1)   # the empty list's sentinels
         want = pool.topk(ns, 1).values.sort(1).values
         assert torch.equal(out[:, :ns].sort(1).values, want)
         assert (out[:, ns:] == torch.iinfo(torch.long).max).all()   # padding slots untouched

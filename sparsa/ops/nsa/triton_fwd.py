@@ -24,6 +24,11 @@ word, ``2**31 - 1 - block`` in the low word, so comparing keys orders by score a
 by lower block first, like the reference's stable sort; forced blocks score ``+inf``. The
 running list is kept unsorted and updated by insertion (:func:`_topk_merge`): only as many
 steps as a tile has candidates above the list's minimum, and never more than the list's length.
+Two alternatives timed slower on H100 (64K, paper shape; this kernel 35.3 ms): merging by
+sorting networks over list + tile (37.7 ms), and block scores from probabilities summed over
+the group's heads first, weighted in float32 without the matrix product (37.1 ms; 32.6 vs
+23.7 ms on the 32/8 shape). Of the 17 ms the top-k adds to the compression attention, about
+half is the merge and half the scores.
 """
 from __future__ import annotations
 
@@ -39,7 +44,7 @@ LOG2E = 1.4426950408889634
 # sm_90 resource report (benchmarks/nsa_resources.py) shows spills in some of them; the spill-free
 # shapes (fewer rows, or 8 warps for the selection) timed slower on H200.
 LAUNCH: dict[str, tuple[int, ...]] = {
-    "cmp": (64, 4, 2),         # compression + top-k
+    "cmp": (64, 4, 3),         # compression + top-k
     "win": (64, 8, 2),         # sliding window forward
     "slc": (16, 4, 2),         # selection forward (rows: see selection_tile)
     "band_dq": (64, 8, 2, 32),     # compression / window dQ
