@@ -96,9 +96,8 @@ def kernels(over: dict) -> dict[str, tuple]:
     gp, bq = tf.tile_rows(G, rows)
     out["slc_dkdv"] = (tb._selection_dkdv_kernel, dict(common, GP=gp, BQ=bq, SB=64), w, s)
     sub, wch, w = td.DEC_CMP_LAUNCH
-    out["dec_cmp"] = (td._dec_cmp_kernel, dict(common, MP=G, R=4, NGS=sub // 4, NSUB=td.DEC_MAX_NSUB, E=2, WCH=wch,
-                                                  SPLIT=True),
-                      w, 3)
+    out["dec_cmp"] = (td._dec_cmp_kernel, dict(common, MP=G, R=4, NGS=sub // 4, NSUB=td.DEC_MAX_NSUB, E=2,
+                                                  WCH=wch, WT=wch), w, 3)
     out["dec_topk"] = (td._dec_topk_kernel, dict(G=G, MP=G, NCP=8, BSD=128, NS=NS, NSP=NS, NGS=sub // 4, E=2, SEL=64,
                                                  N_INIT=1, N_LOCAL=2), 4, 3)
     out["dec_sparse"] = (td._dec_sparse_kernel, dict(common, MP=G, SB=64, NS=NS, NSP=NS, NSW=NS, NCP2=8, BPS=2),

@@ -55,7 +55,7 @@ SWEEP: dict[str, list[tuple[int, ...]]] = {
     "slc_dq": [(16, 4, 2), (32, 8, 2)],
     "cmp": [(128, 8, 2), (64, 8, 2)],
 }
-# decode: ((tokens per compressed sub-tile, least window keys per program, num_warps), selection
+# decode: ((tokens per compressed sub-tile, window keys per tile, num_warps), selection
 # num_warps, most sub-tiles per compressed program)
 SWEEP_DECODE: list[tuple[tuple[int, int, int], int, int]] = [
     ((64, 64, 4), 4, 8), ((128, 64, 4), 4, 8), ((128, 128, 8), 4, 8), ((64, 64, 8), 4, 8),

@@ -357,6 +357,24 @@ def test_decode_split_sizes_do_not_change_the_result():
         assert torch.equal(idx.long(), want)
 
 
+def test_decode_long_window_chunks_in_several_tiles():
+    # a 200-key window: one program per 64-key tile (many programs wanted), or one program
+    # walking a 256-key chunk in four tiles (few programs wanted)
+    b, h, hkv, lk, d = 1, 4, 1, 450, 64
+    cfg = NSAConfig(block=32, stride=16, sel_block=64, n_select=3, window=200)
+    gen = torch.Generator().manual_seed(7)
+    q = torch.randn(b, h, d, generator=gen)
+    k = torch.randn(b, hkv, lk, d, generator=gen)
+    v = torch.randn(b, hkv, lk, d, generator=gen)
+    gates = torch.rand(b, h, 3, generator=gen)
+    kc, vc = compress_blocks(k, cfg), compress_blocks(v, cfg)
+    ref, _, _ = nsa_decode_ref(q, k, v, gates, cfg, k_cmp=kc, v_cmp=vc)
+    for target in (1, 10_000):
+        out, _ = triton_decode.nsa_decode_fwd(q, k, v, gates, kc, vc, k, v, cfg=cfg, scale=d ** -0.5,
+                                              interpreted=True, target_programs=target)
+        assert rel_err(out, ref) <= 1e-4
+
+
 def test_decode_empty_sub_tiles_with_very_negative_scores():
     # every compressed score is about -200 (log2 units) and the one program also walks three
     # sub-tiles past the last token: their softmax factor must be 0, not 2**200 * 0 = nan

@@ -4,12 +4,13 @@ Per (batch, KV head) the group's query heads share one tile (padded to 16 rows).
 
 1. ``_dec_cmp_kernel`` (chunks of compressed tokens, then window chunks x batch*kv_heads): each
    compressed chunk loops over sub-tiles (64 tokens by default) with an online softmax (max, sum,
-   unnormalised output per chunk). Per sub-tile it also stores the scores of the selection
-   blocks that start in it (probabilities relative to the sub-tile's row maximum, kept beside
-   them, times the overlap weights by a small matrix product), and apart the last group's share
-   of the next sub-tile's first block: the top-k then reads R = sel_block / stride times fewer
-   floats than the probabilities. The window branch does not depend on the selection, so its
-   chunks run here too (fewer, longer ones when the batch alone fills the GPU).
+   unnormalised output per chunk). Per sub-tile it also stores what each group of R = sel_block
+   / stride tokens adds to the block scores (overlap-weighted probabilities relative to the
+   sub-tile's row maximum, kept beside them): the top-k then reads R times fewer floats than
+   the scores. The window branch does not depend on the selection, so its chunks run here too
+   (fewer, longer ones when the batch alone fills the GPU). Scores by a small matrix product
+   with the overlap weights (one buffer plus the share across each sub-tile boundary) timed
+   about the same on H100 (64K: -2% at batch 16, +3% at batch 1) and were not kept.
 2. ``_dec_topk_kernel`` (chunks of selection blocks x batch*kv_heads): merges the compressed
    partials into the exact log-sum-exp, rescales the group sums into block scores (summed over
    the group's heads) and keeps the chunk's top ``n_select`` keys (same int64 keys as the
@@ -35,12 +36,12 @@ from .triton_fwd import LOG2E, _key_block, _pack_keys, _pow2, _sorted_indices, _
 
 @triton.jit
 def _dec_cmp_kernel(
-    Q, KC, VC, KW, VW, TBUF, SPILL, MSUB, WE, MPART, LPART, APART,
+    Q, KC, VC, KW, VW, TBUF, MSUB, WE, MPART, LPART, APART,
     sqb, sqh, skb, skh, skn, svb, svh, svn, swb, swh, swn, sxb, sxh, sxn,
-    n_cmp, ngrp_pad, nsub_all, nc1, pos, window, kv_heads, qk_scale,
+    n_cmp, n_grp, ngrp_pad, nsub_all, nc1, pos, window, kv_heads, qk_scale,
     G: tl.constexpr, MP: tl.constexpr, D: tl.constexpr, R: tl.constexpr, NGS: tl.constexpr,
-    NSUB: tl.constexpr, E: tl.constexpr, WCH: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr,
-    SPLIT: tl.constexpr,
+    NSUB: tl.constexpr, E: tl.constexpr, WCH: tl.constexpr, WT: tl.constexpr, DT: tl.constexpr,
+    PREC: tl.constexpr,
 ):
     c = tl.program_id(0)
     n_parts = tl.num_programs(0)
@@ -59,16 +60,6 @@ def _dec_cmp_kernel(
         # a sub-tile holds NGS groups of R compressed tokens; group g (tokens [g*R, g*R + R))
         # starts inside selection block g
         col = tl.arange(0, NGS * R)
-        gi = tl.arange(0, NGS)
-        # weight of sub-tile token col for sub-tile block gi: its group's own block (e = 0) and
-        # the next one (e = 1)
-        e = gi[None, :] - (col // R)[:, None]
-        w = tl.where(e == 0, tl.load(WE + col % R)[:, None], 0.0)
-        w_spill = tl.zeros([NGS * R], dtype=tl.float32)
-        if E > 1:
-            w1 = tl.load(WE + R + col % R)
-            w = tl.where(e == 1, w1[:, None], w)
-            w_spill = tl.where(col // R == NGS - 1, w1, 0.0)
         kc_base = KC + b * skb + kh * skh
         vc_base = VC + b * svb + kh * svh
         for u in range(NSUB):
@@ -81,24 +72,15 @@ def _dec_cmp_kernel(
             m_loc = tl.max(s, 1)
             m_loc_use = tl.where(m_loc == float("-inf"), 0.0, m_loc)
             p = tl.exp2(s - m_loc_use[:, None])
-            # block scores relative to the sub-tile's row maximum (stored beside it): p times the
-            # overlap weights, with float32 accuracy from bf16 matrix units (p = hi + mid + lo,
-            # the weights are small integers); the last group's share of the next sub-tile's
-            # first block is kept apart (SPILL)
-            if SPLIT:
-                wb = w.to(tl.bfloat16)
-                p_hi = p.to(tl.bfloat16)
-                rest = p - p_hi.to(tl.float32)
-                p_mid = rest.to(tl.bfloat16)
-                p_lo = (rest - p_mid.to(tl.float32)).to(tl.bfloat16)
-                te = tl.dot(p_hi, wb)
-                te = tl.dot(p_mid, wb, te)
-                te = tl.dot(p_lo, wb, te)
-            else:
-                te = tl.dot(p, w, input_precision="ieee")
-            if E > 1:
-                tl.store(SPILL + (bh64 * G + r) * nsub_all + sub, tl.sum(p * w_spill[None, :], 1), mask=row_ok)
-            tl.store(TBUF + (bh64 * G + r[:, None]) * ngrp_pad + (sub * NGS + gi)[None, :], te, mask=row_ok[:, None])
+            # what each group adds to the scores of its own block (e = 0) and of the E - 1
+            # blocks after it, relative to the sub-tile's row maximum (stored beside it)
+            p3 = tl.reshape(p, (MP, NGS, R))
+            gg = sub * NGS + tl.arange(0, NGS)
+            for e in tl.static_range(E):
+                we = tl.load(WE + e * R + tl.arange(0, R))
+                te = tl.sum(p3 * we[None, None, :], 2)
+                tl.store(TBUF + ((e * tl.num_programs(1) + bh64) * G + r[:, None]) * ngrp_pad + gg[None, :], te,
+                         mask=row_ok[:, None])
             tl.store(MSUB + (bh64 * nsub_all + sub) * MP + r, m_loc)
             m_new = tl.maximum(m_i, m_loc)
             m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -112,11 +94,13 @@ def _dec_cmp_kernel(
             acc = tl.dot(p.to(DT), vc.to(DT), acc * alpha[:, None], input_precision=PREC)
             m_i = m_new
     else:
-        # the sliding window does not depend on the selection: its chunks run in this launch
-        kpos = pos - window + 1 + (c - nc1) * WCH + tl.arange(0, WCH)
-        k_ok = (kpos >= 0) & (kpos <= pos)
-        m_i, l_i, acc = _attend(q, KW + b * swb + kh * swh, VW + b * sxb + kh * sxh, kpos, k_ok, swn, sxn,
-                                m_i, l_i, acc, d, qk_scale, DT, PREC)
+        # the sliding window does not depend on the selection: its chunks run in this launch,
+        # WCH keys each, in tiles of WT
+        for w0 in tl.static_range(0, WCH, WT):
+            kpos = pos - window + 1 + (c - nc1) * WCH + w0 + tl.arange(0, WT)
+            k_ok = (kpos >= 0) & (kpos <= pos)
+            m_i, l_i, acc = _attend(q, KW + b * swb + kh * swh, VW + b * sxb + kh * sxh, kpos, k_ok, swn, sxn,
+                                    m_i, l_i, acc, d, qk_scale, DT, PREC)
     part = (bh64 * n_parts + c) * MP + r
     tl.store(MPART + part, m_i)
     tl.store(LPART + part, l_i)
@@ -125,8 +109,8 @@ def _dec_cmp_kernel(
 
 @triton.jit
 def _dec_topk_kernel(
-    TBUF, SPILL, MSUB, MPART, LPART, CAND,
-    ngrp_pad, nsub_all, n_parts1, nc1, pos,
+    TBUF, MSUB, MPART, LPART, CAND,
+    n_grp, ngrp_pad, nsub_all, n_parts1, nc1, pos,
     G: tl.constexpr, MP: tl.constexpr, NCP: tl.constexpr, BSD: tl.constexpr, NS: tl.constexpr, NSP: tl.constexpr,
     NGS: tl.constexpr, E: tl.constexpr, SEL: tl.constexpr, N_INIT: tl.constexpr, N_LOCAL: tl.constexpr,
 ):
@@ -146,17 +130,14 @@ def _dec_topk_kernel(
     lse = tl.where(l > 0.0, m_use + tl.log2(tl.where(l > 0.0, l, 1.0)), float("inf"))
 
     j = c2 * BSD + tl.arange(0, BSD)
-    sub = j // NGS
-    ok = row_ok[:, None] & (j < ngrp_pad)[None, :]
-    te = tl.load(TBUF + (bh * G + r[:, None]) * ngrp_pad + j[None, :], mask=ok, other=0.0)
-    ms = tl.load(MSUB + (bh * nsub_all + sub[None, :]) * MP + r[:, None], mask=ok, other=float("-inf"))
-    score = tl.sum(tl.where(ok, te * tl.exp2(ms - lse[:, None]), 0.0), 0)
-    if E > 1:
-        # the previous sub-tile's last group feeds each sub-tile's first block
-        ok = row_ok[:, None] & ((j % NGS == 0) & (j > 0) & (sub <= nsub_all))[None, :]
-        sp = tl.load(SPILL + (bh * G + r[:, None]) * nsub_all + sub[None, :] - 1, mask=ok, other=0.0)
-        ms = tl.load(MSUB + (bh * nsub_all + sub[None, :] - 1) * MP + r[:, None], mask=ok, other=float("-inf"))
-        score += tl.sum(tl.where(ok, sp * tl.exp2(ms - lse[:, None]), 0.0), 0)
+    score = tl.zeros([BSD], dtype=tl.float32)
+    for e in tl.static_range(E):
+        g = j - e
+        ok = row_ok[:, None] & ((g >= 0) & (g < n_grp))[None, :]
+        te = tl.load(TBUF + ((e * tl.num_programs(1) + bh) * G + r[:, None]) * ngrp_pad + g[None, :], mask=ok,
+                     other=0.0)
+        ms = tl.load(MSUB + (bh * nsub_all + g[None, :] // NGS) * MP + r[:, None], mask=ok, other=float("-inf"))
+        score += tl.sum(tl.where(ok, te * tl.exp2(ms - lse[:, None]), 0.0), 0)
     cur = pos // SEL
     eligible = j <= cur
     forced = eligible & ((j < N_INIT) | (j > cur - N_LOCAL))
@@ -273,8 +254,8 @@ def _dec_combine_kernel(
 
 # Launch shapes, for head_dim 128 on Hopper, chosen by timing at 64K, batch 1 and 16 (`sparsa bench
 # nsa --sweep`; 8 warps, spill-free in the sm_90 resource report, timed slower): compressed launch
-# (tokens per sub-tile, least window keys per program, num_warps); selection launch num_warps; the
-# most sub-tiles one compressed program walks.
+# (tokens per sub-tile, window keys per tile, num_warps); selection launch num_warps; the most
+# sub-tiles one compressed program walks.
 DEC_CMP_LAUNCH = (64, 64, 4)
 DEC_SPARSE_WARPS = 4
 DEC_MAX_NSUB = 8
@@ -328,8 +309,8 @@ def nsa_decode_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: tor
     r_, c_ = cfg.sel_block // cfg.stride, cfg.block // cfg.stride
     we = group_weights(r_, c_, dev)
     n_e = we.shape[0]
-    sub_tokens, wch, cmp_warps = DEC_CMP_LAUNCH
-    ngs = max(16, sub_tokens // r_)   # the score product needs 16 blocks
+    sub_tokens, wt, cmp_warps = DEC_CMP_LAUNCH
+    ngs = max(1, sub_tokens // r_)
     n_grp = triton.cdiv(n_cmp, r_)
     need = triton.cdiv(max(n_grp, 1), ngs)
     nsub = 1
@@ -341,24 +322,23 @@ def nsa_decode_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: tor
     nsub_all = nc1 * nsub
     ngrp_pad = nsub_all * ngs
     window = min(cfg.window, lk)
-    # window chunks: larger while the window alone still gives a quarter of the target programs
+    # window chunks: longer while the window alone still gives a quarter of the target programs
+    wch = wt
     while 2 * wch <= _pow2(window) and bh * triton.cdiv(window, 2 * wch) >= target_programs // 4:
         wch *= 2
     nwin = triton.cdiv(window, wch) if window > 0 else 0
-    tbuf = torch.empty(bh, group, ngrp_pad, device=dev, dtype=torch.float32)
-    spill = torch.empty(bh, group, nsub_all, device=dev, dtype=torch.float32)
+    tbuf = torch.empty(n_e, bh, group, ngrp_pad, device=dev, dtype=torch.float32)
     msub = torch.empty(bh, nsub_all, mp, device=dev, dtype=torch.float32)
     m1 = torch.empty(bh, nc1 + nwin, mp, device=dev, dtype=torch.float32)
     l1 = torch.empty_like(m1)
     a1 = torch.empty(bh, nc1 + nwin, mp, d, device=dev, dtype=torch.float32)
     _dec_cmp_kernel[(nc1 + nwin, bh)](
-        q, k_cmp, v_cmp, k_win, v_win, tbuf, spill, msub, we, m1, l1, a1,
+        q, k_cmp, v_cmp, k_win, v_win, tbuf, msub, we, m1, l1, a1,
         q.stride(0), q.stride(1), k_cmp.stride(0), k_cmp.stride(1), k_cmp.stride(2),
         v_cmp.stride(0), v_cmp.stride(1), v_cmp.stride(2),
         k_win.stride(0), k_win.stride(1), k_win.stride(2), v_win.stride(0), v_win.stride(1), v_win.stride(2),
-        n_cmp, ngrp_pad, nsub_all, nc1, pos, window, hkv, qk_scale,
-        G=group, MP=mp, D=d, R=r_, NGS=ngs, NSUB=nsub, E=n_e, WCH=wch, DT=dt, PREC=prec,
-        SPLIT=dt != tl.float32, num_warps=cmp_warps,
+        n_cmp, n_grp, ngrp_pad, nsub_all, nc1, pos, window, hkv, qk_scale,
+        G=group, MP=mp, D=d, R=r_, NGS=ngs, NSUB=nsub, E=n_e, WCH=wch, WT=wt, DT=dt, PREC=prec, num_warps=cmp_warps,
     )
 
     # launch 2: block scores and a top-k list per chunk of selection blocks
@@ -368,7 +348,7 @@ def nsa_decode_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: tor
     nc2 = triton.cdiv(n_sel, bsd)
     cand = torch.empty(bh, nc2, nsp, device=dev, dtype=torch.int64)
     _dec_topk_kernel[(nc2, bh)](
-        tbuf, spill, msub, m1, l1, cand, ngrp_pad, nsub_all, nc1 + nwin, nc1, pos,
+        tbuf, msub, m1, l1, cand, n_grp, ngrp_pad, nsub_all, nc1 + nwin, nc1, pos,
         G=group, MP=mp, NCP=_pow2(nc1), BSD=bsd, NS=cfg.n_select, NSP=nsp, NGS=ngs, E=n_e, SEL=cfg.sel_block,
         N_INIT=cfg.n_forced_init, N_LOCAL=cfg.n_forced_local, num_warps=4,
     )
