@@ -53,6 +53,15 @@ def inputs(b, h, hkv, lq, lk, d, seed, dtype=torch.float32):
     return q, k, v, gates, do
 
 
+def decode_inputs(b, h, hkv, lk, d, seed):
+    """One decode step's q (b, h, d), k, v (b, hkv, lk, d) and gates (b, h, 3), float32."""
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(b, h, d, generator=gen)
+    k = torch.randn(b, hkv, lk, d, generator=gen)
+    v = torch.randn(b, hkv, lk, d, generator=gen)
+    return q, k, v, torch.rand(b, h, 3, generator=gen)
+
+
 def run_both(q, k, v, gates, do, cfg, **kw):
     """Outputs, aux and gradients of both implementations: {name: (out, aux, grads)}."""
     res = {}
@@ -264,11 +273,7 @@ DECODE_CASES = [
 
 @pytest.mark.parametrize("b,h,hkv,lk,d,cfg", DECODE_CASES)
 def test_decode_matches_reference(b, h, hkv, lk, d, cfg):
-    gen = torch.Generator().manual_seed(lk)
-    q = torch.randn(b, h, d, generator=gen)
-    k = torch.randn(b, hkv, lk, d, generator=gen)
-    v = torch.randn(b, hkv, lk, d, generator=gen)
-    gates = torch.rand(b, h, 3, generator=gen)
+    q, k, v, gates = decode_inputs(b, h, hkv, lk, d, lk)
     ref, pos, tokens = nsa_decode_ref(q, k, v, gates, cfg)
     out, pos2, tokens2 = nsa_decode(q, k, v, gates, cfg, backend="triton")
     assert rel_err(out, ref) <= 1e-4
@@ -341,11 +346,7 @@ def test_decode_split_sizes_do_not_change_the_result():
     # 4100 keys, SMALL geometry: 511 compressed tokens in 8 sub-tiles of 64; one program per
     # sub-tile, or one program looping over all eight (online softmax across sub-tiles)
     b, h, hkv, lk, d = 1, 4, 2, 4100, 64
-    gen = torch.Generator().manual_seed(4)
-    q = torch.randn(b, h, d, generator=gen)
-    k = torch.randn(b, hkv, lk, d, generator=gen)
-    v = torch.randn(b, hkv, lk, d, generator=gen)
-    gates = torch.rand(b, h, 3, generator=gen)
+    q, k, v, gates = decode_inputs(b, h, hkv, lk, d, 4)
     kc, vc = compress_blocks(k, SMALL), compress_blocks(v, SMALL)
     ref, pos, _ = nsa_decode_ref(q, k, v, gates, SMALL, k_cmp=kc, v_cmp=vc)
     # the first position read in each selected block's slot gives the block (all four exist)
@@ -362,11 +363,7 @@ def test_decode_long_window_chunks_in_several_tiles():
     # walking a 256-key chunk in four tiles (few programs wanted)
     b, h, hkv, lk, d = 1, 4, 1, 450, 64
     cfg = NSAConfig(block=32, stride=16, sel_block=64, n_select=3, window=200)
-    gen = torch.Generator().manual_seed(7)
-    q = torch.randn(b, h, d, generator=gen)
-    k = torch.randn(b, hkv, lk, d, generator=gen)
-    v = torch.randn(b, hkv, lk, d, generator=gen)
-    gates = torch.rand(b, h, 3, generator=gen)
+    q, k, v, gates = decode_inputs(b, h, hkv, lk, d, 7)
     kc, vc = compress_blocks(k, cfg), compress_blocks(v, cfg)
     ref, _, _ = nsa_decode_ref(q, k, v, gates, cfg, k_cmp=kc, v_cmp=vc)
     for target in (1, 10_000):
@@ -397,11 +394,7 @@ def test_decode_last_token_of_a_sub_tile_scores_the_next_sub_tiles_first_block()
     # sub-tile, overlaps blocks 15 and 16; made to dominate, it alone decides the two free
     # choices, so block 16 is chosen only if its share crosses the sub-tile boundary
     b, h, hkv, lk, d = 1, 8, 2, 1500, 64
-    gen = torch.Generator().manual_seed(6)
-    q = torch.randn(b, h, d, generator=gen)
-    k = torch.randn(b, hkv, lk, d, generator=gen)
-    v = torch.randn(b, hkv, lk, d, generator=gen)
-    gates = torch.rand(b, h, 3, generator=gen)
+    q, k, v, gates = decode_inputs(b, h, hkv, lk, d, 6)
     kc, vc = 0.1 * compress_blocks(k, PAPER), compress_blocks(v, PAPER)
     kc[:, :, 63] = 3.0 * q.view(b, hkv, h // hkv, d).mean(2)
     assert kc.shape[2] > 64
