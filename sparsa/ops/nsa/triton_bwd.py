@@ -29,7 +29,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_fwd import LAUNCH, LOG2E, _pow2, _union_lists, _union_next, dot_flags, selection_tile, tile_rows
+from .triton_fwd import (LAUNCH, LOG2E, _pow2, _selection_rows, _union_lists, _union_next, dot_flags,
+                         selection_tile, tile_rows)
 
 MODE_CMP = 0
 MODE_WIN = 1
@@ -265,11 +266,7 @@ def _selection_dq_kernel(
     b = (pid // kv_heads).to(tl.int64)
     kh = pid % kv_heads
     # rows as in the forward: BQ queries x the group's heads, walking the union of their blocks
-    r = tl.arange(0, M)
-    qi = r // GP
-    t = qt * BQ + qi
-    row_ok = (r % GP < G) & (qi < BQ) & (t < q_len)
-    head = (kh * G + r % GP).to(tl.int64)
+    qi, t, row_ok, head = _selection_rows(qt, kh, q_len, G, GP, BQ, M)
     pos = kv_len - q_len + t
     d = tl.arange(0, D)
     n = tl.arange(0, SB)

@@ -24,11 +24,11 @@ word, ``2**31 - 1 - block`` in the low word, so comparing keys orders by score a
 by lower block first, like the reference's stable sort; forced blocks score ``+inf``. The
 running list is kept unsorted and updated by insertion (:func:`_topk_merge`): only as many
 steps as a tile has candidates above the list's minimum, and never more than the list's length.
-Two alternatives timed slower on H100 (64K, paper shape; this kernel 35.3 ms): merging by
-sorting networks over list + tile (37.7 ms), and block scores from probabilities summed over
-the group's heads first, weighted in float32 without the matrix product (37.1 ms; 32.6 vs
-23.7 ms on the 32/8 shape). Of the 17 ms the top-k adds to the compression attention, about
-half is the merge and half the scores.
+Two alternatives timed slower on H100 (64K, paper shape; this kernel 35.3 ms at 2 pipeline
+stages): merging by sorting networks over list + tile (37.7 ms), and block scores from
+probabilities summed over the group's heads first, weighted in float32 without the matrix
+product (37.1 ms; 32.6 vs 23.7 ms on the 32/8 shape). Of the 17 ms the top-k adds to the
+compression attention, about half is the merge and half the scores.
 """
 from __future__ import annotations
 
@@ -114,6 +114,18 @@ def _sorted_indices(top, NSP: tl.constexpr, NS: tl.constexpr):
         out = tl.where(slot == s, mn[:, None], out)
         idx = tl.where(idx == mn[:, None], 2147483647, idx)
     return tl.where(out == 2147483647, -1, out)
+
+
+@triton.jit
+def _selection_rows(qt, kh, q_len, G: tl.constexpr, GP: tl.constexpr, BQ: tl.constexpr, M: tl.constexpr):
+    """Rows of a selection tile: BQ consecutive queries x the group's heads (padded to GP),
+    query-major, then padding up to M >= 16 rows. Returns (qi the row's query in the tile, t its
+    query index, row_ok, head int64)."""
+    r = tl.arange(0, M)
+    qi = r // GP
+    t = qt * BQ + qi
+    row_ok = (r % GP < G) & (qi < BQ) & (t < q_len)
+    return qi, t, row_ok, (kh * G + r % GP).to(tl.int64)
 
 
 @triton.jit
@@ -338,13 +350,7 @@ def _selection_fwd_kernel(
     kh = pid % kv_heads
     off = kv_len - q_len
 
-    # rows: BQ consecutive queries x the group's heads (padded to GP), query-major, then
-    # padding up to M >= 16 rows
-    r = tl.arange(0, M)
-    qi = r // GP
-    t = qt * BQ + qi
-    row_ok = (r % GP < G) & (qi < BQ) & (t < q_len)
-    head = (kh * G + r % GP).to(tl.int64)
+    qi, t, row_ok, head = _selection_rows(qt, kh, q_len, G, GP, BQ, M)
     pos = off + t
     t64 = t.to(tl.int64)
     d = tl.arange(0, D)
