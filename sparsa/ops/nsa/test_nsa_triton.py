@@ -62,6 +62,13 @@ def decode_inputs(b, h, hkv, lk, d, seed):
     return q, k, v, torch.rand(b, h, 3, generator=gen)
 
 
+def ref_blocks(pos, cfg):
+    """The blocks the decode reference chose, from the key positions it read (B, Hkv, n): the
+    first position of each selected block's slot (every slot filled)."""
+    slots = pos[..., :cfg.n_select * cfg.sel_block].reshape(*pos.shape[:-1], cfg.n_select, -1)
+    return slots[..., 0] // cfg.sel_block
+
+
 def run_both(q, k, v, gates, do, cfg, **kw):
     """Outputs, aux and gradients of both implementations: {name: (out, aux, grads)}."""
     res = {}
@@ -288,11 +295,8 @@ def test_decode_matches_reference(b, h, hkv, lk, d, cfg):
 def test_topk_from_stored_keys_matches_the_running_list(monkeypatch, cfg, lq, lk):
     # keys stored per chunk of query rows (tiny chunks here) and ranked by torch.topk choose
     # exactly the blocks of the in-kernel list, with the same outputs
-    gen = torch.Generator().manual_seed(lq)
     b, h, hkv, d = 2, 8, 2, 64
-    q = torch.randn(b, h, lq, d, generator=gen)
-    k = torch.randn(b, hkv, lk, d, generator=gen)
-    v = torch.randn(b, hkv, lk, d, generator=gen)
+    q, k, v, _, _ = inputs(b, h, hkv, lq, lk, d, lq)
     kc, vc = compress_blocks(k, cfg), compress_blocks(v, cfg)
     args = dict(kv_len=lk, cfg=cfg, scale=d ** -0.5, interpreted=True)
     o1, lse1, idx1 = triton_fwd.cmp_topk_fwd(q, kc, vc, **args)
@@ -349,8 +353,7 @@ def test_decode_split_sizes_do_not_change_the_result():
     q, k, v, gates = decode_inputs(b, h, hkv, lk, d, 4)
     kc, vc = compress_blocks(k, SMALL), compress_blocks(v, SMALL)
     ref, pos, _ = nsa_decode_ref(q, k, v, gates, SMALL, k_cmp=kc, v_cmp=vc)
-    # the first position read in each selected block's slot gives the block (all four exist)
-    want = pos[..., :SMALL.n_select * SMALL.sel_block].reshape(b, hkv, SMALL.n_select, -1)[..., 0] // SMALL.sel_block
+    want = ref_blocks(pos, SMALL)   # all four blocks exist
     for target in (1, 10_000):
         out, idx = triton_decode.nsa_decode_fwd(q, k, v, gates, kc, vc, k, v, cfg=SMALL, scale=d ** -0.5,
                                                 interpreted=True, target_programs=target)
@@ -399,7 +402,7 @@ def test_decode_last_token_of_a_sub_tile_scores_the_next_sub_tiles_first_block()
     kc[:, :, 63] = 3.0 * q.view(b, hkv, h // hkv, d).mean(2)
     assert kc.shape[2] > 64
     ref, pos, _ = nsa_decode_ref(q, k, v, gates, PAPER, k_cmp=kc, v_cmp=vc)
-    want = pos[..., :PAPER.n_select * PAPER.sel_block].reshape(b, hkv, PAPER.n_select, -1)[..., 0] // PAPER.sel_block
+    want = ref_blocks(pos, PAPER)
     assert (want == 15).any(-1).all() and (want == 16).any(-1).all()
     for target in (1, 10_000):
         out, idx = triton_decode.nsa_decode_fwd(q, k, v, gates, kc, vc, k, v, cfg=PAPER, scale=d ** -0.5,
