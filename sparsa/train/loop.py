@@ -375,7 +375,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, recipe_text: str | None = No
                 if main and (step % cfg.ckpt_every == 0 or step == stop_at or stopper.reason is not None):
                     _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
                                   "elapsed_s": elapsed_prev + elapsed, "tokens": tokens_seen,
-                                  "devices": devices, "rng": _rng_state(), "recipe": cfg.to_dict(), "tokenizer_sha256": _sha(tok)},
+                                  "devices": devices, "rng": _rng_state(), "recipe": cfg.to_dict(),
+                                  "tokenizer_sha256": _sha(tok)},
                                  ckpt_path)
                 if stopper.reason is not None:
                     stopped_by = stopper.reason
