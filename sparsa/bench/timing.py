@@ -64,6 +64,25 @@ def bench_ms(fn: Callable[[], Any], *, warmup: float = 25.0, rep: float = 100.0)
     return float(statistics.median(times))
 
 
+def graph_ms(fn: Callable[[], Any]) -> float | None:
+    """Median time of a CUDA-graph replay of ``fn`` (captured after two warm-up calls), or None
+    if it cannot be captured."""
+    try:
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            fn()
+            fn()
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+        return bench_ms(graph.replay, warmup=10.0, rep=50.0)
+    except RuntimeError:
+        torch.cuda.synchronize()
+        return None
+
+
 def once_ms(fn: Callable[[], Any]) -> float:
     """Wall time of one call of ``fn()`` in milliseconds (device synchronised); for slow paths."""
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)

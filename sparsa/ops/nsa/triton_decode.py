@@ -255,10 +255,15 @@ def _dec_combine_kernel(
 # Launch shapes, for head_dim 128 on Hopper, chosen by timing at 64K, batch 1 and 16 (`sparsa bench
 # nsa --sweep`; 8 warps, spill-free in the sm_90 resource report, timed slower): compressed launch
 # (tokens per sub-tile, window keys per tile, num_warps); selection launch num_warps; the most
-# sub-tiles one compressed program walks.
+# sub-tiles one compressed program walks; top-k and combine launch num_warps. One warp for the
+# last three: their top-k merges and partial merges are chains of small reductions, which then
+# need no cross-warp steps (H100, 64K, batch 16: paper 117 -> 109 us, 32/8 193 -> 177 us; batch 1
+# within 3%).
 DEC_CMP_LAUNCH = (64, 64, 4)
-DEC_SPARSE_WARPS = 4
+DEC_SPARSE_WARPS = 1
 DEC_MAX_NSUB = 8
+DEC_TOPK_WARPS = 1
+DEC_COMBINE_WARPS = 1
 
 _WEIGHTS: dict[tuple[int, int, str], torch.Tensor] = {}
 
@@ -350,7 +355,7 @@ def nsa_decode_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: tor
     _dec_topk_kernel[(nc2, bh)](
         tbuf, msub, m1, l1, cand, n_grp, ngrp_pad, nsub_all, nc1 + nwin, nc1, pos,
         G=group, MP=mp, NCP=_pow2(nc1), BSD=bsd, NS=cfg.n_select, NSP=nsp, NGS=ngs, E=n_e, SEL=cfg.sel_block,
-        N_INIT=cfg.n_forced_init, N_LOCAL=cfg.n_forced_local, num_warps=4,
+        N_INIT=cfg.n_forced_init, N_LOCAL=cfg.n_forced_local, num_warps=DEC_TOPK_WARPS,
     )
 
     # launch 3: the selected blocks, BPS per program
@@ -375,7 +380,7 @@ def nsa_decode_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: tor
         m1, l1, a1, m2, l2, a2, gates, out,
         gates.stride(0), gates.stride(1), gates.stride(2), out.stride(0), out.stride(1),
         nc1, nc1 + nwin, nspl, hkv, h,
-        G=group, MP=mp, D=d, NP1=_pow2(nc1), NP2=_pow2(nspl), NP3=_pow2(max(nwin, 1)), num_warps=4,
+        G=group, MP=mp, D=d, NP1=_pow2(nc1), NP2=_pow2(nspl), NP3=_pow2(max(nwin, 1)), num_warps=DEC_COMBINE_WARPS,
     )
     return out, idx
 
