@@ -42,15 +42,18 @@ LOG2E = 1.4426950408889634
 # band kernels also keys per tile) of every prefill kernel, for head_dim 128 on Hopper (head_dim
 # 64 uses them too), chosen by timing at 64K on the paper shape (`sparsa bench nsa --sweep`). The
 # sm_90 resource report (benchmarks/nsa_resources.py) shows spills in some of them; the spill-free
-# shapes (fewer rows, or 8 warps for the selection) timed slower on H200.
+# shapes (fewer rows, or 8 warps for the selection) timed slower on H200. The backward shapes were
+# re-swept on H100 with wider key tiles: compression + window dK/dV 100.8 -> 32.6 ms (was 32
+# rows, 2 stages, 64 keys), dQ 45.0 -> 20.1 ms (was 64 rows, 32 keys), selection dK/dV 40.5 ->
+# 29.2 ms (was 32 rows).
 LAUNCH: dict[str, tuple[int, ...]] = {
     "cmp": (64, 4, 3),         # compression + top-k
     "win": (64, 8, 2),         # sliding window forward
     "slc": (16, 4, 2),         # selection forward (rows: see selection_tile)
-    "band_dq": (64, 8, 2, 32),     # compression / window dQ
-    "band_dkdv": (32, 8, 2, 64),   # compression / window dK, dV
+    "band_dq": (128, 8, 3, 64),    # compression / window dQ
+    "band_dkdv": (32, 8, 3, 128),  # compression / window dK, dV
     "slc_dq": (16, 4, 2),      # selection dQ (rows as the selection forward)
-    "slc_dkdv": (32, 8, 2),    # selection dK, dV (per segment of an inverted list)
+    "slc_dkdv": (64, 8, 2),    # selection dK, dV (per segment of an inverted list)
 }
 
 
