@@ -99,7 +99,7 @@ def kernels(over: dict) -> dict[str, tuple]:
     out["dec_cmp"] = (td._dec_cmp_kernel, dict(common, MP=G, R=4, NGS=sub // 4, NSUB=td.DEC_MAX_NSUB, E=2,
                                                   WCH=wch, WT=wch), w, 3)
     out["dec_topk"] = (td._dec_topk_kernel, dict(G=G, MP=G, NCP=8, BSD=128, NS=NS, NSP=NS, NGS=sub // 4, E=2, SEL=64,
-                                                 N_INIT=1, N_LOCAL=2), 4, 3)
+                                                 N_INIT=1, N_LOCAL=2), td.DEC_TOPK_WARPS, 3)
     out["dec_sparse"] = (td._dec_sparse_kernel, dict(common, MP=G, SB=64, NS=NS, NSP=NS, NSW=NS, NCP2=8, BPS=2),
                          td.DEC_SPARSE_WARPS, 3)
     return out

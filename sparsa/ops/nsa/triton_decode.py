@@ -24,6 +24,15 @@ Per (batch, KV head) the group's query heads share one tile (padded to 16 rows).
    at batch 16, 64K): at batch 1 only four programs merge sixteen heads each.
 
 Only the compressed tokens, the selected blocks and the window are read from the cache.
+
+Two restructurings were timed on H100 (64K, paper shape) and not kept: all four steps in one
+launch, programs taking work items from an atomic ticket counter and spinning on per-(batch,
+KV head) counters for their inputs (b16 133 vs 117 us, b1 44 vs 36 us: the merged kernel needs
+250 registers, so two programs per SM, and the short top-k and selection items, 10-12 us each
+under load, then hold those slots); and the final top-k merged once per (batch, KV head) by
+the last top-k program instead of by every selection program (selection launch 21 -> 16 us,
+top-k launch 14 -> 20 us, no net gain). Reading the 185 MB these steps need at b16 takes a plain
+read kernel 76 us on its own (``sparsa.bench.stream_read``).
 """
 from __future__ import annotations
 
