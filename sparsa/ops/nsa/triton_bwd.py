@@ -75,21 +75,13 @@ def _preprocess_kernel(
 
 @triton.jit
 def _visible(pos, kk, kv_bound, window, MODE: tl.constexpr, STRIDE: tl.constexpr, CBLOCK: tl.constexpr):
-    """(rows, keys) visibility: compressed token kk ends at or before pos / key kk in the window."""
+    """Visibility of key kk to the row at pos (compressed token kk ends at or before pos / key kk
+    in the window), broadcast: pass pos[:, None], kk[None, :] for a (rows, keys) tile and
+    pos[None, :], kk[:, None] for a key-major one."""
     if MODE == 0:
-        return (kk[None, :] * STRIDE + (CBLOCK - 1) <= pos[:, None]) & (kk[None, :] < kv_bound)
+        return (kk * STRIDE + (CBLOCK - 1) <= pos) & (kk < kv_bound)
     else:
-        diff = pos[:, None] - kk[None, :]
-        return (diff >= 0) & (diff < window)
-
-
-@triton.jit
-def _visible_t(pos, kk, kv_bound, window, MODE: tl.constexpr, STRIDE: tl.constexpr, CBLOCK: tl.constexpr):
-    """:func:`_visible` key-major: (keys, rows)."""
-    if MODE == 0:
-        return (kk[:, None] * STRIDE + (CBLOCK - 1) <= pos[None, :]) & (kk[:, None] < kv_bound)
-    else:
-        diff = pos[None, :] - kk[:, None]
+        diff = pos - kk
         return (diff >= 0) & (diff < window)
 
 
@@ -176,7 +168,7 @@ def _band_dq_kernel(
         k = tl.load(k_base + kk[:, None].to(tl.int64) * skn + d[None, :], mask=k_ok[:, None], other=0.0).to(DT)
         v = tl.load(v_base + kk[:, None].to(tl.int64) * svn + d[None, :], mask=k_ok[:, None], other=0.0).to(DT)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
-        vis = _visible(pos, kk, hi, window, MODE, STRIDE, CBLOCK) & row_ok[:, None]
+        vis = _visible(pos[:, None], kk[None, :], hi, window, MODE, STRIDE, CBLOCK) & row_ok[:, None]
         p = tl.where(vis, tl.exp2(s - lse[:, None]), 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=PREC)
         ds = p * (dp - delta[:, None])
@@ -233,7 +225,7 @@ def _band_dkdv_kernel(
         pos = off + t
         q, do, lse, delta = _row_grads_in(Q, DO, LSE, DELTA, GATES, b, head, t, row_ok, sqb, sqh, sqt, sdb, sdh,
                                           sdt, slb, slh, sgb, sgh, sgt, BRANCH, D, DT)
-        vis_t = _visible_t(pos, kk, n_keys, window, MODE, STRIDE, CBLOCK) & row_ok[None, :]
+        vis_t = _visible(pos[None, :], kk[:, None], n_keys, window, MODE, STRIDE, CBLOCK) & row_ok[None, :]
         dk, dv = _dkdv_step(k, v, q, do, lse, delta, vis_t, dk, dv, qk_scale, DT, PREC)
     dk = dk * sm_scale
     x_off = b * sxb + kh.to(tl.int64) * sxh + kk[:, None].to(tl.int64) * sxn + d[None, :]
