@@ -266,8 +266,9 @@ def _dec_combine_kernel(
 # (tokens per sub-tile, window keys per tile, num_warps); selection launch num_warps; the most
 # sub-tiles one compressed program walks; top-k and combine launch num_warps. One warp for the
 # last three: their top-k merges and partial merges are chains of small reductions, which then
-# need no cross-warp steps (H100, 64K, batch 16: paper 117 -> 109 us, 32/8 193 -> 177 us; batch 1
-# within 3%).
+# need no cross-warp steps (H100, 64K, batch 16, one run: top-k and combine on one warp, paper
+# 117 -> 109 us, 32/8 193 -> 185 us, batch 1 within 3%; a later run: the selection on one warp,
+# 32/8 185 -> 177 us, paper and batch 1 within 1%).
 DEC_CMP_LAUNCH = (64, 64, 4)
 DEC_SPARSE_WARPS = 1
 DEC_MAX_NSUB = 8

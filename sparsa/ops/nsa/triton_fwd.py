@@ -45,7 +45,8 @@ LOG2E = 1.4426950408889634
 # shapes (fewer rows, or 8 warps for the selection) timed slower on H200. The backward shapes were
 # re-swept on H100 with wider key tiles: compression + window dK/dV 100.8 -> 32.6 ms (was 32
 # rows, 2 stages, 64 keys), dQ 45.0 -> 20.1 ms (was 64 rows, 32 keys), selection dK/dV 40.5 ->
-# 24.3 ms (was 32 rows, 8 warps); the window forward 5.4 -> 3.6 ms (was 8 warps, 2 stages).
+# 29.2 ms at 64 rows (was 32), all in one run; in a later run, selection dK/dV on 4 warps 30.4 ->
+# 24.3 ms and the window forward on 4 warps, 3 stages 5.4 -> 3.6 ms (was 8 warps, 2 stages).
 LAUNCH: dict[str, tuple[int, ...]] = {
     "cmp": (64, 4, 3),         # compression + top-k
     "win": (64, 4, 3),         # sliding window forward
