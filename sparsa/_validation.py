@@ -34,6 +34,8 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[int, i
         check_tensor(name, x, ndim=4)
         if x.dtype not in FLOAT_DTYPES:
             raise TypeError(f"{name}: dtype must be one of float16/bfloat16/float32/float64, got {x.dtype}")
+        if x.device.type == "meta":
+            raise ValueError(f"{name}: is on the 'meta' device, which holds no data; move it to a real device")
     if k.dtype != q.dtype or v.dtype != q.dtype:
         raise TypeError(f"k, v: dtype must match q ({q.dtype}), got k={k.dtype}, v={v.dtype}")
     if k.device != q.device or v.device != q.device:
@@ -55,6 +57,26 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[int, i
     if b < 1 or d < 1:
         raise ValueError(f"q: batch and head_dim must be >= 1, got shape {tuple(q.shape)}")
     return b, h, hkv, lq, lk, d
+
+
+def check_finite(**tensors: torch.Tensor) -> None:
+    """Raise ``ValueError`` naming the first argument that holds a NaN or an infinity.
+
+    One reduction per tensor and a single host read for all of them together (one device sync
+    on CUDA), so the check costs about one pass over the inputs.
+    """
+    for name, x in tensors.items():
+        if x.device.type == "meta":
+            raise ValueError(f"{name}: is on the 'meta' device, which holds no data; move it to a real device")
+    flags = [torch.isfinite(x).all() for x in tensors.values()]
+    if bool(torch.stack(flags).all()):
+        return
+    for (name, x), ok in zip(tensors.items(), flags):
+        if not bool(ok):
+            n_nan = int(torch.isnan(x).sum())
+            n_inf = int(torch.isinf(x).sum())
+            raise ValueError(f"{name}: holds {n_nan} NaN and {n_inf} infinite values; sparsa attention "
+                             "needs finite inputs (pass check_finite=False to skip this check)")
 
 
 def check_compression(compression: object) -> float | None:

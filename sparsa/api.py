@@ -6,7 +6,8 @@ from typing import Any
 
 import torch
 
-from ._validation import check_compression
+from ._validation import check_compression, check_tensor
+from ._validation import check_finite as _check_finite
 from .methods.base import AttentionStats, Method
 from .methods.registry import get_method
 
@@ -21,6 +22,7 @@ def attention(
     return_stats: bool = False,
     scale: float | None = None,
     backend: str | None = None,
+    check_finite: bool = True,
     **params: Any,
 ) -> torch.Tensor | tuple[torch.Tensor, AttentionStats]:
     """Causal sparse attention in SDPA layout.
@@ -35,12 +37,28 @@ def attention(
             compression actually achieved.
         scale: softmax scale, default ``head_dim ** -0.5``.
         backend: "auto" (default), "reference" or "triton".
+        check_finite: check that q, k and v hold no NaN or infinity (default). One reduction
+            per input and one device sync per call; pass False in a hot loop whose inputs are
+            known to be finite.
         **params: the method's hyper-parameters (e.g. ``vertical=1000, slash=6096``).
 
     Returns:
         The output, shape and dtype of ``q`` (and the stats if asked).
+
+    Raises:
+        ValueError: naming ``q``, ``k`` or ``v`` when it holds a NaN or an infinity, for every
+            method and backend. Sparse methods choose keys by their scores, and a NaN score
+            would silently change which keys are read (some methods would return zeros, others
+            NaN), so non-finite inputs are rejected here rather than given per-method meanings.
+            The check runs at this entry only: method objects called directly, ``decode_step``
+            and the transformers integration (:func:`sparsa.apply`) do not check, so a decode
+            step costs no device sync; their output for non-finite inputs is unspecified.
     """
     compression = check_compression(compression)
+    if check_finite:
+        for name, x in (("q", q), ("k", k), ("v", v)):
+            check_tensor(name, x)
+        _check_finite(q=q, k=k, v=v)
     if isinstance(method, Method):
         if params:
             raise TypeError(f"{next(iter(params))}: pass hyper-parameters to the method object, "

@@ -1,6 +1,6 @@
 """Property tests over shapes: every method, any batch / GQA ratio / head dim / odd length."""
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import sparsa
@@ -12,7 +12,7 @@ TRAINED = {"nsa"}
 shapes = st.fixed_dictionaries({
     "batch": st.integers(1, 2),
     "kv_heads": st.integers(1, 2),
-    "group": st.sampled_from([1, 2, 4, 8, 16]),
+    "group": st.sampled_from([1, 2, 3, 4, 8, 16]),
     "head_dim": st.sampled_from([64, 128]),
     "kv_len": st.integers(1, 260),
     "q_frac": st.floats(0.0, 1.0),
@@ -40,6 +40,9 @@ def test_dense_reference_matches_explicit(s):
 
 @settings(max_examples=8, deadline=None)
 @given(shapes)
+# the shapes that must always be covered: GQA group 3, batch > 1, odd lengths, both head dims
+@example({"batch": 2, "kv_heads": 2, "group": 3, "head_dim": 64, "kv_len": 131, "q_frac": 0.6, "seed": 1})
+@example({"batch": 2, "kv_heads": 1, "group": 3, "head_dim": 128, "kv_len": 97, "q_frac": 1.0, "seed": 2})
 def test_every_method_at_compression_one_equals_dense(s):
     q, k, v = make(s)
     dense = sparsa.attention(q, k, v, "dense")
