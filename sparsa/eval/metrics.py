@@ -1,0 +1,382 @@
+"""Statistics over sweep results: intervals, the paired exact McNemar test, per-cell summaries
+and the maximum tolerable compression of each method.
+
+Result rows are JSON objects, one per (cell, sample), with the fields listed in ``ROW_FIELDS``.
+A *cell* is (model, task, length, method, phase, target, mode). ``phase`` is part of the key
+because one method name (e.g. ``streaming``) can run in either phase; for a given method and
+phase the cell is the (model, task, length, method, target, mode) of the sweep. Dense rows
+(``method == "dense"``) are the paired baseline of every cell with the same
+(model, task, length, mode), matched on ``sample``.
+
+Intervals:
+
+- exact match (a proportion): Wilson score interval;
+- mean partial credit: percentile bootstrap of the mean (resampling samples with replacement,
+  2,000 resamples, fixed seed, so the same rows always give the same interval).
+"""
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+Row = dict[str, Any]
+
+ROW_FIELDS: tuple[str, ...] = ("model", "task", "length", "sample", "method", "phase", "target",
+                               "compression", "mode", "score", "exact")
+"""Fields a result row must have (others, e.g. ``answer`` or ``seconds``, are optional here)."""
+
+DENSE = "dense"
+ALPHA = 0.05
+Z95 = 1.959963984540054  # two-sided 95% standard normal quantile
+
+MAX_TOLERABLE_RULE = (
+    "Maximum tolerable compression of a method, per (model, task, length, mode): walk the method's "
+    "cells in increasing achieved compression (cells at compression 1 included) and stop at the first "
+    "cell whose exact-match is significantly below dense (exact two-sided McNemar test on the samples "
+    "both have, alpha 0.05, and the method wrong on more discordant pairs than dense); the answer is "
+    "the largest achieved compression before that stop, so every lower compression also holds "
+    "(monotonic: a lucky pass at a high ratio after a failure at a lower one does not count). "
+    "None if the lowest-compression cell is already worse. Cells with no dense-paired sample are "
+    "not tested and are skipped; with no dense baseline at all there is no answer (n/a)."
+)
+
+
+# --------------------------------------------------------------------------- statistics
+
+def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for a proportion ``successes / n`` (default 95%).
+
+    Returns ``(low, high)`` in [0, 1]; ``(0.0, 1.0)`` when ``n == 0`` (no information).
+    """
+    if n < 0 or successes < 0 or successes > n:
+        raise ValueError(f"successes, n: need 0 <= successes <= n, got successes={successes}, n={n}")
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    z2 = z * z
+    denom = 1.0 + z2 / n
+    center = (p + z2 / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
+    return max(0.0, center - half), min(1.0, center + half)
+
+
+def mean_interval(values: Sequence[float], level: float = 0.95, n_boot: int = 2000,
+                  seed: int = 0) -> tuple[float, float]:
+    """Percentile-bootstrap interval for the mean of ``values`` (e.g. partial-credit scores).
+
+    ``n_boot`` resamples of ``len(values)`` items with replacement from a generator seeded
+    ``seed``; returns the ``(1-level)/2`` and ``(1+level)/2`` percentiles of the resampled means.
+    One value gives ``(v, v)``; no values is a ``ValueError``.
+    """
+    x = np.asarray(list(values), dtype=np.float64)
+    if x.size == 0:
+        raise ValueError("values: need at least one value")
+    if not 0 < level < 1:
+        raise ValueError(f"level: must be in (0, 1), got {level}")
+    if n_boot < 1:
+        raise ValueError(f"n_boot: must be >= 1, got {n_boot}")
+    if x.size == 1 or np.all(x == x[0]):
+        return float(x[0]), float(x[0])
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(axis=1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Exact two-sided McNemar p-value for paired binary outcomes.
+
+    ``b`` and ``c`` are the discordant counts (baseline right / method wrong, and the reverse).
+    Under the null each discordant pair goes either way with probability 1/2, so
+    ``p = min(1, 2 * P(X <= min(b, c)))`` with ``X ~ Binomial(b + c, 1/2)``; ``p = 1`` when
+    ``b + c == 0``. Exact integer arithmetic (no normal approximation, no scipy).
+    """
+    if b < 0 or c < 0 or int(b) != b or int(c) != c:
+        raise ValueError(f"b, c: must be non-negative integers, got b={b}, c={c}")
+    b, c = int(b), int(c)
+    n = b + c
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(b, c) + 1))
+    return min(1.0, 2 * tail / 2 ** n)
+
+
+# --------------------------------------------------------------------------- reading rows
+
+class CellKey(NamedTuple):
+    """Identity of one sweep cell; ``target`` is None for dense and paper-default budgets."""
+
+    model: str
+    task: str
+    length: int
+    method: str
+    phase: str
+    target: float | None
+    mode: str
+
+
+class GroupKey(NamedTuple):
+    """The cells of one method compared with dense at one (model, task, length, mode)."""
+
+    model: str
+    task: str
+    length: int
+    method: str
+    phase: str
+    mode: str
+
+
+def _check_row(row: Any, where: str) -> Row:
+    if not isinstance(row, dict):
+        raise ValueError(f"{where}: a result row must be a JSON object, got {type(row).__name__}")
+    missing = [f for f in ROW_FIELDS if f not in row]
+    if missing:
+        raise ValueError(f"{where}: result row lacks field(s) {missing}")
+    try:
+        score = float(row["score"])
+        exact = row["exact"]
+        if exact not in (0, 1) or not (0.0 <= score <= 1.0):
+            raise ValueError
+        float(row["compression"])
+        int(row["length"]), int(row["sample"])
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: need score in [0, 1], exact 0 or 1, numeric compression, integer "
+                         f"length and sample; got score={row.get('score')!r}, exact={row.get('exact')!r}, "
+                         f"compression={row.get('compression')!r}") from None
+    return row
+
+
+def read_jsonl(path: str | Path) -> list[Row]:
+    """Rows of one JSON-lines results file, in file order.
+
+    A last line that is not valid JSON (a write interrupted mid-line) is skipped with a
+    ``UserWarning``; an invalid line anywhere else is a ``ValueError`` naming file and line.
+    Rows lacking ``ROW_FIELDS`` are a ``ValueError`` too.
+    """
+    p = Path(path)
+    lines = p.read_text(encoding="utf-8").splitlines()
+    last = max((i for i, ln in enumerate(lines) if ln.strip()), default=-1)
+    rows = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            if i == last:
+                warnings.warn(f"{p}: line {i + 1} is incomplete (interrupted write?); skipped", stacklevel=2)
+                break
+            raise ValueError(f"{p}: line {i + 1} is not valid JSON ({e.msg})") from None
+        rows.append(_check_row(obj, f"{p}: line {i + 1}"))
+    return rows
+
+
+def result_files(source: str | Path | Sequence[str | Path]) -> list[Path]:
+    """The JSON-lines files of ``source``: a results directory (every ``*.jsonl`` in it, sorted by
+    name, e.g. ``rows.rank0.jsonl``, ``rows.rank1.jsonl``), one file, or a list of files/directories."""
+    items = [source] if isinstance(source, (str, Path)) else list(source)
+    files: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            files.extend(sorted(p.glob("*.jsonl")))
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise ValueError(f"results: {p} does not exist")
+    if not files:
+        raise ValueError(f"results: no *.jsonl result files found in {', '.join(str(i) for i in items)}")
+    return files
+
+
+def cell_key(row: Mapping[str, Any]) -> CellKey:
+    """The cell a row belongs to (targets normalised to float so 10 and 10.0 are one cell)."""
+    t = row.get("target")
+    return CellKey(str(row["model"]), str(row["task"]), int(row["length"]), str(row["method"]),
+                   str(row["phase"]), None if t is None else float(t), str(row["mode"]))
+
+
+def dedupe_rows(rows: Iterable[Row]) -> list[Row]:
+    """One row per (cell, sample): the last occurrence wins (a resumed run rewrote it)."""
+    out: dict[tuple, Row] = {}
+    for r in rows:
+        k = (*cell_key(r), int(r["sample"]))
+        out.pop(k, None)  # re-insert so the result keeps the order of last occurrence
+        out[k] = r
+    return list(out.values())
+
+
+def load_rows(source: str | Path | Sequence[str | Path]) -> list[Row]:
+    """Read, validate and dedupe result rows from a directory, file or list (see ``result_files``).
+
+    Files are read in sorted order and later rows replace earlier ones for the same (cell, sample).
+    ``ValueError`` when nothing is found or no file holds a row.
+    """
+    rows: list[Row] = []
+    files = result_files(source)
+    for f in files:
+        rows.extend(read_jsonl(f))
+    if not rows:
+        raise ValueError(f"results: no result rows in {', '.join(str(f) for f in files)}")
+    return dedupe_rows(rows)
+
+
+# --------------------------------------------------------------------------- cell summaries
+
+@dataclass(frozen=True)
+class CellSummary:
+    """Statistics of one cell. Scores are fractions in [0, 1]; compression is the achieved
+    model-wide ratio (dense pairs / pairs computed, or context / KV tokens read), 1 for dense.
+
+    Paired fields compare with dense on the samples both have (None for dense cells):
+    ``b`` = dense exact and method not, ``c`` = method exact and dense not, ``p_value`` the exact
+    McNemar p, ``worse`` = b > c, ``significantly_worse`` = worse and p < alpha.
+    """
+
+    model: str
+    task: str
+    length: int
+    method: str
+    phase: str
+    target: float | None
+    mode: str
+    n: int
+    score: float
+    score_ci: tuple[float, float]
+    exact: float
+    exact_ci: tuple[float, float]
+    compression: float
+    seconds: float | None
+    n_paired: int | None = None
+    dense_exact_paired: float | None = None
+    exact_paired: float | None = None
+    dense_score_paired: float | None = None
+    score_paired: float | None = None
+    b: int | None = None
+    c: int | None = None
+    p_value: float | None = None
+    worse: bool | None = None
+    significantly_worse: bool | None = None
+
+    @property
+    def key(self) -> CellKey:
+        return CellKey(self.model, self.task, self.length, self.method, self.phase, self.target, self.mode)
+
+    @property
+    def group(self) -> GroupKey:
+        return GroupKey(self.model, self.task, self.length, self.method, self.phase, self.mode)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def summarize_cells(rows: Iterable[Row], alpha: float = ALPHA, seed: int = 0) -> list[CellSummary]:
+    """Per-cell summaries of (deduplicated) rows, sorted by (model, length, mode, task, method,
+    phase, achieved compression). ``alpha`` is the significance level of the paired test,
+    ``seed`` the bootstrap seed."""
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha: must be in (0, 1), got {alpha}")
+    rows = dedupe_rows(_check_row(r, f"row {i}") for i, r in enumerate(rows))
+    cells: dict[CellKey, dict[int, Row]] = {}
+    dense: dict[tuple, Row] = {}
+    for r in rows:
+        k = cell_key(r)
+        cells.setdefault(k, {})[int(r["sample"])] = r
+        if k.method == DENSE:
+            dense[(k.model, k.task, k.length, k.mode, int(r["sample"]))] = r
+    out = []
+    for k, by_sample in cells.items():
+        rs = [by_sample[s] for s in sorted(by_sample)]
+        scores = [float(r["score"]) for r in rs]
+        exact = [int(r["exact"]) for r in rs]
+        secs = [float(r["seconds"]) for r in rs if isinstance(r.get("seconds"), (int, float))]
+        fields: dict[str, Any] = dict(
+            n=len(rs), score=float(np.mean(scores)), score_ci=mean_interval(scores, seed=seed),
+            exact=sum(exact) / len(exact), exact_ci=wilson_interval(sum(exact), len(exact)),
+            compression=float(np.mean([float(r["compression"]) for r in rs])),
+            seconds=float(np.mean(secs)) if secs else None)
+        if k.method != DENSE:
+            pairs = [(dense[(k.model, k.task, k.length, k.mode, s)], by_sample[s]) for s in sorted(by_sample)
+                     if (k.model, k.task, k.length, k.mode, s) in dense]
+            b = sum(1 for d, m in pairs if int(d["exact"]) == 1 and int(m["exact"]) == 0)
+            c = sum(1 for d, m in pairs if int(d["exact"]) == 0 and int(m["exact"]) == 1)
+            p = mcnemar_exact(b, c)
+            np_ = len(pairs)
+            fields.update(
+                n_paired=np_, b=b, c=c, p_value=p, worse=b > c, significantly_worse=(b > c and p < alpha),
+                dense_exact_paired=(sum(int(d["exact"]) for d, _ in pairs) / np_) if np_ else None,
+                exact_paired=(sum(int(m["exact"]) for _, m in pairs) / np_) if np_ else None,
+                dense_score_paired=float(np.mean([float(d["score"]) for d, _ in pairs])) if np_ else None,
+                score_paired=float(np.mean([float(m["score"]) for _, m in pairs])) if np_ else None)
+        out.append(CellSummary(*k, **fields))
+    out.sort(key=lambda s: (s.model, s.length, s.mode, s.task, s.method != DENSE, s.method, s.phase,
+                            s.compression, -1.0 if s.target is None else s.target))
+    return out
+
+
+# --------------------------------------------------------------------------- max tolerable compression
+
+@dataclass(frozen=True)
+class MaxTolerable:
+    """Maximum tolerable compression of one method at one (model, task, length, mode).
+
+    ``compression`` is None when no cell qualifies; ``reason`` then says why ("every tested
+    cell ..." or "no dense baseline"). ``n_cells`` counts the method's cells, ``n_tested`` those
+    with dense-paired samples.
+    """
+
+    model: str
+    task: str
+    length: int
+    method: str
+    phase: str
+    mode: str
+    compression: float | None
+    n_cells: int
+    n_tested: int
+    reason: str
+
+    @property
+    def group(self) -> GroupKey:
+        return GroupKey(self.model, self.task, self.length, self.method, self.phase, self.mode)
+
+
+def max_tolerable_compression(cells: Iterable[CellSummary] | Iterable[Row],
+                              alpha: float = ALPHA) -> dict[GroupKey, MaxTolerable]:
+    """Apply ``MAX_TOLERABLE_RULE`` to every non-dense (model, task, length, method, phase, mode).
+
+    ``cells`` are ``CellSummary`` objects (from ``summarize_cells``) or raw result rows, which are
+    summarised first with ``alpha``. Returns a dict keyed by ``GroupKey``.
+    """
+    items = list(cells)
+    if items and not isinstance(items[0], CellSummary):
+        items = summarize_cells(items, alpha=alpha)
+    groups: dict[GroupKey, list[CellSummary]] = {}
+    for s in items:
+        if s.method != DENSE:
+            groups.setdefault(s.group, []).append(s)
+    out: dict[GroupKey, MaxTolerable] = {}
+    for g, cs in groups.items():
+        tested = sorted((s for s in cs if s.n_paired), key=lambda s: s.compression)
+        best: float | None = None
+        reason = "no dense baseline" if not tested else "all tested cells hold"
+        for s in tested:
+            if s.significantly_worse:
+                reason = (f"significantly worse from compression {s.compression:.3g} "
+                          f"(b={s.b}, c={s.c}, p={s.p_value:.3g})")
+                break
+            best = s.compression
+        out[g] = MaxTolerable(*g, compression=best, n_cells=len(cs), n_tested=len(tested), reason=reason)
+    return dict(sorted(out.items()))
+
+
+__all__ = ["ALPHA", "CellKey", "CellSummary", "DENSE", "GroupKey", "MAX_TOLERABLE_RULE", "MaxTolerable",
+           "ROW_FIELDS", "cell_key", "dedupe_rows", "load_rows", "max_tolerable_compression", "mcnemar_exact",
+           "mean_interval", "read_jsonl", "result_files", "summarize_cells", "wilson_interval"]
