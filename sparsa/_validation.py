@@ -6,7 +6,10 @@ argument's name, so a user can tell at once which input was wrong.
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 from numbers import Real
+from pathlib import Path
 
 import torch
 
@@ -114,3 +117,46 @@ def check_scale(scale: object, head_dim: int) -> float:
     if scale is None:
         return 1.0 / math.sqrt(head_dim)
     return check_float("scale", scale, 0.0, math.inf, low_open=True)
+
+
+def check_device(name: str, spec: object) -> torch.device:
+    """Parse a device request ("cpu", "cuda", "cuda:1", a ``torch.device``) and check it can run here.
+
+    Raises ``ValueError`` naming ``name`` for an unknown device, a CUDA request without a usable
+    CUDA GPU (e.g. a CPU-only torch build) or a CUDA index past the visible GPUs, and for the
+    'meta' device (no data to compute with).
+    """
+    try:
+        dev = spec if isinstance(spec, torch.device) else torch.device(str(spec))
+    except RuntimeError:
+        raise ValueError(f"{name}: {spec!r} is not a device; use cpu, cuda or cuda:N") from None
+    if dev.type == "meta":
+        raise ValueError(f"{name}: the 'meta' device holds no data; use cpu or cuda")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = ("this torch build has no CUDA support" if torch.version.cuda is None
+                   else "no CUDA GPU is visible")
+            raise ValueError(f"{name}: {spec!s} requested but {why} (torch {torch.__version__}); use cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"{name}: {spec!s} requested but only {torch.cuda.device_count()} CUDA GPU(s) are visible")
+    return dev
+
+
+def check_writable_dir(name: str, path: str | os.PathLike[str]) -> Path:
+    """Create directory ``path`` if needed and check a file can be written in it.
+
+    Raises ``ValueError`` naming ``name`` when the path is under a regular file, is a file, or is
+    not writable (read-only file system, permissions).
+    """
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=p, prefix=".write-test-"):
+            pass
+    except FileExistsError:
+        raise ValueError(f"{name}: {p} exists and is not a directory") from None
+    except NotADirectoryError:
+        raise ValueError(f"{name}: {p} lies under a regular file, not a directory") from None
+    except OSError as e:
+        raise ValueError(f"{name}: cannot write to {p} ({e.strerror or e})") from None
+    return p

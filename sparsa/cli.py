@@ -41,6 +41,31 @@ def info(as_json: bool = typer.Option(False, "--json", help="Print machine-reada
         typer.echo(f"  {n:<16}{phase:<8}{method_class(n).paper}")
 
 
+def _fail(message: str) -> typer.Exit:
+    """Print ``error: message`` to stderr; the caller raises the returned exit (code 2)."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(2)
+
+
+def _check_device_option(device: str | None) -> None:
+    """Reject a --device this machine cannot run (e.g. cuda with a CPU-only torch) before any work."""
+    from ._validation import check_device
+
+    if device is not None:
+        try:
+            check_device("--device", device)
+        except ValueError as e:
+            raise _fail(str(e)) from None
+
+
+def _needs_cuda(command: str, args: list[str]) -> None:
+    """Exit with a message when a GPU-only command runs without CUDA (its --help still works)."""
+    import torch
+
+    if not torch.cuda.is_available() and not {"--help", "-h"} & set(args):
+        raise _fail(f"`sparsa {command}` needs a CUDA GPU; torch {torch.__version__} sees none here")
+
+
 def _version(pkg: str) -> str | None:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -88,8 +113,14 @@ def train(
     card: bool = typer.Option(True, "--card/--no-card", help="Evaluate the exported model for its model card."),
 ) -> None:
     """Train a model from a recipe (resumable), export it as a HuggingFace directory with its model card."""
+    from ._validation import check_writable_dir
     from .train.run import run
 
+    _check_device_option(device)
+    try:
+        check_writable_dir("--out", out)
+    except ValueError as e:
+        raise _fail(str(e)) from None
     try:
         res = run(recipe, out, resume=resume, max_steps=max_steps,
                   time_limit_s=None if time_limit is None else 60.0 * time_limit, device=device, card=card)
@@ -125,9 +156,15 @@ def search_patterns(
     names = list(candidate) if candidate else list(DEFAULT_CANDIDATES)
     for n in names:
         try:
-            method_class(n)
+            phase = method_class(n).phase
         except ValueError as e:
-            raise typer.BadParameter(str(e), param_hint="--candidate") from None
+            raise _fail(f"--candidate: {e}") from None
+        if n == "dense":
+            raise _fail("--candidate: dense is the reference every candidate is compared with, not a candidate; "
+                        f"choose sparse prefill methods, e.g. {' '.join(DEFAULT_CANDIDATES)}")
+        if phase == "decode":
+            raise _fail(f"--candidate: {n} is a decode method; candidates must be sparse prefill methods")
+    _check_device_option(device)
     if task not in list_tasks():
         raise typer.BadParameter(f"{task!r}: choose from {list_tasks()}", param_hint="--task")
     try:
@@ -200,6 +237,7 @@ _PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help
 @bench_app.command("decode", context_settings=_PASS_THROUGH)
 def bench_decode(ctx: typer.Context) -> None:
     """Decode methods on their compact caches vs dense decode (options: `sparsa bench decode --help`)."""
+    _needs_cuda("bench decode", list(ctx.args))
     from .bench.decode import main
 
     main(list(ctx.args))
@@ -208,6 +246,7 @@ def bench_decode(ctx: typer.Context) -> None:
 @bench_app.command("nsa", context_settings=_PASS_THROUGH)
 def bench_nsa(ctx: typer.Context) -> None:
     """NSA kernels (forward, backward, decode) vs SDPA cuDNN / FA2 (options: `sparsa bench nsa --help`)."""
+    _needs_cuda("bench nsa", list(ctx.args))
     from .bench.nsa import main
 
     main(list(ctx.args))

@@ -43,3 +43,80 @@ def test_meta_tensor_is_rejected(arg):
         sparsa.attention(t["q"], t["k"], t["v"], method="quest", compression=2)
     with pytest.raises(ValueError, match=rf"^{arg}: .*meta"):
         sparsa.attention(t["q"], t["k"], t["v"], method="quest", compression=2, check_finite=False)
+
+
+# ---------------------------------------------------------------- CLI: error message, exit code 2, no traceback
+
+def _read_only_dir(tmp_path):
+    """A directory nothing can be written in (a chmod 555 one, or /sys when running as root)."""
+    import os
+    from pathlib import Path
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    if not os.access(ro, os.W_OK):
+        return ro
+    sys_dir = Path("/sys")
+    if sys_dir.is_dir() and not os.access(sys_dir, os.W_OK):
+        return sys_dir
+    try:  # root may pass os.access on a read-only mount: try it
+        (sys_dir / "sparsa-probe").mkdir()
+    except OSError:
+        return sys_dir
+    pytest.skip("no read-only directory on this machine")
+
+
+RECIPE = "recipes/sparsa-tiny.toml"
+NO_CUDA = not torch.cuda.is_available()
+
+CLI_CASES = [
+    # (id, argv with {tmp} / {file} / {ro} placeholders, text the message must hold)
+    ("train-out-under-file", ["train", "--recipe", RECIPE, "--out", "{file}/sub"], "--out: .*regular file"),
+    ("train-out-is-file", ["train", "--recipe", RECIPE, "--out", "{file}"], "--out: .*not a directory"),
+    ("train-out-read-only", ["train", "--recipe", RECIPE, "--out", "{ro}/run"], "--out: cannot write"),
+    ("train-device-bogus", ["train", "--recipe", RECIPE, "--out", "{tmp}/o", "--device", "gpu"], "--device: 'gpu'"),
+    ("train-device-index", ["train", "--recipe", RECIPE, "--out", "{tmp}/o", "--device", "cuda:99"], "--device: cuda:99"),
+    ("train-recipe-missing", ["train", "--recipe", "{tmp}/none.toml", "--out", "{tmp}/o"], "recipe"),
+    ("train-recipe-corrupt", ["train", "--recipe", "{bad_toml}", "--out", "{tmp}/o"], "recipe"),
+    ("search-device-index", ["search-patterns", "--out", "{tmp}/p.json", "--device", "cuda:99"], "--device: cuda:99"),
+    ("search-dense-candidate", ["search-patterns", "--out", "{tmp}/p.json", "-c", "dense"], "--candidate: dense is the reference"),
+    ("search-decode-candidate", ["search-patterns", "--out", "{tmp}/p.json", "-c", "h2o"], "--candidate: h2o is a decode method"),
+    ("search-unknown-candidate", ["search-patterns", "--out", "{tmp}/p.json", "-c", "nope"], "--candidate: .*unknown method"),
+    ("search-missing-model", ["search-patterns", "--out", "{tmp}/p.json", "--model", "{tmp}/nomodel"], "nomodel"),
+]
+if NO_CUDA:
+    CLI_CASES += [
+        ("train-device-cuda", ["train", "--recipe", RECIPE, "--out", "{tmp}/o", "--device", "cuda"], "--device: cuda requested"),
+        ("search-device-cuda", ["search-patterns", "--out", "{tmp}/p.json", "--device", "cuda"], "--device: cuda requested"),
+        ("bench-nsa-cpu", ["bench", "nsa"], "bench nsa` needs a CUDA GPU"),
+        ("bench-decode-cpu", ["bench", "decode"], "bench decode` needs a CUDA GPU"),
+        ("bench-prefill-cpu", ["bench", "prefill"], "needs a CUDA GPU"),
+        ("bench-e2e-cpu", ["bench", "e2e"], "needs a CUDA GPU"),
+    ]
+
+
+@pytest.mark.parametrize("argv, message", [c[1:] for c in CLI_CASES], ids=[c[0] for c in CLI_CASES])
+def test_cli_bad_arguments_exit_2_with_a_message(argv, message, tmp_path):
+    import re
+
+    from typer.testing import CliRunner
+
+    from sparsa.cli import app
+
+    file = tmp_path / "a-file"
+    file.write_text("x")
+    bad_toml = tmp_path / "bad.toml"
+    bad_toml.write_text("steps = [unclosed\n")
+    subs = {"{tmp}": str(tmp_path), "{file}": str(file), "{bad_toml}": str(bad_toml)}
+    if any("{ro}" in a for a in argv):
+        subs["{ro}"] = str(_read_only_dir(tmp_path))
+    args = []
+    for a in argv:
+        for k, v in subs.items():
+            a = a.replace(k, v)
+        args.append(a)
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 2, (r.output, r.exception)
+    assert "Traceback" not in r.output
+    assert re.search(r"error: .*" + message, r.output), r.output

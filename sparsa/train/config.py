@@ -214,9 +214,17 @@ def load_recipe(path: str | Path) -> tuple[TrainConfig, str]:
             except ModuleNotFoundError:
                 raise ValueError("recipe: reading TOML on Python 3.10 needs the `tomli` package; "
                                  "or use a .json recipe") from None
-        data = tomllib.loads(text)
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"recipe: {p} is not valid TOML: {e}") from None
     elif p.suffix == ".json":
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"recipe: {p} is not valid JSON: {e}") from None
     else:
         raise ValueError(f"recipe: expected a .toml or .json file, got {p.name}")
+    if not isinstance(data, dict):
+        raise ValueError(f"recipe: {p} must hold a table of settings, got {type(data).__name__}")
     return config_from_dict(data), text

@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from .._validation import check_device, check_writable_dir
 from .config import TrainConfig
 from .data import (StreamDataset, lm_tokens, load_train_tokenizer, make_loader, rank_micro_batches, special_token_ids,
                    step_layout)
@@ -146,7 +147,7 @@ def _sha(tok) -> str:
 def _device(spec: str | None) -> torch.device:
     if spec is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(spec)
+    return check_device("device", spec)
 
 
 def dist_env() -> tuple[int, int, int]:
@@ -215,10 +216,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, recipe_text: str | None = No
     Stops the same way on SIGTERM / SIGINT. Returns where it stopped.
     """
     cfg.validate()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt_path, log_path = out / CHECKPOINT, out / LOG
     dev = _device(device)
+    out = check_writable_dir("out", out_dir)
+    ckpt_path, log_path = out / CHECKPOINT, out / LOG
     rank, world, local = dist_env()
     if world > 1:
         dev = _setup_dist(dev, world, local)
