@@ -1,12 +1,16 @@
 """Long-context task suite: seeded generators ``(length_in_tokens, seed, tokenizer) -> instance``.
 
-Each instance's prompt fills 90-100% of the requested length (in the given tokenizer's
-tokens), ends with a question and "Answer:", and comes with its reference answer and scorer::
+Each instance carries its parts (``context``, ``question``, ``answer_prefix``) and their
+rendering ``prompt`` for the given tokenizer (chat template when it has one, see
+:mod:`sparsa.eval.prompts`), which fills 90-100% of the requested length in that tokenizer's
+tokens and ends with the answer prefix ("The special number for quiet-harbor is"; "Answer:" in
+the legacy style of sparsa's own tokenizers). It comes with its reference answer and scorer::
 
     from sparsa.eval.tasks import generate, list_tasks
     inst = generate("niah_multikey", 4096, seed=0, tokenizer=tok)
     prompt, answer, scorer = inst
-    scorer(" 4821937")  # -> 1.0 or 0.0
+    scorer(" 4821937.")  # -> 1.0 or 0.0
+    inst.scores(" 4821937.")  # {"score": ..., "exact": ...}
 
 Tasks (``describe_tasks()`` prints what each tests):
 
@@ -64,10 +68,10 @@ def get_task(name: str, **params: Any) -> Task:
     return _TASKS.build(name, **params)
 
 
-def generate(name: str, length: int, seed: int, tokenizer: Any, *, split: str = "eval",
+def generate(name: str, length: int, seed: int, tokenizer: Any, *, split: str = "eval", style: str | None = None,
              **params: Any) -> TaskInstance:
-    """One instance of task ``name`` (see ``Task.generate``)."""
-    return get_task(name, **params).generate(length, seed, tokenizer, split=split)
+    """One instance of task ``name`` (see ``Task.generate``; ``style`` as in :mod:`sparsa.eval.prompts`)."""
+    return get_task(name, **params).generate(length, seed, tokenizer, split=split, style=style)
 
 
 def describe_tasks() -> dict[str, dict[str, Any]]:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ..corpus import haystack_lines
+from ..prompts import PromptRenderer
 from ..scoring import Scorer
 from ..tokenization import TASK_CHARSET, TokenCounter, check_tokenizer
 
@@ -24,7 +25,11 @@ class FitError(ValueError):
 class TaskInstance:
     """One generated example.
 
-    ``prompt`` ends with "Answer:"; the model should continue with " " + ``answer_text``.
+    ``prompt`` is the rendered prompt (see :mod:`sparsa.eval.prompts`): in the "chat" and
+    "plain" styles it ends with ``answer_prefix`` ("The special number for quiet-harbor is"),
+    in the "legacy" style with "Answer:"; either way the model should continue with
+    " " + ``answer_text``. ``context`` is the haystack part, ``question`` the question (without
+    its "Question: " label), ``style`` the style ``prompt`` was rendered in.
     ``answer`` is the reference (a string, or a tuple of strings for list answers);
     ``n_tokens`` is the prompt's length in tokens of the tokenizer it was made for.
     Unpacks as ``prompt, answer, scorer = instance``.
@@ -39,27 +44,83 @@ class TaskInstance:
     metric: str
     n_tokens: int
     max_new_tokens: int
+    context: str = ""
+    question: str = ""
+    answer_prefix: str = ""
+    style: str = "legacy"
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def scorer(self) -> Scorer:
-        return Scorer(self.metric, self.answer)
+        return Scorer(self.metric, self.answer, answer_prefix=self.answer_prefix, question=self.question)
 
     def score(self, prediction: str) -> float:
-        """Score of a generated continuation in [0, 1]."""
+        """Partial-credit score of a generated continuation in [0, 1] (the task's metric)."""
         return self.scorer(prediction)
+
+    def exact(self, prediction: str) -> float:
+        """All-or-nothing score of a generated continuation (see :mod:`sparsa.eval.scoring`)."""
+        return self.scorer.exact(prediction)
+
+    def scores(self, prediction: str) -> dict[str, float]:
+        """{"score": partial credit, "exact": all-or-nothing} of a generated continuation."""
+        return self.scorer.scores(prediction)
 
     def __iter__(self) -> Iterator[Any]:
         return iter((self.prompt, self.answer, self.scorer))
+
+
+@dataclass(frozen=True)
+class Parts:
+    """The pieces of a prompt before rendering: haystack, question, answer prefix."""
+
+    context: str
+    question: str
+    answer_prefix: str
+
+
+class Fitter:
+    """Fits a task's context so that its rendered prompt has 90-100% of ``length`` tokens.
+
+    Generators build the context from a filler count; the fitter renders the whole prompt
+    (chat template and answer prefix included) for every count it tries.
+    """
+
+    def __init__(self, counter: TokenCounter, renderer: PromptRenderer, length: int, task: str):
+        self.counter, self.renderer, self.length, self.task = counter, renderer, length, task
+
+    def render(self, context: str, question: str, answer_prefix: str) -> str:
+        return self.renderer.render(context, question, answer_prefix)
+
+    def count(self, context: str, question: str, answer_prefix: str) -> int:
+        """Tokens of the rendered prompt (no special tokens added by encoding)."""
+        return self.counter.count(self.render(context, question, answer_prefix))
+
+    def fit(self, build_context: Callable[[int], str], question: str, answer_prefix: str,
+            n_max: int | None = None) -> tuple[Parts, int]:
+        """(parts, n): ``build_context(n)`` with the filler count ``n`` that fits (see :func:`fit_to_length`)."""
+        ctx: dict[int, str] = {}
+
+        def build(n: int) -> str:
+            ctx[n] = build_context(n)
+            return self.render(ctx[n], question, answer_prefix)
+
+        _, n = fit_to_length(build, self.counter, self.length, self.task, n_max)
+        return Parts(ctx[n], question, answer_prefix), n
 
 
 @dataclass
 class Task:
     """Base of all task generators. Subclasses set the class attributes and implement ``_build``.
 
-    Generators are deterministic: the same (task parameters, length, seed, split, tokenizer)
-    gives the same instance in any process.
+    Generators are deterministic: the same (task parameters, length, seed, split, tokenizer,
+    style) gives the same instance in any process. ``style`` picks how the prompt is rendered
+    (see :mod:`sparsa.eval.prompts`; None chooses by tokenizer); it is not part of the seed, so
+    the styles draw the same facts wherever the fitted length does not feed back into the draw
+    (it does for the chapter and document counts and the order of the common words).
     """
+
+    style: str | None = None
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
@@ -70,13 +131,15 @@ class Task:
         """Generation budget for an answer, in tokens (from the task's shape, not its answer)."""
         return 16
 
-    def generate(self, length: int, seed: int, tokenizer: Any, *, split: str = "eval") -> TaskInstance:
-        """Make one instance whose prompt has 90-100% of ``length`` tokens.
+    def generate(self, length: int, seed: int, tokenizer: Any, *, split: str = "eval",
+                 style: str | None = None) -> TaskInstance:
+        """Make one instance whose rendered prompt has 90-100% of ``length`` tokens.
 
         length: target prompt length in tokens (>= ``min_length``).
         seed: any int; instances are a pure function of it (with length, split, parameters).
         tokenizer: a ``tokenizers.Tokenizer``, a HuggingFace tokenizer or an encode/decode object.
         split: "eval" (haystacks from held-out stdlib files) or "train".
+        style: "chat", "plain" or "legacy"; default the task's ``style``, else chosen by tokenizer.
         """
         if isinstance(length, bool) or not isinstance(length, int):
             raise TypeError(f"length: expected an int number of tokens, got {type(length).__name__}")
@@ -88,27 +151,33 @@ class Task:
             raise ValueError(f"split: must be one of {', '.join(SPLITS)}, got {split!r}")
         counter = TokenCounter(tokenizer)
         check_tokenizer(counter, TASK_CHARSET, "characters the tasks use")
+        renderer = PromptRenderer(tokenizer, style if style is not None else self.style)
+        fitter = Fitter(counter, renderer, length, self.name)
         for attempt in range(_ATTEMPTS):
             rng = random.Random(f"{self.name}|{length}|{seed}|{split}|{self._param_key()}|{attempt}")
             try:
-                prompt, answer, meta = self._build(rng, counter, length, split)
+                parts, answer, meta = self._build(rng, fitter, split)
                 break
             except FitError:
                 if attempt == _ATTEMPTS - 1:
                     raise
         answer_text = answer if isinstance(answer, str) else ", ".join(answer)
         check_tokenizer(counter, answer_text, "answer")
+        prompt = renderer.render(parts.context, parts.question, parts.answer_prefix)
         n_tokens = counter.count(prompt)
         return TaskInstance(task=self.name, length=length, seed=seed, prompt=prompt,
                             answer=answer if isinstance(answer, str) else tuple(answer),
                             answer_text=answer_text, metric=self.metric, n_tokens=n_tokens,
-                            max_new_tokens=self.max_new_tokens(length), meta=meta)
+                            max_new_tokens=self.max_new_tokens(length), context=parts.context,
+                            question=parts.question, answer_prefix=parts.answer_prefix, style=renderer.style,
+                            meta=meta)
 
     def _param_key(self) -> str:
-        return ",".join(f"{k}={v}" for k, v in sorted(vars(self).items()))
+        # the style is left out: the same seed draws the same facts in every style
+        return ",".join(f"{k}={v}" for k, v in sorted(vars(self).items()) if k != "style")
 
-    def _build(self, rng: random.Random, counter: TokenCounter, length: int,
-               split: str) -> tuple[str, str | list[str], dict[str, Any]]:
+    def _build(self, rng: random.Random, fitter: Fitter, split: str) -> tuple[Parts, str | list[str], dict[str, Any]]:
+        """(prompt parts fitted with ``fitter``, reference answer, metadata) from the seeded ``rng``."""
         raise NotImplementedError
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from .base import Task, fit_to_length
+from .base import Task
 from .words import distinct_pseudowords
 
 HEADER = "Below is a numbered list of words. Some words occur much more often than the others.\n\n"
@@ -33,7 +33,8 @@ class CommonWords(Task):
     def max_new_tokens(self, length: int) -> int:
         return 6 * self.common + 8
 
-    def _build(self, rng, counter, length, split):
+    def _build(self, rng, fitter, split):
+        length = fitter.length
         if self.common < 1 or self.rare_max < 1 or not 0 < self.share < 1:
             raise ValueError("common/rare_max/share: need common >= 1, rare_max >= 1 and 0 < share < 1")
         words = distinct_pseudowords(rng, self.common + length // 2)
@@ -53,13 +54,10 @@ class CommonWords(Task):
             return out
 
         def build(n: int) -> str:
-            body = "\n".join(f"{i}. {w}" for i, w in enumerate(entries(n), 1))
-            return HEADER + body + "\n\n" + self._question()
+            return HEADER + "\n".join(f"{i}. {w}" for i, w in enumerate(entries(n), 1))
 
-        prompt, n = fit_to_length(build, counter, length, self.name)
+        parts, n = fitter.fit(build, f"What are the {self.common} most common words in the list above?",
+                              f"The {self.common} most common words in the list are")
         listed = entries(n)
         first = {w: listed.index(w) for w in common}
-        return prompt, sorted(common, key=first.__getitem__), {"common_count": listed.count(common[0])}
-
-    def _question(self) -> str:
-        return f"Question: What are the {self.common} most common words in the list above?\nAnswer:"
+        return parts, sorted(common, key=first.__getitem__), {"common_count": listed.count(common[0])}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from .base import Task, fit_to_length
+from .base import Task
 from .words import ADJECTIVES, LANDMARKS, TRADES, town_names
 
 HEADER = "Below are several documents, each about one town. A question about one of them follows.\n\n"
@@ -15,6 +15,13 @@ _ATTRIBUTES = {
     "river": ("on which river does the town lie?", "The town lies on the river {v}."),
     "year": ("in which year was the town founded?", "It was founded in the year {v}."),
     "landmark": ("what is the best known landmark of the town?", "Its best known landmark is the {v}."),
+}
+# answer prefix per attribute, given the town
+_ANSWER_PREFIX = {
+    "trade": "The main trade of {town} is",
+    "river": "The town of {town} lies on the river",
+    "year": "The town of {town} was founded in the year",
+    "landmark": "The best known landmark of {town} is the",
 }
 
 _FILLER = (
@@ -61,7 +68,8 @@ class DocumentQA(Task):
     metric = "exact"
     min_length = 256
 
-    def _build(self, rng, counter, length, split):
+    def _build(self, rng, fitter, split):
+        length = fitter.length
         n_docs = max(2, round(0.5 * length / 70))
         seed = rng.random()
         while True:
@@ -74,12 +82,12 @@ class DocumentQA(Task):
                 keys = sorted(_ATTRIBUTES)
                 drng.shuffle(keys)
                 d["_order"] = ",".join(keys)
-            q = (f"Question: According to the document about the town of {towns[target]}, "
-                 f"{_ATTRIBUTES[attr][0]}\nAnswer:")
+            q = f"According to the document about the town of {towns[target]}, {_ATTRIBUTES[attr][0]}"
+            prefix = _ANSWER_PREFIX[attr].format(town=towns[target])
             pool: list[str] = []
             frng = random.Random(f"{seed}|{n_docs}|filler")
 
-            def build(n: int, towns=towns, docs=docs, q=q, pool=pool, frng=frng) -> str:
+            def build(n: int, towns=towns, docs=docs, pool=pool, frng=frng) -> str:
                 while len(pool) < n:
                     a, b = frng.sample(ADJECTIVES, 2)
                     pool.append(frng.choice(_FILLER).format(a=a, b=b))
@@ -91,10 +99,10 @@ class DocumentQA(Task):
                     facts = [_ATTRIBUTES[k][1].format(v=d[k]) for k in d["_order"].split(",")]
                     sents = [facts[0]] + fill[:len(fill) // 2] + facts[1:3] + fill[len(fill) // 2:] + facts[3:]
                     parts.append(f"Document {i + 1}: The town of {town}\n" + " ".join(sents))
-                return HEADER + "\n\n".join(parts) + "\n\n" + q
+                return HEADER + "\n\n".join(parts)
 
-            if counter.count(build(0)) <= 0.8 * length or n_docs == 2:
+            if fitter.count(build(0), q, prefix) <= 0.8 * length or n_docs == 2:
                 break
             n_docs = max(2, int(n_docs * 0.8))
-        prompt, _ = fit_to_length(build, counter, length, self.name)
-        return prompt, docs[target][attr], {"document": target + 1, "attribute": attr, "documents": n_docs}
+        parts, _ = fitter.fit(build, q, prefix)
+        return parts, docs[target][attr], {"document": target + 1, "attribute": attr, "documents": n_docs}

@@ -9,8 +9,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from ..tokenization import TokenCounter
-from .base import LineHaystack, Task, fit_to_length, insert_at_depths
+from .base import Fitter, LineHaystack, Parts, Task, insert_at_depths
 from .words import ADJECTIVES, NOUNS
 
 HEADER = ("The text below hides special numbers, each given for a key. "
@@ -51,18 +50,18 @@ def _lookalike_keys(rng: random.Random, target: str, n: int, exclude: set[str]) 
     return out + _random_keys(rng, n - len(out), exclude | set(out))
 
 
-def _build_haystack(rng: random.Random, counter: TokenCounter, length: int, split: str, task: str,
-                    needles: list[str], question: str) -> str:
+def _build_haystack(rng: random.Random, fitter: Fitter, split: str, needles: list[str], question: str,
+                    answer_prefix: str) -> Parts:
     """Fill a stdlib-line haystack around ``needles`` (placed in order at sorted random depths)."""
     hay = LineHaystack(rng, split)
     depths = sorted(rng.random() for _ in needles)
     inserts = list(zip(depths, needles))
 
     def build(n: int) -> str:
-        return HEADER + "\n".join(insert_at_depths(hay.take(n), inserts)) + "\n\n" + question
+        return HEADER + "\n".join(insert_at_depths(hay.take(n), inserts))
 
-    text, _ = fit_to_length(build, counter, length, task)
-    return text
+    parts, _ = fitter.fit(build, question, answer_prefix)
+    return parts
 
 
 @dataclass
@@ -77,12 +76,12 @@ class SingleNeedle(Task):
     metric = "exact"
     min_length = 128
 
-    def _build(self, rng, counter, length, split):
+    def _build(self, rng, fitter, split):
         key = _random_keys(rng, 1, set())[0]
         value = _values(rng, 1)[0]
-        q = f"Question: What is the special number for {key}?\nAnswer:"
-        prompt = _build_haystack(rng, counter, length, split, self.name, [needle(key, value)], q)
-        return prompt, value, {"key": key}
+        q = f"What is the special number for {key}?"
+        parts = _build_haystack(rng, fitter, split, [needle(key, value)], q, f"The special number for {key} is")
+        return parts, value, {"key": key}
 
 
 @dataclass
@@ -100,16 +99,17 @@ class MultiKey(Task):
     min_length = 256
     distractors: int | None = None
 
-    def _build(self, rng, counter, length, split):
-        n_d = self.distractors if self.distractors is not None else max(3, length // 256)
+    def _build(self, rng, fitter, split):
+        n_d = self.distractors if self.distractors is not None else max(3, fitter.length // 256)
         key = _random_keys(rng, 1, set())[0]
         others = _lookalike_keys(rng, key, n_d, {key})
         values = _values(rng, n_d + 1)
         pairs = [(key, values[0])] + list(zip(others, values[1:]))
         rng.shuffle(pairs)
-        q = f"Question: What is the special number for {key}?\nAnswer:"
-        prompt = _build_haystack(rng, counter, length, split, self.name, [needle(k, v) for k, v in pairs], q)
-        return prompt, values[0], {"key": key, "distractors": n_d}
+        q = f"What is the special number for {key}?"
+        parts = _build_haystack(rng, fitter, split, [needle(k, v) for k, v in pairs], q,
+                                f"The special number for {key} is")
+        return parts, values[0], {"key": key, "distractors": n_d}
 
 
 @dataclass
@@ -130,16 +130,17 @@ class MultiValue(Task):
     def max_new_tokens(self, length: int) -> int:
         return 8 * self.values + 8
 
-    def _build(self, rng, counter, length, split):
+    def _build(self, rng, fitter, split):
         key = _random_keys(rng, 1, set())[0]
         others = _random_keys(rng, self.distractors, {key})
         vals = _values(rng, self.values + self.distractors)
         items = [(key, v) for v in vals[:self.values]] + list(zip(others, vals[self.values:]))
         rng.shuffle(items)
         answer = [v for k, v in items if k == key]
-        q = f"Question: What are all the special numbers for {key}?\nAnswer:"
-        prompt = _build_haystack(rng, counter, length, split, self.name, [needle(k, v) for k, v in items], q)
-        return prompt, answer, {"key": key}
+        q = f"What are all the special numbers for {key}?"
+        parts = _build_haystack(rng, fitter, split, [needle(k, v) for k, v in items], q,
+                                f"The special numbers for {key} are")
+        return parts, answer, {"key": key}
 
 
 @dataclass
@@ -162,7 +163,7 @@ class MultiQuery(Task):
     def max_new_tokens(self, length: int) -> int:
         return 8 * self.queries + 8
 
-    def _build(self, rng, counter, length, split):
+    def _build(self, rng, fitter, split):
         keys = _random_keys(rng, self.queries + self.distractors, set())
         vals = _values(rng, len(keys))
         pairs = list(zip(keys, vals))
@@ -170,8 +171,9 @@ class MultiQuery(Task):
         rng.shuffle(pairs)
         names = [k for k, _ in asked]
         listed = ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]
-        q = f"Question: What are the special numbers for {listed}?\nAnswer:"
-        prompt = _build_haystack(rng, counter, length, split, self.name, [needle(k, v) for k, v in pairs], q)
-        return prompt, [v for _, v in asked], {"keys": names}
+        q = f"What are the special numbers for {listed}?"
+        parts = _build_haystack(rng, fitter, split, [needle(k, v) for k, v in pairs], q,
+                                f"The special numbers for {listed} are")
+        return parts, [v for _, v in asked], {"keys": names}
 
 

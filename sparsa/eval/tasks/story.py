@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from .base import Task, fit_to_length
+from .base import Fitter, Parts, Task
 from .words import FIRST_NAMES, MATERIALS, OBJECTS, PLACES, SCENERY, SPOTS, SURNAMES, town_names
 
 _MAX_CHAPTERS = 1000  # purchases need distinct (material, object) items: 20 x 52 of them
@@ -128,15 +128,18 @@ def _render(story: _Story, filler: list[str]) -> str:
     return "\n\n".join(parts)
 
 
-def _fit_story(task: Task, rng: random.Random, counter, length: int, question) -> tuple[str, _Story, tuple]:
-    """Choose the chapter count (facts take about 40% of the context), then fill with narration."""
+def _fit_story(rng: random.Random, fitter: Fitter, question) -> tuple[Parts, _Story, tuple]:
+    """Choose the chapter count (facts take about 40% of the context), then fill with narration.
+
+    question(story, rng) -> (question, answer prefix, answer, extra).
+    """
+    length = fitter.length
     n_ch = max(3, min(_MAX_CHAPTERS, round(0.4 * length / 60)))
     filler_rng_seed = rng.random()
     while True:
         story = _make_story(random.Random(f"{filler_rng_seed}|{n_ch}"), n_ch)
         q = question(story, random.Random(f"{filler_rng_seed}|q|{n_ch}"))
-        base = HEADER + _render(story, []) + "\n\n" + q[0]
-        if counter.count(base) <= 0.8 * length or n_ch == 3:
+        if fitter.count(HEADER + _render(story, []), q[0], q[1]) <= 0.8 * length or n_ch == 3:
             break
         n_ch = max(3, int(n_ch * 0.8))
     frng = random.Random(f"{filler_rng_seed}|filler")
@@ -146,10 +149,10 @@ def _fit_story(task: Task, rng: random.Random, counter, length: int, question) -
     def build(n: int) -> str:
         while len(pool) < n:
             pool.append(_filler(frng, towns))
-        return HEADER + _render(story, pool[:n]) + "\n\n" + q[0]
+        return HEADER + _render(story, pool[:n])
 
-    text, _ = fit_to_length(build, counter, length, task.name)
-    return text, story, q
+    parts, _ = fitter.fit(build, q[0], q[1])
+    return parts, story, q
 
 
 @dataclass
@@ -165,7 +168,7 @@ class StoryRetrieval(Task):
     metric = "exact"
     min_length = 512
 
-    def _build(self, rng, counter, length, split):
+    def _build(self, rng, fitter, split):
         def question(story: _Story, qrng: random.Random):
             n = len(story.chapters)
             k = qrng.randrange(n)
@@ -180,11 +183,11 @@ class StoryRetrieval(Task):
                 for j, f in enumerate(facts):
                     if " hid the " in f:
                         facts[j] = f"{person} hid the {obj} in the {spot}."
-            return (f"Question: In chapter {k + 1}, where was the {obj} hidden?\nAnswer:", story.hide[k][2],
-                    k + 1)
+            return (f"In chapter {k + 1}, where was the {obj} hidden?",
+                    f"In chapter {k + 1}, the {obj} was hidden in the", story.hide[k][2], k + 1)
 
-        prompt, story, q = _fit_story(self, rng, counter, length, question)
-        return prompt, q[1], {"chapter": q[2], "chapters": len(story.chapters)}
+        parts, story, q = _fit_story(rng, fitter, question)
+        return parts, q[2], {"chapter": q[3], "chapters": len(story.chapters)}
 
 
 @dataclass
@@ -200,15 +203,15 @@ class StoryMultiHop(Task):
     metric = "exact"
     min_length = 512
 
-    def _build(self, rng, counter, length, split):
+    def _build(self, rng, fitter, split):
         def question(story: _Story, qrng: random.Random):
             k = qrng.randrange(len(story.chapters))
             person, material, obj = story.buy[k]
-            return (f"Question: In which town does the person who bought the {material} {obj} live?\nAnswer:",
-                    story.home_of[person], person)
+            return (f"In which town does the person who bought the {material} {obj} live?",
+                    f"The person who bought the {material} {obj} lives in", story.home_of[person], person)
 
-        prompt, story, q = _fit_story(self, rng, counter, length, question)
-        return prompt, q[1], {"buyer": q[2], "chapters": len(story.chapters)}
+        parts, story, q = _fit_story(rng, fitter, question)
+        return parts, q[2], {"buyer": q[3], "chapters": len(story.chapters)}
 
 
 @dataclass
@@ -227,10 +230,10 @@ class StoryFilter(Task):
     def max_new_tokens(self, length: int) -> int:
         return 24
 
-    def _build(self, rng, counter, length, split):
+    def _build(self, rng, fitter, split):
         def question(story: _Story, qrng: random.Random):
-            return ("Question: In which chapters did no letter arrive? Answer with the chapter numbers.\nAnswer:",
-                    [str(c) for c in story.no_letter], None)
+            return ("In which chapters did no letter arrive? Answer with the chapter numbers.",
+                    "No letter arrived in chapters", [str(c) for c in story.no_letter], None)
 
-        prompt, story, q = _fit_story(self, rng, counter, length, question)
-        return prompt, q[1], {"chapters": len(story.chapters)}
+        parts, story, q = _fit_story(rng, fitter, question)
+        return parts, q[2], {"chapters": len(story.chapters)}

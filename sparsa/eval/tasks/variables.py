@@ -5,7 +5,7 @@ import random
 import string
 from dataclasses import dataclass
 
-from .base import LineHaystack, Task, fit_to_length, insert_at_depths
+from .base import LineHaystack, Task, insert_at_depths
 
 HEADER = ("The text below hides lines that assign values to variables, each variable written as VAR and "
           "five capital letters. A question about them follows the text.\n\n")
@@ -59,7 +59,7 @@ class VariableTracking(Task):
     def max_new_tokens(self, length: int) -> int:
         return 6 * (self.hops + 1) + 8
 
-    def _build(self, rng, counter, length, split):
+    def _build(self, rng, fitter, split):
         if self.chains < 1 or self.hops < 0:
             raise ValueError(f"chains/hops: need chains >= 1 and hops >= 0, got {self.chains}, {self.hops}")
         if self.notation not in NOTATIONS:
@@ -78,12 +78,12 @@ class VariableTracking(Task):
             inserts.extend(zip(depths, lines))
         inserts.sort(key=lambda x: x[0])
         hay = LineHaystack(rng, split)
-        # the value ends the question, right before "Answer:", as a needle's key does
-        q = (f"Question: In order of assignment, which variables are assigned, directly or through other "
-             f"variables, the value {values[0]}?\nAnswer:")
+        # the value ends the question, right before the answer, as a needle's key does
+        q = (f"In order of assignment, which variables are assigned, directly or through other "
+             f"variables, the value {values[0]}?")
 
         def build(n: int) -> str:
-            return head + "\n".join(insert_at_depths(hay.take(n), inserts)) + "\n\n" + q
+            return head + "\n".join(insert_at_depths(hay.take(n), inserts))
 
-        prompt, _ = fit_to_length(build, counter, length, self.name)
-        return prompt, chains[0], {"value": values[0]}
+        parts, _ = fitter.fit(build, q, f"In order of assignment, the variables assigned the value {values[0]} are")
+        return parts, chains[0], {"value": values[0]}
