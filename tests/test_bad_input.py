@@ -120,3 +120,84 @@ def test_cli_bad_arguments_exit_2_with_a_message(argv, message, tmp_path):
     assert r.exit_code == 2, (r.output, r.exception)
     assert "Traceback" not in r.output
     assert re.search(r"error: .*" + message, r.output), r.output
+
+
+# ---------------------------------------------------------------- method objects: out-of-range arguments
+
+@pytest.mark.parametrize("context_len, exc", [(-1, ValueError), (0, ValueError), (2.5, TypeError)])
+def test_quest_decode_tokens_rejects_bad_context(context_len, exc):
+    with pytest.raises(exc, match="^context_len"):
+        sparsa.Quest(budget=64).decode_tokens(context_len)
+
+
+def _h2o_step_inputs():
+    m = sparsa.H2O(compression=2)
+    q, k, v = qkv(n=20)
+    state = m.init_decode(q, k, v)
+    k1 = torch.cat([k, torch.randn(1, 2, 1, 16)], 2)
+    v1 = torch.cat([v, torch.randn(1, 2, 1, 16)], 2)
+    return m, torch.randn(1, 4, 16), k1, v1, state
+
+
+@pytest.mark.parametrize("case, exc, match", [
+    ("state-not-a-state", TypeError, "^state: expected the H2OState"),
+    ("q-4d", ValueError, "^q: expected 3 dimensions"),
+    ("q-head-dim", ValueError, "^k: head_dim"),
+    ("k-too-short", ValueError, "^k: 5 tokens"),
+    ("state-of-another-batch", ValueError, r"^state: holds \(batch, kv_heads\)"),
+    ("q-dtype", TypeError, "^q: dtype"),
+])
+def test_h2o_decode_step_misuse(case, exc, match):
+    m, q, k, v, state = _h2o_step_inputs()
+    args = {"state-not-a-state": (q, k, v, {"positions": state.positions}),
+            "q-4d": (q[:, :, None], k, v, state),
+            "q-head-dim": (q[..., :8], k, v, state),
+            "k-too-short": (q, k[:, :, :5], v[:, :, :5], state),
+            "state-of-another-batch": (q.expand(2, -1, -1), k.expand(2, -1, -1, -1), v.expand(2, -1, -1, -1), state),
+            "q-dtype": (q.double(), k, v, state)}[case]
+    with pytest.raises(exc, match=match):
+        m.decode_step(*args)
+    m.decode_step(q, k, v, state)  # the well-formed step runs
+
+
+# ---------------------------------------------------------------- sparsa.apply and its cache: layer indices
+
+@pytest.fixture(scope="module")
+def tiny_llama():
+    pytest.importorskip("transformers")
+    from .test_hf_models import tiny_model
+
+    return tiny_model("llama")
+
+
+@pytest.mark.parametrize("layers, match", [
+    ({2: None}, "layers: layer index 2 is out of range"),
+    ({-3: None}, "layers: layer index -3 is out of range"),
+    ({0: None, -2: None}, "layers: layer 0 is given twice"),
+])
+def test_apply_layer_index_out_of_range(tiny_llama, layers, match):
+    with pytest.raises(ValueError, match=match):
+        sparsa.apply(tiny_llama, "quest", layers=layers)
+
+
+def test_apply_accepts_negative_layer_index(tiny_llama):
+    with sparsa.apply(tiny_llama, "streaming", layers={-1: None}) as h:
+        assert [p.prefill is None for p in h.plans] == [False, True]
+
+
+@pytest.mark.parametrize("layer, exc", [(99, IndexError), (2, IndexError), (-1, IndexError), ("0", TypeError)])
+def test_cache_layer_index_out_of_range(tiny_llama, layer, exc):
+    from sparsa.integrations.hf import compat
+
+    from .test_hf_models import prompt
+
+    ids = prompt(1, 40)
+    with sparsa.apply(tiny_llama, decode=sparsa.Quest(budget=16, page_size=4)) as h:
+        cache = h.new_cache()
+        with torch.no_grad():
+            tiny_llama.generate(ids, max_new_tokens=2, do_sample=False, **{compat.cache_kwarg_name(tiny_llama): cache})
+    assert cache.layer_nbytes(1) > 0 and cache.layer_tokens(1).shape == (1, 2)
+    with pytest.raises(exc, match="^layer_idx"):
+        cache.layer_nbytes(layer)
+    with pytest.raises(exc, match="^layer_idx"):
+        cache.layer_tokens(layer)

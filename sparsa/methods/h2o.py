@@ -6,7 +6,7 @@ from typing import ClassVar
 
 import torch
 
-from .._validation import check_int, check_qkv, check_scale
+from .._validation import check_int, check_qkv, check_scale, check_tensor
 from ..ops.dense.reference import causal_mask_fn, masked_attention, query_positions
 from ..ops.sparse_decode import sparse_decode_ref
 from ._scores import (attention_column_sums, count_positions, gathered_probs, group_causal_probs,
@@ -29,6 +29,25 @@ class H2OState:
     scores: torch.Tensor
     heavy: int | None
     recent: int | None
+
+
+def _check_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: object) -> None:
+    """ValueError / TypeError naming the argument when a decode step's inputs do not fit together."""
+    if not isinstance(state, H2OState):
+        raise TypeError(f"state: expected the H2OState that init_decode or decode_step returned, "
+                        f"got {type(state).__name__}")
+    check_tensor("q", q, ndim=3)
+    if q.dtype != k.dtype:  # check_qkv checks k and v
+        raise TypeError(f"q: dtype {q.dtype} must match k's ({k.dtype})")
+    check_qkv(q[:, :, None], k, v)
+    b, hkv, s = k.shape[:3]
+    if tuple(state.positions.shape[:2]) != (b, hkv):
+        raise ValueError(f"state: holds (batch, kv_heads) = {tuple(state.positions.shape[:2])}, but k has "
+                         f"{(b, hkv)}; pass the state of this cache")
+    # shapes only: reading positions' values would cost a device sync per step
+    if state.positions.shape[2] > s - 1:
+        raise ValueError(f"k: {s} tokens, but the state keeps {state.positions.shape[2]} earlier ones; "
+                         "k and v must hold every token so far and end with the new one")
 
 
 def evict(positions: torch.Tensor, scores: torch.Tensor, next_pos: int, heavy: int | None,
@@ -181,7 +200,9 @@ class H2O(DecodeMethod):
 
     def decode_step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: H2OState, *,
                     scale: float | None = None) -> tuple[torch.Tensor, H2OState, torch.Tensor]:
-        """q: (B, H, D); k, v: (B, Hkv, S, D) whose last entry is the new token."""
+        """q: (B, H, D); k, v: (B, Hkv, S, D) whose last entry is the new token; ``state`` from
+        :meth:`init_decode` or the previous step."""
+        _check_step(q, k, v, state)
         scale = check_scale(scale, q.shape[-1])
         idx = self.select(q, k, state)
         out = sparse_decode_ref(q, k, v, idx, scale=scale)

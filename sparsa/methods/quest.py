@@ -1,11 +1,12 @@
 """Quest: query-aware page selection for decoding (Tang et al., 2024)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
-from .._validation import check_int, check_qkv
+from .._validation import check_float, check_int, check_qkv
 from ..ops.dense.reference import causal_mask_fn, masked_attention, query_positions
 from ..ops.kv_quant import QuantSpec
 from ..ops.sparse_decode import (PAGE_BOUNDS, bounds_bytes_per_page, dequantize_bounds, pages_to_tokens,
@@ -142,7 +143,12 @@ class Quest(DecodeMethod):
         return ps, (None if pages >= current else pages)
 
     def decode_tokens(self, context_len: int, meta: float = 1.0) -> float:
-        """Token-equivalents one step reads (see :func:`quest_reads`); ``meta`` per scored page."""
+        """Token-equivalents one step reads (see :func:`quest_reads`); ``meta`` per scored page.
+
+        context_len: tokens in the context, the new token included (>= 1).
+        """
+        check_int("context_len", context_len, minimum=1)
+        check_float("meta", meta, 0.0, math.inf)
         return quest_reads(context_len, *self.resolve(context_len, meta), meta)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float,

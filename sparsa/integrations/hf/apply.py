@@ -243,7 +243,10 @@ def apply(model: torch.nn.Module, prefill: Any = None, decode: Any = AUTO, *,
         layers: per-layer overrides, ``{layer index: spec}``; spec is a method (name/object/None)
             for both phases, a ``(prefill, decode)`` tuple, or ``{"prefill": ..., "decode": ...}``
             (missing keys take the global arguments). E.g. ``{0: None, 1: None}`` keeps the
-            first two layers dense, as Quest does.
+            first two layers dense, as Quest does. Negative indices count from the last layer,
+            as Python's do (``{-1: None}``: the last layer dense); an index outside
+            ``-num_layers .. num_layers - 1``, or one layer given twice (``0`` and ``-num_layers``),
+            is a ``ValueError`` naming ``layers``.
         prefill_chunk: run prompts through ``generate()`` in chunks of this many tokens (each
             chunk attends sparsely to everything before it); see :func:`chunked_prefill` for
             ``model()`` loops.

@@ -239,6 +239,7 @@ class SparsaCache(_DynamicCache):
         """Bytes the cache holds for one layer on its device: the compact store (keys, values,
         free rows or pages kept for growth, positions, scores, page bounds and tables) plus any
         full keys and values still held."""
+        self._check_layer(layer_idx)
         keys, values = compat.layer_kv(self, layer_idx)
         n = _nbytes(keys) + _nbytes(values)
         state = self.sparsa_states.get(layer_idx)
@@ -256,6 +257,7 @@ class SparsaCache(_DynamicCache):
         Compact layers count each sequence's real tokens only (padding is never stored); dense
         layers hold the padded width for every head.
         """
+        self._check_layer(layer_idx)
         state = self.sparsa_states.get(layer_idx)
         if state is not None and state.decoders():
             parts = []
@@ -273,6 +275,15 @@ class SparsaCache(_DynamicCache):
         if keys is None or keys.ndim != 4:
             return torch.zeros(0, 0, dtype=torch.int64)
         return torch.full(tuple(keys.shape[:2]), keys.shape[2], dtype=torch.int64)
+
+    def _check_layer(self, layer_idx: object) -> None:
+        """IndexError (TypeError for a non-int) naming ``layer_idx`` unless it is one of the cache's layers."""
+        if isinstance(layer_idx, bool) or not isinstance(layer_idx, int):
+            raise TypeError(f"layer_idx: expected an int, got {type(layer_idx).__name__}")
+        n = self._num_layers()
+        if not 0 <= layer_idx < n:
+            raise IndexError(f"layer_idx: {layer_idx} is not a layer of this cache, which holds layers 0..{n - 1}"
+                             if n else f"layer_idx: {layer_idx}: the cache holds no layers yet (run the prompt first)")
 
     def _num_layers(self) -> int:
         layers = self.__dict__.get("layers")
