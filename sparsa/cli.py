@@ -18,7 +18,7 @@ def info(as_json: bool = typer.Option(False, "--json", help="Print machine-reada
     from . import __version__
     from .backend import triton_available
     from .methods.registry import list_methods, method_class
-    from .ops import kernel_status
+    from .ops import kernel_note, kernel_status
 
     cuda = torch.cuda.is_available()
     data = {
@@ -28,6 +28,7 @@ def info(as_json: bool = typer.Option(False, "--json", help="Print machine-reada
         "device": torch.cuda.get_device_name() if cuda else "cpu",
         "triton": _version("triton") if triton_available() else None,
         "kernels": kernel_status(),
+        "kernels_note": kernel_note(),
         "methods": {n: method_class(n).phase for n in list_methods()},
     }
     if as_json:
@@ -35,7 +36,11 @@ def info(as_json: bool = typer.Option(False, "--json", help="Print machine-reada
         return
     typer.echo(f"sparsa {data['sparsa']}  (python {data['python']}, torch {data['torch']}, triton {data['triton']})")
     typer.echo(f"device: {data['device']}")
-    typer.echo("kernels: " + ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in data["kernels"].items()))
+    if data["kernels_note"]:
+        typer.echo(f"kernels: none usable here: {data['kernels_note']}")
+    else:
+        slow = "" if cuda else "  (TRITON_INTERPRET=1: the Triton interpreter on the CPU, slow)"
+        typer.echo("kernels: " + ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in data["kernels"].items()) + slow)
     typer.echo("methods:")
     for n, phase in data["methods"].items():
         typer.echo(f"  {n:<16}{phase:<8}{method_class(n).paper}")

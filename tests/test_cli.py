@@ -26,3 +26,24 @@ def test_demo_bad_method():
     r = runner.invoke(app, ["demo", "-m", "nope"])
     assert r.exit_code != 0
     assert "unknown method" in r.output
+
+
+def test_info_says_kernels_need_cuda_on_a_cpu_machine(monkeypatch):
+    import torch
+
+    if torch.cuda.is_available():
+        import pytest
+        pytest.skip("a CUDA machine")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    r = runner.invoke(app, ["info"])
+    assert r.exit_code == 0, r.output
+    line = next(ln for ln in r.output.splitlines() if ln.startswith("kernels:"))
+    assert "=yes" not in line and "none usable here" in line
+    assert ("need a CUDA GPU" in line) or ("triton is not installed" in line)
+    r = runner.invoke(app, ["info", "--json"])
+    import json
+    data = json.loads(r.output)
+    assert not any(data["kernels"].values()) and data["kernels_note"]
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    line = next(ln for ln in runner.invoke(app, ["info"]).output.splitlines() if ln.startswith("kernels:"))
+    assert "interpreter" in line or "triton is not installed" in line

@@ -2,7 +2,7 @@
 
 Every method accepts ``compression`` (a target, >= 1; 1 means dense-equivalent). Explicit
 hyper-parameters override the target. After a call, the returned :class:`AttentionStats`
-reports the compression actually achieved, as DESIGN.md defines it:
+reports the compression actually achieved, as the README (top section) defines it:
 
 * prefill: pairs of the causal dense matrix / pairs computed;
 * decode: context tokens / KV tokens read by one decode step (metadata reads counted).
