@@ -274,9 +274,19 @@ def bench_e2e(
     batch: int = typer.Option(16, "--batch", min=1, help="Decode: sequences per step."),
     steps: int = typer.Option(32, "--steps", min=1, help="Decode: timed steps per configuration."),
     warmup: int = typer.Option(4, "--warmup", min=1, help="Decode: untimed steps first."),
-    out: str = typer.Option("benchmarks/results/e2e.json", "--out", help="Results JSON (appended row by row)."),
+    out: str = typer.Option(None, "--out", help="Results JSON, appended row by row (default "
+                                                "benchmarks/results/e2e.json, with --model e2e_real.json)."),
+    model: str = typer.Option(None, "--model", help="A real model (HF directory or .gguf file) instead of the "
+                                                    "random-weight Llama-3-8B shape; prefill only."),
+    profile: bool = typer.Option(False, "--profile", help="With --model: split each forward's GPU time into "
+                                                          "attention, GEMMs and the rest, plus host time."),
 ) -> None:
-    """End-to-end prefill or decode of a Llama-3-8B-shaped model (random weights): dense SDPA vs sparsa.apply."""
+    """End-to-end prefill or decode through transformers: dense SDPA vs sparsa.apply.
+
+    Without --model: a Llama-3-8B-shaped model with random weights. With --model: a real model
+    on real text (one forward, logits of the last position), methods as in
+    ``sparsa.bench.e2e_real.REAL_METHODS``.
+    """
     import torch
 
     if phase not in ("prefill", "decode"):
@@ -284,6 +294,23 @@ def bench_e2e(
     if not torch.cuda.is_available():
         typer.echo("error: `sparsa bench` needs a CUDA GPU", err=True)
         raise typer.Exit(2)
+    if model is not None:
+        if phase != "prefill":
+            raise typer.BadParameter("--model runs the prefill phase only", param_hint="--phase")
+        from .bench.e2e_real import REAL_METHODS, run_e2e_real
+
+        names = list(method) if method else list(REAL_METHODS)
+        bad = [m for m in names if m not in REAL_METHODS]
+        if bad:
+            raise typer.BadParameter(f"{bad}: choose from {list(REAL_METHODS)}", param_hint="--method")
+        try:
+            run_e2e_real(model, context or [32768, 131072], names, out or "benchmarks/results/e2e_real.json",
+                         reps=reps, profile=profile)
+        except (ValueError, FileNotFoundError) as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+        return
+    out = out or "benchmarks/results/e2e.json"
     if phase == "decode":
         from .bench.e2e import DECODE_METHODS, run_e2e_decode_bench
 
@@ -298,6 +325,199 @@ def bench_e2e(
 
     run_e2e_bench(context or [32768, 131072], method or ["vertical_slash"], out, layers=layers or 32, reps=reps,
                   compression=compression)
+
+
+PRESETS: dict[str, dict[str, object]] = {
+    # the README's main job: the shipped model on the CPU in a few minutes
+    "quick": {"model": "sparsa-tiny", "lengths": [2048], "samples": 8, "compressions": [1.0, 2.0, 5.0, 10.0, 20.0],
+              "tasks": ["niah_single", "niah_multikey", "niah_multiquery", "variable_tracking"]},
+    # The Sparse Frontier's grid
+    "full": {"compressions": [1.0, 2.0, 3.0, 5.0, 10.0, 20.0], "samples": 50},
+}
+
+
+@app.command("eval")
+def eval_sweep(
+    model: str = typer.Option(None, "--model", help="sparsa-tiny (default), a HF model directory or hub id in the "
+                                                    "local cache, or a .gguf file."),
+    method: list[str] = typer.Option(None, "--method", "-m", help="Methods (repeatable; default: all; dense is "
+                                                                  "always run as the paired baseline)."),
+    compression: list[float] = typer.Option(None, "--compression", "-c", help="Target compressions (repeatable; "
+                                                                              "default 1 2 3 5 10 20)."),
+    length: list[int] = typer.Option(None, "--length", "-n", help="Prompt lengths in tokens (repeatable)."),
+    task: list[str] = typer.Option(None, "--task", "-t", help="Tasks (repeatable; default: the four retrieval "
+                                                              "tasks; 'all' for every task)."),
+    samples: int = typer.Option(None, "--samples", min=1, help="Samples per cell."),
+    mode: list[str] = typer.Option(None, "--mode", help="aware (the question is in the compressed prompt; "
+                                                        "default) and/or agnostic (the context is compressed "
+                                                        "before the question is seen)."),
+    patterns: list[str] = typer.Option(None, "--patterns", help="Per-head pattern files from search-patterns, "
+                                                                "each evaluated as a method (repeatable)."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Prompts per forward (question-aware cells)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the task instances."),
+    preset: str = typer.Option(None, "--preset", help="quick (the shipped model on the CPU, a few minutes) or "
+                                                      "full (every method, compression 1-20, 50 samples); "
+                                                      "explicit options override it."),
+    out: str = typer.Option(None, "--out", help="Results directory (default results/frontier-<model>); an "
+                                                "existing one is continued, never overwritten."),
+    device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:1, ... (default: cuda if present)."),
+    time_limit: float = typer.Option(None, "--time-limit", min=0.0, help="Minutes; start no new batch after this "
+                                                                         "(run again to continue)."),
+    report: bool = typer.Option(True, "--report/--no-report", help="Write the report when the sweep is complete."),
+) -> None:
+    """Sweep methods x compression x lengths x tasks on a model (resumable); then write the report."""
+    from pathlib import Path
+
+    from .eval.sweep import SweepConfig
+
+    base: dict[str, object] = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise typer.BadParameter(f"{preset!r}: choose from {list(PRESETS)}", param_hint="--preset")
+        base = dict(PRESETS[preset])
+    if model is not None:
+        base["model"] = model
+    if method:
+        base["methods"] = list(method)
+    if compression:
+        base["compressions"] = list(compression)
+    if length:
+        base["lengths"] = list(length)
+    if task:
+        from .eval.tasks import list_tasks
+        base["tasks"] = list_tasks() if list(task) == ["all"] else list(task)
+    if samples is not None:
+        base["samples"] = samples
+    if mode:
+        base["modes"] = list(mode)
+    if patterns:
+        base["patterns"] = list(patterns)
+    base["batch_size"] = batch_size
+    base["seed"] = seed
+    try:
+        config = SweepConfig(**base)  # type: ignore[arg-type]
+        out_dir = Path(out) if out else Path("results") / f"frontier-{Path(config.model).stem}"
+        res = _run_eval(config, out_dir, device, None if time_limit is None else 60.0 * time_limit)
+    except (ValueError, FileNotFoundError, TypeError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    if res is None:
+        return
+    typer.echo(f"{res.rows_written} samples written to {out_dir} in {res.seconds:.0f} s")
+    if not res.finished:
+        typer.echo("stopped at the time limit; run the same command again to continue")
+    elif report:
+        from .eval.report import write_report
+
+        path = write_report(out_dir, out_dir / "report")
+        typer.echo(f"report: {path}")
+
+
+def _run_eval(config, out_dir, device, time_limit_s):  # type: ignore[no-untyped-def]
+    """Run the sweep in this process, or as one rank of torchrun (gloo barrier, rank 0 reports)."""
+    import os
+
+    from .eval.sweep import run_sweep
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return run_sweep(config, out_dir, device=device, time_limit_s=time_limit_s)
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    try:
+        res = run_sweep(config, out_dir, device=device, time_limit_s=time_limit_s,
+                        rank=dist.get_rank(), world=dist.get_world_size())
+        flag = [res.finished]
+        everyone: list[object] = [None] * dist.get_world_size()
+        dist.all_gather_object(everyone, flag)
+        res.finished = all(f[0] for f in everyone)  # type: ignore[index]
+        return res if dist.get_rank() == 0 else None
+    finally:
+        dist.destroy_process_group()
+
+
+@app.command("report")
+def report(
+    results: str = typer.Argument(..., help="Results directory (every *.jsonl in it, per-rank files merged) or a "
+                                            "JSON-lines file."),
+    out: str = typer.Option("report", "--out", "-o", help="Output directory for report.md, plots and CSVs."),
+    bench_dir: str = typer.Option("benchmarks/results", "--bench-dir",
+                                  help="Benchmark JSONs for the isoCost view ('' to skip it)."),
+    alpha: float = typer.Option(0.05, "--alpha", help="Significance level of the paired McNemar test."),
+) -> None:
+    """Markdown report of a sweep: per-cell scores with intervals, paired tests against dense, maximum
+    tolerable compression per task and method, plots."""
+    from .eval.report import write_report
+
+    try:
+        path = write_report(results, out, bench_dir=bench_dir or None, alpha=alpha)
+    except ValueError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"wrote {path}")
+
+
+@app.command("cost")
+def cost(
+    gpu_cost_per_day: float = typer.Option(None, "--gpu-cost-per-day", help="Dollars per GPU per day."),
+    gpu_cost_per_hour: float = typer.Option(None, "--gpu-cost-per-hour", help="Dollars per GPU per hour (x24)."),
+    speedup: float = typer.Option(None, "--speedup", help="Sparse speedup over dense, by hand."),
+    method: str = typer.Option(None, "--method", "-m", help="Read the speedup of this method from --bench-dir."),
+    context: int = typer.Option(None, "--context", "-n", help="Context length in tokens (with --method)."),
+    compression: float = typer.Option(None, "--compression", help="Use benchmark rows near this compression."),
+    batch: int = typer.Option(None, "--batch", help="Use benchmark rows of this batch size."),
+    device: str = typer.Option(None, "--device", help="Use benchmark rows of this card (substring)."),
+    pass_: str = typer.Option(None, "--pass", help="Benchmark pass (default: e2e_prefill, fwd, e2e_decode, decode)."),
+    baseline: str = typer.Option("sdpa_cudnn", "--baseline", help="Dense baseline of the speedups."),
+    param: list[str] = typer.Option(None, "--param", help="KEY=VALUE a benchmark row must have (repeatable)."),
+    bench_dir: str = typer.Option("benchmarks/results", "--bench-dir", help="Benchmark results directory."),
+    requests_per_day: float = typer.Option(None, "--requests-per-day", help="Workload: requests per day."),
+    dense_seconds_per_request: float = typer.Option(None, "--dense-seconds-per-request",
+                                                    help="Workload: dense GPU seconds per request."),
+    output_tokens: int = typer.Option(None, "--output-tokens", help="Workload: generated tokens per request."),
+    dense_ms_per_token: float = typer.Option(None, "--dense-ms-per-token",
+                                             help="Workload: dense GPU ms per generated token."),
+    plot: str = typer.Option(None, "--plot", help="Write a cost-per-day vs context plot from the benchmarks."),
+) -> None:
+    """Dollars per day dense vs sparse, and the monthly saving (30 days/month)."""
+    from . import cost as c
+
+    try:
+        price = c.gpu_cost_per_day(gpu_cost_per_day, gpu_cost_per_hour)
+        params = {}
+        for kv in param or []:
+            if "=" not in kv:
+                raise ValueError(f"param: {kv!r} is not KEY=VALUE")
+            k, v = kv.split("=", 1)
+            params[k] = v
+        filters = dict(baseline=baseline, passes=[pass_] if pass_ else None, device=device, batch=batch,
+                       compression=compression, params=params or None)
+        if speedup is not None and method is not None:
+            raise ValueError("speedup, method: give --speedup or --method, not both")
+        rows = c.load_bench_rows(bench_dir) if (method or plot) else []
+        if method is not None and (context is not None or plot is None):
+            if context is None:
+                raise ValueError("context: --method needs --context (tokens)")
+            lk = c.lookup_speedup(rows, method, context, **filters)
+            typer.echo(c.describe_lookup(lk))
+            speedup = lk.speedup
+        if speedup is None and plot is None:
+            raise ValueError("speedup: give --speedup, or --method with --context, or --plot")
+        if speedup is not None:
+            load = None
+            if requests_per_day is not None:
+                load = c.workload(requests_per_day, dense_seconds_per_request, output_tokens, dense_ms_per_token)
+            elif any(x is not None for x in (dense_seconds_per_request, output_tokens, dense_ms_per_token)):
+                raise ValueError("requests_per_day: needed with --dense-seconds-per-request / --output-tokens")
+            for line in c.describe_cost(c.estimate_cost(price, speedup, load)):
+                typer.echo(line)
+        if plot is not None:
+            path = c.plot_cost_vs_context(rows, price, plot, methods=[method] if method else None, **filters)
+            typer.echo(f"wrote {path}")
+    except ValueError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,387 @@
+"""The frontier sweep: methods x compression targets x context lengths x tasks x samples.
+
+Every cell is one (task, length, method, phase, target, mode). Dense cells (method "dense")
+are the paired baseline of every other cell on the same samples. Results go to
+``OUT/rows.rank<R>.jsonl`` as samples finish (one JSON object per line, flushed and synced
+per batch), with the sweep's configuration in ``OUT/config.json``; rerunning the same
+command continues where an interrupted run stopped. Under ``torchrun`` each rank takes its
+share of the cells (dealt by work, the same on every rank) and writes its own file;
+:mod:`sparsa.eval.report` merges them.
+
+Row fields: model, task, length, sample, seed, n_tokens, method, phase ("prefill", "decode" or
+"dense"), target (compression asked for; None for dense or a method's own defaults),
+compression (achieved, model-wide, from the methods' own stats), mode ("aware" or
+"agnostic"), metric, answer, prediction, score (partial credit), exact (0/1), seconds.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .greedy import MODES, Prompt, greedy_generate
+
+RETRIEVAL_TASKS = ("niah_single", "niah_multikey", "niah_multiquery", "variable_tracking")
+DEFAULT_COMPRESSIONS = (1.0, 2.0, 3.0, 5.0, 10.0, 20.0)
+CONFIG_FILE = "config.json"
+# fields that change what a row means: a resumed sweep must keep them
+_IDENTITY = ("model", "seed", "split", "prompt_style")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One cell of the grid; ``target`` None = the method's own defaults (or dense)."""
+
+    task: str
+    length: int
+    method: str
+    phase: str
+    target: float | None
+    mode: str
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        return (self.task, self.length, self.method, self.phase, self.target, self.mode)
+
+
+def row_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    """(task, length, method, phase, target, mode, sample) of a result row."""
+    t = row.get("target")
+    return (row["task"], int(row["length"]), row["method"], row["phase"], None if t is None else float(t),
+            row.get("mode", "aware"), int(row["sample"]))
+
+
+@dataclass
+class SweepConfig:
+    """What to sweep. Lengths are prompt lengths in tokens; compressions are targets (>= 1)."""
+
+    model: str = "sparsa-tiny"
+    methods: list[str] = field(default_factory=list)
+    compressions: list[float] = field(default_factory=lambda: list(DEFAULT_COMPRESSIONS))
+    lengths: list[int] = field(default_factory=lambda: [4096])
+    tasks: list[str] = field(default_factory=lambda: list(RETRIEVAL_TASKS))
+    samples: int = 10
+    seed: int = 0
+    modes: list[str] = field(default_factory=lambda: ["aware"])
+    batch_size: int = 8
+    patterns: list[str] = field(default_factory=list)
+    split: str = "eval"
+    prompt_style: str = "auto"
+
+    def __post_init__(self) -> None:
+        from ..methods.registry import list_methods
+        from .tasks import list_tasks
+
+        known = [m for m in list_methods() if m != "dense"]
+        if not self.methods:
+            self.methods = list(known)
+        bad = [m for m in self.methods if m not in known]
+        if bad:
+            raise ValueError(f"methods: unknown {bad}; choose from {known} (dense is always run as the baseline)")
+        if not self.compressions or any(not isinstance(c, (int, float)) or not math.isfinite(c) or c < 1
+                                        for c in self.compressions):
+            raise ValueError(f"compressions: every target must be a finite number >= 1, got {self.compressions}")
+        self.compressions = sorted({float(c) for c in self.compressions})
+        if not self.lengths or any(isinstance(x, bool) or not isinstance(x, int) or x < 64 for x in self.lengths):
+            raise ValueError(f"lengths: prompt lengths must be ints >= 64, got {self.lengths}")
+        bad = [t for t in self.tasks if t not in list_tasks()]
+        if not self.tasks or bad:
+            raise ValueError(f"tasks: unknown {bad or self.tasks}; choose from {list_tasks()}")
+        if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 1:
+            raise ValueError(f"samples: must be an int >= 1, got {self.samples!r}")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch_size: must be an int >= 1, got {self.batch_size!r}")
+        bad = [m for m in self.modes if m not in MODES]
+        if not self.modes or bad:
+            raise ValueError(f"modes: choose from {MODES}, got {self.modes}")
+        for p in self.patterns:
+            if not Path(p).is_file():
+                raise FileNotFoundError(f"patterns: no pattern file at {p}")
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def cells(config: SweepConfig) -> list[Cell]:
+    """The grid in run order: retrieval tasks first, then by length, task, mode, method, target.
+
+    Methods of phase "both" (streaming, nsa) get a prefill cell and a decode cell per target.
+    """
+    from ..methods.registry import method_class
+    from ..patterns import read_patterns
+
+    task_order = sorted(config.tasks, key=lambda t: (t not in RETRIEVAL_TASKS, config.tasks.index(t)))
+    out: list[Cell] = []
+    for group in (True, False):
+        for L in config.lengths:
+            for t in task_order:
+                if (t in RETRIEVAL_TASKS) != group:
+                    continue
+                for mode in config.modes:
+                    out.append(Cell(t, L, "dense", "dense", None, mode))
+                    for m in config.methods:
+                        phase = method_class(m).phase
+                        phases = ("prefill", "decode") if phase == "both" else (phase,)
+                        for ph in phases:
+                            for c in config.compressions:
+                                out.append(Cell(t, L, m, ph, c, mode))
+                    for p in config.patterns:
+                        c = read_patterns(p).get("compression")
+                        out.append(Cell(t, L, f"patterns:{Path(p).stem}", "prefill",
+                                        None if c is None else float(c), mode))
+    return out
+
+
+def shard(grid: Sequence[Cell], samples: int, rank: int, world: int) -> list[Cell]:
+    """The cells rank ``rank`` of ``world`` runs: dealt by work (~ length), in grid order."""
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"rank: must be in [0, {world}), got {rank}")
+    load = [0] * world
+    owner: dict[int, int] = {}
+    for i in sorted(range(len(grid)), key=lambda i: (-grid[i].length, i)):
+        j = min(range(world), key=lambda k: (load[k], k))
+        load[j] += grid[i].length * samples
+        owner[i] = j
+    return [c for i, c in enumerate(grid) if owner[i] == rank]
+
+
+# ------------------------------------------------------------------------------------- result files
+
+def rows_path(out_dir: str | Path, rank: int) -> Path:
+    return Path(out_dir) / f"rows.rank{rank}.jsonl"
+
+
+def read_results(out_dir: str | Path) -> list[dict[str, Any]]:
+    """Every row of every ``rows.*.jsonl`` in ``out_dir`` (a torn last line is skipped with a
+    warning; a corrupt line elsewhere raises ``ValueError`` naming file and line). Later rows of
+    the same (cell, sample) replace earlier ones."""
+    d = Path(out_dir)
+    if not d.is_dir():
+        raise FileNotFoundError(f"out: no results directory at {d}")
+    rows: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for f in sorted(d.glob("rows.*.jsonl")):
+        for r in _read_jsonl(f):
+            rows[row_key(r)] = r
+    return list(rows.values())
+
+
+def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    lines = path.read_bytes().split(b"\n")
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            yield json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                warnings.warn(f"{path}: ignoring a torn last line (an interrupted write)", stacklevel=3)
+                return
+            raise ValueError(f"out: {path} line {i + 1} is not valid JSON; fix or remove that line") from None
+
+
+def _cut_torn_tail(path: Path) -> None:
+    """Drop an unfinished last line so appended rows start on a line of their own."""
+    if path.exists():
+        data = path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            with open(path, "r+b") as fh:
+                fh.truncate(data.rfind(b"\n") + 1)
+
+
+def _write_config(out_dir: Path, config: SweepConfig) -> None:
+    path = out_dir / CONFIG_FILE
+    new = config.to_json()
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            raise ValueError(f"out: {path} is not valid JSON; move it away or choose another --out") from None
+        diff = [k for k in _IDENTITY if old.get(k) != new.get(k)]
+        if diff:
+            raise ValueError(f"out: {out_dir} holds a sweep with other {', '.join(diff)} "
+                             f"({', '.join(f'{k}={old.get(k)!r}' for k in diff)}); choose another --out")
+        for k in ("methods", "lengths", "tasks", "modes", "patterns"):
+            new[k] = list(dict.fromkeys(list(old.get(k, [])) + list(new[k])))
+        new["compressions"] = sorted(set(old.get("compressions", [])) | set(new["compressions"]))
+        new["samples"] = max(int(old.get("samples", 0)), new["samples"])
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(new, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------------ runner
+
+@dataclass
+class SweepResult:
+    out_dir: Path
+    rows_written: int
+    rows_total: int
+    seconds: float
+    finished: bool
+
+
+def _build(cell: Cell) -> tuple[Any, Any]:
+    """(prefill, decode) method objects for ``sparsa.apply``; (None, None) for dense."""
+    from ..methods.registry import get_method
+
+    if cell.method == "dense":
+        return None, None
+    params = {} if cell.target is None else {"compression": cell.target}
+    m = get_method(cell.method, **params)
+    return (m, None) if cell.phase == "prefill" else (None, m)
+
+
+def _apply(model: Any, cell: Cell, patterns: dict[str, str]) -> Any:
+    from ..integrations.hf.apply import apply
+    from ..patterns import load_head_patterns
+
+    if cell.method.startswith("patterns:"):
+        return apply(model, prefill=None, decode=None, layers=load_head_patterns(patterns[cell.method]))
+    prefill, decode = _build(cell)
+    if prefill is None and decode is None:
+        return None
+    return apply(model, prefill=prefill, decode=decode)
+
+
+def run_sweep(config: SweepConfig, out_dir: str | Path, *, model: Any = None, tokenizer: Any = None,
+              device: str | None = None, rank: int | None = None, world: int | None = None,
+              progress: bool = True, time_limit_s: float | None = None) -> SweepResult:
+    """Run (or continue) the sweep; returns what this process wrote.
+
+    model/tokenizer: an already loaded pair (default: ``load_model(config.model)``).
+    rank/world: this process's share (default: ``RANK`` / ``WORLD_SIZE`` from torchrun, else 0/1).
+    time_limit_s: start no new batch after this many seconds (a later call continues).
+    """
+    from tqdm.auto import tqdm
+
+    from .prompts import split_prompt_ids
+    from .tasks import get_task
+    from .tokenization import TokenCounter, special_ids
+
+    t_start = time.perf_counter()
+    rank = int(os.environ.get("RANK", 0)) if rank is None else rank
+    world = int(os.environ.get("WORLD_SIZE", 1)) if world is None else world
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out: {out} exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    if model is None:
+        import torch
+
+        from .models import load_model
+
+        if device is None and torch.cuda.is_available() and world > 1:
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
+        model, tokenizer = load_model(config.model, device=device)
+    elif tokenizer is None:
+        raise ValueError("tokenizer: pass the model's tokenizer with model")
+    _check_lengths(model, config.lengths)
+    if rank == 0:
+        _write_config(out, config)
+
+    grid = shard(cells(config), config.samples, rank, world)
+    done = {row_key(r) for r in read_results(out)} if any(out.glob("rows.*.jsonl")) else set()
+    todo = [(c, s) for c in grid for s in range(config.samples) if (*c.key, s) not in done]
+    total = len(grid) * config.samples
+    patterns = {f"patterns:{Path(p).stem}": p for p in config.patterns}
+    tasks = {t: get_task(t) for t in config.tasks}
+    ids = special_ids(tokenizer)
+    eos, pad = ids["eos"], ids["pad"] if ids["pad"] is not None else (ids["eos"] or 0)
+    counter = TokenCounter(tokenizer)
+    from .run import instance_seed
+
+    path = rows_path(out, rank)
+    _cut_torn_tail(path)
+    bar = tqdm(total=total, initial=total - len(todo), desc=f"eval r{rank}" if world > 1 else "eval",
+               unit="ex", disable=not progress, dynamic_ncols=True)
+    written = 0
+    stopped = False
+    by_cell: dict[Cell, list[int]] = {}
+    for c, s in todo:
+        by_cell.setdefault(c, []).append(s)
+    try:
+        with open(path, "a") as fh:
+            for cell, samples in by_cell.items():
+                if stopped:
+                    break
+                bar.set_postfix_str(f"{cell.task} {cell.length} {cell.method}/{cell.phase} c={cell.target} "
+                                    f"{cell.mode}", refresh=False)
+                handle = _apply(model, cell, patterns)
+                try:
+                    step = 1 if cell.mode == "agnostic" else config.batch_size
+                    for i in range(0, len(samples), step):
+                        if time_limit_s is not None and time.perf_counter() - t_start >= time_limit_s:
+                            stopped = True
+                            break
+                        chunk = samples[i:i + step]
+                        insts = [tasks[cell.task].generate(cell.length, instance_seed(config.seed, s), tokenizer,
+                                                           split=config.split) for s in chunk]
+                        style = None if config.prompt_style == "auto" else config.prompt_style
+                        prompts = [Prompt(*split_prompt_ids(tokenizer, x, style=style)) for x in insts]
+                        t0 = time.perf_counter()
+
+                        def stop(gen: list[int]) -> bool:
+                            return "\n" in counter.decode(gen).lstrip()
+
+                        res = greedy_generate(model, prompts, max_new_tokens=max(x.max_new_tokens for x in insts),
+                                              mode=cell.mode, decode_phase=cell.phase == "decode", handle=handle,
+                                              eos_id=eos, pad_id=pad, stop=stop)
+                        dt = (time.perf_counter() - t0) / len(insts)
+                        achieved = _achieved(cell, res)
+                        lines = []
+                        for s, x, p, g in zip(chunk, insts, prompts, res.ids):
+                            pred = counter.decode(g)
+                            lines.append(json.dumps({
+                                "model": config.model, "task": cell.task, "length": cell.length, "sample": s,
+                                "seed": x.seed, "n_tokens": len(p.ids), "method": cell.method, "phase": cell.phase,
+                                "target": cell.target, "compression": achieved, "mode": cell.mode,
+                                "metric": x.metric, "answer": x.answer_text, "prediction": pred,
+                                "score": float(x.score(pred)), "exact": int(_exact(x, pred)),
+                                "seconds": round(dt, 4)}) + "\n")
+                        fh.write("".join(lines))
+                        fh.flush()
+                        os.fsync(fh.fileno())
+                        written += len(lines)
+                        bar.update(len(lines))
+                finally:
+                    if handle is not None:
+                        handle.remove()
+    finally:
+        bar.close()
+    return SweepResult(out, written, total, time.perf_counter() - t_start, finished=not stopped)
+
+
+def _exact(inst: Any, prediction: str) -> bool:
+    """All-or-nothing correctness of a prediction."""
+    fn = getattr(inst, "exact", None)
+    if callable(fn):
+        return bool(fn(prediction))
+    return inst.score(prediction) >= 1.0
+
+
+def _achieved(cell: Cell, res: Any) -> float | None:
+    """Model-wide achieved compression of the cell's phase (1.0 for dense)."""
+    if cell.method == "dense":
+        return 1.0
+    work = res.prefill if cell.phase == "prefill" else res.decode
+    if work is None:
+        return None
+    dense, computed = work
+    return float("inf") if computed <= 0 else round(dense / computed, 4)
+
+
+def _check_lengths(model: Any, lengths: Sequence[int]) -> None:
+    from .models import model_context_length
+
+    ctx = model_context_length(model)
+    if ctx is not None:
+        long = [x for x in lengths if x > ctx]
+        if long:
+            raise ValueError(f"lengths: {long} exceed the model's context of {ctx} tokens")
