@@ -6,7 +6,8 @@ Parsing tolerates the model's own phrasing:
 
 1. markdown emphasis, quotes and punctuation do not matter: comparison is on lowercase
    alphanumeric "items" (words and numbers);
-2. only the first non-empty line counts;
+2. only the first non-empty line counts, unless it ends with ":" (a list follows): then the
+   list lines up to the next blank line count too, without their bullets or "1." numbering;
 3. a restatement of the answer prefix is cut: if the line starts with it ("The special number
    for X is 1234567."), that opening is skipped, and everything from its next occurrence on is
    dropped (a model repeating the sentence has already answered);
@@ -51,6 +52,30 @@ def first_line(prediction: str) -> str:
     return ""
 
 
+_BULLET = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)])\s+")
+
+
+def answer_text(prediction: str) -> str:
+    """The part of a continuation that holds the answer: the first non-empty line, plus the list
+    lines after it when it ends with ":"."""
+    lines = prediction.splitlines()
+    for i, line in enumerate(lines):
+        if line.strip():
+            break
+    else:
+        return ""
+    if not lines[i].rstrip().endswith(":"):
+        return lines[i]
+    out = [lines[i]]
+    for line in lines[i + 1:]:
+        if not line.strip():
+            if len(out) > 1:
+                break
+            continue
+        out.append(_BULLET.sub("", line))
+    return " ".join(out)
+
+
 def items(text: str) -> list[str]:
     """Lowercase alphanumeric items of ``text`` in order ("Ada, 42." -> ["ada", "42"])."""
     return _ITEM.findall(text.lower())
@@ -80,7 +105,7 @@ def parse_items(prediction: str, answer: str | Sequence[str], *, answer_prefix: 
     answer_prefix: the text the prompt ends with (restatements of it are cut).
     ignore: text whose words are not answer items (the question), unless they are reference items.
     """
-    got = items(first_line(prediction))
+    got = items(answer_text(prediction))
     prefix = items(answer_prefix)
     if prefix:
         marker = prefix[:_MARKER_ITEMS]

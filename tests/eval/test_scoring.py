@@ -97,3 +97,10 @@ def test_legacy_and_plain_predictions_and_errors():
         s(None)
     with pytest.raises(ValueError, match="metric"):
         Scorer("bleu", "x")
+
+
+def test_a_list_after_a_colon():
+    s = Scorer("set_f1", ("11", "22", "33"), answer_prefix="The special numbers for pale-sail are")
+    assert s.scores(":\n1. 11\n2. 22\n3. 33\n\nMore text 44") == {"score": 1.0, "exact": 1.0}
+    assert s.scores(":\n\n- 11\n- 22\n- 33") == {"score": 1.0, "exact": 1.0}
+    assert s(" 11, 22\n33") == pytest.approx(2 * 2 / 5)  # only a line ending with ":" opens a list
