@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from ..._validation import check_qkv, check_scale, check_tensor
+from .._shared.decode_ref import pages_to_tokens, sparse_decode_ref
 from ..dense.reference import query_positions
-from ..sparse_decode.reference import pages_to_tokens, sparse_decode_ref
 from .config import CompressionParams, NSAConfig
 
 # score elements per chunk of query rows (64 MiB in float32)

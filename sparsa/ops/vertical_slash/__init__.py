@@ -6,7 +6,10 @@ import torch.nn.functional as F
 
 from ..._validation import check_qkv, check_scale
 from ...backend import use_kernel
+from .._shared.kernel_inputs import HEAD_DIMS, KERNEL_DTYPES
 from ..dense.reference import dense_attention
+from .convert import (BLOCK_Q_CHOICES, dense_causal_pairs, prepare_vertical_slash, superset_pairs,
+                      superset_routes_dense, vertical_slash_pairs, vertical_slash_superset_ref)
 from .reference import check_vs_indices, check_vs_pair, vertical_slash_attention_ref
 
 
@@ -72,8 +75,6 @@ def vertical_slash_attention(
     Returns:
         (out like q, pairs (batch, heads) float64: query-key pairs attended per head).
     """
-    from .convert import (BLOCK_Q_CHOICES, dense_causal_pairs, prepare_vertical_slash, superset_pairs,
-                          superset_routes_dense, vertical_slash_pairs, vertical_slash_superset_ref)
     b, h, hkv, lq, lk, _ = check_qkv(q, k, v)
     scale = check_scale(scale, q.shape[-1])
     if not isinstance(exact, bool):
@@ -81,14 +82,13 @@ def vertical_slash_attention(
     if block_q is not None and (isinstance(block_q, bool) or block_q not in BLOCK_Q_CHOICES):
         raise ValueError(f"block_q: must be None or one of {BLOCK_Q_CHOICES}, got {block_q!r}")
     def unsupported() -> str | None:
-        from ..block_sparse.triton import HEAD_DIMS, KERNEL_DTYPES
         if q.shape[-1] in HEAD_DIMS and q.dtype in KERNEL_DTYPES:
             return None
         return (f"the Triton kernel takes head_dim in {HEAD_DIMS} and float16/bfloat16/float32; "
                 f"got head_dim={q.shape[-1]}, {q.dtype}")
 
     if use_kernel(backend, q.device, unsupported):
-        from .triton import vertical_slash_attention_triton, vertical_slash_layout
+        from .triton import vertical_slash_attention_triton, vertical_slash_layout   # triton: optional
         layout = vertical_slash_layout(q, k, vertical_indices, slash_indices, block_q=block_q, exact=exact,
                                        check_indices=check_indices)
         if superset_routes_dense(layout):

@@ -29,18 +29,9 @@ from __future__ import annotations
 import torch
 
 from ...backend import resolve_backend
+from .estimate_shapes import TRITON_DTYPES, TRITON_HEAD_DIMS, last_q_rows
 
 _CHUNK_ELEMENTS = 1 << 25  # score elements per chunk of the reference (~128 MiB in fp32)
-TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-TRITON_HEAD_DIMS = (64, 128)
-
-
-def last_q_rows(last_q: int, q_len: int) -> int:
-    """Rows of the estimate, ``min(last_q, q_len)``; ``last_q`` must be an int >= 1."""
-    if isinstance(last_q, bool) or not isinstance(last_q, int) or last_q < 1:
-        raise ValueError(f"last_q: must be an int >= 1, got {last_q!r}")
-    return min(last_q, q_len)
-
 
 def line_mass_reference(q: torch.Tensor, k: torch.Tensor, scale: float,
                         last_q: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,7 +80,7 @@ def line_mass(q: torch.Tensor, k: torch.Tensor, scale: float, last_q: int, *,
     float32, else torch), "reference" or "triton" (falls back to torch for other inputs).
     """
     if line_mass_uses_triton(q, backend):
-        from .estimate_triton import line_mass_triton
+        from .estimate_triton import line_mass_triton   # triton: optional, imported only on this path
         return line_mass_triton(q, k, scale, last_q)
     return line_mass_reference(q, k, scale, last_q)
 

@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from ...backend import triton_interpreted
-from .estimate import TRITON_DTYPES, TRITON_HEAD_DIMS, last_q_rows
+from .estimate_shapes import TRITON_DTYPES, TRITON_HEAD_DIMS, last_q_rows
 
 LOG2E = 1.4426950408889634
 EST_BLOCK_M = 64          # query rows per program (one chunk of the last_q rows)
