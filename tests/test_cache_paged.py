@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from sparsa.cache import PagedKVCache
 from sparsa.ops.kv_quant import dequantize, quantize
-from sparsa.ops.sparse_decode import quest_page_scores
+from sparsa.ops.sparse_decode import quest_page_scores_ref
 
 
 def make(b=2, hkv=2, L=37, d=16, dtype=torch.float32, seed=0):
@@ -83,8 +83,7 @@ def test_quest_score_bounds_every_true_score(page_size, quant, seed, data):
     c = PagedKVCache.from_dense(k[:, :, :-1], k[:, :, :-1], page_size, quant=quant)
     c.append(k[:, :, -1], k[:, :, -1])
     q = torch.randn(b, h, d, generator=gen)
-    s = quest_page_scores(q, c.kmin, c.kmax, c.page_table, c.seq_lens, page_size, scale=c.kscale,
-                          backend="reference")
+    s = quest_page_scores_ref(q, c.kmin, c.kmax, c.page_table, c.seq_lens, page_size, scale=c.kscale)
     held = dequantize(quantize(k, quant)) if quant else k
     g = h // hkv
     cur = (L - 1) // page_size

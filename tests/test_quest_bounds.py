@@ -15,7 +15,7 @@ from sparsa.cache import PagedKVCache, init_cache
 from sparsa.methods.quest import Quest, page_meta_tokens, quest_reads
 from sparsa.ops.kv_quant import dequantize, quantize
 from sparsa.ops.sparse_decode import (bounds_bytes_per_page, default_bounds, dequantize_bounds, quantize_bounds,
-                                      quest_page_scores)
+                                      quest_page_scores_ref)
 
 from ._util import rel_err
 
@@ -66,8 +66,7 @@ def test_int8_bounds_score_bounds_every_true_score(cache, page_size, seed, mag, 
     for t in range(prompt, L):                                           # appends complete pages
         c.append(k[:, :, t], k[:, :, t], backend="reference")
     q = torch.randn(b, h, d, generator=gen)
-    s = quest_page_scores(q, c.kmin, c.kmax, c.page_table, c.seq_lens, page_size, scale=c.kscale,
-                          backend="reference")
+    s = quest_page_scores_ref(q, c.kmin, c.kmax, c.page_table, c.seq_lens, page_size, scale=c.kscale)
     held = (dequantize(quantize(k.float(), quant)) if quant else k).double()
     g = h // hkv
     cur = (L - 1) // page_size
@@ -191,5 +190,5 @@ def test_native_override_and_bad_input():
         init_cache(sparsa.get_method("h2o", heavy=4, recent=4), q, k, k, bounds="int8")
     c = PagedKVCache.from_dense(k, k, 4)
     with pytest.raises(ValueError, match="scale"):
-        quest_page_scores(q[:, :, 0], c.kmin, c.kmax, c.page_table, c.seq_lens, 4, backend="reference")
+        quest_page_scores_ref(q[:, :, 0], c.kmin, c.kmax, c.page_table, c.seq_lens, 4)
     assert math.isclose(c.meta_tokens_per_page(), (2 * 32 + 4) / (2 * 32 * 2))
