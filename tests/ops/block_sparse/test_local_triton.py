@@ -12,7 +12,7 @@ import torch  # noqa: E402
 from sparsa.ops.block_sparse import (LocalMask, block_mask_from_indices, block_sparse_attention_ref,  # noqa: E402
                                      local_attention, local_attention_ref, local_block_lists, local_pairs,
                                      num_blocks)
-from sparsa.ops.block_sparse.test_block_sparse_triton import qkv, random_indices, rel_err  # noqa: E402
+from .test_block_sparse_triton import qkv, random_indices, rel_err  # noqa: E402
 from sparsa.ops.block_sparse.triton import block_sparse_attention_triton, local_attention_triton  # noqa: E402
 
 
