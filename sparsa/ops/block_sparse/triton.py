@@ -145,11 +145,8 @@ def _block_sparse_fwd_kernel(
 
 
 def _launch_config(block_m: int, block_n: int, head_dim: int) -> tuple[int, int]:
-    """(num_warps, num_stages) for a tile shape.
-
-    Measured on an H100 (head_dim 128, 64K, 10% density): 4 warps and 2 stages were fastest
-    for both 128 and 64 query rows per program (8 warps: 15-30% slower).
-    """
+    """(num_warps, num_stages) for a tile shape: 4 warps, 2 stages for large tiles (fastest for
+    64 and 128 query rows; benchmarks/NOTES.md)."""
     num_warps = 4
     num_stages = 2 if head_dim * max(block_m, block_n) >= 128 * 128 else 3
     return num_warps, num_stages

@@ -8,9 +8,7 @@ Per (batch, KV head) the group's query heads share one tile (padded to 16 rows).
    / stride tokens adds to the block scores (overlap-weighted probabilities relative to the
    sub-tile's row maximum, kept beside them): the top-k then reads R times fewer floats than
    the scores. The window branch does not depend on the selection, so its chunks run here too
-   (fewer, longer ones when the batch alone fills the GPU). Scores by a small matrix product
-   with the overlap weights (one buffer plus the share across each sub-tile boundary) timed
-   about the same on H100 (64K: -2% at batch 16, +3% at batch 1) and were not kept.
+   (fewer, longer ones when the batch alone fills the GPU).
 2. ``_dec_topk_kernel`` (chunks of selection blocks x batch*kv_heads): merges the compressed
    partials into the exact log-sum-exp, rescales the group sums into block scores (summed over
    the group's heads) and keeps the chunk's top ``n_select`` keys (same int64 keys as the
@@ -18,21 +16,10 @@ Per (batch, KV head) the group's query heads share one tile (padded to 16 rows).
 3. ``_dec_sparse_kernel`` (selection splits x batch*kv_heads): each program merges the chunk
    lists into the final top-k and attends its share of the chosen blocks.
 4. ``_dec_combine_kernel`` (batch*heads): merges the partials of the three branches for one
-   query head (each branch's partials loaded at once) and mixes them with the gates. Merging
-   in the last selection program of each (batch, KV head) instead, found by an arrival
-   counter, saves this launch but was slower on H100 (53 vs 36 us at batch 1, 127 vs 122 us
-   at batch 16, 64K): at batch 1 only four programs merge sixteen heads each.
+   query head (each branch's partials loaded at once) and mixes them with the gates.
 
-Only the compressed tokens, the selected blocks and the window are read from the cache.
-
-Two restructurings were timed on H100 (64K, paper shape) and not kept: all four steps in one
-launch, programs taking work items from an atomic ticket counter and spinning on per-(batch,
-KV head) counters for their inputs (b16 133 vs 117 us, b1 44 vs 36 us: the merged kernel needs
-250 registers, so two programs per SM, and the short top-k and selection items, 10-12 us each
-under load, then hold those slots); and the final top-k merged once per (batch, KV head) by
-the last top-k program instead of by every selection program (selection launch 21 -> 16 us,
-top-k launch 14 -> 20 us, no net gain). Reading the 185 MB these steps need at b16 takes a plain
-read kernel 76 us on its own (``sparsa.bench.stream_read``).
+Only the compressed tokens, the selected blocks and the window are read from the cache. Four
+launches beat the fused and merged variants tried (benchmarks/NOTES.md).
 """
 from __future__ import annotations
 
@@ -261,14 +248,11 @@ def _dec_combine_kernel(
     tl.store(OUT + b.to(tl.int64) * sob + h.to(tl.int64) * soh + d, out.to(OUT.dtype.element_ty))
 
 
-# Launch shapes, for head_dim 128 on Hopper, chosen by timing at 64K, batch 1 and 16 (`sparsa bench
-# nsa --sweep`; 8 warps, spill-free in the sm_90 resource report, timed slower): compressed launch
-# (tokens per sub-tile, window keys per tile, num_warps); selection launch num_warps; the most
-# sub-tiles one compressed program walks; top-k and combine launch num_warps. One warp for the
-# last three: their top-k merges and partial merges are chains of small reductions, which then
-# need no cross-warp steps (H100, 64K, batch 16, one run: top-k and combine on one warp, paper
-# 117 -> 109 us, 32/8 193 -> 185 us, batch 1 within 3%; a later run: the selection on one warp,
-# 32/8 185 -> 177 us, paper and batch 1 within 1%).
+# Launch shapes, the fastest for head_dim 128 on Hopper at 64K, batch 1 and 16 (`sparsa bench nsa
+# --sweep`; timings in benchmarks/NOTES.md): compressed launch (tokens per sub-tile, window keys per
+# tile, num_warps); selection launch num_warps; the most sub-tiles one compressed program walks;
+# top-k and combine launch num_warps. One warp for the last three: their merges are chains of small
+# reductions, which then need no cross-warp steps.
 DEC_CMP_LAUNCH = (64, 64, 4)
 DEC_SPARSE_WARPS = 1
 DEC_MAX_NSUB = 8

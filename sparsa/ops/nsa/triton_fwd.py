@@ -23,12 +23,8 @@ Top-k keys are int64: the float32 bit pattern of the (non-negative) block score 
 word, ``2**31 - 1 - block`` in the low word, so comparing keys orders by score and, on ties,
 by lower block first, like the reference's stable sort; forced blocks score ``+inf``. The
 running list is kept unsorted and updated by insertion (:func:`_topk_merge`): only as many
-steps as a tile has candidates above the list's minimum, and never more than the list's length.
-Two alternatives timed slower on H100 (64K, paper shape; this kernel 35.3 ms at 2 pipeline
-stages): merging by sorting networks over list + tile (37.7 ms), and block scores from
-probabilities summed over the group's heads first, weighted in float32 without the matrix
-product (37.1 ms; 32.6 vs 23.7 ms on the 32/8 shape). Of the 17 ms the top-k adds to the
-compression attention, about half is the merge and half the scores.
+steps as a tile has candidates above the list's minimum, and never more than the list's length
+(faster than sorting networks; timings in benchmarks/NOTES.md).
 """
 from __future__ import annotations
 
@@ -39,14 +35,8 @@ import triton.language as tl
 LOG2E = 1.4426950408889634
 
 # Launch shapes (rows per program = a KV group's heads x queries; num_warps; num_stages; for the
-# band kernels also keys per tile) of every prefill kernel, for head_dim 128 on Hopper (head_dim
-# 64 uses them too), chosen by timing at 64K on the paper shape (`sparsa bench nsa --sweep`). The
-# sm_90 resource report (benchmarks/nsa_resources.py) shows spills in some of them; the spill-free
-# shapes (fewer rows, or 8 warps for the selection) timed slower on H200. The backward shapes were
-# re-swept on H100 with wider key tiles: compression + window dK/dV 100.8 -> 32.6 ms (was 32
-# rows, 2 stages, 64 keys), dQ 45.0 -> 20.1 ms (was 64 rows, 32 keys), selection dK/dV 40.5 ->
-# 29.2 ms at 64 rows (was 32), all in one run; in a later run, selection dK/dV on 4 warps 30.4 ->
-# 24.3 ms and the window forward on 4 warps, 3 stages 5.4 -> 3.6 ms (was 8 warps, 2 stages).
+# band kernels also keys per tile) of every prefill kernel: the fastest for head_dim 128 on Hopper
+# at 64K (`sparsa bench nsa --sweep`; head_dim 64 uses them too; timings in benchmarks/NOTES.md).
 LAUNCH: dict[str, tuple[int, ...]] = {
     "cmp": (64, 4, 3),         # compression + top-k
     "win": (64, 4, 3),         # sliding window forward

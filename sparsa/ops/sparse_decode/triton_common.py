@@ -65,8 +65,8 @@ class _Store:
         self.rows = self.data.shape[0]
 
 
-# launch parameters per kernel family; the benchmark may retune them for the card it runs on
-# (the defaults won the benchmark's tuning on an H100 80GB HBM3: bf16, head_dim 128, 64K, batch 16)
+# launch parameters per kernel family: the decode benchmark's best on Hopper (benchmarks/NOTES.md);
+# the benchmark may retune them for the card it runs on
 LAUNCH: dict[str, dict[str, int]] = {
     "varlen": {"block_n": 128, "num_warps": 8, "num_stages": 3, "split_factor": 2},
     "paged": {"block_n": 64, "num_warps": 4, "num_stages": 3, "split_factor": 2},
@@ -76,7 +76,7 @@ LAUNCH: dict[str, dict[str, int]] = {
     # program per (sequence, KV head, page range) (0)
     "quest_scores": {"pages_per_prog": 32, "tile_bytes": 8192, "num_warps": 4, "num_stages": 1, "all_heads": 0},
     # the same for bounds stored in the cache's dtype (bf16/fp16/fp32) instead of int8 codes: there
-    # one program per sequence over all KV heads won (105 us against 124-144 us per KV head)
+    # one program per sequence over all KV heads is faster
     "quest_scores_native": {"pages_per_prog": 16, "tile_bytes": 32768, "num_warps": 4, "num_stages": 1,
                             "all_heads": 1},
     "quest_select": {"num_warps": 16},

@@ -61,11 +61,8 @@ DENSE_ROUTE_FRACTION = 0.7
 
 
 def default_block_q(exact: bool) -> int:
-    """Query rows per program: 64 with exact semantics, 128 with superset semantics.
-
-    Measured on an H100 at 128K (planned 1000/6096 lines) with the earlier per-element offset
-    gather: exact 64 rows 58.6 ms (128 rows: 69.7 ms with 8 warps), superset 128 rows 38.4 ms.
-    """
+    """Query rows per program: 64 with exact semantics, 128 with superset semantics (the faster
+    of each; benchmarks/NOTES.md)."""
     return 64 if exact else 128
 
 
