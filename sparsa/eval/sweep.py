@@ -328,7 +328,7 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, model: Any = None, to
                         t0 = time.perf_counter()
 
                         def stop(gen: list[int]) -> bool:
-                            return "\n" in counter.decode(gen).lstrip()
+                            return answer_line_done(counter.decode(gen))
 
                         res = greedy_generate(model, prompts, max_new_tokens=max(x.max_new_tokens for x in insts),
                                               mode=cell.mode, decode_phase=cell.phase == "decode", handle=handle,
@@ -356,6 +356,16 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, model: Any = None, to
     finally:
         bar.close()
     return SweepResult(out, written, total, time.perf_counter() - t_start, finished=not stopped)
+
+
+def answer_line_done(text: str) -> bool:
+    """True once ``text`` holds a finished line with an answer on it.
+
+    A finished line is one followed by a newline; it holds an answer when it has a letter or
+    digit and does not end with ":" (which introduces a list on the next lines).
+    """
+    lines = text.split("\n")[:-1]
+    return any(any(ch.isalnum() for ch in ln) and not ln.rstrip().endswith(":") for ln in lines)
 
 
 def _exact(inst: Any, prediction: str) -> bool:
