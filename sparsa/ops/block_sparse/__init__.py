@@ -42,7 +42,7 @@ def block_sparse_attention(
     check_block_indices(block_indices, batch=b, heads=h, kv_heads=hkv, q_len=lq, kv_len=lk,
                         block_q=block_q, block_k=block_k)
     if use_kernel(backend, q.device, lambda: _kernel_unsupported(q, block_q, block_k)):
-        from .triton import block_sparse_attention_triton, block_sparse_pairs
+        from .triton import block_sparse_attention_triton, block_sparse_pairs  # triton: optional
         out = block_sparse_attention_triton(q, k, v, block_indices, block_q=block_q, block_k=block_k,
                                             scale=scale, check_indices=False)
         return out, block_sparse_pairs(block_indices, h, lq, lk, block_q, block_k)
@@ -51,7 +51,7 @@ def block_sparse_attention(
 
 def _kernel_unsupported(q: torch.Tensor, block_q: int, block_k: int) -> str | None:
     """None when the block-sparse kernel takes the input, else what it cannot take."""
-    from .triton import BLOCK_SIZES, HEAD_DIMS, KERNEL_DTYPES
+    from .triton import BLOCK_SIZES, HEAD_DIMS, KERNEL_DTYPES  # triton: optional, imported only when a kernel runs
     ok = q.shape[-1] in HEAD_DIMS and q.dtype in KERNEL_DTYPES and block_q in BLOCK_SIZES and block_k in BLOCK_SIZES
     return None if ok else (f"the Triton kernel takes head_dim in {HEAD_DIMS}, float16/bfloat16/float32 and block "
                             f"sizes in {BLOCK_SIZES}; got head_dim={q.shape[-1]}, {q.dtype}, block_q={block_q}, "
@@ -92,7 +92,7 @@ def local_attention(
     check_int("block_k", block_k, minimum=1)
     local = LocalMask.build(window, sink, global_positions, lk)
     if use_kernel(backend, q.device, lambda: _kernel_unsupported(q, block_q, block_k)):
-        from .triton import local_attention_triton
+        from .triton import local_attention_triton  # triton: optional, imported only when a kernel runs
         out = local_attention_triton(q, k, v, window=local.window, sink=local.sink,
                                      global_positions=local.globals, scale=scale,
                                      block_q=block_q, block_k=block_k)

@@ -25,12 +25,12 @@ def nsa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: torc
     reason instead of falling back; "reference" always runs the reference.
     """
     def unsupported() -> str | None:
-        from .triton import unsupported_reason
+        from .triton import unsupported_reason  # triton: optional, imported only when a kernel runs
         ok = isinstance(q, torch.Tensor) and isinstance(k, torch.Tensor) and q.ndim == 4 and k.ndim == 4
         return _kernels_cannot(unsupported_reason(q, k, cfg) if ok else "q, k: expected 4-D tensors")
 
     if use_kernel(backend, q.device, unsupported):
-        from .triton import nsa_attention_triton
+        from .triton import nsa_attention_triton  # triton: optional, imported only when a kernel runs
         return nsa_attention_triton(q, k, v, gates, cfg, **kwargs)  # type: ignore[arg-type]
     return nsa_attention_ref(q, k, v, gates, cfg, **kwargs)  # type: ignore[arg-type]
 
@@ -45,13 +45,13 @@ def nsa_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: torch.T
     blocks it chose.
     """
     def unsupported() -> str | None:
-        from .triton import unsupported_reason
+        from .triton import unsupported_reason  # triton: optional, imported only when a kernel runs
         ok = isinstance(q, torch.Tensor) and isinstance(k, torch.Tensor) and q.ndim == 3 and k.ndim == 4
         return _kernels_cannot(unsupported_reason(q[:, :, None], k, cfg) if ok
                                else "q: expected (batch, heads, head_dim)")
 
     if use_kernel(backend, q.device, unsupported):
-        from .triton import decode_read_positions, nsa_decode_triton
+        from .triton import decode_read_positions, nsa_decode_triton  # triton: optional
         out, blocks = nsa_decode_triton(q, k, v, gates, cfg, return_blocks=True, **kwargs)  # type: ignore[misc]
         lk = k.shape[2]
         positions, tokens = decode_read_positions(blocks, cfg, lk, q.shape[1], cfg.n_compressed(lk))
