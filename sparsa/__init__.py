@@ -3,7 +3,7 @@ from typing import Any
 
 from .api import attention
 from . import nn
-from .methods import AttentionStats, DecodeMethod, Method, get_method, list_methods, register
+from .methods import AttentionStats, CompressionNotReached, DecodeMethod, Method, get_method, list_methods, register
 from .methods.ada_snapkv import AdaSnapKV
 from .methods.bigbird import BigBird
 from .methods.block_sparse import BlockSparse
@@ -32,6 +32,6 @@ def apply(model: Any, prefill: Any = None, *args: Any, **kwargs: Any) -> Any:
     return _apply(model, prefill, *args, **kwargs)
 
 
-__all__ = ["AdaSnapKV", "AttentionStats", "BigBird", "BlockSparse", "DecodeMethod", "Dense", "FlexPrefill", "H2O",
-           "Method", "NSA", "PerHead", "Quest", "SlidingWindow", "SnapKV", "Streaming", "VerticalSlash", "__version__", "apply",
+__all__ = ["AdaSnapKV", "AttentionStats", "BigBird", "BlockSparse", "CompressionNotReached", "DecodeMethod", "Dense",
+           "FlexPrefill", "H2O", "Method", "NSA", "PerHead", "Quest", "SlidingWindow", "SnapKV", "Streaming", "VerticalSlash", "__version__", "apply",
            "attention", "get_method", "list_methods", "load_head_patterns", "register"]

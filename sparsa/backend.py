@@ -1,8 +1,15 @@
 """Choice between the PyTorch reference ops and the Triton kernels.
 
 ``backend`` arguments accept "auto" (Triton on CUDA tensors when a kernel exists, else the
-reference), "reference" or "triton". The environment variable ``SPARSA_BACKEND`` sets the
-default for "auto".
+reference ops), "reference", "sdpa" or "triton". The environment variable ``SPARSA_BACKEND``
+sets the default for "auto".
+
+The reference ops express every pattern as a boolean mask over query-key pairs. How that
+masked attention is computed is a second choice, :func:`masked_executor`: "reference" runs the
+float32 spec (:func:`sparsa.ops.dense.reference.masked_attention`), "sdpa" runs PyTorch SDPA
+with the same masks in the inputs' dtype (:mod:`sparsa.ops.dense.sdpa`). "auto" and "sdpa"
+use SDPA wherever no Triton kernel runs (the CPU, unsupported shapes on CUDA); only
+"reference" keeps the spec.
 """
 from __future__ import annotations
 
@@ -12,7 +19,7 @@ from typing import Callable
 
 import torch
 
-BACKENDS = ("auto", "reference", "triton")
+BACKENDS = ("auto", "reference", "sdpa", "triton")
 
 
 def triton_available() -> bool:
@@ -24,7 +31,8 @@ def triton_interpreted() -> bool:
 
 
 def resolve_backend(backend: str | None, device: torch.device) -> str:
-    """Return "reference" or "triton" for tensors on ``device``."""
+    """Return "reference", "sdpa" or "triton" for tensors on ``device`` ("auto" gives "triton"
+    or "reference"; "sdpa" means the reference ops through the SDPA executor, never Triton)."""
     if backend is None:
         backend = os.environ.get("SPARSA_BACKEND", "auto")
     if backend not in BACKENDS:
@@ -39,6 +47,16 @@ def resolve_backend(backend: str | None, device: torch.device) -> str:
             raise ValueError(f"backend: 'triton' needs CUDA tensors (got {device}); "
                              "set TRITON_INTERPRET=1 to run kernels on the CPU")
     return backend
+
+
+def masked_executor(backend: str | None, device: torch.device) -> str:
+    """How the reference ops compute masked attention: "sdpa" or "reference" (the spec).
+
+    Only an explicit ``backend="reference"`` (argument or ``SPARSA_BACKEND``) gives the spec.
+    """
+    resolve_backend(backend, device)  # validates the name
+    requested = backend if backend is not None else os.environ.get("SPARSA_BACKEND", "auto")
+    return "reference" if requested == "reference" else "sdpa"
 
 
 def use_kernel(backend: str | None, device: torch.device, unsupported: Callable[[], str | None]) -> bool:

@@ -113,3 +113,42 @@ def test_explicit_alpha_overrides_compression():
 def test_bad_parameters_name_the_field(params, field, exc):
     with pytest.raises(exc, match=f"^{field}"):
         sparsa.get_method("flexprefill", **params)
+
+
+def _line_mask(vi: torch.Tensor, si: torch.Tensor, lq: int, lk: int) -> torch.Tensor:
+    """(B, H, lq, lk) causal mask of the chosen columns and diagonals."""
+    pos = torch.arange(lk - lq, lk)[:, None]
+    key = torch.arange(lk)[None, :]
+    b, h = vi.shape[:2]
+    mask = torch.zeros(b, h, lq, lk, dtype=torch.bool)
+    for i in range(b):
+        for j in range(h):
+            cols = vi[i, j][vi[i, j] >= 0].long()
+            offs = si[i, j][si[i, j] >= 0].long()
+            mask[i, j] = torch.isin(key, cols).expand(lq, lk) | torch.isin(pos - key, offs)
+    return mask & (key <= pos)
+
+
+@pytest.mark.parametrize("target", [5.0, 10.0])
+def test_reported_compression_is_the_selection_and_hits_the_target(target):
+    from sparsa.ops.dense.reference import causal_pairs
+    from sparsa.synthetic import synthetic_qkv
+    q, k, v = synthetic_qkv(1, 9, 3, 4096, 64, seed=2)
+    m = FlexPrefill(compression=target)
+    out, st = m(q, k, v)
+    vi, si = m.plan(q, k)
+    pairs = int(_line_mask(vi, si, 4096, 4096).sum())
+    assert st.computed == pairs
+    assert st.compression == pytest.approx(9 * causal_pairs(4096, 4096) / pairs)
+    assert st.compression == pytest.approx(target, rel=0.1)
+    budgets = st.info["vertical_budget"]
+    assert budgets.shape == (1, 9) and int(budgets.max()) > int(budgets.min()), "heads keep adaptive budgets"
+
+
+def test_unreachable_target_reports_achieved_and_warns(monkeypatch):
+    from sparsa.methods import base
+    monkeypatch.setattr(base, "_warned_targets", set())
+    q, k, v = torch.randn(1, 2, 2048, 64), torch.randn(1, 1, 2048, 64), torch.randn(1, 1, 2048, 64)
+    with pytest.warns(sparsa.CompressionNotReached, match="flexprefill"):
+        _, st = sparsa.attention(q, k, v, "flexprefill", compression=10, min_budget=1024, return_stats=True)
+    assert st.compression < 9.0

@@ -6,6 +6,7 @@ from typing import Any
 import torch
 
 from .._validation import check_qkv, check_scale
+from ..ops.dense.reference import causal_pairs
 from ..ops.vertical_slash import vertical_slash_attention
 from .base import AttentionStats, Method, prefill_stats
 
@@ -17,8 +18,14 @@ class LinePattern(Method):
     info)``. ``exact`` and ``block_q`` (fields of subclasses that offer the choice; exact
     semantics and the op's default block here) are passed to
     :func:`~sparsa.ops.vertical_slash.vertical_slash_attention`.
+
+    ``stats.info["dense_fallback"]`` is True when the call ran dense causal attention instead
+    of the lines: with superset semantics (``exact=False``) the op routes to dense attention
+    when the tiles would compute most of a dense pass, and those pairs are what the stats count
+    (compression 1 for every head).
     """
 
+    fast_masks = True
     exact = True
     block_q = None
 
@@ -44,4 +51,7 @@ class LinePattern(Method):
         # the planner's lists are in range: no host read-back to check them
         out, pairs = vertical_slash_attention(q, k, v, vi, si, scale=scale, backend=backend, exact=self.exact,
                                               block_q=self.block_q, check_indices=False)
-        return out, prefill_stats(self.name, pairs, q.shape[2], k.shape[2], **info)
+        lq, lk = q.shape[2], k.shape[2]
+        # the superset route is all-or-nothing per call and counts every causal pair
+        info["dense_fallback"] = not self.exact and bool((pairs == float(causal_pairs(lq, lk))).all())
+        return out, prefill_stats(self.name, pairs, lq, lk, **info)

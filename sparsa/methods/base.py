@@ -11,18 +11,52 @@ Queries are the last ``q_len`` positions of the ``kv_len``-long sequence (causal
 bottom-right aligned). Decode-phase methods called on a block of queries treat each query row
 as a decode step at its position: the row reads exactly the tokens the method would read at
 that step; their stats describe the last row.
+
+A method whose ``compression`` target is in force and that achieves less than 0.9 of it
+warns once per (method, target) per process with :class:`CompressionNotReached`. A method
+that runs dense attention for some heads instead of its pattern says so in
+``stats.info["dense_fallback"]`` and counts those heads' pairs as dense.
+
+Where no Triton kernel runs, methods whose pattern is a mask (``fast_masks``) compute the
+masked attention with SDPA in the inputs' dtype (:mod:`sparsa.ops.dense.sdpa`), unless
+``backend="reference"`` asks for the float32 spec (see :func:`sparsa.backend.masked_executor`).
 """
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
 import torch
 
 from .._validation import check_compression, check_qkv, check_scale
-from ..backend import resolve_backend
+from ..backend import masked_executor
 from ..ops.dense.reference import causal_pairs
+from ..ops.dense.sdpa import sdpa_masked_scope
+
+#: achieved / target below which a call warns
+REACH_TOLERANCE = 0.9
+
+
+class CompressionNotReached(UserWarning):
+    """A method achieved less than ``REACH_TOLERANCE`` of its compression target."""
+
+
+_warned_targets: set[tuple[str, float]] = set()
+
+
+def warn_unreached(method: str, target: float | None, achieved: float) -> None:
+    """Warn (once per ``(method, target)`` per process) when ``achieved < 0.9 * target``."""
+    if target is None or achieved >= REACH_TOLERANCE * target:
+        return
+    key = (method, float(target))
+    if key in _warned_targets:
+        return
+    _warned_targets.add(key)
+    warnings.warn(CompressionNotReached(
+        f"{method}: compression target {target:g} not reached; achieved {achieved:.3f} "
+        f"(the reported stats hold the achieved value)"), stacklevel=4)
 
 
 @dataclass
@@ -95,6 +129,9 @@ class Method:
     phase: ClassVar[str] = "prefill"      # "prefill", "decode" or "both"
     paper: ClassVar[str] = ""
 
+    #: the pattern is expressed as masks for the reference ops, so it may run on the SDPA executor
+    fast_masks: ClassVar[bool] = False
+
     compression: float | None = None
 
     def __post_init__(self) -> None:
@@ -108,12 +145,24 @@ class Method:
                 backend: str | None) -> tuple[torch.Tensor, AttentionStats]:
         raise NotImplementedError
 
+    def target(self) -> float | None:
+        """The compression target the budget is solved for; None when explicit
+        hyper-parameters fix the budget (then nothing is warned about)."""
+        return self.compression
+
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | None = None,
                  backend: str | None = None) -> tuple[torch.Tensor, AttentionStats]:
         """Run the method. q: (B, H, Lq, D); k, v: (B, Hkv, Lk, D). Returns (out like q, stats)."""
         check_qkv(q, k, v)
-        resolve_backend(backend, q.device)  # reject a bad backend argument up front
-        return self.forward(q, k, v, scale=check_scale(scale, q.shape[-1]), backend=backend)
+        fast = self.fast_masks and masked_executor(backend, q.device) == "sdpa"  # also rejects a bad backend
+        with sdpa_masked_scope(fast):
+            out, stats = self.forward(q, k, v, scale=check_scale(scale, q.shape[-1]), backend=backend)
+        warn_unreached(self.name, self.target(), stats.compression)
+        return out, stats
+
+    def for_prefill(self) -> "Method":
+        """The method a prefill call runs (a prompt or prompt chunk, stats counted in pairs)."""
+        return self
 
     def params(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

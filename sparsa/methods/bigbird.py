@@ -84,6 +84,7 @@ class BigBird(Method):
 
     name = "bigbird"
     paper = "Zaheer et al., Big Bird: Transformers for Longer Sequences, 2020"
+    fast_masks = True
 
     block_size: int = 64
     window_blocks: int | None = None
@@ -139,6 +140,9 @@ class BigBird(Method):
         # random blocks lie wholly before the query block, so each of its rows sees all their keys
         random_pairs = torch.clamp(n_cand, max=random_blocks) * rows * bs
         return int((tiles * static).sum() + random_pairs.sum())
+
+    def target(self) -> float | None:
+        return None if None not in (self.global_blocks, self.window_blocks, self.random_blocks) else self.compression
 
     def resolve(self, q_len: int, kv_len: int) -> tuple[int, int, int]:
         """(global_blocks, window_blocks, random_blocks) used for these lengths."""
@@ -206,4 +210,4 @@ class BigBird(Method):
         out, pairs = block_sparse_attention(q, k, v, indices, block_q=self.block_size, block_k=self.block_size,
                                             scale=scale, backend=backend)
         return out, prefill_stats(self.name, pairs, lq, lk, block_size=self.block_size,
-                                  global_blocks=g, window_blocks=w, random_blocks=r)
+                                  global_blocks=g, window_blocks=w, random_blocks=r, dense_fallback=False)

@@ -57,6 +57,7 @@ class BlockSparse(Method):
 
     name = "block_sparse"
     paper = "Jiang et al., MInference 1.0, 2024"
+    fast_masks = True
 
     block_size: int = 64
     top_k: int | None = None
@@ -87,6 +88,9 @@ class BlockSparse(Method):
         diag = tiles[qb, lo] + torch.where(hi > lo, tiles[qb, hi], torch.zeros_like(lo))
         # every non-diagonal block lies wholly before the query block: all its keys are seen
         return int((diag + (kept - n_diag) * rows * bs).sum())
+
+    def target(self) -> float | None:
+        return None if self.top_k is not None else self.compression
 
     def resolve_top_k(self, q_len: int, kv_len: int) -> int:
         if self.top_k is not None:
@@ -136,4 +140,4 @@ class BlockSparse(Method):
         out, pairs = block_sparse_attention(q, k, v, indices, block_q=self.block_size, block_k=self.block_size,
                                             scale=scale, backend=backend)
         return out, prefill_stats(self.name, pairs, lq, lk, top_k=top_k,
-                                  block_size=self.block_size, per_kv_head=self.per_kv_head)
+                                  block_size=self.block_size, per_kv_head=self.per_kv_head, dense_fallback=False)

@@ -75,6 +75,9 @@ class FlexPrefill(LinePattern):
             if self.min_budget is not None and self.max_budget < self.min_budget:
                 raise ValueError(f"max_budget: must be >= min_budget ({self.min_budget}), got {self.max_budget}")
 
+    def target(self) -> float | None:
+        return None if self.alpha is not None else self.compression
+
     def _floor(self) -> int:
         if self.min_budget is not None:
             return self.min_budget

@@ -102,6 +102,9 @@ class NSA(DecodeMethod):
             window = self.window if self.window is not None else _PAPER.window
         return NSAConfig(n_select=n_select, window=window, **geometry)
 
+    def target(self) -> float | None:
+        return None if self.n_select is not None and self.window is not None else self.compression
+
     def _solve(self, dense: float, count: Callable[[NSAConfig], float], kv_len: int) -> NSAConfig:
         """The configuration whose ``count`` is closest to ``dense / compression``."""
         if self.compression is None or (self.n_select is not None and self.window is not None):

@@ -44,6 +44,11 @@ def head_method(spec: Any, arg: str) -> Method | None:
     return None if m.name == "dense" else m
 
 
+def _fallback_heads(flag: bool | int, heads: int) -> int:
+    """Query heads that ran dense, from a sub-call's ``info["dense_fallback"]`` (bool: all or none)."""
+    return heads if flag is True else int(flag)
+
+
 def _key(m: Method | None) -> str:
     return "dense" if m is None else json.dumps([m.name, m.params()], sort_keys=True, default=str)
 
@@ -57,7 +62,9 @@ class PerHead(Method):
     A method that solves a ``compression`` target does so over the heads it runs on.
     ``compression`` here is unused (each spec carries its own) and must be unset or 1.
 
-    Stats: pairs summed over all heads, ``per_head`` each head's own compression.
+    Stats: pairs summed over all heads, ``per_head`` each head's own compression,
+    ``info["dense_fallback"]`` the query heads whose method ran dense attention instead of its
+    pattern. Each head's method runs as a prefill method (:meth:`Method.for_prefill`).
 
     Not in the method registry (it has no ``compression`` target of its own); build it
     directly or load a search result with :func:`sparsa.patterns.load_head_patterns`.
@@ -66,6 +73,7 @@ class PerHead(Method):
     name = "per_head"
     phase = "prefill"
     paper = "per-head assignment as in MInference (Jiang et al., 2024)"
+    fast_masks = True
 
     heads: list = field(default_factory=list)
 
@@ -95,6 +103,7 @@ class PerHead(Method):
         pairs = torch.zeros(H, dtype=torch.float64)
         dense_method = get_method("dense")
         groups = self.groups()
+        fallback = 0
         for m, hs in groups:
             kv = sorted({h // group for h in hs})
             whole = hs == [g * group + j for g in kv for j in range(group)]
@@ -103,13 +112,14 @@ class PerHead(Method):
             else:       # a KV group split between methods: one KV head per query head
                 kv_idx = torch.tensor([h // group for h in hs], device=q.device)
             h_idx = torch.tensor(hs, device=q.device)
-            o, st = (m or dense_method)(q.index_select(1, h_idx), k.index_select(1, kv_idx),
+            o, st = (m or dense_method).for_prefill()(q.index_select(1, h_idx), k.index_select(1, kv_idx),
                                         v.index_select(1, kv_idx), scale=scale, backend=backend)
             out.index_copy_(1, h_idx, o)
+            fallback += _fallback_heads(st.info.get("dense_fallback", False), len(hs))
             if st.per_head is not None and st.phase == "prefill":
                 pairs[hs] = dense_head / st.per_head.double().clamp_min(1e-30)
             else:
                 pairs[hs] = st.computed / len(hs)
         per_head = dense_head / pairs.clamp_min(1e-30)
-        info = {"groups": [("dense" if m is None else m.name, len(hs)) for m, hs in groups]}
+        info = {"groups": [("dense" if m is None else m.name, len(hs)) for m, hs in groups], "dense_fallback": fallback}
         return out, AttentionStats(self.name, "prefill", dense_head * H, float(pairs.sum()), per_head, info)

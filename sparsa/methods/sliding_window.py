@@ -39,6 +39,7 @@ class SlidingWindow(Method):
 
     name = "sliding_window"
     paper = "Beltagy et al., Longformer, 2020"
+    fast_masks = True
 
     window: int | None = None
     global_positions: tuple[int, ...] = ()
@@ -52,6 +53,9 @@ class SlidingWindow(Method):
         self.global_positions = tuple(
             check_int("global_positions", int(g) if isinstance(g, Integral) and not isinstance(g, bool) else g, 0)
             for g in self.global_positions)
+
+    def target(self) -> float | None:
+        return None if self.window is not None else self.compression
 
     def resolve_window(self, q_len: int, kv_len: int) -> int:
         if self.window is not None:
@@ -67,4 +71,4 @@ class SlidingWindow(Method):
         window = self.resolve_window(lq, lk)
         glob = [g for g in self.global_positions if g < lk]
         out, pairs = local_attention(q, k, v, window=window, global_positions=glob, scale=scale, backend=backend)
-        return out, prefill_stats(self.name, pairs, lq, lk, window=window)
+        return out, prefill_stats(self.name, pairs, lq, lk, window=window, dense_fallback=False)

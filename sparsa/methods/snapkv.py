@@ -68,6 +68,9 @@ class _PromptCompressor(DecodeMethod):
         if self.capacity is not None:
             check_int("capacity", self.capacity, minimum=0)
 
+    def target(self) -> float | None:
+        return None if self.capacity is not None else self.compression
+
     def resolve_capacity(self, context_len: int) -> int | None:
         """Tokens kept outside the window (per KV head on average); None = keep everything."""
         if self.capacity is not None:

@@ -1,6 +1,7 @@
 """A-shape / StreamingLLM: attention sinks plus a local window, in prefill and decode."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 
@@ -71,7 +72,9 @@ class Streaming(DecodeMethod):
       is solved for it and the stats count pairs (:func:`prefill_stats`).
 
     The decode API (``init_decode``/``decode_step``) always uses the decode reading, resolved
-    against the prompt length. :meth:`forward` runs
+    against the prompt length. A prompt run as a prefill method (``sparsa.apply``'s prefill
+    calls, per-head patterns) goes through :meth:`for_prefill`: the prefill reading, so the
+    window is solved on the exact causal pairs of sinks plus window and the stats count them. :meth:`forward` runs
     :func:`~sparsa.ops.block_sparse.local_attention` (sinks + window): the block-sparse Triton
     kernel with an element mask on CUDA, the reference elsewhere.
     """
@@ -79,6 +82,7 @@ class Streaming(DecodeMethod):
     name = "streaming"
     phase = "both"
     paper = "Xiao et al., Efficient Streaming Language Models with Attention Sinks, 2023"
+    fast_masks = True
 
     sink: int = 4
     window: int | None = None
@@ -93,6 +97,13 @@ class Streaming(DecodeMethod):
             raise ValueError(f"mode: must be one of {MODES}, got {self.mode!r}")
 
     # ------------------------------------------------------------------ budget
+
+    def target(self) -> float | None:
+        return None if self.window is not None else self.compression
+
+    def for_prefill(self) -> "Streaming":
+        """This method with the prefill reading of ``compression`` and pair-counting stats."""
+        return self if self.mode == "prefill" else dataclasses.replace(self, mode="prefill")
 
     def resolve_window(self, context_len: int, q_len: int | None = None) -> int:
         """Window used for a context of ``context_len`` tokens.
@@ -122,7 +133,7 @@ class Streaming(DecodeMethod):
         sink = self.sink
         out, pairs = local_attention(q, k, v, window=min(window, lk), sink=sink, scale=scale, backend=backend)
         if self.mode == "prefill":
-            return out, prefill_stats(self.name, pairs, lq, lk, sink=sink, window=window)
+            return out, prefill_stats(self.name, pairs, lq, lk, sink=sink, window=window, dense_fallback=False)
         read = visible_tokens(torch.tensor(lk - 1), sink, window).item()
         tokens = torch.full(pairs.shape, float(read), dtype=torch.float64)
         return out, decode_stats(self.name, tokens, lk, sink=sink, window=window)

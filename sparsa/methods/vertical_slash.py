@@ -92,6 +92,9 @@ class VerticalSlash(LinePattern):
                 raise ValueError(f"slash: must be >= local_diagonals ({self.local_diagonals}), the always-kept "
                                  f"recent diagonals count toward it; got {self.slash}")
 
+    def target(self) -> float | None:
+        return None if self.vertical is not None and self.slash is not None else self.compression
+
     def _fixed_budgets(self, kv_len: int) -> tuple[int, int] | None:
         """(vertical, slash) budgets when no compression search is needed, else None."""
         fixed_v = None if self.vertical is None else min(self.vertical, kv_len)

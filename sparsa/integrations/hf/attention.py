@@ -289,7 +289,7 @@ class SparsaAttention:
         if phase == "prefill" and padding is None and lq == lk and lq > 1:
             _reject_packed(kwargs.get("position_ids"))
         if phase == "prefill":
-            out = self._sparse_call(layer, phase, method, query, key, value, padding, scale)
+            out = self._sparse_call(layer, phase, method.for_prefill(), query, key, value, padding, scale)
             if plan.stateful:
                 self._init_state(plan, cache, query, key, value, padding, scale)
         elif isinstance(method, DecodeMethod):

@@ -73,7 +73,13 @@ def masked_attention(
     shape (batch, heads)) counts the query-key pairs attended per head. With
     ``return_lse`` also the log-sum-exp of the scaled scores, (batch, heads, q_len), float32,
     ``-inf`` for rows that see nothing.
+
+    Inside :func:`~sparsa.ops.dense.sdpa.sdpa_masked_scope` (and without ``return_lse``) the
+    same masks run through :func:`~sparsa.ops.dense.sdpa.masked_attention_sdpa` instead.
     """
+    from .sdpa import masked_attention_sdpa, sdpa_masked_active
+    if not return_lse and sdpa_masked_active():
+        return masked_attention_sdpa(q, k, v, mask_fn, scale=scale)
     b, h, lq, d = q.shape
     hkv, lk = k.shape[1], k.shape[2]
     g = h // hkv
