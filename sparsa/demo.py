@@ -49,9 +49,15 @@ def run_demo(length: int = 8192, heads: int = 8, kv_heads: int = 2, head_dim: in
     return rows
 
 
+LEGEND = ("target / achieved: compression asked for / reached (dense pairs or tokens / those computed)\n"
+          "rel.err: relative error of the output against dense attention on the same rows, "
+          "||out - dense|| / ||dense|| (0 = exact)")
+
+
 def format_rows(rows: list[DemoRow]) -> str:
+    """The table ``sparsa demo`` prints, under a legend of its columns."""
     head = f"{'method':<16}{'phase':<9}{'target':>8}{'achieved':>10}{'rel.err':>10}{'time s':>9}"
-    lines = [head, "-" * len(head)]
+    lines = [LEGEND, "", head, "-" * len(head)]
     for r in rows:
         lines.append(f"{r.method:<16}{r.phase:<9}{r.target:>8.1f}{r.achieved:>10.2f}{r.rel_error:>10.4f}{r.seconds:>9.2f}")
     return "\n".join(lines)

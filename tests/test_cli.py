@@ -47,3 +47,10 @@ def test_info_says_kernels_need_cuda_on_a_cpu_machine(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     line = next(ln for ln in runner.invoke(app, ["info"]).output.splitlines() if ln.startswith("kernels:"))
     assert "interpreter" in line or "triton is not installed" in line
+
+
+def test_demo_explains_its_columns():
+    r = runner.invoke(app, ["demo", "--length", "256", "--heads", "2", "--kv-heads", "1", "-m", "dense"])
+    assert r.exit_code == 0, r.output
+    assert "rel.err: relative error of the output against dense attention" in r.output
+    assert r.output.index("rel.err:") < r.output.index("method ")

@@ -403,3 +403,17 @@ def test_processes_agree_on_when_to_stop(tmp_path):
     want = [None, "SIGTERM", "time_limit", "time_limit"]
     for rank in (0, 1):
         assert json.loads((tmp_path / f"r.{rank}").read_text()) == want
+
+
+def test_cpu_recipe_is_small():
+    from pathlib import Path
+
+    from sparsa.train.model import build_model, count_parameters
+
+    cfg, _ = load_recipe(Path(__file__).parents[1] / "recipes" / "sparsa-tiny-cpu.toml")
+    cfg.validate()
+    with torch.device("meta"):
+        m = build_model(cfg.model, 8192, 0, 1, 2)
+    assert count_parameters(m)["total"] < 1_000_000
+    assert max(L for _, L in cfg.data.curriculum) <= 512 and cfg.data.tokens_per_step <= 1024
+    assert cfg.data.num_workers == 0 and cfg.precision == "fp32" and cfg.eval.every == 0
