@@ -95,12 +95,12 @@ def demo(
     from .methods.registry import method_class
 
     if heads % kv_heads:
-        raise typer.BadParameter(f"kv_heads ({kv_heads}) must divide heads ({heads})", param_hint="--kv-heads")
+        raise _fail(f"--kv-heads: {kv_heads} must divide --heads ({heads})")
     for m in method or []:
         try:
             method_class(m)
         except ValueError as e:
-            raise typer.BadParameter(str(e), param_hint="--method") from None
+            raise _fail(f"--method: {e}") from None
     rows = run_demo(length=length, heads=heads, kv_heads=kv_heads, head_dim=head_dim, compression=compression,
                     seed=seed, methods=list(method) if method else None)
     typer.echo(format_rows(rows))

@@ -83,6 +83,9 @@ CLI_CASES = [
     ("search-dense-candidate", ["search-patterns", "--out", "{tmp}/p.json", "-c", "dense"], "--candidate: dense is the reference"),
     ("search-decode-candidate", ["search-patterns", "--out", "{tmp}/p.json", "-c", "h2o"], "--candidate: h2o is a decode method"),
     ("search-unknown-candidate", ["search-patterns", "--out", "{tmp}/p.json", "-c", "nope"], "--candidate: .*unknown method"),
+    ("demo-kv-heads", ["demo", "--heads", "8", "--kv-heads", "3"], "--kv-heads: 3 must divide --heads"),
+    ("demo-unknown-method", ["demo", "-m", "nope"], "--method: .*unknown method"),
+    ("info-unknown-option", ["info", "--nope"], None),
     ("search-missing-model", ["search-patterns", "--out", "{tmp}/p.json", "--model", "{tmp}/nomodel"], "nomodel"),
 ]
 if NO_CUDA:
@@ -119,7 +122,10 @@ def test_cli_bad_arguments_exit_2_with_a_message(argv, message, tmp_path):
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 2, (r.output, r.exception)
     assert "Traceback" not in r.output
-    assert re.search(r"error: .*" + message, r.output), r.output
+    if message is None:  # click's own usage error
+        assert "No such option" in r.output, r.output
+    else:
+        assert re.search(r"error: .*" + message, r.output), r.output
 
 
 # ---------------------------------------------------------------- method objects: out-of-range arguments
@@ -201,3 +207,73 @@ def test_cache_layer_index_out_of_range(tiny_llama, layer, exc):
         cache.layer_nbytes(layer)
     with pytest.raises(exc, match="^layer_idx"):
         cache.layer_tokens(layer)
+
+
+# ---------------------------------------------------------------- a table of public entry points x bad arguments
+
+def _q(*shape, **kw):
+    return torch.randn(*shape, **kw)
+
+
+def _write(tmp_path, name: str, text: str) -> str:
+    p = tmp_path / name
+    p.write_text(text)
+    return str(p)
+
+
+BAD_CALLS = [
+    # (id, call(tmp_path), exception, message start)
+    # sparsa.attention: shapes, dtypes, devices, scale, backend, budgets
+    ("attention-q-3d", lambda t: sparsa.attention(_q(2, 8, 16), _q(1, 2, 8, 16), _q(1, 2, 8, 16)), ValueError, "q: expected 4"),
+    ("attention-gqa", lambda t: sparsa.attention(_q(1, 4, 8, 16), _q(1, 3, 8, 16), _q(1, 3, 8, 16)), ValueError, "k: kv_heads"),
+    ("attention-q-longer", lambda t: sparsa.attention(_q(1, 2, 9, 16), _q(1, 2, 8, 16), _q(1, 2, 8, 16)), ValueError, "q: q_len"),
+    ("attention-int-dtype", lambda t: sparsa.attention(*(x.int() for x in qkv())), TypeError, "q: dtype"),
+    ("attention-mixed-dtype", lambda t: sparsa.attention(*qkv()[:2], qkv()[2].half()), TypeError, "k, v: dtype"),
+    ("attention-not-tensor", lambda t: sparsa.attention([1.0], *qkv()[1:]), TypeError, "q: expected a torch.Tensor"),
+    ("attention-scale", lambda t: sparsa.attention(*qkv(), scale=-1.0), ValueError, "scale"),
+    ("attention-backend", lambda t: sparsa.attention(*qkv(), backend="gpu"), ValueError, "backend"),
+    ("attention-compression-below-1", lambda t: sparsa.attention(*qkv(), method="quest", compression=0.5), ValueError, "compression"),
+    ("attention-compression-inf", lambda t: sparsa.attention(*qkv(), method="h2o", compression=float("inf")), ValueError, "compression"),
+    ("attention-unknown-method", lambda t: sparsa.attention(*qkv(), method="nope"), ValueError, "method"),
+    # sparsa.get_method configs: budgets out of range, wrong types, unknown parameters
+    ("quest-budget", lambda t: sparsa.get_method("quest", budget=-1), ValueError, "budget"),
+    ("quest-page-size", lambda t: sparsa.get_method("quest", page_size=0), ValueError, "page_size"),
+    ("window-zero", lambda t: sparsa.get_method("sliding_window", window=0), ValueError, "window"),
+    ("vertical-negative", lambda t: sparsa.get_method("vertical_slash", vertical=-5), ValueError, "vertical"),
+    ("block-size-zero", lambda t: sparsa.get_method("block_sparse", block_size=0), ValueError, "block_size"),
+    ("snapkv-window-type", lambda t: sparsa.get_method("snapkv", window="x"), TypeError, "window"),
+    ("nsa-unknown-param", lambda t: sparsa.get_method("nsa", block_size=64), TypeError, "block_size"),
+    # files
+    ("patterns-missing", lambda t: sparsa.load_head_patterns(str(t / "none.json")), FileNotFoundError, "path"),
+    ("patterns-corrupt", lambda t: sparsa.load_head_patterns(_write(t, "p.json", "{oops")), ValueError, "path"),
+    ("patterns-wrong-format", lambda t: sparsa.load_head_patterns(_write(t, "p.json", "[1, 2]")), ValueError, "path"),
+    # sparsa.apply
+    ("apply-not-a-model", lambda t: sparsa.apply("model"), TypeError, "model"),
+    # cache functions
+    ("paged-page-size", lambda t: __import__("sparsa.cache").cache.PagedKVCache(1, 2, 16, 0, dtype=torch.float32, device="cpu"),
+     ValueError, "page_size"),
+    ("paged-dtype", lambda t: __import__("sparsa.cache").cache.PagedKVCache(1, 2, 16, 16, dtype=torch.int32, device="cpu"),
+     TypeError, "dtype"),
+    ("paged-bounds", lambda t: __import__("sparsa.cache").cache.PagedKVCache(1, 2, 16, 16, dtype=torch.float32, device="cpu",
+                                                                              bounds="fp8"), ValueError, "bounds"),
+    ("init-cache-lengths", lambda t: __import__("sparsa.cache").cache.init_cache(
+        sparsa.H2O(compression=2), *qkv(n=32), lengths=torch.tensor([40])), ValueError, "lengths"),
+    ("init-cache-quant", lambda t: __import__("sparsa.cache").cache.init_cache(
+        sparsa.H2O(compression=2), *qkv(n=32), quant="int3"), ValueError, "quant"),
+    ("init-cache-method", lambda t: __import__("sparsa.cache").cache.init_cache("nope", *qkv(n=32)), ValueError, "method"),
+    ("init-cache-meta", lambda t: __import__("sparsa.cache").cache.init_cache(
+        sparsa.Quest(budget=32), *(x.to("meta") for x in qkv(n=32))), ValueError, "q: .*meta"),
+    # devices: training on a device this machine cannot run
+    ("train-device", lambda t: __import__("sparsa.train.loop").train.loop.train(
+        __import__("sparsa.train.config").train.config.config_from_dict({}), t / "o", device="cuda:99"), ValueError,
+     "device: cuda:99"),
+    ("train-device-meta", lambda t: __import__("sparsa.train.loop").train.loop.train(
+        __import__("sparsa.train.config").train.config.config_from_dict({}), t / "o", device="meta"), ValueError,
+     "device: the 'meta'"),
+]
+
+
+@pytest.mark.parametrize("call, exc, match", [c[1:] for c in BAD_CALLS], ids=[c[0] for c in BAD_CALLS])
+def test_public_functions_reject_bad_arguments(call, exc, match, tmp_path):
+    with pytest.raises(exc, match="^" + match):
+        call(tmp_path)

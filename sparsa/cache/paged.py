@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from .._validation import check_int
+from .._validation import FLOAT_DTYPES, check_int
 from ..ops.kv_quant import QuantizedTensor, QuantSpec, quantize
 from ..ops.kv_quant.reference import _quantize_unchecked
 from ..ops.sparse_decode.reference import (bounds_bytes_per_page, dequantize_bounds, gather_rows, quantize_bounds,
@@ -65,6 +65,9 @@ class PagedKVCache:
         check_int("page_size", page_size, minimum=1)
         check_int("batch", batch, minimum=1)
         check_int("kv_heads", kv_heads, minimum=1)
+        check_int("head_dim", head_dim, minimum=1)
+        if dtype not in FLOAT_DTYPES:
+            raise TypeError(f"dtype: must be one of float16/bfloat16/float32/float64, got {dtype}")
         self.batch, self.kv_heads, self.head_dim, self.page_size = batch, kv_heads, head_dim, page_size
         self.dtype, self.quant = dtype, QuantSpec.parse(quant)
         self.bounds = resolve_bounds(bounds, dtype, self.quant is not None)
