@@ -12,7 +12,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 
 @app.command()
 def info(as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON.")) -> None:
-    """Version, device, available kernels and methods."""
+    """Version, device, the Triton kernels usable here, and the methods."""
     import torch
 
     from . import __version__
@@ -141,8 +141,8 @@ def search_patterns(
     model: str = typer.Option(None, "--model", help="HuggingFace model directory (default: the embedded sparsa-tiny)."),
     compression: float = typer.Option(10.0, "--compression", min=1.0, help="Prefill target every candidate runs at."),
     candidate: list[str] = typer.Option(None, "--candidate", "-c",
-                                        help="Candidate methods (repeatable; default streaming vertical_slash "
-                                             "block_sparse)."),
+                                        help="Candidate sparse prefill methods (repeatable; default streaming "
+                                             "vertical_slash block_sparse)."),
     task: str = typer.Option("niah_multikey", "--task", help="Task whose instance is the calibration prompt."),
     length: int = typer.Option(4096, "--length", min=64, help="Calibration prompt length in tokens."),
     seed: int = typer.Option(0, "--seed", help="Seed of the calibration instance."),
@@ -150,7 +150,7 @@ def search_patterns(
 ) -> None:
     """Assign each attention head the candidate pattern closest to dense attention (MInference-style offline search).
 
-    Use the file with ``sparsa.apply(model, layers=sparsa.patterns.load_head_patterns(FILE))``.
+    Use the file with sparsa.apply(model, layers=sparsa.load_head_patterns(FILE)).
     """
     from .eval.models import load_model, resolve_model_path
     from .eval.tasks import generate, list_tasks
