@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from sparsa.bench.decode import copy_bandwidth_gbps, dense_baselines, graph_ms, sweep_launch
 from sparsa.bench.timing import device_info, rel_err
-from sparsa.cache import init_cache
+from sparsa.methods import init_cache
 from sparsa.methods.quest import Quest
 from sparsa.ops.sparse_decode import triton as kt
 from sparsa.ops.sparse_decode.reference import quest_page_scores_ref

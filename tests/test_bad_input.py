@@ -256,12 +256,12 @@ BAD_CALLS = [
      TypeError, "dtype"),
     ("paged-bounds", lambda t: __import__("sparsa.cache").cache.PagedKVCache(1, 2, 16, 16, dtype=torch.float32, device="cpu",
                                                                               bounds="fp8"), ValueError, "bounds"),
-    ("init-cache-lengths", lambda t: __import__("sparsa.cache").cache.init_cache(
+    ("init-cache-lengths", lambda t: __import__("sparsa.methods").methods.init_cache(
         sparsa.H2O(compression=2), *qkv(n=32), lengths=torch.tensor([40])), ValueError, "lengths"),
-    ("init-cache-quant", lambda t: __import__("sparsa.cache").cache.init_cache(
+    ("init-cache-quant", lambda t: __import__("sparsa.methods").methods.init_cache(
         sparsa.H2O(compression=2), *qkv(n=32), quant="int3"), ValueError, "quant"),
-    ("init-cache-method", lambda t: __import__("sparsa.cache").cache.init_cache("nope", *qkv(n=32)), ValueError, "method"),
-    ("init-cache-meta", lambda t: __import__("sparsa.cache").cache.init_cache(
+    ("init-cache-method", lambda t: __import__("sparsa.methods").methods.init_cache("nope", *qkv(n=32)), ValueError, "method"),
+    ("init-cache-meta", lambda t: __import__("sparsa.methods").methods.init_cache(
         sparsa.Quest(budget=32), *(x.to("meta") for x in qkv(n=32))), ValueError, "q: .*meta"),
     # devices: training on a device this machine cannot run
     ("train-device", lambda t: __import__("sparsa.train.loop").train.loop.train(

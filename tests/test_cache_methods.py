@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import sparsa
-from sparsa.cache import dense_cache_bytes, init_cache
+from sparsa.cache import dense_cache_bytes
+from sparsa.methods import init_cache
 
 from ._decode_loops import H2OLoopDecoder, ada_kept, quest_read_sets, rows_attention, snapkv_kept, snapkv_scores
 from ._util import causal_mask, explicit_attention, rel_err

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import sparsa
-from sparsa.cache import init_cache
+from sparsa.methods import init_cache
 from sparsa.ops.kv_quant import dequantize, quantize
 from sparsa.ops.sparse_decode import pages_to_tokens, sparse_decode_ref
 

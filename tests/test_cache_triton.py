@@ -12,7 +12,7 @@ pytest.importorskip("triton", reason="triton is not installed")
 import torch  # noqa: E402
 
 import sparsa  # noqa: E402
-from sparsa.cache import init_cache  # noqa: E402
+from sparsa.methods import init_cache  # noqa: E402
 
 from ._util import rel_err  # noqa: E402
 

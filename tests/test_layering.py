@@ -62,21 +62,6 @@ LAYER_OF_TOP = {
 # Violations the code has today. Each entry says why it is still there; remove it with the
 # violation (the test fails while an entry no longer occurs, so this list only shrinks).
 KNOWN_VIOLATIONS: dict[str, str] = {
-    # cache/ is storage only (DESIGN.md): the per-method decoders in cache/adapters.py belong above it
-    "upward: sparsa.cache.adapters (cache) -> sparsa.methods (methods)":
-        "cache/adapters.py builds per-method decoders from method classes; they belong in methods/",
-    "upward: sparsa.cache.adapters (cache) -> sparsa.methods.base (methods)":
-        "cache/adapters.py builds per-method decoders from method classes; they belong in methods/",
-    "upward: sparsa.cache.adapters (cache) -> sparsa.methods.dense (methods)":
-        "cache/adapters.py builds per-method decoders from method classes; they belong in methods/",
-    "upward: sparsa.cache.adapters (cache) -> sparsa.methods.h2o (methods)":
-        "cache/adapters.py builds per-method decoders from method classes; they belong in methods/",
-    "upward: sparsa.cache.adapters (cache) -> sparsa.methods.quest (methods)":
-        "cache/adapters.py builds per-method decoders from method classes; they belong in methods/",
-    "upward: sparsa.cache.adapters (cache) -> sparsa.methods.snapkv (methods)":
-        "cache/adapters.py builds per-method decoders from method classes; they belong in methods/",
-    "upward: sparsa.cache.adapters (cache) -> sparsa.methods.streaming (methods)":
-        "cache/adapters.py builds per-method decoders from method classes; they belong in methods/",
     # dense/reference.py reaches sdpa.py through a function-local import, and sdpa.py imports
     # reference's mask helpers: the helpers both use belong in a lower module
     "cycle: sparsa.ops.dense.reference <-> sparsa.ops.dense.sdpa":

@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import sparsa
-from sparsa.cache import PagedKVCache, init_cache
+from sparsa.cache import PagedKVCache
+from sparsa.methods import init_cache
 from sparsa.methods.quest import Quest, page_meta_tokens, quest_reads
 from sparsa.ops.kv_quant import dequantize, quantize
 from sparsa.ops.sparse_decode import (bounds_bytes_per_page, default_bounds, dequantize_bounds, quantize_bounds,

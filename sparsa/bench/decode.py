@@ -28,7 +28,6 @@ entry (``python benchmarks/decode.py``).
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -51,63 +50,23 @@ CHECK_TOL = 1e-2
 
 # ----------------------------------------------------------------------------- decoders
 
-def _kept_random(b: int, hkv: int, length: int, counts: torch.Tensor, window: int, gen: torch.Generator,
-                 device: torch.device) -> torch.Tensor:
-    """(B, Hkv, n) positions: the last ``window`` tokens plus ``counts[b, h]`` random earlier ones."""
-    cand = max(0, length - window)
-    w = min(window, length)
-    score = torch.rand(b, hkv, cand, generator=gen, device=device)
-    n = int(counts.max()) if counts.numel() else 0
-    top = score.topk(min(n, cand), dim=-1).indices if n else score[..., :0].long()
-    j = torch.arange(top.shape[-1], device=device)
-    top = torch.where(j < counts[..., None].to(device), top, torch.full_like(top, -1))
-    tail = torch.arange(cand, cand + w, device=device).expand(b, hkv, w)
-    return torch.cat([top, tail], -1)
-
-
 def build_decoder(name: str | None, compression: float | None, k: torch.Tensor, v: torch.Tensor, heads: int,
                   quant: str | None, gen: torch.Generator, *, budget: int | None = None):
-    """A decoder of ``name`` at ``compression`` over the prompt k, v (B, Hkv, L, D) (see the module
-    docstring for how the evicting methods' prompt selection is synthesised)."""
+    """A decoder of the registered decode method ``name`` (None: dense) at ``compression`` (or
+    with its ``budget`` field, e.g. Quest's) over the prompt k, v (B, Hkv, L, D): the method's
+    :meth:`~sparsa.methods.DecodeMethod.random_decoder`, whose prompt selection, where planning
+    it would be costly, is drawn with ``gen`` (see the module docstring)."""
     import sparsa
-    from ..cache import VarlenKVCache, init_cache
-    from ..cache.adapters import H2O_RESERVE, EvictingDecoder, growing_reserve
-    from ..methods.ada_snapkv import adaptive_selection, head_floor
+    from ..methods import init_cache
 
-    b, hkv, length, d = k.shape
-    dev = k.device
-    scale = 1.0 / math.sqrt(d)
-    q0 = torch.empty(b, heads, 1, d, dtype=k.dtype, device=dev)
+    b, _, _, d = k.shape
     if name is None:
+        q0 = torch.empty(b, heads, 1, d, dtype=k.dtype, device=k.device)
         return init_cache(None, q0, k, v, quant=quant)
-    if name == "quest":
-        m = sparsa.get_method("quest", budget=budget) if budget else sparsa.get_method("quest", compression=compression)
-        return init_cache(m, q0, k, v, quant=quant)
-    m = sparsa.get_method(name, compression=compression)
-    if name == "streaming":
-        return init_cache(m, q0, k, v, quant=quant)
-    if name == "h2o":
-        heavy, recent = m.budgets(length)
-        counts = torch.full((b, hkv), heavy, device=dev)
-        pos = _kept_random(b, hkv, length, counts, recent - 1, gen, dev)
-        cache = VarlenKVCache.from_dense(k, v, pos, quant=quant, reserve=H2O_RESERVE, track_scores=True,
-                                         scores=torch.rand(pos.shape, generator=gen, device=dev))
-        a = torch.full((b,), heavy, dtype=torch.int64, device=dev)
-        r = torch.full((b,), recent, dtype=torch.int64, device=dev)
-        return EvictingDecoder(m, cache, heads, scale, None, "h2o", a, r)
-    cap = m.resolve_capacity(length)
-    window = m.window
-    if name == "snapkv":
-        counts = torch.full((b, hkv), min(cap, length - window), device=dev)
-    else:
-        spread = torch.exp(2.0 * torch.randn(b, hkv, 1, generator=gen, device=dev))
-        scores = torch.rand(b, hkv, length - window, generator=gen, device=dev) ** spread
-        sel = adaptive_selection(scores, cap, head_floor(cap, m.floor_ratio))
-        counts = sel.sum(-1)
-    pos = _kept_random(b, hkv, length, counts, window, gen, dev)
-    cache = VarlenKVCache.from_dense(k, v, pos, quant=quant,
-                                     reserve=growing_reserve(float(counts.double().mean()) + window))
-    return EvictingDecoder(m, cache, heads, scale, None, None)
+    m = sparsa.get_method(name, budget=budget) if budget else sparsa.get_method(name, compression=compression)
+    if not m.compacts:
+        raise ValueError(f"method: {name} has no compact decoder to benchmark")
+    return m.random_decoder(k, v, heads=heads, quant=quant, generator=gen)
 
 
 # ----------------------------------------------------------------------------- timing helpers
@@ -192,13 +151,12 @@ def copy_bandwidth_gbps() -> float:
 
 def check_decoder(dec, q: torch.Tensor) -> dict[str, float]:
     """Compare the kernels with the reference ops on this decoder's cache (no state change)."""
-    from ..cache import PagedKVCache
     from ..ops.sparse_decode.reference import (paged_decode_ref, quest_page_scores_ref, quest_select_ref,
                                                varlen_decode_ref)
     from ..ops.sparse_decode.triton import (paged_decode_triton, quest_page_scores_triton, quest_select_triton,
                                             varlen_decode_triton)
     c = dec.cache
-    if isinstance(c, PagedKVCache):
+    if dec.storage == "paged":
         ps = c.page_size
         bound = (max(c.seq_lens_host) - 1) // ps + 1
         nsel = [bound if n is None else min(n, bound) for n in dec.n_select_host]
@@ -221,13 +179,12 @@ def check_step(dec, q: torch.Tensor, kn: torch.Tensor, vn: torch.Tensor) -> dict
     """One whole step (append with quantization, attention, eviction / page selection) through the
     kernels and through the reference ops, on two copies of the decoder's state."""
     import copy
-    from ..cache import PagedKVCache
     a, b = copy.deepcopy(dec), copy.deepcopy(dec)
     a.backend, b.backend = "triton", "reference"
     out_a, _ = a.step(q, kn, vn)
     out_b, _ = b.step(q, kn, vn)
     res = {"step_rel_err": rel_err(out_a, out_b)}
-    if isinstance(a.cache, PagedKVCache):
+    if a.storage == "paged":
         res["step_same_pages"] = float((a.last_page_list == b.last_page_list).double().mean())
     else:
         pa, pb = a.cache.positions(), b.cache.positions()
@@ -327,7 +284,7 @@ class DecodeBench:
             print(f"  {'CHECK FAILED' if bad else 'check'} {name} {params}: "
                   + ", ".join(f"{a}={b:.2e}" for a, b in res.items()), flush=True)
         _, stats = dec.step(q, kn, vn)                    # compile, and the stats of one step
-        grows = name in ("snapkv", "ada_snapkv", "quest", None)
+        grows = dec.rewindable          # steps that only append are undone between replays
         if grows:
             dec.rewind(1)
         if hasattr(dec.cache, "refresh_bounds"):

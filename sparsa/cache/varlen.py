@@ -434,7 +434,7 @@ class VarlenKVCache:
         """Attention of one decode query per head over every live token.
 
         q: (B, H, D). Returns (out (B, H, D), aux): with ``want_scores``, aux carries what
-        :meth:`evict_h2o` needs to add this step's attention to the scores (probabilities on the
+        :meth:`evict_heavy_recent` needs to add this step's attention to the scores (probabilities on the
         reference path; base-2 logits and log-sum-exp from the kernel, so the cache is not read
         twice), else None.
         """
@@ -452,9 +452,10 @@ class VarlenKVCache:
             return out, ("probs", probs)
         return varlen_decode_ref(q, self.k, self.v, self.start, self.length, scale=scale), None
 
-    def evict_h2o(self, aux: Any, heavy: torch.Tensor, recent: torch.Tensor) -> None:
+    def evict_heavy_recent(self, aux: Any, heavy: torch.Tensor, recent: torch.Tensor) -> None:
         """Add the step's attention (``aux`` from :meth:`attend` with ``want_scores``) to the
-        scores and evict H2O's victim per head (at most one; see
+        scores and evict one victim per head outside the ``recent`` newest tokens and the
+        ``heavy`` highest-scored ones (at most one; see
         :func:`~sparsa.ops.sparse_decode.reference.h2o_victims_ref`). heavy (B,) (negative =
         unlimited), recent (B,) int tensors on the cache's device."""
         from ..ops.sparse_decode.reference import h2o_victims_ref
@@ -477,8 +478,9 @@ class VarlenKVCache:
                                  torch.where(heavy < 0, torch.full_like(heavy, 1 << 40), heavy), recent)
         self.remove_slots(victim)
 
-    def evict_streaming(self, sink: torch.Tensor, window: torch.Tensor, *, backend: str | None = None) -> None:
-        """Evict the token that left StreamingLLM's window, per head (sink, window: (B,) ints)."""
+    def evict_sink_window(self, sink: torch.Tensor, window: torch.Tensor, *, backend: str | None = None) -> None:
+        """Evict the token that left the window of the ``window`` newest tokens, sparing the first
+        ``sink`` tokens, per head (sink, window: (B,) ints)."""
         from ..backend import resolve_backend
         from ..ops.sparse_decode.reference import streaming_victims_ref
         if resolve_backend(backend, self.device) == "triton":

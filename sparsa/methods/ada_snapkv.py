@@ -57,3 +57,10 @@ class AdaSnapKV(_PromptCompressor):
 
     def select_prompt(self, scores: torch.Tensor, capacity: int) -> torch.Tensor:
         return adaptive_selection(scores, capacity, head_floor(capacity, self.floor_ratio))
+
+    def random_counts(self, b: int, hkv: int, length: int, capacity: int, generator: torch.Generator,
+                      device: torch.device) -> torch.Tensor:
+        """Per-head budgets of the adaptive split of random scores whose spread differs per head."""
+        spread = torch.exp(2.0 * torch.randn(b, hkv, 1, generator=generator, device=device))
+        scores = torch.rand(b, hkv, length - self.window, generator=generator, device=device) ** spread
+        return self.select_prompt(scores, capacity).sum(-1)

@@ -34,6 +34,8 @@ from .._validation import check_compression, check_qkv, check_scale
 from ..backend import masked_executor
 from ..ops.dense.reference import causal_pairs
 from ..ops.dense.sdpa import sdpa_masked_scope
+from ..ops.kv_quant import QuantSpec
+from .decoder import LayerDecoder
 
 #: achieved / target below which a call warns
 REACH_TOLERANCE = 0.9
@@ -132,6 +134,11 @@ class Method:
     #: the pattern is expressed as masks for the reference ops, so it may run on the SDPA executor
     fast_masks: ClassVar[bool] = False
 
+    #: decoding runs on a compact store built by :meth:`make_decoder` (the layer's full keys and
+    #: values are released after the prompt); ``decode_store`` names its layout ("varlen", "paged")
+    compacts: ClassVar[bool] = False
+    decode_store: ClassVar[str] = "varlen"
+
     compression: float | None = None
 
     def __post_init__(self) -> None:
@@ -167,6 +174,27 @@ class Method:
     def params(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
+    def make_decoder(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, lengths: torch.Tensor | None,
+                     scale: float, quant: QuantSpec | None, backend: str | None, reserve: int | None,
+                     **options: Any) -> LayerDecoder:
+        """The layer's decoder on a compact store, built from a prompt (methods with ``compacts``).
+
+        q (B, H, Lq, D): the prompt's last Lq queries (all L positions when ``lengths`` is
+        given); k, v (B, Hkv, L, D) with RoPE applied. ``lengths`` (B,) int64: real tokens of
+        each right-padded sequence, each planned on its own tokens (None: every row is L long).
+        ``quant``: the store's int8/int4 format or None. ``reserve``: free tokens per head
+        before the store grows (None: the method's default). ``options``: method-specific
+        settings (Quest's ``page_size`` / ``bounds``); a method raises ValueError naming an
+        option it does not take. Called through :func:`sparsa.methods.init_cache`, which has
+        checked the arguments.
+        """
+        raise TypeError(f"method: {self.name} has no compact decoder")
+
+    def reject_options(self, options: dict[str, Any]) -> None:
+        """ValueError naming the first of ``options`` (given to :meth:`make_decoder`) this method does not take."""
+        for key in options:
+            raise ValueError(f"{key}: the {self.name} decoder takes no {key!r} option")
+
 
 class DecodeMethod(Method):
     """Methods that decide what each decode step reads from the KV cache.
@@ -193,3 +221,15 @@ class DecodeMethod(Method):
                     scale: float | None = None) -> tuple[torch.Tensor, Any, torch.Tensor]:
         """One decode step: returns (out (B, H, D), new state, tokens read per (B, H))."""
         raise NotImplementedError
+
+    def random_decoder(self, k: torch.Tensor, v: torch.Tensor, *, heads: int, quant: QuantSpec | str | None,
+                       generator: torch.Generator) -> LayerDecoder:
+        """A decoder holding as many tokens per head as :meth:`make_decoder` keeps for the
+        prompt k, v (B, Hkv, L, D), for benchmarks of the step: methods whose prompt selection
+        is costly override it to draw which tokens are kept with ``generator``. Default: the
+        decoder planned from uninitialised queries (heads of them), for methods whose plan does
+        not read the queries."""
+        b, _, _, d = k.shape
+        q0 = torch.empty(b, heads, 1, d, dtype=k.dtype, device=k.device)
+        return self.make_decoder(q0, k, v, lengths=None, scale=check_scale(None, d), quant=QuantSpec.parse(quant),
+                                 backend=None, reserve=None)

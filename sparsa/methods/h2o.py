@@ -2,17 +2,23 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
 from .._validation import check_int, check_qkv, check_scale, check_tensor
+from ..cache.varlen import VarlenKVCache
+from ..ops.kv_quant import QuantSpec
 from ..ops.dense.reference import causal_mask_fn, masked_attention, query_positions
 from ..ops.sparse_decode import sparse_decode_ref
 from ._scores import (attention_column_sums, count_positions, gathered_probs, group_causal_probs,
                       per_query_head)
 from .base import AttentionStats, DecodeMethod, decode_stats
+from .decoder import (EVICT_RESERVE, VarlenDecoder, per_row, per_sequence, random_kept_positions,
+                      stack_positions)
 from .registry import register
+
+_UNLIMITED = -1
 
 
 @dataclass
@@ -79,6 +85,25 @@ def evict(positions: torch.Tensor, scores: torch.Tensor, next_pos: int, heavy: i
     return pos, sc
 
 
+class H2ODecoder(VarlenDecoder):
+    """H2O on a :class:`~sparsa.cache.VarlenKVCache` that tracks accumulated attention: each
+    step adds its attention to the scores and evicts one token per head down to the budget.
+
+    heavy, recent: (B,) int64 on the store's device, the resolved budgets (heavy < 0: unlimited).
+    """
+
+    wants_scores = True
+    rewindable = False
+
+    def __init__(self, method: Any, cache: VarlenKVCache, heads: int, scale: float, backend: str | None,
+                 heavy: torch.Tensor, recent: torch.Tensor) -> None:
+        super().__init__(method, cache, heads, scale, backend)
+        self.heavy, self.recent = heavy, recent
+
+    def evict(self, aux: Any) -> None:
+        self.cache.evict_heavy_recent(aux, self.heavy, self.recent)
+
+
 @register
 @dataclass
 class H2O(DecodeMethod):
@@ -104,6 +129,7 @@ class H2O(DecodeMethod):
 
     name = "h2o"
     paper = "Zhang et al., H2O: Heavy-Hitter Oracle, NeurIPS 2023"
+    compacts = True
     heavy_ratio: ClassVar[float] = 0.1
     recent_ratio: ClassVar[float] = 0.1
 
@@ -211,3 +237,36 @@ class H2O(DecodeMethod):
         pos, sc = evict(idx, scores, k.shape[2], state.heavy, state.recent)
         read = per_query_head(count_positions(idx), q.shape[1])
         return out, H2OState(pos, sc, state.heavy, state.recent), read
+
+    def make_decoder(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, lengths: torch.Tensor | None,
+                     scale: float, quant: QuantSpec | None, backend: str | None, reserve: int | None,
+                     **options: Any) -> H2ODecoder:
+        """The kept prompt tokens (:meth:`init_decode`, per sequence) and their scores in a
+        score-tracking store; the decoder evicts one token per head and step."""
+        self.reject_options(options)
+        b = k.shape[0]
+        states = per_sequence(lambda qq, kk, vv: self.init_decode(qq, kk, vv, scale=scale), q, k, v, lengths)
+        pos = stack_positions([s.positions for s in states])
+        scores = stack_positions([s.scores for s in states], 0.0)
+        cache = VarlenKVCache.from_dense(k, v, pos, lengths=lengths, quant=quant, scores=scores,
+                                         reserve=EVICT_RESERVE if reserve is None else reserve, track_scores=True)
+        unlimited = [s.heavy is None or s.recent is None for s in states]
+        heavy = torch.tensor(per_row([_UNLIMITED if u else s.heavy for s, u in zip(states, unlimited)], b),
+                             dtype=torch.int64, device=k.device)
+        recent = torch.tensor(per_row([0 if u else s.recent for s, u in zip(states, unlimited)], b),
+                              dtype=torch.int64, device=k.device)
+        return H2ODecoder(self, cache, q.shape[1], scale, backend, heavy, recent)
+
+    def random_decoder(self, k: torch.Tensor, v: torch.Tensor, *, heads: int, quant: QuantSpec | str | None,
+                       generator: torch.Generator) -> H2ODecoder:
+        """The budget's heavy tokens drawn at random with random scores, plus the recent window."""
+        b, hkv, length, d = k.shape
+        dev = k.device
+        heavy, recent = self.budgets(length)
+        counts = torch.full((b, hkv), heavy, device=dev)
+        pos = random_kept_positions(b, hkv, length, counts, recent - 1, generator, dev)
+        cache = VarlenKVCache.from_dense(k, v, pos, quant=quant, reserve=EVICT_RESERVE, track_scores=True,
+                                         scores=torch.rand(pos.shape, generator=generator, device=dev))
+        a = torch.full((b,), heavy, dtype=torch.int64, device=dev)
+        r = torch.full((b,), recent, dtype=torch.int64, device=dev)
+        return H2ODecoder(self, cache, heads, check_scale(None, d), None, a, r)

@@ -1,18 +1,22 @@
 """Quest: query-aware page selection for decoding (Tang et al., 2024)."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from .._validation import check_float, check_int, check_qkv
+from ..cache.paged import PagedKVCache
 from ..ops.dense.reference import causal_mask_fn, masked_attention, query_positions
 from ..ops.kv_quant import QuantSpec
 from ..ops.sparse_decode import (PAGE_BOUNDS, bounds_bytes_per_page, dequantize_bounds, pages_to_tokens,
                                  quantize_bounds, resolve_bounds, sparse_decode_ref)
 from ._scores import count_positions, page_bounds, page_scores, per_query_head
 from .base import AttentionStats, DecodeMethod, decode_stats, solve_budget
+from .decoder import LayerDecoder, StepStats, per_sequence
 from .registry import register
 
 PAGE_SIZE_DEFAULT = 16
@@ -64,6 +68,76 @@ class QuestState:
     meta: float = 1.0
 
 
+class QuestDecoder(LayerDecoder):
+    """Quest on a :class:`~sparsa.cache.PagedKVCache`: score pages, select, attend (selected +
+    current page). ``n_select``: pages each sequence's step selects (None = every page)."""
+
+    storage = "paged"
+
+    def __init__(self, method: Any, cache: PagedKVCache, heads: int, scale: float, backend: str | None,
+                 n_select: list[int | None]) -> None:
+        super().__init__(method, cache, heads, scale, backend)
+        self.n_select_host = n_select
+        self.last_page_list: torch.Tensor | None = None     # (B, Hkv, W) pages the last step read
+        big = 1 << 30
+        self.n_select = torch.tensor([big if n is None else n for n in n_select], dtype=torch.int32,
+                                     device=cache.device)
+
+    def tokens(self) -> torch.Tensor:
+        c: PagedKVCache = self.cache
+        return torch.tensor(c.seq_lens_host, dtype=torch.int64)[:, None].expand(-1, c.kv_heads).clone()
+
+    def step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, StepStats]:
+        from ..ops.sparse_decode import use_triton
+        from ..ops.sparse_decode.reference import paged_decode_ref, quest_page_scores_ref, quest_select_ref
+        self._check_step(q)
+        c: PagedKVCache = self.cache
+        if q.shape[0] != c.batch or q.shape[2] != c.head_dim or q.dtype != c.dtype or q.device != c.device:
+            raise ValueError(f"q: expected (batch={c.batch}, heads, head_dim={c.head_dim}) {c.dtype} on "
+                             f"{c.device}, got {tuple(q.shape)} {q.dtype} on {q.device}")
+        c.append(k, v, backend=self.backend)
+        ps = c.page_size
+        seq_host = c.seq_lens_host
+        cur_max = (max(seq_host) - 1) // ps
+        bound = cur_max + 1                                 # pages that can be listed
+        nsel = [bound if n is None else min(n, bound) for n in self.n_select_host]
+        width = max(nsel) + 1
+        if use_triton(self.backend, q):
+            from ..ops.sparse_decode.triton import (paged_decode_triton, quest_page_scores_triton,
+                                                    quest_select_triton)
+            # pages from cur_max on are never candidates: scoring them would only widen the
+            # selection's tile (4,097 pages would take an 8,192-wide one)
+            scores = quest_page_scores_triton(q, c.kmin, c.kmax, c.page_table, c.seq_lens, ps,
+                                              max_pages=max(cur_max, 1), scale=c.kscale)
+            plist, nlist = quest_select_triton(scores, c.seq_lens, ps, self.n_select, width)
+            out = paged_decode_triton(q, c.k, c.v, c.page_table, c.seq_lens, plist, nlist, page_size=ps,
+                                      scale=self.scale)
+        else:
+            scores = quest_page_scores_ref(q, c.kmin, c.kmax, c.page_table[:, :bound], c.seq_lens, ps,
+                                           scale=c.kscale)
+            plist = quest_select_ref(scores, c.seq_lens, ps, torch.tensor(nsel, device=c.device))
+            out = paged_decode_ref(q, c.k, c.v, c.page_table, c.seq_lens, plist, page_size=ps, scale=self.scale)
+        self.last_page_list = plist
+        # reads per sequence, known on the host: selected pages + current page (+ bounds of the
+        # scored pages, in token-equivalents), or the whole sequence when every page is read
+        reads, per_read = [], []
+        per_tok, per_meta = c.kv_bytes_per_token(), c.meta_bytes_per_page()
+        meta_tok = c.meta_tokens_per_page()
+        for s, n in zip(seq_host, self.n_select_host):
+            cur = (s - 1) // ps
+            if n is None or cur <= n:
+                reads.append(float(s))
+                per_read.append(float(per_tok))
+            else:
+                toks = n * ps + (s - cur * ps)
+                reads.append(toks + cur * meta_tok)
+                per_read.append((toks * per_tok + cur * per_meta) / (toks + cur * meta_tok))
+        read = torch.tensor(reads, dtype=torch.float64)[:, None].expand(c.batch, c.kv_heads)
+        bpr = torch.tensor(per_read, dtype=torch.float64)[:, None]
+        return out, StepStats(read, self.heads, seq_host, bpr, c.nbytes(),
+                              {"page_size": ps, "pages": self.n_select_host})
+
+
 @register
 @dataclass
 class Quest(DecodeMethod):
@@ -94,6 +168,8 @@ class Quest(DecodeMethod):
 
     name = "quest"
     paper = "Tang et al., Quest: Query-Aware Sparsity for Efficient Long-Context LLM Inference, ICML 2024"
+    compacts = True
+    decode_store = "paged"
 
     page_size: int | None = None
     budget: int | None = None
@@ -223,3 +299,25 @@ class Quest(DecodeMethod):
         current = (k.shape[2] - 1) // state.page_size
         meta = 0.0 if state.pages is None or current <= state.pages else current * state.meta
         return out, state, per_query_head(count_positions(idx) + meta, q.shape[1])
+
+    def make_decoder(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, lengths: torch.Tensor | None,
+                     scale: float, quant: QuantSpec | None, backend: str | None, reserve: int | None,
+                     page_size: int | None = None, bounds: str | None = None, **options: Any) -> QuestDecoder:
+        """Every prompt token in a paged store with per-page key bounds; pages per step resolved
+        for each sequence's prompt. ``page_size``: must equal the method's (the store's pages
+        are Quest's pages); ``bounds``: "native" or "int8", overriding the method's ``bounds``."""
+        self.reject_options(options)
+        m = self if bounds is None or bounds == self.bounds else dataclasses.replace(self, bounds=bounds)
+        b = k.shape[0]
+        states = per_sequence(lambda qq, kk, vv: m.init_decode(qq, kk, vv, scale=scale, quant=quant), q, k, v,
+                              lengths)
+        ps = states[0].page_size
+        if any(s.page_size != ps for s in states):
+            raise ValueError("lengths: Quest resolved different page sizes for the sequences; set page_size "
+                             "on the method")
+        if page_size is not None and page_size != ps:
+            raise ValueError(f"page_size: the cache's pages must be Quest's pages ({ps}), got {page_size}")
+        n_select = [s.pages for s in states] if lengths is not None else [states[0].pages] * b
+        cache = PagedKVCache.from_dense(k, v, ps, lengths=lengths, quant=quant, bounds=states[0].bounds,
+                                        reserve=256 if reserve is None else reserve)
+        return QuestDecoder(m, cache, q.shape[1], scale, backend, n_select)

@@ -2,15 +2,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from .._validation import check_int, check_qkv, check_scale
+from ..cache.varlen import VarlenKVCache
+from ..ops.kv_quant import QuantSpec
 from ..ops.dense.reference import masked_attention, query_positions
 from ..ops.sparse_decode import sparse_decode_ref
 from ._scores import (count_positions, group_causal_probs, mask_to_positions, max_pool_same, per_query_head,
                       stable_topk_mask)
 from .base import AttentionStats, DecodeMethod, decode_stats
+from .decoder import VarlenDecoder, growing_reserve, per_sequence, random_kept_positions, stack_positions
 from .registry import register
 
 CAPACITY_DEFAULT = 1024
@@ -55,8 +59,11 @@ class _PromptCompressor(DecodeMethod):
     """Shared machinery of SnapKV and Ada-SnapKV: select prompt tokens once, then decode normally.
 
     Subclasses implement :meth:`select_prompt`; row ``p`` of the simulation reads
-    ``(K ∩ [0, p]) ∪ (p - window, p]``.
+    ``(K ∩ [0, p]) ∪ (p - window, p]``. Decoding keeps the selection in a per-head store and
+    appends every generated token (:meth:`make_decoder`).
     """
+
+    compacts = True
 
     window: int = 32
     kernel: int = 7
@@ -142,6 +149,35 @@ class _PromptCompressor(DecodeMethod):
         idx = self.select(q, k, state)
         out = sparse_decode_ref(q, k, v, idx, scale=scale)
         return out, KeptTokens(idx), per_query_head(count_positions(idx), q.shape[1])
+
+
+    def make_decoder(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, lengths: torch.Tensor | None,
+                     scale: float, quant: QuantSpec | None, backend: str | None, reserve: int | None,
+                     **options: Any) -> VarlenDecoder:
+        """Each sequence's selected prompt tokens (:meth:`init_decode`) in a per-head store that
+        then keeps every generated token."""
+        self.reject_options(options)
+        states = per_sequence(lambda qq, kk, vv: self.init_decode(qq, kk, vv, scale=scale), q, k, v, lengths)
+        pos = stack_positions([s.positions for s in states])
+        res = growing_reserve(float((pos >= 0).sum(-1).double().mean())) if reserve is None else reserve
+        cache = VarlenKVCache.from_dense(k, v, pos, lengths=lengths, quant=quant, reserve=res)
+        return VarlenDecoder(self, cache, q.shape[1], scale, backend)
+
+    def random_counts(self, b: int, hkv: int, length: int, capacity: int, generator: torch.Generator,
+                      device: torch.device) -> torch.Tensor:
+        """(B, Hkv) prompt tokens each head keeps outside the window, for :meth:`random_decoder`."""
+        return torch.full((b, hkv), min(capacity, length - self.window), device=device)
+
+    def random_decoder(self, k: torch.Tensor, v: torch.Tensor, *, heads: int, quant: QuantSpec | str | None,
+                       generator: torch.Generator) -> VarlenDecoder:
+        """The window plus :meth:`random_counts` prompt tokens per head drawn at random."""
+        b, hkv, length, d = k.shape
+        dev = k.device
+        counts = self.random_counts(b, hkv, length, self.resolve_capacity(length), generator, dev)
+        pos = random_kept_positions(b, hkv, length, counts, self.window, generator, dev)
+        cache = VarlenKVCache.from_dense(k, v, pos, quant=quant,
+                                         reserve=growing_reserve(float(counts.double().mean()) + self.window))
+        return VarlenDecoder(self, cache, heads, check_scale(None, d), None)
 
 
 @register

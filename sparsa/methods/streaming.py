@@ -4,14 +4,18 @@ from __future__ import annotations
 import dataclasses
 import functools
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from .._validation import check_int, check_scale
+from ..cache.varlen import VarlenKVCache
+from ..ops.kv_quant import QuantSpec
 from ..ops.block_sparse import local_attention
 from ..ops.dense.reference import causal_pairs, query_positions
 from ..ops.sparse_decode import sparse_decode_ref
 from .base import AttentionStats, DecodeMethod, decode_stats, prefill_stats, solve_budget
+from .decoder import EVICT_RESERVE, VarlenDecoder, growing_reserve, per_row, per_sequence, stack_positions
 from .registry import register
 
 MODES = ("decode", "prefill")
@@ -54,6 +58,21 @@ class StreamingState:
     window: int
 
 
+class StreamingDecoder(VarlenDecoder):
+    """StreamingLLM on a :class:`~sparsa.cache.VarlenKVCache`: after each step the token that left
+    the window is evicted, per head. sink, window: (B,) int64 on the store's device."""
+
+    rewindable = False
+
+    def __init__(self, method: Any, cache: VarlenKVCache, heads: int, scale: float, backend: str | None,
+                 sink: torch.Tensor, window: torch.Tensor) -> None:
+        super().__init__(method, cache, heads, scale, backend)
+        self.sink, self.window = sink, window
+
+    def evict(self, aux: Any) -> None:
+        self.cache.evict_sink_window(self.sink, self.window, backend=self.backend)
+
+
 @register
 @dataclass
 class Streaming(DecodeMethod):
@@ -83,6 +102,7 @@ class Streaming(DecodeMethod):
     phase = "both"
     paper = "Xiao et al., Efficient Streaming Language Models with Attention Sinks, 2023"
     fast_masks = True
+    compacts = True
 
     sink: int = 4
     window: int | None = None
@@ -184,3 +204,24 @@ class Streaming(DecodeMethod):
         read = (positions >= 0).sum(-1).double()
         group = q.shape[1] // k.shape[1]
         return out, StreamingState(kept, length, state.sink, state.window), read.repeat_interleave(group, dim=1)
+
+    def make_decoder(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, lengths: torch.Tensor | None,
+                     scale: float, quant: QuantSpec | None, backend: str | None, reserve: int | None,
+                     **options: Any) -> VarlenDecoder:
+        """The sinks and the window of each sequence's prompt in a per-head store; each step
+        evicts the token leaving the window."""
+        self.reject_options(options)
+        if self.compression == 1.0 and self.window is None:
+            # full budget: nothing is evicted, as for H2O at compression 1 (the window would
+            # otherwise stay at the prompt's length and drop tokens as the sequence grows)
+            res = growing_reserve(k.shape[2]) if reserve is None else reserve
+            cache = VarlenKVCache.from_dense(k, v, None, lengths=lengths, quant=quant, reserve=res)
+            return VarlenDecoder(self, cache, q.shape[1], scale, backend)
+        b = k.shape[0]
+        states = per_sequence(lambda qq, kk, vv: self.init_decode(qq, kk, vv), q, k, v, lengths)
+        pos = stack_positions([s.positions for s in states])
+        cache = VarlenKVCache.from_dense(k, v, pos, lengths=lengths, quant=quant,
+                                         reserve=EVICT_RESERVE if reserve is None else reserve)
+        sink = torch.tensor(per_row([s.sink for s in states], b), dtype=torch.int64, device=k.device)
+        window = torch.tensor(per_row([s.window for s in states], b), dtype=torch.int64, device=k.device)
+        return StreamingDecoder(self, cache, q.shape[1], scale, backend, sink, window)

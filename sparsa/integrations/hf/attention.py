@@ -7,10 +7,11 @@ attention_mask, scaling=, dropout=, **kwargs)`` and expects ``(attn_output (B, q
 * Calls with more than one query (a prompt or a prompt chunk; also a one-token prompt) run
   the layer's prefill rule; the queries are the last ``q_len`` positions of the keys, so a
   chunk attends (sparsely) to everything cached before it. Afterwards a stateful decode
-  method builds its state from the same queries and keys: H2O, SnapKV, Ada-SnapKV,
-  StreamingLLM and Quest build the compact store they decode on (:func:`sparsa.cache.init_cache`,
-  which runs their ``init_decode``), and the layer's full keys and values are freed; other
-  decode methods (NSA) keep ``init_decode``'s state next to the full cache.
+  method builds its state from the same queries and keys: a method whose ``compacts`` is
+  True (H2O, SnapKV, Ada-SnapKV, StreamingLLM, Quest) builds its decoder on the compact store
+  it reads (:func:`sparsa.methods.init_cache`, which runs its ``make_decoder``), and the
+  layer's full keys and values are freed; other decode methods (NSA) keep ``init_decode``'s
+  state next to the full cache.
 * One-query calls after the prompt run the decode rule: on a compact layer the key and value
   are the new token's alone and one step of the method's cache decoder appends, attends and
   evicts; other stateful methods run ``decode_step`` on the full cache; a stateless method is
@@ -31,9 +32,10 @@ import torch
 import torch.nn.functional as F
 
 from ...methods.base import AttentionStats, DecodeMethod, Method, decode_stats
+from ...methods.compact import init_cache
 from ...ops.dense.reference import causal_pairs
 from . import compat
-from .cache import LayerState, SparsaCache, cache_for, compact_supported
+from .cache import LayerState, SparsaCache, cache_for
 from .overrides import LayerPlan
 
 _ROW_CHUNK = 1024                 # query rows per chunk of a windowed dense layer (at most)
@@ -218,7 +220,7 @@ def _init_decode(m: DecodeMethod, q: torch.Tensor, k: torch.Tensor, v: torch.Ten
 
 
 def _step_stats(method: str, step: Any) -> AttentionStats:
-    """AttentionStats of one compact decode step from its :class:`~sparsa.cache.StepStats`."""
+    """AttentionStats of one compact decode step from its :class:`~sparsa.methods.StepStats`."""
     read = step.tokens_read.cpu()                                  # (B, H)
     context = step.context.double()                                # (B,)
     per_head = float(context.sum()) / read.sum(0).clamp_min(1.0)
@@ -355,8 +357,8 @@ class SparsaAttention:
         m = plan.decode
         assert isinstance(m, DecodeMethod)
         lk = k.shape[2]
-        if compact_supported(m):
-            state = LayerState(m.name, lk)
+        if m.compacts:
+            state = LayerState(m.name, lk, store=m.decode_store)
             if cache.defer_release:
                 state.pending = (q, None if padding is None else padding.clone(), scale)
                 cache.sparsa_states[plan.layer] = state
@@ -429,7 +431,6 @@ class SparsaAttention:
         cache, each row's real tokens are packed to the front and every sequence is planned on
         its own tokens (``init_cache`` with per-sequence lengths); a padded prompt chunk gets one
         decoder per row."""
-        from ...cache import init_cache
         lq, lk = q.shape[2], k.shape[2]
         if padding is None:
             state.decoder = init_cache(m, q, k, v, scale=scale, backend=self.backend)

@@ -3,10 +3,11 @@
 :class:`SparsaCache` is transformers' ``DynamicCache`` with, per layer, the state of the
 layer's :class:`~sparsa.DecodeMethod`:
 
-* **compact layers** (H2O, SnapKV, Ada-SnapKV, StreamingLLM, Quest): after the prompt, the
-  layer's keys and values move into the store the method reads (built by
-  :func:`sparsa.cache.init_cache`): a per-KV-head variable-length store holding only the kept
-  tokens for the evicting methods, a paged store with per-page key bounds for Quest. The
+* **compact layers** (methods whose ``compacts`` is True: H2O, SnapKV, Ada-SnapKV,
+  StreamingLLM, Quest): after the prompt, the layer's keys and values move into the store the
+  method's decoder reads (built by :func:`sparsa.methods.init_cache`): a per-KV-head
+  variable-length store holding only the kept tokens for the evicting methods, a paged store
+  with per-page key bounds for Quest. The
   layer's full keys and values are then released, so evicted tokens no longer take memory.
   Each decode step appends the new token to that store and runs the method's step on it
   (Triton kernels on CUDA, the reference ops on the CPU); ``update`` hands the attention
@@ -31,15 +32,6 @@ from . import compat
 _DynamicCache = compat.dynamic_cache_class()
 
 
-def compact_supported(method: Any) -> bool:
-    """Whether ``method`` decodes on a compact store (:func:`sparsa.cache.init_cache` has an adapter)."""
-    from ...methods.h2o import H2O
-    from ...methods.quest import Quest
-    from ...methods.snapkv import _PromptCompressor
-    from ...methods.streaming import Streaming
-    return isinstance(method, (H2O, Quest, _PromptCompressor, Streaming))
-
-
 @dataclass
 class LayerState:
     """Decode state of one layer.
@@ -47,11 +39,12 @@ class LayerState:
     ``length`` is the layer's sequence length as ``DynamicCache`` counts it (padding included).
 
     Compact layers (see the module docstring): ``decoder`` is the
-    :class:`~sparsa.cache.CacheDecoder` of the whole batch (each sequence packed onto its real
+    :class:`~sparsa.methods.LayerDecoder` of the whole batch (each sequence packed onto its real
     tokens), or ``row_decoders`` one per batch row (None for a row without a real token in the
     last prompt call); until the first decode step builds them, ``pending`` holds what the
     build needs (the last prompt call's queries, padding and scale) and the full keys and values
     stay in the cache. ``released``: the layer's full keys and values have been freed.
+    ``store``: the layout of the method's store (its ``decode_store``: "varlen", "paged").
 
     Other stateful layers: ``batched`` is the method's state for the whole batch (no padding);
     otherwise ``rows`` holds one state per batch row, built on that row's real tokens;
@@ -67,6 +60,7 @@ class LayerState:
     row_decoders: list[Any] | None = None
     pending: tuple[torch.Tensor, torch.Tensor | None, float] | None = None
     released: bool = False
+    store: str = "varlen"
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -223,17 +217,14 @@ class SparsaCache(_DynamicCache):
     def storage(self, layer_idx: int) -> str:
         """How the layer stores its keys and values: "varlen" (per-head variable length, the
         evicting methods), "paged" (Quest), "pending" (compact store built at the first decode
-        step) or "dense" (full keys and values)."""
+        step) or "dense" (full keys and values); a compact layer's is its decoders' ``storage``."""
         state = self.sparsa_states.get(layer_idx)
         if state is None or not state.compact:
             return "dense"
         if state.pending is not None:
             return "pending"
-        from ...cache import PagedKVCache
         decs = state.decoders()
-        if decs:
-            return "paged" if isinstance(decs[0].cache, PagedKVCache) else "varlen"
-        return "paged" if state.method == "quest" else "varlen"     # no row has a store
+        return decs[0].storage if decs else state.store     # no row has a store
 
     def layer_nbytes(self, layer_idx: int) -> int:
         """Bytes the cache holds for one layer on its device: the compact store (keys, values,
@@ -260,17 +251,7 @@ class SparsaCache(_DynamicCache):
         self._check_layer(layer_idx)
         state = self.sparsa_states.get(layer_idx)
         if state is not None and state.decoders():
-            parts = []
-            for dec in ([state.decoder] if state.decoder is not None else state.row_decoders or []):
-                if dec is None:
-                    continue
-                c = dec.cache
-                if hasattr(c, "length"):
-                    parts.append(c.length.to(torch.int64).cpu())
-                else:
-                    seq = torch.tensor(c.seq_lens_host, dtype=torch.int64)
-                    parts.append(seq[:, None].expand(-1, c.kv_heads).clone())
-            return torch.cat(parts, 0)
+            return torch.cat([dec.tokens() for dec in state.decoders()], 0)
         keys, _ = compat.layer_kv(self, layer_idx)
         if keys is None or keys.ndim != 4:
             return torch.zeros(0, 0, dtype=torch.int64)
