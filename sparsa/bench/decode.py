@@ -317,6 +317,7 @@ class DecodeBench:
 
 
 def _params(name: str | None, comp: Any, quant: str | None) -> dict[str, Any]:
+    from ..methods import method_class
     from ..ops.sparse_decode import default_bounds
     p: dict[str, Any] = {"quant": quant or "bf16"}
     if isinstance(comp, tuple):
@@ -324,7 +325,7 @@ def _params(name: str | None, comp: Any, quant: str | None) -> dict[str, Any]:
         p["page_size"] = 16
     elif comp is not None:
         p["target"] = comp
-    if name == "quest":
+    if name is not None and method_class(name).decode_store == "paged":       # page bounds' storage
         p["bounds"] = default_bounds(torch.bfloat16, quant is not None)
     return p
 
