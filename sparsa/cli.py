@@ -329,8 +329,8 @@ def bench_e2e(
 
 PRESETS: dict[str, dict[str, object]] = {
     # the README's main job: the shipped model on the CPU in a few minutes
-    "quick": {"model": "sparsa-tiny", "lengths": [2048], "samples": 8, "compressions": [1.0, 2.0, 5.0, 10.0, 20.0],
-              "tasks": ["niah_single", "niah_multikey", "niah_multiquery", "variable_tracking"]},
+    "quick": {"model": "sparsa-tiny", "lengths": [1024], "samples": 8, "compressions": [2.0, 10.0],
+              "tasks": ["niah_multikey", "variable_tracking"]},
     # The Sparse Frontier's grid
     "full": {"compressions": [1.0, 2.0, 3.0, 5.0, 10.0, 20.0], "samples": 50},
 }
