@@ -297,6 +297,42 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, model: Any = None, to
     counter = TokenCounter(tokenizer)
     from .run import instance_seed
 
+    style = None if config.prompt_style == "auto" else config.prompt_style
+
+    def stop(gen: list[int]) -> bool:
+        return answer_line_done(counter.decode(gen))
+
+    def run_batch(cell: Cell, chunk: list[int], handle: Any) -> list[str]:
+        """JSON lines of one batch; a batch that runs out of GPU memory is split in halves."""
+        import torch
+
+        insts = [tasks[cell.task].generate(cell.length, instance_seed(config.seed, s), tokenizer,
+                                           split=config.split) for s in chunk]
+        prompts = [Prompt(*split_prompt_ids(tokenizer, x, style=style)) for x in insts]
+        t0 = time.perf_counter()
+        try:
+            res = greedy_generate(model, prompts, max_new_tokens=max(x.max_new_tokens for x in insts),
+                                  mode=cell.mode, decode_phase=cell.phase == "decode", handle=handle,
+                                  eos_id=eos, pad_id=pad, stop=stop)
+        except torch.OutOfMemoryError:
+            if len(chunk) == 1:
+                raise
+            torch.cuda.empty_cache()
+            half = len(chunk) // 2
+            return run_batch(cell, chunk[:half], handle) + run_batch(cell, chunk[half:], handle)
+        dt = (time.perf_counter() - t0) / len(insts)
+        achieved = _achieved(cell, res)
+        lines = []
+        for s, x, p, g in zip(chunk, insts, prompts, res.ids):
+            pred = counter.decode(g)
+            lines.append(json.dumps({
+                "model": config.model, "task": cell.task, "length": cell.length, "sample": s, "seed": x.seed,
+                "n_tokens": len(p.ids), "method": cell.method, "phase": cell.phase, "target": cell.target,
+                "compression": achieved, "mode": cell.mode, "metric": x.metric, "answer": x.answer_text,
+                "prediction": pred, "score": float(x.score(pred)), "exact": int(_exact(x, pred)),
+                "seconds": round(dt, 4)}) + "\n")
+        return lines
+
     path = rows_path(out, rank)
     _cut_torn_tail(path)
     bar = tqdm(total=total, initial=total - len(todo), desc=f"eval r{rank}" if world > 1 else "eval",
@@ -313,7 +349,12 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, model: Any = None, to
                     break
                 bar.set_postfix_str(f"{cell.task} {cell.length} {cell.method}/{cell.phase} c={cell.target} "
                                     f"{cell.mode}", refresh=False)
-                handle = _apply(model, cell, patterns)
+                try:
+                    handle = _apply(model, cell, patterns)
+                except (ValueError, TypeError) as e:
+                    _record_error(out, rank, cell, e)
+                    bar.update(len(samples))
+                    continue
                 try:
                     step = 1 if cell.mode == "agnostic" else config.batch_size
                     for i in range(0, len(samples), step):
@@ -321,30 +362,12 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, model: Any = None, to
                             stopped = True
                             break
                         chunk = samples[i:i + step]
-                        insts = [tasks[cell.task].generate(cell.length, instance_seed(config.seed, s), tokenizer,
-                                                           split=config.split) for s in chunk]
-                        style = None if config.prompt_style == "auto" else config.prompt_style
-                        prompts = [Prompt(*split_prompt_ids(tokenizer, x, style=style)) for x in insts]
-                        t0 = time.perf_counter()
-
-                        def stop(gen: list[int]) -> bool:
-                            return answer_line_done(counter.decode(gen))
-
-                        res = greedy_generate(model, prompts, max_new_tokens=max(x.max_new_tokens for x in insts),
-                                              mode=cell.mode, decode_phase=cell.phase == "decode", handle=handle,
-                                              eos_id=eos, pad_id=pad, stop=stop)
-                        dt = (time.perf_counter() - t0) / len(insts)
-                        achieved = _achieved(cell, res)
-                        lines = []
-                        for s, x, p, g in zip(chunk, insts, prompts, res.ids):
-                            pred = counter.decode(g)
-                            lines.append(json.dumps({
-                                "model": config.model, "task": cell.task, "length": cell.length, "sample": s,
-                                "seed": x.seed, "n_tokens": len(p.ids), "method": cell.method, "phase": cell.phase,
-                                "target": cell.target, "compression": achieved, "mode": cell.mode,
-                                "metric": x.metric, "answer": x.answer_text, "prediction": pred,
-                                "score": float(x.score(pred)), "exact": int(_exact(x, pred)),
-                                "seconds": round(dt, 4)}) + "\n")
+                        try:
+                            lines = run_batch(cell, chunk, handle)
+                        except Exception as e:  # noqa: BLE001 - one failing cell must not end the sweep
+                            _record_error(out, rank, cell, e)
+                            bar.update(len(samples) - i)
+                            break
                         fh.write("".join(lines))
                         fh.flush()
                         os.fsync(fh.fileno())
@@ -356,6 +379,14 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, model: Any = None, to
     finally:
         bar.close()
     return SweepResult(out, written, total, time.perf_counter() - t_start, finished=not stopped)
+
+
+def _record_error(out: Path, rank: int, cell: Cell, exc: BaseException) -> None:
+    """Log a cell that could not run to ``errors.rank<R>.jsonl`` and warn; the sweep goes on."""
+    msg = f"{type(exc).__name__}: {exc}"[:2000]
+    warnings.warn(f"cell {cell} failed and is skipped: {msg}", stacklevel=2)
+    with open(out / f"errors.rank{rank}.jsonl", "a") as fh:
+        fh.write(json.dumps({**dataclasses.asdict(cell), "error": msg}) + "\n")
 
 
 def answer_line_done(text: str) -> bool:

@@ -219,3 +219,23 @@ def test_answer_line_done(text, done):
     from sparsa.eval.sweep import answer_line_done
 
     assert answer_line_done(text) is done
+
+
+def test_a_failing_cell_is_logged_and_skipped(tiny, tmp_path, monkeypatch):
+    model, tok = tiny
+    real = greedy_mod.greedy_generate
+
+    def broken_decode(*a, **k):
+        if k.get("decode_phase"):
+            raise RuntimeError("kernel exploded")
+        return real(*a, **k)
+
+    monkeypatch.setattr(sweep_mod, "greedy_generate", broken_decode)
+    with pytest.warns(UserWarning, match="kernel exploded"):
+        res = run_sweep(_config(methods=["quest", "block_sparse"], compressions=[5.0], samples=2), tmp_path,
+                        model=model, tokenizer=tok, progress=False)
+    rows = read_results(tmp_path)
+    assert {r["method"] for r in rows} == {"dense", "block_sparse"}
+    errors = [json.loads(x) for x in (tmp_path / "errors.rank0.jsonl").read_text().splitlines()]
+    assert [e["method"] for e in errors] == ["quest"] and "kernel exploded" in errors[0]["error"]
+    assert res.finished
