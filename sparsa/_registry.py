@@ -28,6 +28,12 @@ class Registry(Generic[C]):
         self._classes[cls.name] = cls
         return cls
 
+    def unregister(self, name: str) -> None:
+        """Remove the class registered as ``name`` (a ``KeyError`` if there is none)."""
+        if name not in self._classes:
+            raise KeyError(f"no {self.kind} is registered as {name!r}")
+        del self._classes[name]
+
     def names(self) -> list[str]:
         """Registered names, in registration order."""
         return list(self._classes)

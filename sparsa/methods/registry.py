@@ -14,6 +14,11 @@ def register(cls: M) -> M:
     return _METHODS.register(cls)
 
 
+def unregister(name: str) -> None:
+    """Remove a registered method (for methods registered only for a while, e.g. in tests)."""
+    _METHODS.unregister(name)
+
+
 def list_methods() -> list[str]:
     """Names of all registered methods, in registration order."""
     return _METHODS.names()

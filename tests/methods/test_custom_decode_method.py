@@ -88,8 +88,16 @@ class KeepEnds(DecodeMethod):
         return KeepEndsDecoder(self, cache, q.shape[1], scale, backend, first, last)
 
 
-if KeepEnds.name not in list_methods():
-    register(KeepEnds)
+@pytest.fixture(autouse=True, scope="module")
+def _registered():
+    """KeepEnds is registered while this module's tests run only, so that tests iterating over
+    every registered method elsewhere do not meet it."""
+    from sparsa.methods.registry import unregister
+
+    if KeepEnds.name not in list_methods():
+        register(KeepEnds)
+    yield
+    unregister(KeepEnds.name)
 
 
 def _qkv(length: int, b: int = 2, h: int = 4, hkv: int = 2, d: int = 16) -> tuple[torch.Tensor, ...]:
