@@ -54,14 +54,19 @@ def _forward(model: torch.nn.Module, ids: torch.Tensor) -> None:
         model(input_ids=ids, use_cache=False, logits_to_keep=1)
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _time(model: torch.nn.Module, ids: torch.Tensor, reps: int) -> float:
     """Median ms of ``reps`` forwards after one warm-up."""
     times = []
     for i in range(reps + 1):
-        torch.cuda.synchronize()
+        _sync(ids.device)
         t0 = time.perf_counter()
         _forward(model, ids)
-        torch.cuda.synchronize()
+        _sync(ids.device)
         if i:
             times.append((time.perf_counter() - t0) * 1000.0)
     return statistics.median(times)
@@ -102,22 +107,30 @@ def profile_split(model: torch.nn.Module, ids: torch.Tensor) -> dict[str, float]
 
 
 def run_e2e_real(model_path: str, contexts: Sequence[int], methods: Sequence[str], out_path: str | Path, *,
-                 reps: int = 3, profile: bool = False, progress: bool = True) -> list[dict[str, Any]]:
+                 reps: int = 3, profile: bool = False, progress: bool = True,
+                 device: str = "cuda") -> list[dict[str, Any]]:
     """Time dense and sparse prefill of a real model; rows are added to ``out_path`` as they come.
 
     model_path: a HF model directory or a ``.gguf`` file (see :func:`sparsa.eval.models.load_model`).
     contexts: prompt lengths in tokens (RoPE is extrapolated past the model's trained context:
     speed does not depend on answer quality). methods: keys of :data:`REAL_METHODS`.
+    device: "cuda" for the benchmark; "cpu" runs the same harness (no cuDNN baseline: both dense
+    rows are SDPA's CPU kernel) for tests.
     """
-    if not torch.cuda.is_available():
-        raise RuntimeError("run_e2e_real needs a CUDA GPU")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("run_e2e_real needs a CUDA GPU (device='cuda')")
+    if isinstance(reps, bool) or not isinstance(reps, int) or reps < 1:
+        raise ValueError(f"reps: must be an int >= 1, got {reps!r}")
+    if not contexts or any(isinstance(n, bool) or not isinstance(n, int) or n < 16 for n in contexts):
+        raise ValueError(f"contexts: prompt lengths must be ints >= 16, got {list(contexts)}")
     bad = [m for m in methods if m not in REAL_METHODS]
     if bad:
         raise ValueError(f"methods: unknown {bad}; choose from {list(REAL_METHODS)}")
     import sparsa
     from ..eval.models import load_model
 
-    model, tok = load_model(model_path, device="cuda", dtype=torch.bfloat16)
+    on_gpu = device.startswith("cuda")
+    model, tok = load_model(model_path, device=device, dtype=torch.bfloat16 if on_gpu else torch.float32)
     cfg = model.config
     if getattr(cfg, "max_position_embeddings", 0) < max(contexts):
         cfg.max_position_embeddings = max(contexts)
@@ -127,14 +140,19 @@ def run_e2e_real(model_path: str, contexts: Sequence[int], methods: Sequence[str
     res = ResultsFile(out_path)
     dev = device_info()
     for n in contexts:
-        ids = real_text_ids(tok, n).cuda()
+        ids = real_text_ids(tok, n).to(device)
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
-        with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+        if on_gpu:
+            with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+                cudnn_ms = _time(model, ids, reps)
+        else:
             cudnn_ms = _time(model, ids, reps)
         default_ms = _time(model, ids, reps)
         # the faster of the two dense runs is the baseline (the model's SDPA at its best here)
-        baseline, dense_ms = min((("sdpa_cudnn", cudnn_ms), ("sdpa_default", default_ms)), key=lambda x: x[1])
+        baseline, dense_ms = min((("sdpa_cudnn" if on_gpu else "sdpa_cpu", cudnn_ms), ("sdpa_default", default_ms)),
+                                 key=lambda x: x[1])
+        profile = profile and on_gpu
         dense_prof = profile_split(model, ids) if profile else None
         if progress:
             print(f"{n:>7} dense sdpa cudnn {cudnn_ms:9.1f} ms, default {default_ms:9.1f} ms", flush=True)
@@ -151,7 +169,7 @@ def run_e2e_real(model_path: str, contexts: Sequence[int], methods: Sequence[str
                 prof = profile_split(model, ids) if profile else None
             row = {"bench": "e2e_real", "method": name, "pass": "e2e_prefill", "shape": shape, "context": n,
                    "compression": params.get("compression"), "params": {"config": key, **params},
-                   "ms": ms, "baseline": "sdpa_cudnn", "baseline_ms": cudnn_ms, "speedup": cudnn_ms / ms,
+                   "ms": ms, "baseline": "sdpa_cudnn" if on_gpu else "sdpa_cpu", "baseline_ms": cudnn_ms, "speedup": cudnn_ms / ms,
                    "metrics": {"sdpa_default_ms": default_ms, "speedup_vs_best_dense": dense_ms / ms,
                                "best_dense": baseline, "achieved_compression": None if st is None else st.compression,
                                "dense_fallback_layers": fallback, "model": str(model_path),
