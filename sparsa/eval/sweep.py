@@ -271,7 +271,6 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, model: Any = None, to
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"out: {out} exists and is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
     if model is None:
         import torch
 
@@ -283,6 +282,7 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, model: Any = None, to
     elif tokenizer is None:
         raise ValueError("tokenizer: pass the model's tokenizer with model")
     _check_lengths(model, config.lengths)
+    out.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         _write_config(out, config)
 
