@@ -326,7 +326,7 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, model: Any = None, to
         for s, x, p, g in zip(chunk, insts, prompts, res.ids):
             pred = counter.decode(g)
             lines.append(json.dumps({
-                "model": config.model, "task": cell.task, "length": cell.length, "sample": s, "seed": x.seed,
+                "model": model_label(config.model), "task": cell.task, "length": cell.length, "sample": s, "seed": x.seed,
                 "n_tokens": len(p.ids), "method": cell.method, "phase": cell.phase, "target": cell.target,
                 "compression": achieved, "mode": cell.mode, "metric": x.metric, "answer": x.answer_text,
                 "prediction": pred, "score": float(x.score(pred)), "exact": int(_exact(x, pred)),
@@ -379,6 +379,12 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, model: Any = None, to
     finally:
         bar.close()
     return SweepResult(out, written, total, time.perf_counter() - t_start, finished=not stopped)
+
+
+def model_label(model: str) -> str:
+    """The name rows carry for a model: a file's or directory's name without suffix, else the id as given."""
+    p = Path(model)
+    return p.stem if p.suffix == ".gguf" or p.is_absolute() or p.exists() else model
 
 
 def _record_error(out: Path, rank: int, cell: Cell, exc: BaseException) -> None:
