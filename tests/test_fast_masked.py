@@ -9,7 +9,7 @@ import sparsa
 from sparsa.methods import base
 from sparsa.methods.per_head import PerHead
 from sparsa.ops.dense import masked_attention, masked_attention_sdpa, sdpa_masked_active, sdpa_masked_scope
-from sparsa.ops.dense import sdpa as sdpa_module
+from sparsa.ops._shared import masked as masked_module
 from sparsa.synthetic import synthetic_qkv
 
 from ._util import causal_mask, explicit_attention, rel_err
@@ -72,13 +72,13 @@ def test_per_head_fast_path_matches_reference(qkv):
 def test_executor_choice(monkeypatch):
     q, k, v = synthetic_qkv(1, 2, 1, 65, 64, seed=0)
     calls = []
-    real = sdpa_module.masked_attention_sdpa
+    real = masked_module.masked_attention_sdpa
 
     def spy(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(sdpa_module, "masked_attention_sdpa", spy)
+    monkeypatch.setattr(masked_module, "masked_attention_sdpa", spy)
     sparsa.attention(q, k, v, "block_sparse", compression=2.0, block_size=16)
     assert calls, "auto on the CPU runs the SDPA executor"
     calls.clear()

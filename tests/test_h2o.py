@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import sparsa.methods._scores as scores_mod
-import sparsa.ops.dense.reference as dense_ref
+import sparsa.ops._shared.masked as masked_mod
 from sparsa.methods.h2o import H2O
 
 from ._decode_loops import H2OLoopDecoder, h2o_read_sets, rows_attention
@@ -43,7 +43,7 @@ def test_forward_is_chunk_independent(monkeypatch):
     m = H2O(heavy=5, recent=4)
     whole, _ = m(q, k, v)
     # three query rows per chunk in both the attention and the scoring
-    monkeypatch.setattr(dense_ref, "_CHUNK_ELEMENTS", b * h * length * 3)
+    monkeypatch.setattr(masked_mod, "_CHUNK_ELEMENTS", b * h * length * 3)
     monkeypatch.setattr(scores_mod, "_CHUNK_ELEMENTS", b * h * length * 3)
     chunked, _ = m(q, k, v)
     torch.testing.assert_close(chunked, whole, rtol=1e-6, atol=1e-6)

@@ -61,33 +61,7 @@ LAYER_OF_TOP = {
 
 # Violations the code has today. Each entry says why it is still there; remove it with the
 # violation (the test fails while an entry no longer occurs, so this list only shrinks).
-KNOWN_VIOLATIONS: dict[str, str] = {
-    # dense/reference.py reaches sdpa.py through a function-local import, and sdpa.py imports
-    # reference's mask helpers: the helpers both use belong in a lower module
-    "cycle: sparsa.ops.dense.reference <-> sparsa.ops.dense.sdpa":
-        "reference and sdpa share mask helpers (MaskFn, _group_mask, causal_pairs) defined in reference",
-    # op folders that read dense/'s reference: masked_attention / query_positions / causal_pairs
-    # are shared by several op folders and belong in ops/_shared
-    "op folder: sparsa.ops.block_sparse.reference -> sparsa.ops.dense.reference":
-        "masked_attention/query_positions are defined in ops/dense",
-    "op folder: sparsa.ops.nsa.reference -> sparsa.ops.dense.reference":
-        "query_positions is defined in ops/dense",
-    "op folder: sparsa.ops.nsa.triton -> sparsa.ops.dense.reference":
-        "query_positions is defined in ops/dense",
-    "op folder: sparsa.ops.vertical_slash -> sparsa.ops.dense.reference":
-        "dense_attention (the dense route of superset layouts) lives in ops/dense",
-    "op folder: sparsa.ops.vertical_slash.convert -> sparsa.ops.dense.reference":
-        "causal_pairs/masked_attention/query_positions are defined in ops/dense",
-    "op folder: sparsa.ops.vertical_slash.reference -> sparsa.ops.dense.reference":
-        "masked_attention/query_positions are defined in ops/dense",
-    # sparse decode reads int8/int4 stores: QuantizedTensor is kv_quant's format
-    "op folder: sparsa.ops.sparse_decode.reference -> sparsa.ops.kv_quant":
-        "QuantizedTensor (the quantized row store) is defined by kv_quant",
-    "op folder: sparsa.ops.sparse_decode.triton_common -> sparsa.ops.kv_quant":
-        "QuantizedTensor (the quantized row store) is defined by kv_quant",
-    "op folder: sparsa.ops.sparse_decode.triton_evict -> sparsa.ops.kv_quant":
-        "QuantizedTensor (the quantized row store) is defined by kv_quant",
-}
+KNOWN_VIOLATIONS: dict[str, str] = {}
 
 
 def module_name(path: Path, root: Path = PACKAGE_ROOT) -> str:

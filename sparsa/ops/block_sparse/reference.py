@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from ..dense.reference import masked_attention, query_positions
+from .._shared.masked import masked_attention
+from .._shared.masks import query_positions
 from .indices import block_mask_from_indices, num_blocks
 from .local import GlobalPositions, LocalMask
 

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from ..._validation import check_qkv, check_scale, check_tensor
 from .._shared.decode_ref import pages_to_tokens, sparse_decode_ref
-from ..dense.reference import query_positions
+from .._shared.masks import query_positions
 from .config import CompressionParams, NSAConfig
 
 # score elements per chunk of query rows (64 MiB in float32)

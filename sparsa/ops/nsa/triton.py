@@ -33,7 +33,7 @@ import torch
 from ..._validation import check_qkv, check_scale
 from ...backend import triton_interpreted
 from .._shared.decode_ref import pages_to_tokens
-from ..dense.reference import query_positions
+from .._shared.masks import query_positions
 from .config import NSAConfig
 from .reference import Compressor, NSAAux, _check_inputs, _compressed_kv, nsa_pairs_per_row
 from .triton_bwd import MODE_CMP, MODE_WIN, band_dkdv, band_dq, preprocess, selection_dkdv, selection_dq

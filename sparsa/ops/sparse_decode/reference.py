@@ -11,7 +11,7 @@ import math
 import torch
 
 from .._shared.decode_ref import pages_to_tokens, sparse_decode_ref  # noqa: F401  (part of this spec)
-from ..kv_quant import QuantizedTensor
+from .._shared.quant_format import QuantizedTensor
 
 
 # ---------------------------------------------------------------------------------------------

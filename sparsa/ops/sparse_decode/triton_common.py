@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from ...backend import triton_interpreted
-from ..kv_quant import QuantizedTensor
+from .._shared.quant_format import QuantizedTensor
 
 
 HEAD_DIMS = (32, 64, 128, 256)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from ..._validation import check_qkv, check_scale
 from ...backend import use_kernel
 from .._shared.kernel_inputs import HEAD_DIMS, KERNEL_DTYPES
-from ..dense.reference import dense_attention
+from .._shared.masked import dense_attention
 from .convert import (BLOCK_Q_CHOICES, dense_causal_pairs, prepare_vertical_slash, superset_pairs,
                       superset_routes_dense, vertical_slash_pairs, vertical_slash_superset_ref)
 from .reference import check_vs_indices, check_vs_pair, vertical_slash_attention_ref

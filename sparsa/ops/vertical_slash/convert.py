@@ -53,7 +53,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..dense.reference import causal_pairs, masked_attention, query_positions
+from .._shared.masked import masked_attention
+from .._shared.masks import causal_pairs, query_positions
 from .runs import DIAG_PAD, GATHER_BIT, START_MASK, VS_TILE, slash_runs, tiles_width_runs
 
 BLOCK_Q_CHOICES = (64, 128)

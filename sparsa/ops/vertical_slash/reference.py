@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from ..dense.reference import masked_attention, query_positions
+from .._shared.masked import masked_attention
+from .._shared.masks import query_positions
 
 
 def _membership(indices: torch.Tensor, size: int, name: str) -> torch.Tensor:
