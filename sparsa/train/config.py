@@ -129,7 +129,7 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         """Check ranges and cross-field rules; returns self."""
-        from ..eval.tasks import get_task
+        from ..eval.api import get_task   # local: sparsa.eval loads torch, and the recipe reads without it
 
         m, d, o = self.model, self.data, self.optim
         if self.steps < 1:

@@ -19,8 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..eval.tasks import get_task, list_tasks
-from ..eval.tasks.base import FitError
+from ..eval.api import FitError, get_task, list_tasks, read_stdlib, stdlib_files
 from .config import DataConfig, TrainConfig, draw_params, param_extremes
 
 LM_TASK_ID = -1
@@ -56,8 +55,6 @@ def lm_tokens(tok, max_files: int | None = None, cache_dir: str | Path | None = 
 
     Cached in ``cache_dir`` under a name that depends on the tokenizer and the file list.
     """
-    from ..eval.corpus import read_stdlib, stdlib_files
-
     files = list(stdlib_files("train"))
     if max_files is not None:
         files = files[:max_files]

@@ -32,6 +32,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from .._validation import check_device, check_writable_dir
+from ..eval.api import evaluate, get_task, list_tasks, summarize
 from .config import TrainConfig
 from .data import (StreamDataset, lm_tokens, load_train_tokenizer, make_loader, rank_micro_batches, special_token_ids,
                    step_layout)
@@ -284,8 +285,6 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, recipe_text: str | None = No
     t_window = time.perf_counter()
     tokens_window = 0
     log_f = open(log_path, "a") if main else open(os.devnull, "w")
-    from ..eval.tasks import list_tasks
-
     task_names = list_tasks()  # a training sequence's task_id indexes this list (LM_TASK_ID: none)
     model.train()
     try:
@@ -424,9 +423,6 @@ def _reduce_stats(sums: dict[str, float], n_tasks: int, dev: torch.device) -> di
 def _quick_eval(cfg: TrainConfig, model, tok, step: int, seq_len: int, log_f, dev: torch.device,
                 use_bf16: bool) -> None:
     """Greedy accuracy on a few fresh eval-split instances at the current sequence length."""
-    from ..eval.run import evaluate, summarize
-    from ..eval.tasks import get_task
-
     e = cfg.eval
     tasks = [t for t in e.tasks if get_task(t).min_length <= seq_len - 64]
     if not tasks:

@@ -64,9 +64,7 @@ def _finish(res, cfg, text: str, recipe: Path, t0: float, time_limit_s: float | 
 
     import torch
 
-    from ..eval.models import load_model
-    from ..eval.run import drop_partial_line, evaluate, read_rows
-    from ..eval.tasks import list_tasks
+    from ..eval.api import drop_partial_line, evaluate, list_tasks, load_model, read_rows
     from .card import model_card
     from .export import export_hf
 

@@ -4,7 +4,7 @@ Next to ``tokenizer.json`` it writes ``tokenizer.meta.json``: the Python version
 files it was trained on, since another Python version has other stdlib sources, and the
 supplement's word list, since the task texts it is drawn from may change later.
 
-The training text is every usable stdlib ``.py`` file (``sparsa.eval.corpus.stdlib_files("all")``,
+The training text is every usable stdlib ``.py`` file (``sparsa.eval.api.stdlib_files("all")``,
 which leaves out ``corpus.CHECK_FILES``, kept for the tokenizer tests) in sorted path order,
 plus a small supplement that makes the task vocabulary compact: every 1-3 digit group
 (numbers are pre-split into groups of at most three digits, so a 7-digit number is always 3
@@ -48,7 +48,7 @@ _WORD_REPEATS = 150
 
 def supplement_words() -> list[str]:
     """The words of the supplement: the task word lists and the task templates' words."""
-    from ..eval.tasks.words import all_vocabulary
+    from ..eval.api import all_vocabulary
 
     return sorted(set(all_vocabulary()) | set(template_words()))
 
@@ -68,18 +68,17 @@ def supplement_lines(words: Sequence[str]) -> Iterator[str]:
 
 def template_words() -> list[str]:
     """Words of the task templates (questions, headers, fact sentences, filler narration)."""
-    from ..eval.tasks import common_words, documents, needle, story, variables
+    from ..eval.api import task_templates
 
     out: set[str] = set()
-    for mod in (needle, variables, common_words, story, documents):
-        for t in mod.TEMPLATES:
-            out.update(re.findall(r"[A-Za-z]+", re.sub(r"\{[a-z_0-9]+\}", " ", t)))
+    for t in task_templates():
+        out.update(re.findall(r"[A-Za-z]+", re.sub(r"\{[a-z_0-9]+\}", " ", t)))
     return sorted(out)
 
 
 def training_texts(files: Sequence[str] | None, supplement: bool, words: Sequence[str]) -> Iterator[str]:
     """Texts the tokenizer is trained on: stdlib files (sorted relative paths) then the supplement."""
-    from ..eval.corpus import read_stdlib, stdlib_files
+    from ..eval.api import read_stdlib, stdlib_files
 
     for rel in (stdlib_files("all") if files is None else files):
         yield read_stdlib(rel)
@@ -111,7 +110,7 @@ def train_tokenizer(vocab_size: int = 8192, files: Sequence[str] | None = None, 
     """
     from tokenizers import pre_tokenizers, processors, trainers
 
-    from ..eval.corpus import stdlib_files
+    from ..eval.api import stdlib_files
 
     if not isinstance(vocab_size, int) or vocab_size < 512:
         raise ValueError(f"vocab_size: must be an int >= 512, got {vocab_size!r}")
@@ -153,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--vocab-size", type=int, default=8192)
     args = ap.parse_args(argv)
     tok = train_tokenizer(args.vocab_size, out=args.out)
-    from ..eval.corpus import check_file_paths
+    from ..eval.api import check_file_paths
 
     print(tokenizer_stats(tok, check_file_paths()))
 
