@@ -31,8 +31,8 @@ import torch
 from .._validation import FLOAT_DTYPES, check_int
 from ..ops.kv_quant import QuantizedTensor, QuantSpec, quantize
 from ..ops.kv_quant.reference import _quantize_unchecked
-from ..ops.sparse_decode.reference import (bounds_bytes_per_page, dequantize_bounds, gather_rows, quantize_bounds,
-                                           resolve_bounds)
+from ..ops.sparse_decode.reference import (bounds_bytes_per_page, dequantize_bounds, gather_rows, paged_rows,
+                                           quantize_bounds, resolve_bounds)
 from .varlen import _stores, _use_append_kernel, check_append, check_kv, check_lengths, store_nbytes
 
 
@@ -269,7 +269,7 @@ class PagedKVCache:
             self._ensure_page(i, s // self.page_size)
         ps, hkv, d = self.page_size, self.kv_heads, self.head_dim
         if _use_append_kernel(backend, self.device, d):
-            from ..ops.sparse_decode.triton import append_triton
+            from ..ops.sparse_decode.triton import append_triton  # local: defers triton
             append_triton(k_new, v_new, self.k, self.v, self.seq_lens, page_table=self.page_table,
                           kbounds=self.kbounds, kscale=self.kscale, page_size=ps,
                           widen=self.quant is not None and self.dtype != torch.float32)
@@ -331,7 +331,6 @@ class PagedKVCache:
 
     def to_dense(self, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
         """(k, v) (B, Hkv, max seq, D) dequantized, zero padded past each sequence. For checks."""
-        from ..ops.sparse_decode.reference import paged_rows
         n_pg = -(-max(self._seq_host) // self.page_size) if self._seq_host else 0
         plist = torch.arange(n_pg, device=self.device, dtype=torch.int32).expand(self.batch, self.kv_heads, n_pg)
         rows, valid = paged_rows(self.page_table, self.seq_lens, plist, self.page_size, self.kv_heads)

@@ -21,8 +21,11 @@ from typing import Any
 import torch
 
 from .._validation import check_int
+from ..backend import resolve_backend
 from ..ops.kv_quant import QuantizedTensor, QuantSpec, quantize
 from ..ops.kv_quant.reference import _quantize_unchecked
+from ..ops.sparse_decode import KERNEL_HEAD_DIMS, use_triton, varlen_decode_ref
+from ..ops.sparse_decode.reference import gather_rows, h2o_victims_ref, streaming_victims_ref
 
 ALIGN = 16            # region capacities are multiples of this many rows
 _QUANT_CHUNK = 1 << 26  # elements quantized at once when building a store
@@ -82,8 +85,6 @@ def check_append(k_new: torch.Tensor, v_new: torch.Tensor, shape: tuple[int, int
 
 
 def _use_append_kernel(backend: str | None, device: torch.device, head_dim: int) -> bool:
-    from ..backend import resolve_backend
-    from ..ops.sparse_decode import KERNEL_HEAD_DIMS
     return resolve_backend(backend, device) == "triton" and head_dim in KERNEL_HEAD_DIMS
 
 
@@ -304,7 +305,7 @@ class VarlenKVCache:
         check_append(k_new, v_new, (self.batch, self.kv_heads, self.head_dim), self.dtype, self.device)
         self._ensure_room(1)
         if _use_append_kernel(backend, self.device, self.head_dim):
-            from ..ops.sparse_decode.triton import append_triton
+            from ..ops.sparse_decode.triton import append_triton  # local: defers triton
             append_triton(k_new, v_new, self.k, self.v, self.seq_lens, start=self.start, length=self.length,
                           pos=self.pos, score=self.score)
         else:
@@ -408,7 +409,6 @@ class VarlenKVCache:
     def to_dense(self, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(k, v (B, Hkv, n, D) dequantized, positions (B, Hkv, n)) of the live tokens in position
         order, zeros / -1 padded. For checks; costs a gather of the whole cache."""
-        from ..ops.sparse_decode.reference import gather_rows
         rows, valid = self.slot_rows()
         p = torch.where(valid, self.pos.to(torch.int64)[rows], torch.full_like(rows, -1))
         big = torch.iinfo(torch.int64).max
@@ -438,10 +438,9 @@ class VarlenKVCache:
         reference path; base-2 logits and log-sum-exp from the kernel, so the cache is not read
         twice), else None.
         """
-        from ..ops.sparse_decode import use_triton, varlen_decode_ref
         self.check_query(q)
         if use_triton(backend, q):
-            from ..ops.sparse_decode.triton import varlen_decode_triton
+            from ..ops.sparse_decode.triton import varlen_decode_triton  # local: defers triton
             logits = self.logits_buffer(q.shape[1] // self.kv_heads) if want_scores else None
             out, lse = varlen_decode_triton(q, self.k, self.v, self.start, self.length, scale=scale,
                                             max_len=self._len_bound, logits=logits,
@@ -458,13 +457,12 @@ class VarlenKVCache:
         ``heavy`` highest-scored ones (at most one; see
         :func:`~sparsa.ops.sparse_decode.reference.h2o_victims_ref`). heavy (B,) (negative =
         unlimited), recent (B,) int tensors on the cache's device."""
-        from ..ops.sparse_decode.reference import h2o_victims_ref
         if self.score is None:
             raise ValueError("aux: this cache does not track scores (build it with track_scores=True)")
         if aux is None:
             raise ValueError("aux: pass what attend(..., want_scores=True) returned")
         if aux[0] == "logits":
-            from ..ops.sparse_decode.triton import evict_update_triton
+            from ..ops.sparse_decode.triton import evict_update_triton  # local: defers triton
             evict_update_triton("h2o", self.k, self.v, self.pos, self.start, self.length, self.seq_lens,
                                 heavy, recent, score=self.score, logits=aux[1], lse=aux[2], head_dim=self.head_dim,
                                 max_len=self._len_bound)
@@ -481,10 +479,8 @@ class VarlenKVCache:
     def evict_sink_window(self, sink: torch.Tensor, window: torch.Tensor, *, backend: str | None = None) -> None:
         """Evict the token that left the window of the ``window`` newest tokens, sparing the first
         ``sink`` tokens, per head (sink, window: (B,) ints)."""
-        from ..backend import resolve_backend
-        from ..ops.sparse_decode.reference import streaming_victims_ref
         if resolve_backend(backend, self.device) == "triton":
-            from ..ops.sparse_decode.triton import evict_update_triton
+            from ..ops.sparse_decode.triton import evict_update_triton  # local: defers triton
             evict_update_triton("streaming", self.k, self.v, self.pos, self.start, self.length, self.seq_lens,
                                 sink, window, score=self.score, head_dim=self.head_dim)
             return

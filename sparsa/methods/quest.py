@@ -13,7 +13,8 @@ from ..cache.paged import PagedKVCache
 from ..ops.dense.reference import causal_mask_fn, masked_attention, query_positions
 from ..ops.kv_quant import QuantSpec
 from ..ops.sparse_decode import (PAGE_BOUNDS, bounds_bytes_per_page, dequantize_bounds, pages_to_tokens,
-                                 quantize_bounds, resolve_bounds, sparse_decode_ref)
+                                 quantize_bounds, resolve_bounds, sparse_decode_ref, use_triton)
+from ..ops.sparse_decode.reference import paged_decode_ref, quest_page_scores_ref, quest_select_ref
 from ._scores import count_positions, page_bounds, page_scores, per_query_head
 from .base import AttentionStats, DecodeMethod, decode_stats, solve_budget
 from .decoder import LayerDecoder, StepStats, per_sequence
@@ -88,8 +89,6 @@ class QuestDecoder(LayerDecoder):
         return torch.tensor(c.seq_lens_host, dtype=torch.int64)[:, None].expand(-1, c.kv_heads).clone()
 
     def step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, StepStats]:
-        from ..ops.sparse_decode import use_triton
-        from ..ops.sparse_decode.reference import paged_decode_ref, quest_page_scores_ref, quest_select_ref
         self._check_step(q)
         c: PagedKVCache = self.cache
         if q.shape[0] != c.batch or q.shape[2] != c.head_dim or q.dtype != c.dtype or q.device != c.device:
@@ -103,6 +102,7 @@ class QuestDecoder(LayerDecoder):
         nsel = [bound if n is None else min(n, bound) for n in self.n_select_host]
         width = max(nsel) + 1
         if use_triton(self.backend, q):
+            # local: defers triton
             from ..ops.sparse_decode.triton import (paged_decode_triton, quest_page_scores_triton,
                                                     quest_select_triton)
             # pages from cur_max on are never candidates: scoring them would only widen the
