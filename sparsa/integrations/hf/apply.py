@@ -207,8 +207,7 @@ class SparsaHandle:
 
 
 def _check_cache(cache: Any) -> None:
-    from transformers.cache_utils import Cache
-    if isinstance(cache, Cache) and not isinstance(cache, compat.cache_base_classes()):
+    if isinstance(cache, compat.Cache) and not isinstance(cache, compat.cache_base_classes()):
         raise TypeError(f"cache: {type(cache).__name__} is not supported by sparsa attention, whose methods take "
                         "the keys as the whole sequence so far; use a DynamicCache or handle.new_cache()")
 

@@ -28,6 +28,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     raise ImportError("sparsa.integrations.hf needs transformers: pip install 'sparsa[hf]'") from exc
 
 from packaging.version import Version
+from transformers.cache_utils import Cache, DynamicCache  # noqa: F401  (Cache: apply checks against it)
 
 #: Supported transformers versions, [MIN, MAX); keep in sync with pyproject's ``hf`` extra.
 MIN_VERSION = Version("4.53")
@@ -52,6 +53,7 @@ def _attention_interface() -> type:
 
 def _mask_interface() -> type | None:
     try:
+        # local: only newer transformers have masking_utils
         from transformers.masking_utils import AttentionMaskInterface
     except ImportError:
         return None
@@ -127,7 +129,6 @@ def set_attn_implementation(model: torch.nn.Module, name: str | None) -> None:
 # ---------------------------------------------------------------------------------- caches
 
 def dynamic_cache_class() -> type:
-    from transformers.cache_utils import DynamicCache
     return DynamicCache
 
 

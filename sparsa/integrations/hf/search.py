@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from ...methods.base import AttentionStats, Method
 from ...patterns import DEFAULT_CANDIDATES, candidate_spec, layer_entry, score_layer
@@ -47,8 +48,6 @@ def search_head_patterns(model: torch.nn.Module, input_ids: torch.Tensor, *, com
     Returns ({layer: {"heads": [spec per head], "errors": [[error per candidate] per head]}},
     the candidate specs).
     """
-    from tqdm.auto import tqdm
-
     if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.shape[0] != 1:
         raise ValueError(f"input_ids: expected a (1, L) tensor, got {getattr(input_ids, 'shape', type(input_ids))}")
     specs = [candidate_spec(n, compression) for n in candidates]
