@@ -111,7 +111,7 @@ def greedy_generate(model: torch.nn.Module, prompts: Sequence[Prompt], *, max_ne
         raise ValueError("prompts: every prompt of a batch needs the same number of prefill chunks")
     if len(plans) > 1 and mode == "agnostic":
         raise ValueError("prompts: question-agnostic prompts are generated one at a time")
-    from ..integrations.hf import compat
+    from ..integrations.hf import compat  # local: loads transformers
 
     device = next(model.parameters()).device
     cache_kw = compat.cache_kwarg_name(model)
@@ -122,7 +122,7 @@ def greedy_generate(model: torch.nn.Module, prompts: Sequence[Prompt], *, max_ne
     elif handle is not None:
         past = handle.new_cache()
     else:
-        from transformers import DynamicCache
+        from transformers import DynamicCache  # local: loads transformers
         past = DynamicCache()
 
     # left-pad the first chunk; later chunks and steps are equal-length across the batch

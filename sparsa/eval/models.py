@@ -11,6 +11,10 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from ..assets import DEFAULT_MODEL_DIR, DEFAULT_MODEL_NAME, has_default_model
+
 GGUF_MAGIC = b"GGUF"
 _WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
 _REAL_EXTRA = 'pip install "sparsa[real]"'
@@ -64,7 +68,7 @@ def _looks_like_hub_id(s: str) -> bool:
 def _cached_hub_snapshot(repo_id: str) -> Path | None:
     """The local snapshot directory of ``repo_id`` in the HuggingFace cache, or None (never downloads)."""
     try:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import snapshot_download  # local: optional dependency
     except ImportError:
         return None
     try:
@@ -82,8 +86,6 @@ def resolve_model_path(name_or_path: str | Path | None) -> Path:
     HuggingFace cache. Raises ``FileNotFoundError`` for a missing path or an uncached hub id and
     ``ValueError`` for a directory without weights or a file that is not GGUF.
     """
-    from ..assets import DEFAULT_MODEL_DIR, DEFAULT_MODEL_NAME, has_default_model
-
     if name_or_path is None or str(name_or_path) == DEFAULT_MODEL_NAME:
         if not has_default_model():
             raise FileNotFoundError(f"model: the default model {DEFAULT_MODEL_NAME!r} is not present in this "
@@ -111,7 +113,7 @@ def resolve_model_path(name_or_path: str | Path | None) -> Path:
 
 def dtype_kwarg() -> str:
     """Name of ``from_pretrained``'s dtype argument: "dtype" since transformers 4.56, "torch_dtype" before."""
-    import transformers
+    import transformers  # local: defers transformers
 
     major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
     return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
@@ -119,7 +121,7 @@ def dtype_kwarg() -> str:
 
 def _require_gguf_support() -> None:
     missing = [m for m in ("gguf",) if importlib.util.find_spec(m) is None]
-    import transformers
+    import transformers  # local: defers transformers
 
     if int(transformers.__version__.split(".")[0]) >= 5 and importlib.util.find_spec("accelerate") is None:
         missing.append("accelerate")  # transformers 5 refuses gguf_file= without it
@@ -135,8 +137,7 @@ def load_model(name_or_path: str | Path | None = None, *, device: str | None = N
     device: "cpu"/"cuda"/...; default CUDA when available. dtype: torch dtype; default bfloat16
     on CUDA and float32 on CPU (a GGUF's quantized weights are dequantized to it by transformers).
     """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # local: defers transformers
 
     path = resolve_model_path(name_or_path)
     if device is None:

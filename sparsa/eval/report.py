@@ -28,6 +28,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from ..cost.bench import load_bench_rows, speedup_curves
 from .metrics import (ALPHA, DENSE, MAX_TOLERABLE_RULE, CellSummary, GroupKey, MaxTolerable, load_rows,
                       max_tolerable_compression, result_files, summarize_cells)
 
@@ -79,10 +82,10 @@ def _mt_text(m: MaxTolerable | None) -> str:
 # --------------------------------------------------------------------------- plots
 
 def _plt():
-    import matplotlib
+    import matplotlib  # local: defers matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # local: after choosing the Agg backend
 
     return plt
 
@@ -130,8 +133,6 @@ def _plot_score_vs_compression(cells: list[CellSummary], labels: dict, path: Pat
 
 def _plot_heatmap(tasks: list[str], cols: list[str], grid: list[list[MaxTolerable | None]], path: Path,
                   title: str) -> None:
-    import numpy as np
-
     plt = _plt()
     vals = np.array([[m.compression if m is not None and m.compression is not None else np.nan for m in row]
                      for row in grid], dtype=float)
@@ -202,8 +203,6 @@ def _isocost_points(cells: list[CellSummary], labels: dict, bench_rows: list, de
                     ) -> tuple[list[dict[str, Any]], list[str]]:
     """Per (method label, target): task-averaged score and 1/speedup at the cell's length on
     ``device``, from the benchmark curve whose compression is nearest the achieved one."""
-    from ..cost.bench import speedup_curves
-
     pts, misses = [], []
     groups: dict[tuple, list[CellSummary]] = {}
     for s in cells:
@@ -340,8 +339,6 @@ def write_report(results: str | Path | Sequence[str | Path], out_dir: str | Path
 
     bench_rows: list = []
     if bench_dir is not None:
-        from ..cost.bench import load_bench_rows
-
         bench_rows = load_bench_rows(bench_dir)
 
     md = ["# Sparse attention evaluation report", "",

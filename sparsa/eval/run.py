@@ -13,6 +13,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+from tqdm.auto import tqdm
+
 from .tasks import get_task, list_tasks
 from .tokenization import TokenCounter, encode_for_model, special_ids
 
@@ -89,8 +92,7 @@ class _NewlineStop:
 
 def _hf_generate(model: Any, tokenizer: Any, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
     """Greedy continuation ids for a batch of prompts (left-padded)."""
-    import torch
-    from transformers import StoppingCriteria, StoppingCriteriaList
+    from transformers import StoppingCriteria, StoppingCriteriaList  # local: defers transformers
 
     ids = special_ids(tokenizer)
     eos, pad = ids["eos"], ids["pad"] if ids["pad"] is not None else (ids["eos"] or 0)
@@ -181,7 +183,6 @@ def evaluate(model: Any, tokenizer: Any, tasks: Sequence[str] | Mapping[str, Map
         grid = [k for k in grid if k[:2] in mine]
     todo = [k for k in grid if k not in done]
 
-    from tqdm.auto import tqdm
 
     bar = tqdm(total=len(grid), initial=len(grid) - len(todo), desc="eval", disable=not progress, unit="ex")
     fh = None

@@ -26,7 +26,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+from tqdm.auto import tqdm
+
+from ..methods.registry import get_method, list_methods, method_class
+from ..patterns import load_head_patterns, read_patterns
 from .greedy import MODES, Prompt, greedy_generate
+from .models import load_model, model_context_length
+from .prompts import split_prompt_ids
+from .run import instance_seed
+from .tasks import get_task, list_tasks
+from .tokenization import TokenCounter, special_ids
 
 RETRIEVAL_TASKS = ("niah_single", "niah_multikey", "niah_multiquery", "variable_tracking")
 DEFAULT_COMPRESSIONS = (1.0, 2.0, 3.0, 5.0, 10.0, 20.0)
@@ -76,9 +86,6 @@ class SweepConfig:
     prompt_style: str = "auto"
 
     def __post_init__(self) -> None:
-        from ..methods.registry import list_methods
-        from .tasks import list_tasks
-
         known = [m for m in list_methods() if m != "dense"]
         if not self.methods:
             self.methods = list(known)
@@ -114,9 +121,6 @@ def cells(config: SweepConfig) -> list[Cell]:
 
     Methods of phase "both" (streaming, nsa) get a prefill cell and a decode cell per target.
     """
-    from ..methods.registry import method_class
-    from ..patterns import read_patterns
-
     task_order = sorted(config.tasks, key=lambda t: (t not in RETRIEVAL_TASKS, config.tasks.index(t)))
     out: list[Cell] = []
     for group in (True, False):
@@ -229,8 +233,6 @@ class SweepResult:
 
 def _build(cell: Cell) -> tuple[Any, Any]:
     """(prefill, decode) method objects for ``sparsa.apply``; (None, None) for dense."""
-    from ..methods.registry import get_method
-
     if cell.method == "dense":
         return None, None
     params = {} if cell.target is None else {"compression": cell.target}
@@ -239,8 +241,7 @@ def _build(cell: Cell) -> tuple[Any, Any]:
 
 
 def _apply(model: Any, cell: Cell, patterns: dict[str, str]) -> Any:
-    from ..integrations.hf.apply import apply
-    from ..patterns import load_head_patterns
+    from ..integrations.hf.apply import apply  # local: loads transformers
 
     if cell.method.startswith("patterns:"):
         return apply(model, prefill=None, decode=None, layers=load_head_patterns(patterns[cell.method]))
@@ -259,11 +260,6 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, model: Any = None, to
     rank/world: this process's share (default: ``RANK`` / ``WORLD_SIZE`` from torchrun, else 0/1).
     time_limit_s: start no new batch after this many seconds (a later call continues).
     """
-    from tqdm.auto import tqdm
-
-    from .prompts import split_prompt_ids
-    from .tasks import get_task
-    from .tokenization import TokenCounter, special_ids
 
     t_start = time.perf_counter()
     rank = int(os.environ.get("RANK", 0)) if rank is None else rank
@@ -272,9 +268,6 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, model: Any = None, to
     if out.exists() and not out.is_dir():
         raise ValueError(f"out: {out} exists and is not a directory")
     if model is None:
-        import torch
-
-        from .models import load_model
 
         if device is None and torch.cuda.is_available() and world > 1:
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
@@ -295,7 +288,6 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, model: Any = None, to
     ids = special_ids(tokenizer)
     eos, pad = ids["eos"], ids["pad"] if ids["pad"] is not None else (ids["eos"] or 0)
     counter = TokenCounter(tokenizer)
-    from .run import instance_seed
 
     style = None if config.prompt_style == "auto" else config.prompt_style
 
@@ -304,8 +296,6 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, model: Any = None, to
 
     def run_batch(cell: Cell, chunk: list[int], handle: Any) -> list[str]:
         """JSON lines of one batch; a batch that runs out of GPU memory is split in halves."""
-        import torch
-
         insts = [tasks[cell.task].generate(cell.length, instance_seed(config.seed, s), tokenizer,
                                            split=config.split) for s in chunk]
         prompts = [Prompt(*split_prompt_ids(tokenizer, x, style=style)) for x in insts]
@@ -425,8 +415,6 @@ def _achieved(cell: Cell, res: Any) -> float | None:
 
 
 def _check_lengths(model: Any, lengths: Sequence[int]) -> None:
-    from .models import model_context_length
-
     ctx = model_context_length(model)
     if ctx is not None:
         long = [x for x in lengths if x > ctx]
