@@ -1,4 +1,7 @@
-"""The `sparsa` command line."""
+"""The `sparsa` command line.
+
+Commands import what they use inside their own bodies (torch, the methods, the apps), so that
+``sparsa --help`` and the parsing of arguments stay fast."""
 from __future__ import annotations
 
 import json

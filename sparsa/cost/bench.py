@@ -293,10 +293,10 @@ def plot_cost_vs_context(rows: Sequence[BenchRow], gpu_cost_per_day: float, path
     """Plot dollars per day against context length (log2 axis), one line per benchmark curve
     (method x configuration), dense at ``gpu_cost_per_day``. Uses one card: ``filters["device"]``
     or the card with the most matching rows. Writes ``path`` (format from its suffix)."""
-    import matplotlib
+    import matplotlib  # local: defers matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # local: after choosing the Agg backend
 
     curves = [c for m in (methods or [None]) for c in speedup_curves(rows, m, **filters)]
     if not curves:
