@@ -28,13 +28,21 @@ entry (``python benchmarks/decode.py``).
 from __future__ import annotations
 
 import argparse
+import copy
+import json
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
+import sparsa
+
+from ..methods import init_cache, method_class
+from ..ops.sparse_decode import default_bounds
+from ..ops.sparse_decode.reference import paged_decode_ref, quest_page_scores_ref, quest_select_ref, varlen_decode_ref
 from .timing import ResultsFile, bench_ms, rel_err
 
 SHAPES = {"32q8kv": (32, 8), "64q4kv": (64, 4)}
@@ -56,9 +64,6 @@ def build_decoder(name: str | None, compression: float | None, k: torch.Tensor, 
     with its ``budget`` field, e.g. Quest's) over the prompt k, v (B, Hkv, L, D): the method's
     :meth:`~sparsa.methods.DecodeMethod.random_decoder`, whose prompt selection, where planning
     it would be costly, is drawn with ``gen`` (see the module docstring)."""
-    import sparsa
-    from ..methods import init_cache
-
     b, _, _, d = k.shape
     if name is None:
         q0 = torch.empty(b, heads, 1, d, dtype=k.dtype, device=k.device)
@@ -90,7 +95,7 @@ def sweep_launch(kind: str, variants: Sequence[dict[str, int]], fn: Callable[[],
     variant), or None when the deadline passed before any ran. With ``required`` at least one
     variant runs, a variant that fails (compiler limits on some cards) is reported and skipped,
     and an error is raised when every one fails."""
-    from ..ops.sparse_decode import triton as kt
+    from ..ops.sparse_decode import triton as kt  # local: defers triton
     best = None
     for var in variants:
         if time.time() > deadline and (best is not None or not required):
@@ -118,7 +123,6 @@ def sweep_launch(kind: str, variants: Sequence[dict[str, int]], fn: Callable[[],
 def dense_baselines(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                     names: Sequence[str] = BASELINES) -> dict[str, Callable[[], torch.Tensor]]:
     """SDPA decode over the full cache; q (B, H, D) is laid out as (B, Hkv, group, D)."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
     b, h, d = q.shape
     hkv = k.shape[1]
     qg = q.view(b, hkv, h // hkv, d)
@@ -151,8 +155,7 @@ def copy_bandwidth_gbps() -> float:
 
 def check_decoder(dec, q: torch.Tensor) -> dict[str, float]:
     """Compare the kernels with the reference ops on this decoder's cache (no state change)."""
-    from ..ops.sparse_decode.reference import (paged_decode_ref, quest_page_scores_ref, quest_select_ref,
-                                               varlen_decode_ref)
+    # local: defers triton
     from ..ops.sparse_decode.triton import (paged_decode_triton, quest_page_scores_triton, quest_select_triton,
                                             varlen_decode_triton)
     c = dec.cache
@@ -178,7 +181,6 @@ def check_decoder(dec, q: torch.Tensor) -> dict[str, float]:
 def check_step(dec, q: torch.Tensor, kn: torch.Tensor, vn: torch.Tensor) -> dict[str, float]:
     """One whole step (append with quantization, attention, eviction / page selection) through the
     kernels and through the reference ops, on two copies of the decoder's state."""
-    import copy
     a, b = copy.deepcopy(dec), copy.deepcopy(dec)
     a.backend, b.backend = "triton", "reference"
     out_a, _ = a.step(q, kn, vn)
@@ -317,8 +319,6 @@ class DecodeBench:
 
 
 def _params(name: str | None, comp: Any, quant: str | None) -> dict[str, Any]:
-    from ..methods import method_class
-    from ..ops.sparse_decode import default_bounds
     p: dict[str, Any] = {"quant": quant or "bf16"}
     if isinstance(comp, tuple):
         p["budget"] = comp[1]
@@ -340,7 +340,7 @@ QUEST_SCORE_VARIANTS = [dict(pages_per_prog=64, tile_bytes=16384, num_warps=4, n
 
 def tune_kernels(deadline: float) -> dict[str, Any]:
     """Pick the decode kernels' launch parameters on this card (a few variants, one size each)."""
-    from ..ops.sparse_decode import triton as kt
+    from ..ops.sparse_decode import triton as kt  # local: defers triton
     gen = torch.Generator(device="cuda").manual_seed(1)
     chosen: dict[str, Any] = {}
     k = torch.randn(16, 8, 65536, HEAD_DIM, generator=gen, device="cuda", dtype=torch.bfloat16)
@@ -461,7 +461,6 @@ def main(argv: Sequence[str] | None = None) -> None:
 def plot_svg(results: str | Path, out: str | Path) -> None:
     """Speedup over SDPA cuDNN against context, batch 16, per method at compression 10 (bf16
     caches) and Quest's 4,096-token budget, one panel per shape; a plain SVG file."""
-    import json
     data = json.loads(Path(results).read_text())
     rows = [r for r in data["rows"] if r["baseline"] == "sdpa_cudnn" and r["shape"]["batch"] == 16
             and r["params"].get("quant") == "bf16"]

@@ -45,14 +45,19 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.profiler import ProfilerActivity, profile
 
+import sparsa
+
+from ..cache import dense_cache_bytes
 from .timing import ResultsFile, rel_err
 
 SHAPE = {"batch": 1, "heads": 32, "kv_heads": 8, "head_dim": 128}
 
 
 def llama3_8b_config(layers: int = 32, max_positions: int = 131072) -> Any:
-    from transformers import LlamaConfig
+    from transformers import LlamaConfig  # local: defers transformers
 
     return LlamaConfig(hidden_size=4096, intermediate_size=14336, num_hidden_layers=layers,
                        num_attention_heads=32, num_key_value_heads=8, head_dim=128, vocab_size=128256,
@@ -60,7 +65,7 @@ def llama3_8b_config(layers: int = 32, max_positions: int = 131072) -> Any:
 
 
 def build_model(layers: int, max_positions: int, device: str = "cuda") -> torch.nn.Module:
-    from transformers import LlamaForCausalLM
+    from transformers import LlamaForCausalLM  # local: defers transformers
 
     cfg = llama3_8b_config(layers, max_positions)
     cfg._attn_implementation = "sdpa"
@@ -96,9 +101,7 @@ def run_e2e_bench(contexts: Sequence[int], methods: Sequence[str], out_path: str
     """Time dense and sparse prefill end to end; rows are added to ``out_path`` as they come."""
     if not torch.cuda.is_available():
         raise RuntimeError("run_e2e_bench needs a CUDA GPU")
-    from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    import sparsa
 
     res = ResultsFile(out_path)
     model = build_model(layers, max(contexts))
@@ -171,7 +174,6 @@ def _peak_gib(device: torch.device, reset: bool = False) -> float | None:
 def _gpu_busy_ms(step: Callable[[], None], n: int) -> float | None:
     """Sum of the device time of the kernels ``n`` steps run, per step (None without a profiler)."""
     try:
-        from torch.profiler import ProfilerActivity, profile
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             for _ in range(n):
                 step()
@@ -191,7 +193,7 @@ def _time_decode(model: torch.nn.Module, cache: Any, ids: torch.Tensor, steps: i
     """Run ``warmup`` then ``steps`` greedy one-token forwards on ``cache``; returns the timings
     (ms per step from CUDA events, host ms per step to issue them, GPU busy ms per step) and the
     first step's last-position logits (float32, for the cross-check)."""
-    from ..integrations.hf import compat
+    from ..integrations.hf import compat  # local: loads transformers
     key = compat.cache_kwarg_name(model)
     device = ids.device
     state: dict[str, Any] = {"ids": ids, "first": None}
@@ -254,8 +256,7 @@ def run_e2e_decode_bench(out_path: str | Path, *, context: int = 65536, batch: i
                          ("steps", steps, 1), ("warmup", warmup, 1)):
         if isinstance(val, bool) or not isinstance(val, int) or val < lo:
             raise ValueError(f"{arg}: must be an int >= {lo}, got {val!r}")
-    from ..cache import dense_cache_bytes
-    from ..integrations.hf import compat
+    from ..integrations.hf import compat  # local: loads transformers
 
     t_start = time.time()
     res = ResultsFile(out_path)
@@ -314,9 +315,7 @@ def _decode_row(name: str, model: torch.nn.Module, ids: torch.Tensor, base: dict
                 context: int, steps: int, warmup: int, dense_bytes: int,
                 report: Callable[..., None]) -> dict[str, Any]:
     """Measure one decode configuration of :data:`DECODE_METHODS`; returns its results row."""
-    import sparsa
-
-    from ..integrations.hf import compat
+    from ..integrations.hf import compat  # local: loads transformers
     batch, heads, kv_heads, head_dim = shape["batch"], shape["heads"], shape["kv_heads"], shape["head_dim"]
     device = ids.device
     layers = compat.text_config(model).num_hidden_layers

@@ -20,7 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.profiler import ProfilerActivity, profile
 
+import sparsa
+
+from ..eval.corpus import haystack_lines
+from ..eval.models import load_model
 from .timing import ResultsFile, device_info
 
 #: name -> (method, parameters); "paper" runs a method with its paper defaults
@@ -36,8 +42,6 @@ REAL_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
 
 def real_text_ids(tokenizer: Any, n: int) -> torch.Tensor:
     """(1, n) token ids of standard-library source text (repeated if the corpus runs out)."""
-    from ..eval.corpus import haystack_lines
-
     lines = haystack_lines("eval")
     ids: list[int] = []
     i = 0
@@ -82,8 +86,6 @@ def profile_split(model: torch.nn.Module, ids: torch.Tensor) -> dict[str, float]
 
     The split is by kernel name, so it is a guide, not an exact account.
     """
-    from torch.profiler import ProfilerActivity, profile
-
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         torch.cuda.synchronize()
         t0 = time.perf_counter()
@@ -126,8 +128,6 @@ def run_e2e_real(model_path: str, contexts: Sequence[int], methods: Sequence[str
     bad = [m for m in methods if m not in REAL_METHODS]
     if bad:
         raise ValueError(f"methods: unknown {bad}; choose from {list(REAL_METHODS)}")
-    import sparsa
-    from ..eval.models import load_model
 
     on_gpu = device.startswith("cuda")
     model, tok = load_model(model_path, device=device, dtype=torch.bfloat16 if on_gpu else torch.float32)
@@ -141,7 +141,6 @@ def run_e2e_real(model_path: str, contexts: Sequence[int], methods: Sequence[str
     dev = device_info()
     for n in contexts:
         ids = real_text_ids(tok, n).to(device)
-        from torch.nn.attention import SDPBackend, sdpa_kernel
 
         if on_gpu:
             with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):

@@ -28,6 +28,8 @@ are measured (schema: BENCHMARKS.md), so an interrupted run keeps what it measur
 """
 from __future__ import annotations
 
+import argparse
+import json
 import math
 import time
 from pathlib import Path
@@ -35,9 +37,14 @@ from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..ops.dense.reference import causal_pairs
 from ..ops.nsa import NSAConfig, compress_blocks, nsa_attention_ref, nsa_decode_ref, nsa_pairs_per_row
+from ..ops.nsa import triton_bwd as tb
+from ..ops.nsa import triton_decode as td
+from ..ops.nsa import triton_fwd as tf
+from ..ops.nsa.triton import nsa_attention_triton, nsa_decode_triton
 from .stream_read import stream_read_ms
 from .timing import ResultsFile, bench_ms, graph_ms, rel_err
 
@@ -121,7 +128,6 @@ def nsa_inputs(length: int, shape: dict[str, int], *, batch: int | None = None, 
 def _sdpa_fn(backend: str) -> Callable[..., torch.Tensor]:
     """SDPA forced to one backend ("sdpa_cudnn", "sdpa_flash"); grouped KV heads natively where the
     backend takes them, else repeated (noted by the caller through ``.gqa``)."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
     chosen = {"sdpa_cudnn": SDPBackend.CUDNN_ATTENTION, "sdpa_flash": SDPBackend.FLASH_ATTENTION}[backend]
     state = {"gqa": "native"}
 
@@ -173,7 +179,6 @@ def check_prefill(shape: dict[str, int], length: int, cfg: NSAConfig = PAPER_CFG
                   seed: int = 1, device: str = "cuda") -> dict[str, float]:
     """Relative errors of the bf16 kernels against the float32 reference (outputs, and with
     ``grads`` dq, dk, dv, dgates), and the fraction of (query, KV head) block lists that agree."""
-    from ..ops.nsa.triton import nsa_attention_triton
     q, k, v, gates, do = nsa_inputs(length, shape, seed=seed, device=device)
     # both sides read the same bf16 compressed tokens (what a bf16 model's cache holds): with
     # float32 ones on one side only, near-tied block scores flip and the check measures that
@@ -195,7 +200,6 @@ def check_prefill(shape: dict[str, int], length: int, cfg: NSAConfig = PAPER_CFG
 def check_decode(shape: dict[str, int], length: int, batch: int, cfg: NSAConfig = PAPER_CFG,
                  seed: int = 2, device: str = "cuda") -> dict[str, float]:
     """Relative error of the decode kernels against the reference, and block-list agreement."""
-    from ..ops.nsa.triton import nsa_decode_triton
     q, k, v, gates, _ = nsa_inputs(length, shape, batch=batch, seed=seed, device=device)
     q, gates = q[:, :, -1], gates[:, :, -1]
     kc, vc = compress_blocks(k, cfg), compress_blocks(v, cfg)
@@ -207,7 +211,7 @@ def check_decode(shape: dict[str, int], length: int, batch: int, cfg: NSAConfig 
 
 def _fla_call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
     """fla's parallel_nsa on sparsa-layout tensors (B, H, T, D) -> (B, H, T, D)."""
-    from fla.ops.nsa import parallel_nsa
+    from fla.ops.nsa import parallel_nsa  # local: optional dependency (flash-linear-attention)
     qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
     gt = gates.transpose(1, 2)
     o = parallel_nsa(qt, kt, vt, g_cmp=gt[..., 0], g_slc=gt[..., 1], g_swa=None, block_counts=FLA_CFG.n_select,
@@ -217,7 +221,7 @@ def _fla_call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: torch.Te
 
 def fla_available() -> bool:
     try:
-        from fla.ops.nsa import parallel_nsa
+        from fla.ops.nsa import parallel_nsa  # local: optional dependency (flash-linear-attention)
     except Exception:  # noqa: BLE001 - any import failure means "not available"
         return False
     return callable(parallel_nsa)
@@ -237,7 +241,6 @@ def forward_branches(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: t
     """One forward pass of the kernels branch by branch, keeping what the branch timings and the
     backward kernels take: compressed ``kc``/``vc``, ``o_c``/``lse_c``/``idx`` (compression and
     top-k), ``o_w``/``lse_w`` (window), ``out``/``o_s``/``lse_s`` (selection and the gated mix)."""
-    from ..ops.nsa import triton_fwd as tf
     length = k.shape[2]
     kc = compress_blocks(k, cfg).to(k.dtype)
     vc = compress_blocks(v, cfg).to(v.dtype)
@@ -253,9 +256,6 @@ def bench_prefill(results: ResultsFile, length: int, shape_name: str, *, cfg: NS
                   branches: bool = True, budget: Budget | None = None,
                   checks: dict[str, Any] | None = None, log: Callable[[str], None] = print) -> None:
     """Forward (and backward) of the kernels vs the dense baselines at one context length."""
-    from ..ops.nsa import triton_bwd as tb
-    from ..ops.nsa import triton_fwd as tf
-    from ..ops.nsa.triton import nsa_attention_triton
     budget = budget or Budget(None)
     shape = SHAPES[shape_name]
     q, k, v, gates, do = nsa_inputs(length, shape)
@@ -367,7 +367,6 @@ def bench_decode(results: ResultsFile, length: int, shape_name: str, batch: int,
                  baselines: Sequence[str] = ("sdpa_cudnn", "sdpa_flash"), checks: dict[str, Any] | None = None,
                  log: Callable[[str], None] = print) -> None:
     """One decode step over a ``length``-token cache vs SDPA over the whole cache."""
-    from ..ops.nsa.triton import nsa_decode_triton
     shape = dict(SHAPES[shape_name], batch=batch)
     hkv, d = shape["kv_heads"], shape["head_dim"]
     q1, k, v, g1, kc, vc = decode_inputs(length, shape_name, batch, cfg)
@@ -411,7 +410,6 @@ def bench_decode(results: ResultsFile, length: int, shape_name: str, batch: int,
 def bench_fla(results: ResultsFile, length: int, check_length: int = 4096, *, backward: bool = True,
               budget: Budget | None = None, log: Callable[[str], None] = print) -> None:
     """fla-core's parallel_nsa vs sparsa's kernels, fla's variant, paper shape, same inputs."""
-    from ..ops.nsa.triton import nsa_attention_triton
     shape = SHAPES["paper"]
     cfg = FLA_CFG
     gate3 = torch.tensor([1.0, 1.0, 0.0], device="cuda")
@@ -457,8 +455,6 @@ def bench_fla(results: ResultsFile, length: int, check_length: int = 4096, *, ba
 def bench_sweep(length: int, shape_name: str, *, cfg: NSAConfig = PAPER_CFG, budget: Budget | None = None,
                 log: Callable[[str], None] = print) -> dict[str, dict[str, float]]:
     """Times (ms) of the branch kernels of :data:`SWEEP` under each launch shape, default first."""
-    from ..ops.nsa import triton_bwd as tb
-    from ..ops.nsa import triton_fwd as tf
     budget = budget or Budget(None)
     shape = SHAPES[shape_name]
     q, k, v, gates, do = nsa_inputs(length, shape)
@@ -522,8 +518,6 @@ def bench_decode_sweep(length: int, shape_name: str, *, cfg: NSAConfig = PAPER_C
                        ) -> dict[str, dict[str, float]]:
     """Times (us, CUDA-graph replay where it captures) of one decode step under each launch shape
     of :data:`SWEEP_DECODE`, default first, per batch size."""
-    from ..ops.nsa import triton_decode as td
-    from ..ops.nsa.triton import nsa_decode_triton
     budget = budget or Budget(None)
     default = (td.DEC_CMP_LAUNCH, td.DEC_SPARSE_WARPS, td.DEC_MAX_NSUB)
     found: dict[str, dict[str, float]] = {}
@@ -569,8 +563,7 @@ def run_nsa_bench(contexts: Sequence[int] = (65536,), shapes: Sequence[str] = ("
         if check:
             t0 = time.monotonic()
             c: dict[str, Any] = {}
-            from ..ops.nsa import triton_bwd
-            chunk, triton_bwd.Q_CHUNK = triton_bwd.Q_CHUNK, 512      # exercise the split dK/dV path
+            chunk, tb.Q_CHUNK = tb.Q_CHUNK, 512      # exercise the split dK/dV path
             for name, run in (("prefill_2048", lambda: check_prefill(shape, 2048)),
                               ("prefill_4097_fwd", lambda: check_prefill(shape, 4097, grads=False)),
                               ("decode_8229_b2", lambda: check_decode(shape, 8229, 2))):
@@ -581,7 +574,7 @@ def run_nsa_bench(contexts: Sequence[int] = (65536,), shapes: Sequence[str] = ("
                 except Exception as e:  # noqa: BLE001
                     c[name] = {"error": float("nan")}
                     log(f"check {shape_name} {name} FAILED: {type(e).__name__}: {e}")
-                triton_bwd.Q_CHUNK = chunk
+                tb.Q_CHUNK = chunk
             checks[shape_name] = c
             worst = max(val for part in c.values() for key, val in part.items() if key != "idx_agree")
             log(f"check {shape_name} ({time.monotonic() - t0:.0f} s, compile included): {c}")
@@ -643,7 +636,6 @@ def summary(rows: Sequence[dict[str, Any]], log: Callable[[str], None] = print) 
 def plot_svg(json_path: str | Path, svg_path: str | Path) -> None:
     """Bar chart of the speedups in a results file (one bar per row; of a file that keeps several
     runs under ``runs``, the rows of the latest), as a dependency-free SVG."""
-    import json
     data = json.loads(Path(json_path).read_text())
     rows = data["rows"]
     if data.get("runs"):
@@ -687,8 +679,6 @@ __all__ = ["FLA_CFG", "PAPER_CFG", "SHAPES", "bench_decode", "bench_fla", "bench
 
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry of the NSA benchmark (`sparsa bench nsa`, `python benchmarks/nsa.py`)."""
-    import argparse
-
     ap = argparse.ArgumentParser(description="NSA kernels vs SDPA cuDNN / FA2 (and fla-core) on one GPU.", formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--contexts", type=int, nargs="+", default=[65536])
     ap.add_argument("--shapes", nargs="+", default=["paper"], choices=sorted(SHAPES))

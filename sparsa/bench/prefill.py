@@ -40,14 +40,22 @@ query-key pair.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ..ops.dense.reference import causal_pairs
+from ..methods.registry import get_method, list_methods
+from ..ops.block_sparse import (LocalMask, block_mask_from_indices, block_sparse_attention_ref, local_block_lists,
+                                normalize_block_indices, num_blocks)
+from ..ops.dense.reference import causal_pairs, masked_attention, query_positions
+from ..ops.vertical_slash import vertical_slash_attention_ref
+from ..ops.vertical_slash.convert import (START_MASK, VS_TILE, computed_tile_elements, default_block_q,
+                                          prepare_vertical_slash, vertical_slash_pairs)
 from .timing import ResultsFile, attention_flops, bench_ms, once_ms, rel_err
 
 SHAPE = {"batch": 1, "heads": 32, "kv_heads": 8, "head_dim": 128}
@@ -114,7 +122,6 @@ def random_block_indices(batch: int, heads_x: int, length: int, block: int, comp
                          gen: torch.Generator) -> torch.Tensor:
     """Sorted random key-block lists (q_len = kv_len = length) keeping 1/compression of the
     causal blocks of each query block, the first and diagonal blocks always included."""
-    from ..ops.block_sparse import normalize_block_indices
     device = gen.device
     n = math.ceil(length / block)
     qb = torch.arange(n, device=device)
@@ -157,7 +164,6 @@ def line_sets(kind: str, batch: int, heads: int, length: int, n_vertical: int, n
 def dense_baselines(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                     names: Sequence[str] = BASELINES) -> dict[str, Callable[[], torch.Tensor]]:
     """Callables of the dense causal baselines that run on this device (others are skipped)."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
     group = q.shape[1] // k.shape[1]
     ke = k.repeat_interleave(group, 1)
     ve = v.repeat_interleave(group, 1)
@@ -175,7 +181,7 @@ def dense_baselines(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         fns["sdpa_flash"] = sdpa(SDPBackend.FLASH_ATTENTION)
     if "flex" in names:
         try:
-            from torch.nn.attention.flex_attention import flex_attention
+            from torch.nn.attention.flex_attention import flex_attention  # local: defers torch's compile machinery
             mask = flex_causal_mask(q.shape[2], q.device)
             compiled = torch.compile(flex_attention, dynamic=False)
             fns["flex"] = lambda: compiled(q, k, v, block_mask=mask, enable_gqa=True)
@@ -203,7 +209,6 @@ def _window(length: int, where: str) -> tuple[int, int]:
 
 def check_block_sparse(q, k, v, idx, out, block: int) -> float:
     """Largest rel. error of ``out`` against the reference on two windows of query rows."""
-    from ..ops.block_sparse import block_sparse_attention_ref, normalize_block_indices
     worst = 0.0
     for where in ("middle", "end"):
         s, e = _window(q.shape[2], where)
@@ -217,7 +222,6 @@ def check_block_sparse(q, k, v, idx, out, block: int) -> float:
 
 def check_vertical_slash(q, k, v, vi, si, out) -> float:
     """Largest rel. error of ``out`` against the reference on two windows of query rows."""
-    from ..ops.vertical_slash import vertical_slash_attention_ref
     worst = 0.0
     for where in ("middle", "end"):
         s, e = _window(q.shape[2], where)
@@ -230,8 +234,6 @@ def check_vertical_slash(q, k, v, vi, si, out) -> float:
 
 def check_vertical_slash_superset(q, k, v, layout, out) -> float:
     """Rel. error of a superset-semantics ``out`` on the last window of query rows."""
-    from ..ops.dense.reference import masked_attention, query_positions
-    from ..ops.vertical_slash.convert import START_MASK, VS_TILE
     lq, lk = q.shape[2], k.shape[2]
     s, e = _window(lq, "end")
     bq = layout.block_q
@@ -291,6 +293,7 @@ class _Recorder:
 def _bs_rows(rec: _Recorder, q, k, v, context: int, compression: float, base_ms: dict[str, float],
              check: bool, gen: torch.Generator, configs: Sequence[tuple[int, int]] | None,
              detail: bool = True) -> None:
+    # local: defers triton
     from ..ops.block_sparse.triton import block_counts, block_sparse_attention_triton, block_sparse_pairs
     b, h, _, d = q.shape
     hkv = k.shape[1]
@@ -321,11 +324,9 @@ def _bs_rows(rec: _Recorder, q, k, v, context: int, compression: float, base_ms:
                 params.update(num_warps=cfg[0], num_stages=cfg[1])
             rec.emit("block_sparse", context, dense / pairs, params, ms, base_ms, metrics)
     # the method end to end: pooled estimation + top-k + kernel
-    from ..methods.registry import list_methods
     if "block_sparse" not in list_methods():
         rec.log("  block_sparse method not registered: end-to-end row skipped")
         return
-    from ..methods.registry import get_method
     m = get_method("block_sparse", compression=compression, per_kv_head=True)
     out, stats = m(q, k, v)
     metrics = {}
@@ -345,9 +346,7 @@ def _bs_rows(rec: _Recorder, q, k, v, context: int, compression: float, base_ms:
 def _vs_rows(rec: _Recorder, q, k, v, context: int, compression: float | None, base_ms: dict[str, float],
              check: bool, gen: torch.Generator, vs_configs: Sequence[tuple[int, int, int]] | None = None,
              line_sets_to_time: Sequence[str] = ("band", "scattered"), detail: bool = True) -> None:
-    from ..methods.registry import get_method, list_methods
-    from ..ops.vertical_slash.convert import (computed_tile_elements, default_block_q, prepare_vertical_slash,
-                                             vertical_slash_pairs)
+    # local: defers triton
     from ..ops.vertical_slash.triton import vertical_slash_attention_triton, vertical_slash_layout
     b, h, _, d = q.shape
     dense = causal_pairs(context, context) * b * h
@@ -439,7 +438,6 @@ def longformer_globals(length: int) -> tuple[int, ...]:
 
 def static_method(name: str, length: int, compression: float) -> Any:
     """The benchmarked configuration of a static method at a compression target."""
-    from ..methods.registry import get_method
     if name == "sliding_window":
         return get_method(name, compression=compression, global_positions=longformer_globals(length))
     if name == "streaming":
@@ -452,7 +450,6 @@ def static_method(name: str, length: int, compression: float) -> Any:
 def pinned_method(method: Any, stats: Any) -> Any:
     """``method`` with the budget it resolved fixed, so it gives the same pattern on a window of
     rows (query blocks stay aligned when the window starts at a multiple of the block)."""
-    import dataclasses
     if method.name in ("sliding_window", "streaming"):
         return dataclasses.replace(method, compression=None, window=stats.info["window"])
     if method.name == "bigbird":
@@ -496,7 +493,7 @@ def flex_block_mask(full: torch.Tensor, partial: torch.Tensor, length: int, bloc
     """A FlexAttention ``BlockMask`` from block tables (B|1, H|1, NQ, NK): ``full`` blocks skip
     ``mask_mod``, ``partial`` ones apply it. Built directly, without evaluating the mask on
     every pair (which ``create_block_mask`` would do over ``length**2`` elements)."""
-    from torch.nn.attention.flex_attention import BlockMask
+    from torch.nn.attention.flex_attention import BlockMask  # local: defers torch's compile machinery
     kv_num, kv_idx = _flex_ordered(partial)
     full_num, full_idx = _flex_ordered(full)
     return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=block, mask_mod=mask_mod,
@@ -520,7 +517,6 @@ def flex_local_tables(local: Any, length: int, block: int,
 
     Full blocks hold only kept pairs (for every row); partial ones hold some. q_len = kv_len.
     """
-    from ..ops.block_sparse import local_block_lists, num_blocks
     idx, n_clean, n_vis = local_block_lists(local, length, length, block, block, device)
     nq, width = idx.shape
     nk = num_blocks(length, block)
@@ -557,7 +553,6 @@ def flex_bigbird_tables(indices: torch.Tensor, length: int, block_size: int,
     """BigBird's lists (B, H, NQ, W) of ``block_size`` blocks at ``block`` granularity (a
     multiple of ``block_size``): (full, partial) bool (B, H, n, n) and the fine table
     (B, H, NQ, NK) the mask reads. q_len = kv_len = length."""
-    from ..ops.block_sparse import block_mask_from_indices, num_blocks
     if block % block_size:
         raise ValueError(f"block: must be a multiple of block_size ({block_size}), got {block}")
     f = block // block_size
@@ -601,8 +596,8 @@ _COMPILED_FLEX: list[Callable] = []
 def compiled_flex() -> Callable:
     """``flex_attention`` compiled once per process (static shapes)."""
     if not _COMPILED_FLEX:
-        import torch._dynamo
-        from torch.nn.attention.flex_attention import flex_attention
+        import torch._dynamo  # local: defers torch's compile machinery
+        from torch.nn.attention.flex_attention import flex_attention  # local: defers torch's compile machinery
         # one compilation per (context, mask family); keep them all cached
         for name in ("cache_size_limit", "recompile_limit", "accumulated_cache_size_limit",
                      "accumulated_recompile_limit"):
@@ -614,7 +609,7 @@ def compiled_flex() -> Callable:
 
 def _static_rows(rec: _Recorder, q, k, v, context: int, name: str, compression: float, base_ms: dict[str, float],
                  check: bool, flex: bool) -> None:
-    from ..ops.block_sparse import LocalMask, local_block_lists
+    # local: defers triton
     from ..ops.block_sparse.triton import block_counts, block_sparse_attention_triton, launch_block_sparse
     b, h, _, d = q.shape
     m = static_method(name, context, compression)
@@ -701,7 +696,6 @@ def _static_rows(rec: _Recorder, q, k, v, context: int, name: str, compression: 
 
 def _flexprefill_rows(rec: _Recorder, q, k, v, context: int, compression: float | None, base_ms: dict[str, float],
                       check: bool) -> None:
-    from ..methods.registry import get_method
     b, h, _, d = q.shape
     budget = {} if compression is None else {"compression": compression}
     m = get_method("flexprefill", **budget)

@@ -26,7 +26,7 @@ PASSES = ("fwd", "bwd", "fwd_bwd", "decode", "e2e_prefill", "e2e_decode")
 def device_info() -> dict[str, str]:
     """Card, library versions and the creation time, for a results file's header."""
     try:
-        import triton
+        import triton  # local: defers triton
         triton_version = triton.__version__
     except ImportError:
         triton_version = "none"
@@ -47,7 +47,7 @@ def bench_ms(fn: Callable[[], Any], *, warmup: float = 25.0, rep: float = 100.0)
     few runs.
     """
     if torch.cuda.is_available():
-        import triton.testing
+        import triton.testing  # local: defers triton
         fn()
         first = once_ms(fn)
         if first > SLOW_MS:
