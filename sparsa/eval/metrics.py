@@ -171,7 +171,7 @@ def read_jsonl(path: str | Path) -> list[Row]:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             if i == last:
-                warnings.warn(f"{p}: line {i + 1} is incomplete (interrupted write?); skipped", stacklevel=2)
+                warnings.warn(f"{p}: line {i + 1} is incomplete (a torn, interrupted write); skipped", stacklevel=2)
                 break
             raise ValueError(f"{p}: line {i + 1} is not valid JSON ({e.msg})") from None
         rows.append(_check_row(obj, f"{p}: line {i + 1}"))
@@ -179,20 +179,21 @@ def read_jsonl(path: str | Path) -> list[Row]:
 
 
 def result_files(source: str | Path | Sequence[str | Path]) -> list[Path]:
-    """The JSON-lines files of ``source``: a results directory (every ``*.jsonl`` in it, sorted by
+    """The JSON-lines files of ``source``: a results directory (every ``rows*.jsonl`` in it, sorted by
     name, e.g. ``rows.rank0.jsonl``, ``rows.rank1.jsonl``), one file, or a list of files/directories."""
     items = [source] if isinstance(source, (str, Path)) else list(source)
     files: list[Path] = []
     for item in items:
         p = Path(item)
         if p.is_dir():
-            files.extend(sorted(p.glob("*.jsonl")))
+            # rows*.jsonl only: a sweep directory also holds errors.rank<R>.jsonl, a log of failed cells
+            files.extend(sorted(p.glob("rows*.jsonl")))
         elif p.is_file():
             files.append(p)
         else:
             raise ValueError(f"results: {p} does not exist")
     if not files:
-        raise ValueError(f"results: no *.jsonl result files found in {', '.join(str(i) for i in items)}")
+        raise ValueError(f"results: no *.jsonl result files (rows*.jsonl in a directory) found in {', '.join(str(i) for i in items)}")
     return files
 
 

@@ -76,7 +76,8 @@ def drop_partial_line(path: str | Path) -> None:
         return
     data = path.read_bytes()
     if data and not data.endswith(b"\n"):
-        path.write_bytes(data[:data.rfind(b"\n") + 1])
+        with open(path, "r+b") as fh:             # in place: the complete rows are never rewritten
+            fh.truncate(data.rfind(b"\n") + 1)
 
 
 class _NewlineStop:

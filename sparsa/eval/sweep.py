@@ -21,7 +21,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,8 @@ from ..patterns import load_head_patterns, read_patterns
 from .greedy import MODES, Prompt, greedy_generate
 from .models import load_model, model_context_length
 from .prompts import split_prompt_ids
-from .run import instance_seed
+from .metrics import cell_key, dedupe_rows, read_jsonl
+from .run import drop_partial_line, instance_seed
 from .tasks import get_task, list_tasks
 from .tokenization import TokenCounter, special_ids
 
@@ -62,10 +63,9 @@ class Cell:
 
 
 def row_key(row: dict[str, Any]) -> tuple[Any, ...]:
-    """(task, length, method, phase, target, mode, sample) of a result row."""
-    t = row.get("target")
-    return (row["task"], int(row["length"]), row["method"], row["phase"], None if t is None else float(t),
-            row.get("mode", "aware"), int(row["sample"]))
+    """(task, length, method, phase, target, mode, sample) of a result row: its cell without the
+    model (one sweep directory holds one model) and its sample."""
+    return (*cell_key(row)[1:], int(row["sample"]))
 
 
 @dataclass
@@ -163,40 +163,14 @@ def rows_path(out_dir: str | Path, rank: int) -> Path:
 
 
 def read_results(out_dir: str | Path) -> list[dict[str, Any]]:
-    """Every row of every ``rows.*.jsonl`` in ``out_dir`` (a torn last line is skipped with a
-    warning; a corrupt line elsewhere raises ``ValueError`` naming file and line). Later rows of
+    """Every row of every ``rows.*.jsonl`` in ``out_dir``, read and deduplicated as the report
+    reads them (:func:`~sparsa.eval.metrics.read_jsonl`: a torn last line is skipped with a
+    warning, a corrupt line elsewhere raises ``ValueError`` naming file and line). Later rows of
     the same (cell, sample) replace earlier ones."""
     d = Path(out_dir)
     if not d.is_dir():
         raise FileNotFoundError(f"out: no results directory at {d}")
-    rows: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for f in sorted(d.glob("rows.*.jsonl")):
-        for r in _read_jsonl(f):
-            rows[row_key(r)] = r
-    return list(rows.values())
-
-
-def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    lines = path.read_bytes().split(b"\n")
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            yield json.loads(line)
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:
-                warnings.warn(f"{path}: ignoring a torn last line (an interrupted write)", stacklevel=3)
-                return
-            raise ValueError(f"out: {path} line {i + 1} is not valid JSON; fix or remove that line") from None
-
-
-def _cut_torn_tail(path: Path) -> None:
-    """Drop an unfinished last line so appended rows start on a line of their own."""
-    if path.exists():
-        data = path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            with open(path, "r+b") as fh:
-                fh.truncate(data.rfind(b"\n") + 1)
+    return dedupe_rows(r for f in sorted(d.glob("rows.*.jsonl")) for r in read_jsonl(f))
 
 
 def _write_config(out_dir: Path, config: SweepConfig) -> None:
@@ -324,7 +298,7 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, model: Any = None, to
         return lines
 
     path = rows_path(out, rank)
-    _cut_torn_tail(path)
+    drop_partial_line(path)
     bar = tqdm(total=total, initial=total - len(todo), desc=f"eval r{rank}" if world > 1 else "eval",
                unit="ex", disable=not progress, dynamic_ncols=True)
     written = 0

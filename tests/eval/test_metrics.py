@@ -125,3 +125,9 @@ def test_targets_normalised():
     rows = [row("m", 0, 1, compression=2.0, target=2), row("m", 1, 1, compression=2.0, target=2.0)]
     (s,) = summarize_cells(rows)
     assert s.n == 2 and s.target == 2.0 and not math.isnan(s.score)
+
+
+def test_a_results_directory_reads_rows_files_only(tmp_path):
+    write_jsonl(tmp_path / "rows.rank0.jsonl", [row("dense", 0, 1), row("m", 0, 1, compression=2.0)])
+    (tmp_path / "errors.rank0.jsonl").write_text('{"task": "t", "method": "x", "error": "boom"}\n')
+    assert len(load_rows(tmp_path)) == 2
