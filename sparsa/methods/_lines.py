@@ -11,6 +11,12 @@ from ..ops.vertical_slash import vertical_slash_attention
 from .base import AttentionStats, Method, prefill_stats
 
 
+def _trim(indices: torch.Tensor) -> torch.Tensor:
+    """Drop the trailing columns that are -1 in every row (planners pad to a host-known bound)."""
+    width = max(1, int((indices >= 0).sum(-1).max())) if indices.numel() else indices.shape[-1]
+    return indices[..., :width]
+
+
 class LinePattern(Method):
     """A method whose plan is a set of key columns and diagonals per query head.
 
@@ -43,7 +49,7 @@ class LinePattern(Method):
         """
         check_qkv(q, k, k)
         vi, si, _ = self._plan(q, k, check_scale(scale, q.shape[-1]))
-        return vi, si
+        return _trim(vi), _trim(si)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float,
                 backend: str | None) -> tuple[torch.Tensor, AttentionStats]:

@@ -13,7 +13,8 @@ as a decode step at its position: the row reads exactly the tokens the method wo
 that step; their stats describe the last row.
 
 A method whose ``compression`` target is in force and that achieves less than 0.9 of it
-warns once per (method, target) per process with :class:`CompressionNotReached`. A method
+warns once per (method, target) per process with :class:`CompressionNotReached` (for stats
+still on the device, :class:`DeferredStats`, when they are first read). A method
 that runs dense attention for some heads instead of its pattern says so in
 ``stats.info["dense_fallback"]`` and counts those heads' pairs as dense.
 
@@ -90,12 +91,91 @@ class AttentionStats:
                 f"compression={self.compression:.3f}, sparsity={self.sparsity:.4f})")
 
 
-def prefill_stats(method: str, pairs: torch.Tensor, q_len: int, kv_len: int, **info: Any) -> AttentionStats:
-    """Stats from per-(batch, head) pair counts of a prefill call."""
+def _host_info(info: dict[str, Any]) -> dict[str, Any]:
+    """``info`` with device values on the host: 0-dim tensors as Python numbers, others on the CPU."""
+    out = {}
+    for key, value in info.items():
+        if isinstance(value, torch.Tensor):
+            value = value.item() if value.dim() == 0 else value.cpu()
+        out[key] = value
+    return out
+
+
+def prefill_stats(method: str, pairs: torch.Tensor, q_len: int, kv_len: int, *, defer: bool | None = None,
+                  **info: Any) -> AttentionStats:
+    """Stats from per-(batch, head) pair counts of a prefill call.
+
+    pairs: (B, H) counts. Tensors in ``info`` are read back too (0-dim ones as numbers).
+    ``defer`` (default: when ``pairs`` is on CUDA) returns :class:`DeferredStats`, which reads
+    the counts back only when a field is first read, so a call never waits for the device.
+    """
+    if defer is None:
+        defer = pairs.is_cuda
+    if defer:
+        return DeferredStats(method, pairs, q_len, kv_len, info)
+    return _read_prefill_stats(method, pairs, q_len, kv_len, info)
+
+
+def _read_prefill_stats(method: str, pairs: torch.Tensor, q_len: int, kv_len: int,
+                        info: dict[str, Any]) -> AttentionStats:
     dense_per_head = float(causal_pairs(q_len, kv_len))
     per_head_pairs = pairs.sum(0).double().cpu()
     per_head = (dense_per_head * pairs.shape[0]) / per_head_pairs.clamp_min(1.0)
-    return AttentionStats(method, "prefill", dense_per_head * pairs.numel(), float(pairs.sum()), per_head, dict(info))
+    return AttentionStats(method, "prefill", dense_per_head * pairs.numel(), float(pairs.sum()), per_head,
+                          _host_info(info))
+
+
+class DeferredStats(AttentionStats):
+    """Prefill stats whose device values (pair counts, tensors in ``info``) are read back on
+    first access of ``computed``, ``per_head`` or ``info`` (or anything derived from them).
+
+    ``method``, ``phase`` and ``dense`` are known on the host. Callbacks registered with
+    :meth:`when_read` run once, right after the read (the compression check of a call).
+    """
+
+    def __init__(self, method: str, pairs: torch.Tensor, q_len: int, kv_len: int, info: dict[str, Any]) -> None:
+        self.method = method
+        self.phase = "prefill"
+        self.dense = float(causal_pairs(q_len, kv_len)) * pairs.numel()
+        self._source: tuple[torch.Tensor, int, int, dict[str, Any]] | None = (pairs, q_len, kv_len, info)
+        self._values: AttentionStats | None = None
+        self._callbacks: list[Callable[[AttentionStats], None]] = []
+
+    @property
+    def pending(self) -> bool:
+        """True until the device values have been read."""
+        return self._values is None
+
+    def when_read(self, callback: Callable[[AttentionStats], None]) -> None:
+        """Run ``callback(self)`` once the values are read (now, if they already are)."""
+        if self.pending:
+            self._callbacks.append(callback)
+        else:
+            callback(self)
+
+    def _read(self) -> AttentionStats:
+        if self._values is None:
+            assert self._source is not None
+            pairs, q_len, kv_len, info = self._source
+            self._values = _read_prefill_stats(self.method, pairs, q_len, kv_len, info)
+            self._source = None
+            callbacks, self._callbacks = self._callbacks, []
+            for callback in callbacks:
+                callback(self)
+        return self._values
+
+    def _field(name: str) -> property:  # type: ignore[misc]
+        def get(self: "DeferredStats") -> Any:
+            return getattr(self._read(), name)
+
+        def put(self: "DeferredStats", value: Any) -> None:
+            setattr(self._read(), name, value)
+        return property(get, put)
+
+    computed = _field("computed")
+    per_head = _field("per_head")
+    info = _field("info")
+    del _field
 
 
 def decode_stats(method: str, tokens_read: torch.Tensor, context_len: int, **info: Any) -> AttentionStats:
@@ -164,7 +244,12 @@ class Method:
         fast = self.fast_masks and masked_executor(backend, q.device) == "sdpa"  # also rejects a bad backend
         with sdpa_masked_scope(fast):
             out, stats = self.forward(q, k, v, scale=check_scale(scale, q.shape[-1]), backend=backend)
-        warn_unreached(self.name, self.target(), stats.compression)
+        name, target = self.name, self.target()
+        if isinstance(stats, DeferredStats) and stats.pending:
+            # checked when the stats are first read: the call does not wait for the device
+            stats.when_read(lambda s: warn_unreached(name, target, s.compression))
+        else:
+            warn_unreached(name, target, stats.compression)
         return out, stats
 
     def for_prefill(self) -> "Method":

@@ -8,7 +8,8 @@ import torch
 
 from .._validation import check_float, check_int
 from ..ops.dense.reference import causal_pairs
-from ._estimate import last_q_line_mass, line_pairs, ranks, selection_order, take_prefix
+from ._estimate import (bisect_fraction_tensor, candidate_ways, last_q_line_mass, line_pairs, ranks,
+                        selection_order, take_prefix)
 from ._lines import LinePattern
 from .registry import register
 
@@ -98,8 +99,12 @@ class FlexPrefill(LinePattern):
         s_cum = diag_mass.gather(-1, s_order).cumsum(-1)
         v_cum, s_cum = v_cum / v_cum[..., -1:], s_cum / s_cum[..., -1:]
 
-        def budgets(alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
-            # shortest prefix reaching alpha = entries strictly below alpha, plus one
+        def budgets(alpha: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            # shortest prefix reaching alpha = entries strictly below alpha, plus one; alpha may be
+            # a (K, 1, 1, 1) tensor of candidates, giving (K, B, H) budgets; compared in the masses'
+            # dtype, as a Python float is
+            if isinstance(alpha, torch.Tensor):
+                alpha = alpha.to(v_cum.dtype)
             nv = (v_cum < alpha).sum(-1) + 1
             ns = (s_cum < alpha).sum(-1) + 1
             nv = nv.clamp(min=max(floor, init), max=cap).clamp(max=lk)
@@ -117,25 +122,19 @@ class FlexPrefill(LinePattern):
             elif alpha is None:
                 alpha = 0.9
             nv, ns = budgets(alpha)
-        info = {"alpha": alpha, "vertical_budget": nv.cpu(), "slash_budget": ns.cpu(), "last_q": min(self.last_q, lq)}
-        return take_prefix(v_order, nv), take_prefix(s_order, ns), info
+        # alpha and the budgets stay on the device until the stats are read; the lists take the cap
+        info = {"alpha": alpha, "vertical_budget": nv, "slash_budget": ns, "last_q": min(self.last_q, lq)}
+        return take_prefix(v_order, nv, cap), take_prefix(s_order, ns, cap), info
 
-    def _search_alpha(self, budgets: Callable[[float], tuple[torch.Tensor, torch.Tensor]], v_rank: torch.Tensor,
-                      s_rank: torch.Tensor, q_len: int, kv_len: int) -> float:
-        """Alpha whose total pair count is closest to the compression target."""
+    def _search_alpha(self, budgets: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+                      v_rank: torch.Tensor, s_rank: torch.Tensor, q_len: int, kv_len: int) -> torch.Tensor:
+        """Alpha whose total pair count is closest to the compression target (0-dim float64
+        tensor): ``_ALPHA_STEPS`` bisection steps over [0, 1], run on the device."""
         target = causal_pairs(q_len, kv_len) * v_rank.shape[0] * v_rank.shape[1] / self.compression
 
-        def count(alpha: float) -> float:
-            nv, ns = budgets(alpha)
-            return float(line_pairs(v_rank < nv[..., None], s_rank < ns[..., None], q_len, kv_len).sum())
+        def count(alpha: torch.Tensor) -> torch.Tensor:
+            nv, ns = budgets(alpha.view(-1, 1, 1, 1))                     # (K, B, H)
+            return line_pairs(v_rank < nv[..., None], s_rank < ns[..., None], q_len, kv_len).flatten(1).sum(1)
 
-        lo, hi = 0.0, 1.0
-        if count(hi) <= target:
-            return hi
-        for _ in range(_ALPHA_STEPS):
-            mid = 0.5 * (lo + hi)
-            if count(mid) < target:
-                lo = mid
-            else:
-                hi = mid
-        return lo if abs(count(lo) - target) < abs(count(hi) - target) else hi
+        ways = 1 << (candidate_ways(v_rank.numel()).bit_length() - 1)    # a power of two
+        return bisect_fraction_tensor(count, target, _ALPHA_STEPS, ways=ways, device=v_rank.device)

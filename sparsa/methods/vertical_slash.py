@@ -10,9 +10,9 @@ import torch
 from .._validation import check_int
 from ..ops.dense.reference import causal_pairs
 from ..ops.vertical_slash.convert import BLOCK_Q_CHOICES
-from ._estimate import last_q_line_mass, line_pairs, ranks, selection_order, take_prefix, top_lines
+from ._estimate import (candidate_ways, last_q_line_mass, line_pairs, ranks, selection_order, solve_budget_tensor,
+                        take_prefix, top_lines)
 from ._lines import LinePattern
-from .base import solve_budget
 from .registry import register
 
 VERTICAL_DEFAULT = 1000
@@ -41,7 +41,9 @@ class VerticalSlash(LinePattern):
     compression is the closest reachable to the target. An explicit budget stays fixed and
     only the other one is searched. With the forced lines alone at ``kv_len`` 4096 the
     compression is about 16, so higher targets saturate there at short contexts.
-    ``compression=1`` keeps every line (dense attention).
+    ``compression=1`` keeps every line (dense attention). The search runs on the device with
+    no host read (a few rounds of candidate budgets evaluated at once); its index lists are
+    padded with -1 to the largest reachable budget.
 
     ``exact`` (default True): attention covers exactly the chosen lines. ``exact=False``
     uses MInference's superset semantics: every causal pair of the 64-key tiles that cover
@@ -106,31 +108,38 @@ class VerticalSlash(LinePattern):
             return kv_len, kv_len
         return None
 
-    def _budgets(self, v_order: torch.Tensor, s_order: torch.Tensor, q_len: int, kv_len: int) -> tuple[int, int]:
-        """(vertical, slash) budgets for this call, forced lines included, each <= kv_len."""
+    def _budgets(self, v_order: torch.Tensor, s_order: torch.Tensor, q_len: int,
+                 kv_len: int) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+        """(vertical, slash) budgets for a compression target, forced lines included.
+
+        The search runs on the device (:func:`solve_budget_tensor`, no host read). Returns the
+        budgets as 0-dim int64 tensors and their host-known upper bounds (each <= kv_len).
+        """
         init = min(self.init_tokens, kv_len)
         local = min(self.local_diagonals, kv_len)
         fixed_v = None if self.vertical is None else min(self.vertical, kv_len)
         fixed_s = None if self.slash is None else min(self.slash, kv_len)
-        fixed = self._fixed_budgets(kv_len)
-        if fixed is not None:
-            return fixed
 
-        def budgets(t: int) -> tuple[int, int]:
-            nv = fixed_v if fixed_v is not None else min(kv_len, max(init, round(t * VERTICAL_DEFAULT / SLASH_DEFAULT)))
-            ns = fixed_s if fixed_s is not None else min(kv_len, max(local, t))
+        def budgets(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            # Python's round(t * V / S): the same float64 quotient, rounded half to even
+            nv = (torch.full_like(t, fixed_v) if fixed_v is not None else
+                  torch.round((t * VERTICAL_DEFAULT).double() / SLASH_DEFAULT).long().clamp(min=init, max=kv_len))
+            ns = torch.full_like(t, fixed_s) if fixed_s is not None else t.clamp(min=local, max=kv_len)
             return nv, ns
 
         v_rank, s_rank = ranks(v_order), ranks(s_order)
 
-        def count(t: int) -> float:
+        def count(t: torch.Tensor) -> torch.Tensor:
             nv, ns = budgets(t)
-            return float(line_pairs(v_rank < nv, s_rank < ns, q_len, kv_len).sum())
+            shape = (-1,) + (1,) * v_rank.dim()
+            return line_pairs(v_rank < nv.view(shape), s_rank < ns.view(shape), q_len, kv_len).flatten(1).sum(1)
 
         target = causal_pairs(q_len, kv_len) * v_order.shape[0] * v_order.shape[1] / self.compression
         # t is the slash budget; its range lets the vertical budget alone reach kv_len too
         hi = math.ceil(kv_len * SLASH_DEFAULT / VERTICAL_DEFAULT)
-        return budgets(solve_budget(count, target, 0, hi))
+        t = solve_budget_tensor(count, target, 0, hi, ways=candidate_ways(v_rank.numel()), device=v_order.device)
+        nv, ns = budgets(t)
+        return nv, ns, kv_len if fixed_v is None else fixed_v, kv_len if fixed_s is None else fixed_s
 
     def _plan(self, q: torch.Tensor, k: torch.Tensor, scale: float,
               backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
@@ -147,6 +156,7 @@ class VerticalSlash(LinePattern):
             return top_lines(col_mass, init, nv), top_lines(diag_mass, local, ns), info
         v_order = selection_order(col_mass, init)
         s_order = selection_order(diag_mass, local)
-        nv, ns = self._budgets(v_order, s_order, lq, lk)
+        nv, ns, v_width, s_width = self._budgets(v_order, s_order, lq, lk)
+        # budgets stay on the device (the stats read them when read); the lists take the host bounds
         info.update(vertical=nv, slash=ns)
-        return take_prefix(v_order, nv), take_prefix(s_order, ns), info
+        return take_prefix(v_order, nv, v_width), take_prefix(s_order, ns, s_width), info
