@@ -55,7 +55,7 @@ import torch
 
 from .._shared.masked import masked_attention
 from .._shared.masks import causal_pairs, query_positions
-from .runs import DIAG_PAD, GATHER_BIT, START_MASK, VS_TILE, slash_runs, tiles_width_runs
+from .runs import DIAG_PAD, GATHER_BIT, START_MASK, VS_TILE, slash_runs, tiles_width, tiles_width_runs
 
 BLOCK_Q_CHOICES = (64, 128)
 DENSE_ROUTE_FRACTION = 0.7
@@ -239,7 +239,7 @@ def _tile_superset_pairs(s: torch.Tensor, p0: torch.Tensor, last: torch.Tensor, 
 
 def slash_tiles_reference(slash: torch.Tensor, slash_count: torch.Tensor, diag_prefix: torch.Tensor,
                           column_prefix: torch.Tensor, q_len: int, kv_len: int, block_q: int, exact: bool,
-                          column_positions: torch.Tensor | None = None
+                          column_positions: torch.Tensor | None = None, exact_width: bool | None = None
                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Greedy, classified tiles of the diagonals (the spec of the Triton conversion kernel).
 
@@ -248,8 +248,9 @@ def slash_tiles_reference(slash: torch.Tensor, slash_count: torch.Tensor, diag_p
     column_positions: (B, Hx, kv_len + 1) running sums of the column positions (needed when
     ``exact`` is False). Returns (tiles (B, Hx, NQ, width) int32, clean_count, masked_count
     (B, Hx, NQ) int32, tile_pairs (B, Hx, NQ) int64 or None when ``exact``), in the layout
-    described by :class:`VSLayout`. Loops over the diagonals in Python, vectorised over batch,
-    heads and query blocks.
+    described by :class:`VSLayout`; ``exact_width`` as in
+    :func:`~sparsa.ops.vertical_slash.runs.tiles_width`. Loops over the diagonals in Python,
+    vectorised over batch, heads and query blocks.
     """
     if not exact and column_positions is None:
         raise ValueError("column_positions: required when exact is False")
@@ -257,7 +258,7 @@ def slash_tiles_reference(slash: torch.Tensor, slash_count: torch.Tensor, diag_p
     dev = slash.device
     p0, end, last = _block_bounds(q_len, kv_len, block_q, dev)
     nq = p0.shape[0]
-    width = tiles_width_runs(*slash_runs(slash, slash_count), kv_len, block_q)
+    width = tiles_width(*slash_runs(slash, slash_count), q_len, kv_len, block_q, exact_width)
     sl = slash.to(torch.int64)
     dpre, cpre = diag_prefix.to(torch.int64), column_prefix.to(torch.int64)
     per_range = (block_q + VS_TILE - 1) // VS_TILE
@@ -299,7 +300,8 @@ def slash_tiles_reference(slash: torch.Tensor, slash_count: torch.Tensor, diag_p
 
 def prepare_vertical_slash(vertical_indices: torch.Tensor, slash_indices: torch.Tensor, q_len: int,
                            kv_len: int, *, use_triton: bool, block_q: int | None = None,
-                           exact: bool = True, check_indices: bool = True) -> VSLayout:
+                           exact: bool = True, check_indices: bool = True,
+                           exact_width: bool | None = None) -> VSLayout:
     """Validate and convert the index lists into the kernel's layout (all on the device).
 
     vertical_indices: (B, Hx, NV) absolute key columns; slash_indices: (B, Hx, NS) diagonal
@@ -308,7 +310,9 @@ def prepare_vertical_slash(vertical_indices: torch.Tensor, slash_indices: torch.
     semantics the layout is built for (it decides which tiles need no mask); ``block_q`` the
     query rows per program (64 or 128; default :func:`default_block_q`). ``check_indices=False``
     skips the range check of the entries (it reads them back to the host); only for lists
-    known to be in range, such as a planner's output.
+    known to be in range, such as a planner's output. ``exact_width``: the tile lists' width,
+    exact (read back) or a host bound (see :func:`~sparsa.ops.vertical_slash.runs.tiles_width`;
+    default: the bound on CUDA); the attention is the same either way.
     """
     if not isinstance(exact, bool):
         raise TypeError(f"exact: expected a bool, got {type(exact).__name__}")
@@ -338,10 +342,12 @@ def prepare_vertical_slash(vertical_indices: torch.Tensor, slash_indices: torch.
     if use_triton:
         from .convert_triton import slash_tiles_triton   # triton: optional, imported only on this path
         tiles, clean, masked, tile_pairs = slash_tiles_triton(
-            slash, slash_count, diag_prefix, column_prefix, q_len, kv_len, block_q, exact, column_positions)
+            slash, slash_count, diag_prefix, column_prefix, q_len, kv_len, block_q, exact, column_positions,
+            exact_width)
     else:
         tiles, clean, masked, tile_pairs = slash_tiles_reference(
-            slash, slash_count, diag_prefix, column_prefix, q_len, kv_len, block_q, exact, column_positions)
+            slash, slash_count, diag_prefix, column_prefix, q_len, kv_len, block_q, exact, column_positions,
+            exact_width)
     return VSLayout(q_len, kv_len, block_q, exact, slash, slash_count, columns, column_count,
                     block_columns.to(torch.int32).contiguous(), below.to(torch.int32).contiguous(),
                     tiles, clean, masked, diag_table, column_table, diag_prefix, column_prefix, diag_bits,
@@ -472,5 +478,5 @@ def dense_causal_pairs(batch: int, heads: int, q_len: int, kv_len: int, device: 
 __all__ = ["BLOCK_Q_CHOICES", "DENSE_ROUTE_FRACTION", "DIAG_PAD", "GATHER_BIT", "START_MASK", "VSLayout", "VS_TILE",
            "computed_tile_elements", "default_block_q", "dense_causal_pairs", "dense_tile_elements",
            "offset_bits_words", "pack_bits", "prepare_vertical_slash", "slash_runs", "slash_tiles_reference",
-           "superset_pairs", "superset_routes_dense", "tile_cover_mask", "tiles_width_runs", "vertical_slash_pairs",
+           "superset_pairs", "superset_routes_dense", "tile_cover_mask", "tiles_width", "tiles_width_runs", "vertical_slash_pairs",
            "vertical_slash_superset_ref"]

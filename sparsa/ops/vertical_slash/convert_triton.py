@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .runs import GATHER_BIT, VS_TILE, slash_runs, tiles_width_runs
+from .runs import GATHER_BIT, VS_TILE, slash_runs, tiles_width
 
 CONVERT_LANES = 128
 
@@ -127,7 +127,8 @@ def _slash_tiles_kernel(
 
 def slash_tiles_triton(slash: torch.Tensor, slash_count: torch.Tensor, diag_prefix: torch.Tensor,
                        column_prefix: torch.Tensor, q_len: int, kv_len: int, block_q: int = 64,
-                       exact: bool = True, column_positions: torch.Tensor | None = None
+                       exact: bool = True, column_positions: torch.Tensor | None = None,
+                       exact_width: bool | None = None
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Triton version of :func:`~sparsa.ops.vertical_slash.convert.slash_tiles_reference`.
 
@@ -135,14 +136,15 @@ def slash_tiles_triton(slash: torch.Tensor, slash_count: torch.Tensor, diag_pref
     diag_prefix, column_prefix: (B, Hx, kv_len + 1) int32; column_positions: (B, Hx,
     kv_len + 1) int64 running sums of the column positions (required when ``exact`` is
     False). Returns (tiles (B, Hx, NQ, width) int32, clean_count, masked_count (B, Hx, NQ)
-    int32, tile_pairs (B, Hx, NQ) int64 or None when ``exact``).
+    int32, tile_pairs (B, Hx, NQ) int64 or None when ``exact``). ``exact_width``: see
+    :func:`~sparsa.ops.vertical_slash.runs.tiles_width` (the default reads nothing back on CUDA).
     """
     if not exact and column_positions is None:
         raise ValueError("column_positions: required when exact is False")
     b, hx, ns = slash.shape
     nq = (q_len + block_q - 1) // block_q
     run_high, run_low, run_count = slash_runs(slash, slash_count)
-    width = tiles_width_runs(run_high, run_low, run_count, kv_len, block_q)
+    width = tiles_width(run_high, run_low, run_count, q_len, kv_len, block_q, exact_width)
     dpre, cpre = diag_prefix.contiguous(), column_prefix.contiguous()
     cpos = cpre if column_positions is None else column_positions.to(torch.int64).contiguous()
     dev = slash.device

@@ -56,4 +56,35 @@ def tiles_width_runs(run_high: torch.Tensor, run_low: torch.Tensor, run_count: t
     return max(1, min(need, (kv_len + VS_TILE - 1) // VS_TILE))
 
 
-__all__ = ["DIAG_PAD", "GATHER_BIT", "START_MASK", "VS_TILE", "slash_runs", "tiles_width_runs"]
+#: tile-list entries (int32) up to which a CUDA layout takes the host bound of its width
+#: instead of reading the exact width back (512 MiB; 32 heads at 128K with block_q 64)
+BOUND_WIDTH_ENTRIES = 1 << 27
+
+
+def tiles_width_bound(n_slash: int, kv_len: int, block_q: int) -> int:
+    """Host bound of :func:`tiles_width_runs` from the list width alone (no device read).
+
+    A run of ``r`` diagonals needs at most ``ceil((r - 1 + block_q) / 64)`` tiles, so
+    ``n_slash`` diagonals in any runs need at most ``n_slash * (block_q + 63) // 64``; capped
+    by a dense row, as the exact width is.
+    """
+    return max(1, min(n_slash * (block_q + VS_TILE - 1) // VS_TILE, (kv_len + VS_TILE - 1) // VS_TILE))
+
+
+def tiles_width(run_high: torch.Tensor, run_low: torch.Tensor, run_count: torch.Tensor, q_len: int, kv_len: int,
+                block_q: int, exact_width: bool | None = None) -> int:
+    """Slots per tile-list row: :func:`tiles_width_runs` (one device-to-host read) or, with
+    ``exact_width=False``, :func:`tiles_width_bound` (none; any width >= the need gives the
+    same tiles and the same attention). Default: the bound on CUDA while the tile lists stay
+    within ``BOUND_WIDTH_ENTRIES``, the exact width otherwise.
+    """
+    b, hx, ns = run_high.shape
+    bound = tiles_width_bound(ns, kv_len, block_q)
+    if exact_width is None:
+        nq = (q_len + block_q - 1) // block_q
+        exact_width = not run_high.is_cuda or b * hx * nq * bound > BOUND_WIDTH_ENTRIES
+    return tiles_width_runs(run_high, run_low, run_count, kv_len, block_q) if exact_width else bound
+
+
+__all__ = ["BOUND_WIDTH_ENTRIES", "DIAG_PAD", "GATHER_BIT", "START_MASK", "VS_TILE", "slash_runs", "tiles_width",
+           "tiles_width_bound", "tiles_width_runs"]

@@ -310,3 +310,34 @@ def test_method_triton_path_matches_reference_path(exact):
     ref, ref_stats = method(q, k, v, backend="reference")
     assert rel_err(out, ref) <= 1e-4
     assert stats.computed == ref_stats.computed
+
+
+@pytest.mark.parametrize("exact,bq", [(True, 64), (False, 128)])
+def test_bound_width_gives_the_same_tiles_and_output(exact, bq):
+    """The host bound of the list width (no read-back; the CUDA default) only adds -1 slots in
+    the middle of each row: clean tiles, masked tiles, counts and the attention are unchanged."""
+    from sparsa.ops.vertical_slash.runs import tiles_width_bound
+    gen = torch.Generator().manual_seed(11)
+    b, h, hkv, lq, lk, d = 2, 4, 2, 300, 333, 64
+    vi, si = random_lines(b, hkv, lk, 9, 40, gen)
+    q, k, v = qkv(b, h, hkv, lq, lk, d, torch.float32, gen)
+    for use_triton in (False, True):
+        tight = prepare_vertical_slash(vi, si, lq, lk, use_triton=use_triton, block_q=bq, exact=exact,
+                                       exact_width=True)
+        wide = prepare_vertical_slash(vi, si, lq, lk, use_triton=use_triton, block_q=bq, exact=exact,
+                                      exact_width=False)
+        w, wt = wide.tiles.shape[-1], tight.tiles.shape[-1]
+        assert w == tiles_width_bound(tight.slash.shape[-1], lk, bq) >= wt
+        assert torch.equal(wide.clean_count, tight.clean_count) and torch.equal(wide.masked_count, tight.masked_count)
+        for qb in range(tight.n_query_blocks):
+            nc, nm = tight.clean_count[..., qb], tight.masked_count[..., qb]
+            for bb in range(b):
+                for hh in range(hkv):
+                    c, m = int(nc[bb, hh]), int(nm[bb, hh])
+                    assert torch.equal(wide.tiles[bb, hh, qb, :c], tight.tiles[bb, hh, qb, :c])
+                    assert torch.equal(wide.tiles[bb, hh, qb, w - m:], tight.tiles[bb, hh, qb, wt - m:])
+        if wide.tile_pairs is not None:
+            assert torch.equal(wide.tile_pairs, tight.tile_pairs)
+    out_w = vertical_slash_attention_triton(q, k, v, layout=wide)
+    out_t = vertical_slash_attention_triton(q, k, v, layout=tight)
+    assert torch.equal(out_w, out_t)
