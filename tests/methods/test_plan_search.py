@@ -178,3 +178,21 @@ def test_deferred_stats_warn_when_read(monkeypatch):
     assert isinstance(stats, DeferredStats) and stats.pending
     with pytest.warns(sparsa.CompressionNotReached):
         _ = stats.compression
+
+
+def test_block_sparse_planner_lists_skip_the_value_check():
+    from sparsa.methods.block_sparse import BlockSparse, mean_pool
+    from sparsa.ops.block_sparse import block_sparse_attention
+    torch.manual_seed(4)
+    q, k, v = torch.randn(1, 4, 128, 32), torch.randn(1, 2, 128, 32), torch.randn(1, 2, 128, 32)
+    x = torch.randn(2, 3, 96, 8)
+    padded = torch.zeros(2, 3, 96, 8)
+    padded[:] = x
+    assert torch.equal(mean_pool(x, 32), padded.view(2, 3, 3, 32, 8).sum(3) / torch.full((3,), 32.0)[:, None])
+    m = BlockSparse(block_size=32, top_k=2)
+    idx = m.plan(q, k)
+    a = block_sparse_attention(q, k, v, idx, block_q=32, block_k=32)
+    b = block_sparse_attention(q, k, v, idx, block_q=32, block_k=32, check_indices=False)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    with pytest.raises(ValueError, match="block_indices"):
+        block_sparse_attention(q, k, v, idx[:, :, :2], block_q=32, block_k=32, check_indices=False)

@@ -24,6 +24,7 @@ def block_sparse_attention(
     block_k: int = 64,
     scale: float | None = None,
     backend: str | None = None,
+    check_indices: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Causal attention of each query block over its listed key blocks.
 
@@ -35,12 +36,15 @@ def block_sparse_attention(
     ``backend``: "auto", "reference" or "triton" (see :mod:`sparsa.backend`). "auto" runs the
     Triton kernel on CUDA tensors it supports (head_dim 64/128, float16/bfloat16/float32,
     block sizes 16/32/64/128) and the reference otherwise; "triton" raises on unsupported input.
+    ``check_indices=False`` checks only the shape and dtype of ``block_indices``, not its
+    entries (that check reads them back to the host); only for lists known to be well formed,
+    such as a planner's output.
     """
     b, h, hkv, lq, lk, _ = check_qkv(q, k, v)
     check_int("block_q", block_q, minimum=1)
     check_int("block_k", block_k, minimum=1)
     check_block_indices(block_indices, batch=b, heads=h, kv_heads=hkv, q_len=lq, kv_len=lk,
-                        block_q=block_q, block_k=block_k)
+                        block_q=block_q, block_k=block_k, check_values=check_indices)
     if use_kernel(backend, q.device, lambda: _kernel_unsupported(q, block_q, block_k)):
         from .triton import block_sparse_attention_triton, block_sparse_pairs  # triton: optional
         out = block_sparse_attention_triton(q, k, v, block_indices, block_q=block_q, block_k=block_k,
@@ -96,7 +100,7 @@ def local_attention(
         out = local_attention_triton(q, k, v, window=local.window, sink=local.sink,
                                      global_positions=local.globals, scale=scale,
                                      block_q=block_q, block_k=block_k)
-        pairs = float(local_pairs(local, lq, lk, q.device))
+        pairs = float(local_pairs(local, lq, lk))          # on the host: the count needs no device read
         return out, torch.full((b, h), pairs, dtype=torch.float64, device=q.device)
     return local_attention_ref(q, k, v, window=local.window, sink=local.sink, global_positions=local.globals,
                                scale=scale)

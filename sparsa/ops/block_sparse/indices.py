@@ -18,8 +18,12 @@ def num_blocks(length: int, block: int) -> int:
 
 def check_block_indices(block_indices: torch.Tensor, *, batch: int, heads: int, kv_heads: int,
                         q_len: int, kv_len: int, block_q: int, block_k: int,
-                        require_sorted: bool = True) -> None:
-    """Raise a ValueError/TypeError naming ``block_indices`` unless it is well formed."""
+                        require_sorted: bool = True, check_values: bool = True) -> None:
+    """Raise a ValueError/TypeError naming ``block_indices`` unless it is well formed.
+
+    ``check_values=False`` checks the type, dtype and shape only (the entries' range and
+    order need device-to-host reads).
+    """
     if not isinstance(block_indices, torch.Tensor):
         raise TypeError(f"block_indices: expected a torch.Tensor, got {type(block_indices).__name__}")
     if block_indices.dtype not in (torch.int16, torch.int32, torch.int64):
@@ -30,7 +34,7 @@ def check_block_indices(block_indices: torch.Tensor, *, batch: int, heads: int, 
         raise ValueError(
             f"block_indices: expected shape (batch={batch}, heads={heads} or kv_heads={kv_heads}, "
             f"n_query_blocks={nq}, max_blocks), got {tuple(block_indices.shape)}")
-    if block_indices.numel() == 0:
+    if block_indices.numel() == 0 or not check_values:
         return
     if int(block_indices.min()) < -1 or int(block_indices.max()) >= nk:
         raise ValueError(f"block_indices: entries must be -1 (unused) or in [0, {nk}), "
