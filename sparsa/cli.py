@@ -260,6 +260,15 @@ def bench_nsa(ctx: typer.Context) -> None:
     main(list(ctx.args))
 
 
+@bench_app.command("nsa-train", context_settings=_PASS_THROUGH)
+def bench_nsa_train(ctx: typer.Context) -> None:
+    """A model trained with NSA vs its dense twin: step and decode speed, comparison table
+    (options: `sparsa bench nsa-train --help`)."""
+    from .bench.nsa_train import main
+
+    main(list(ctx.args))
+
+
 @bench_app.command("e2e")
 def bench_e2e(
     phase: str = typer.Option("prefill", "--phase", help="prefill (sparse prefill methods) or decode (decode "

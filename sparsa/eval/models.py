@@ -139,6 +139,8 @@ def load_model(name_or_path: str | Path | None = None, *, device: str | None = N
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer  # local: defers transformers
 
+    from ..integrations.hf import nsa_model  # noqa: F401  local: registers the sparsa_nsa architecture
+
     path = resolve_model_path(name_or_path)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"

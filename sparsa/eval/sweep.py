@@ -253,7 +253,14 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, model: Any = None, to
     if rank == 0:
         _write_config(out, config)
 
-    grid = shard(cells(config), config.samples, rank, world)
+    grid = cells(config)
+    if getattr(getattr(model, "config", None), "model_type", None) == "sparsa_nsa":
+        # natively sparse: its own attention is the model's baseline; no method replaces it
+        if any(c.method != "dense" for c in grid) and rank == 0:
+            warnings.warn("methods: the model's attention is trained Native Sparse Attention; only its own "
+                          "attention (the 'dense' rows) is evaluated", stacklevel=2)
+        grid = [c for c in grid if c.method == "dense"]
+    grid = shard(grid, config.samples, rank, world)
     done = {row_key(r) for r in read_results(out)} if any(out.glob("rows.*.jsonl")) else set()
     todo = [(c, s) for c in grid for s in range(config.samples) if (*c.key, s) not in done]
     total = len(grid) * config.samples

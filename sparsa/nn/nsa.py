@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .._validation import check_float, check_int, check_tensor
-from ..ops.nsa import CompressionParams, NSAConfig, compress_blocks, nsa_attention
+from ..ops.nsa import CompressionParams, NSAConfig, compress_blocks, nsa_attention, nsa_decode
 from .rope import apply_rope, rope_cos_sin
 
 BRANCHES = ("cmp", "slc", "win")
@@ -191,7 +191,11 @@ class NativeSparseAttention(nn.Module):
             cache.v_win = torch.cat([cache.v_win, vb["win"]], dim=2)
 
         gates = torch.sigmoid(self.gate_proj(x)).view(b, t, h, 3).transpose(1, 2)    # (B, H, T, 3)
-        o = nsa_attention(q, cache.k, cache.v, gates, self.cfg, k_cmp=cache.k_cmp, v_cmp=cache.v_cmp,
-                          k_win=cache.k_win, v_win=cache.v_win, scale=d ** -0.5)
+        kw = dict(k_cmp=cache.k_cmp, v_cmp=cache.v_cmp, k_win=cache.k_win, v_win=cache.v_win, scale=d ** -0.5)
+        if t == 1 and start > 0 and not torch.is_grad_enabled():
+            # a decode step: the split-KV decode kernel reads only the chosen tokens
+            o = nsa_decode(q[:, :, 0], cache.k, cache.v, gates[:, :, 0], self.cfg, **kw)[0][:, :, None]
+        else:
+            o = nsa_attention(q, cache.k, cache.v, gates, self.cfg, **kw)
         assert isinstance(o, torch.Tensor)
         return self.o_proj(o.transpose(1, 2).reshape(b, t, h * d))

@@ -53,17 +53,30 @@ def model_card(name: str, *, recipe_text: str, recipe_file: str, params: Mapping
     default = (" It is sparsa's default model: it ships inside the package and loads offline."
                if name == "sparsa-tiny" else "")
     lang = "json" if recipe_file.endswith(".json") else "toml"
+    nsa = m.get("attention", "dense") == "nsa"
+    if nsa:
+        g = m["nsa"]
+        attention = (f"- Attention: trainable Native Sparse Attention in every layer (model type `sparsa_nsa`): "
+                     f"compressed tokens of {g['block']} keys every {g['stride']}, {g['n_select']} selected "
+                     f"blocks of {g['sel_block']}, a window of {g['window']}, {g['compress']} compression, "
+                     "learned gates.")
+        load = ("```python\nfrom sparsa.eval.models import load_model   # registers the sparsa_nsa architecture\n"
+                "model, tok = load_model(path)   # path: this directory\n```\n")
+    else:
+        attention = "- Attention: dense (transformers' SDPA)."
+        load = ("```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
+                "model = AutoModelForCausalLM.from_pretrained(path)   # path: this directory\n"
+                "tok = AutoTokenizer.from_pretrained(path)\n```\n")
     parts = [
         f"# {name}\n",
         "A small Llama-architecture decoder trained from scratch by `sparsa train` for sparsa's long-context "
         f"task suite.{default}\n",
-        "```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
-        "model = AutoModelForCausalLM.from_pretrained(path)   # path: this directory\n"
-        "tok = AutoTokenizer.from_pretrained(path)\n```\n",
+        load,
         "## Model\n",
         f"- Llama architecture: {m['num_layers']} layers, hidden {m['hidden_size']}, {m['num_heads']} query heads / "
         f"{m['num_kv_heads']} KV heads of dimension {m['head_dim']} (GQA), SwiGLU {m['intermediate_size']}, "
         f"RoPE theta {m['rope_theta']:g}, tied embeddings.",
+        attention,
         f"- Parameters: {params['total']:,} ({params['non_embedding']:,} without the embedding); "
         "weights stored in bfloat16.",
         f"- Tokenizer: byte-level BPE, {vocab_size} tokens, trained on the Python standard library's source "
@@ -79,7 +92,7 @@ def model_card(name: str, *, recipe_text: str, recipe_file: str, params: Mapping
     parts.append(f"Recipe (`{recipe_file}`; `sparsa train --recipe {recipe_file} --out DIR` reproduces the "
                  "model on the same Python version):\n")
     parts.append(f"```{lang}\n" + recipe_text.rstrip() + "\n```\n")
-    parts.append("## Dense scores\n")
+    parts.append("## Scores\n" if nsa else "## Dense scores\n")
     if rows:
         parts.append(f"Greedy decoding, {samples or '?'} instances per cell (eval split of the haystack files, "
                      "never seen in training). Scores in [0, 1].\n")

@@ -14,9 +14,37 @@ from pathlib import Path
 from typing import Any
 
 
+ATTENTIONS = ("dense", "nsa")
+
+
+@dataclass
+class NSAModelConfig:
+    """Native Sparse Attention geometry (``[model.nsa]``; used when ``model.attention = "nsa"``).
+
+    Compressed tokens summarise ``block`` keys every ``stride``; each query reads ``n_select``
+    blocks of ``sel_block`` keys (the first ``n_forced_init`` and the ``n_forced_local`` most
+    recent always among them) and its last ``window`` keys; ``compress`` is "mlp" (learned, hidden
+    width ``compress_hidden``, default 4 * head_dim) or "mean". Defaults: the NSA paper's.
+    """
+
+    block: int = 32
+    stride: int = 16
+    sel_block: int = 64
+    n_select: int = 16
+    window: int = 512
+    n_forced_init: int = 1
+    n_forced_local: int = 2
+    compress: str = "mlp"
+    compress_hidden: int | None = None
+
+
 @dataclass
 class ModelConfig:
-    """Llama-architecture decoder (RMSNorm, RoPE, SwiGLU, grouped-query attention)."""
+    """Llama-architecture decoder (RMSNorm, RoPE, SwiGLU, grouped-query attention).
+
+    ``attention``: "dense" (transformers' SDPA attention) or "nsa" (trainable Native Sparse
+    Attention in every layer, geometry in ``nsa``).
+    """
 
     hidden_size: int = 256
     num_layers: int = 8
@@ -29,6 +57,8 @@ class ModelConfig:
     tie_embeddings: bool = True
     rms_norm_eps: float = 1e-5
     init_std: float = 0.02
+    attention: str = "dense"
+    nsa: NSAModelConfig = field(default_factory=NSAModelConfig)
 
 
 def param_extremes(params: dict[str, Any]) -> list[dict[str, Any]]:
@@ -140,6 +170,10 @@ class TrainConfig:
             raise ValueError(f"model.num_kv_heads ({m.num_kv_heads}) must divide model.num_heads ({m.num_heads})")
         if m.head_dim % 2:
             raise ValueError(f"model.head_dim: must be even for RoPE, got {m.head_dim}")
+        if m.attention not in ATTENTIONS:
+            raise ValueError(f"model.attention: must be one of {', '.join(ATTENTIONS)}, got {m.attention!r}")
+        if m.attention == "nsa":
+            _check_nsa(m.nsa, [int(L) for _, L in d.curriculum])
         if not 0.0 <= d.lm_fraction <= 1.0:
             raise ValueError(f"data.lm_fraction: must be in [0, 1], got {d.lm_fraction}")
         if not 0.0 <= d.lm_repeat_fraction <= 1.0:
@@ -180,17 +214,54 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+def _check_nsa(n: NSAModelConfig, lengths: list[int]) -> None:
+    """Refuse an NSA geometry the kernels cannot run or the curriculum's lengths do not fit."""
+    from ..ops.nsa import NSAConfig  # local: the recipe reads without torch
+
+    for key in ("block", "stride", "sel_block", "n_select", "window", "n_forced_init", "n_forced_local"):
+        v = getattr(n, key)
+        if isinstance(v, bool) or not isinstance(v, int) or v < (0 if key in ("window", "n_forced_init",
+                                                                              "n_forced_local") else 1):
+            raise ValueError(f"model.nsa.{key}: must be a positive integer, got {v!r}")
+    if n.compress_hidden is not None and (isinstance(n.compress_hidden, bool) or not isinstance(n.compress_hidden, int)
+                                          or n.compress_hidden < 1):
+        raise ValueError(f"model.nsa.compress_hidden: must be a positive integer or unset, got {n.compress_hidden!r}")
+    if n.compress not in ("mlp", "mean"):
+        raise ValueError(f"model.nsa.compress: must be 'mlp' or 'mean', got {n.compress!r}")
+    try:
+        NSAConfig(block=n.block, stride=n.stride, sel_block=n.sel_block, n_select=n.n_select, window=n.window,
+                  n_forced_init=n.n_forced_init, n_forced_local=n.n_forced_local)
+    except ValueError as e:
+        raise ValueError(f"model.nsa.{e}") from None
+    for key in ("block", "stride", "sel_block"):
+        bad = [L for L in lengths if L % getattr(n, key)]
+        if bad:
+            raise ValueError(f"model.nsa.{key}: {getattr(n, key)} must divide every sequence length of "
+                             f"data.curriculum, not {bad}")
+    if n.window > max(lengths):
+        raise ValueError(f"model.nsa.window: {n.window} is longer than the longest training sequence "
+                         f"({max(lengths)} tokens of data.curriculum)")
+
+
+# nested tables of each recipe section
+_TABLES: dict[tuple[type, str], type] = {}
+
+
 def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
     if not isinstance(data, dict):
         raise TypeError(f"{where or 'recipe'}: expected a table, got {type(data).__name__}")
+    if not _TABLES:
+        _TABLES.update({(TrainConfig, "model"): ModelConfig, (TrainConfig, "data"): DataConfig,
+                        (TrainConfig, "optim"): OptimConfig, (TrainConfig, "eval"): EvalConfig,
+                        (TrainConfig, "card"): CardConfig, (ModelConfig, "nsa"): NSAModelConfig})
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for k, v in data.items():
+        here = f"{where}.{k}" if where else k
         if k not in fields:
-            raise ValueError(f"{where + '.' if where else ''}{k}: unknown recipe key; allowed: {', '.join(fields)}")
-        sub = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "eval": EvalConfig,
-               "card": CardConfig}.get(k) if cls is TrainConfig else None
-        kwargs[k] = _from_dict(sub, v, k) if sub is not None else v
+            raise ValueError(f"{here}: unknown recipe key; allowed: {', '.join(fields)}")
+        sub = _TABLES.get((cls, k))
+        kwargs[k] = _from_dict(sub, v, here) if sub is not None else v
     return cls(**kwargs)
 
 

@@ -242,6 +242,11 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, recipe_text: str | None = No
             raise FileExistsError(f"out: {out} already holds a checkpoint; pass --resume to continue it "
                                   "or choose another directory")
         ck = torch.load(ckpt_path, map_location=dev, weights_only=False)
+        was = ck["recipe"].get("model", {}).get("attention", "dense")
+        if was != cfg.model.attention:
+            raise ValueError(f"model.attention: the checkpoint in {out} was trained with {was} attention and "
+                             f"the recipe asks for {cfg.model.attention}; a run cannot change its attention "
+                             "(start a new --out)")
         diff = _recipe_diff(ck["recipe"], cfg.to_dict())
         if diff:
             raise ValueError(f"recipe: differs from the checkpoint's in {', '.join(diff)}; a resumed run must "
@@ -310,7 +315,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, recipe_text: str | None = No
                     a = b["answer"].to(dev, non_blocking=True)
                     inp, tgt = ids[:, :-1], ids[:, 1:]
                     with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
-                        logits = fwd_model(input_ids=inp).logits
+                        logits = fwd_model(input_ids=inp, use_cache=False).logits
                     ce = F.cross_entropy(logits.float().flatten(0, 1), tgt.flatten(), reduction="none").view_as(w)
                     loss = (ce * w).sum() / total_w
                     loss.backward()

@@ -1,6 +1,7 @@
 """Build the Llama-architecture model of a recipe with HuggingFace transformers."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from .config import ModelConfig
@@ -19,9 +20,24 @@ def llama_config(m: ModelConfig, vocab_size: int, pad_id: int, bos_id: int, eos_
         pad_token_id=pad_id, bos_token_id=bos_id, eos_token_id=eos_id, use_cache=True)
 
 
+def nsa_table(m: ModelConfig) -> dict[str, Any]:
+    """The ``sparse_attention`` table of an NSA model's config."""
+    return {"method": "nsa", **dataclasses.asdict(m.nsa)}
+
+
 def build_model(m: ModelConfig, vocab_size: int, pad_id: int, bos_id: int, eos_id: int,
                 attn_implementation: str = "sdpa"):
-    """A freshly initialised ``LlamaForCausalLM`` (fp32 weights)."""
+    """A freshly initialised causal LM (fp32 weights): ``LlamaForCausalLM`` for dense attention,
+    :class:`~sparsa.integrations.hf.nsa_model.NSALlamaForCausalLM` for ``attention = "nsa"``."""
+    if m.attention == "nsa":
+        from ..integrations.hf.nsa_model import NSALlamaConfig, NSALlamaForCausalLM  # local: loads transformers
+
+        base = llama_config(m, vocab_size, pad_id, bos_id, eos_id).to_dict()
+        for k in ("model_type", "architectures", "transformers_version"):
+            base.pop(k, None)
+        cfg = NSALlamaConfig(**base, sparse_attention=nsa_table(m))
+        cfg._attn_implementation = attn_implementation
+        return NSALlamaForCausalLM(cfg)
     from transformers import LlamaForCausalLM
 
     cfg = llama_config(m, vocab_size, pad_id, bos_id, eos_id)

@@ -282,6 +282,9 @@ def apply(model: torch.nn.Module, prefill: Any = None, decode: Any = AUTO, *,
     the latest prefill and decode calls (dense layers included in the model-level figure).
     """
     compat.check_version()
+    if getattr(getattr(model, "config", None), "model_type", None) == "sparsa_nsa":
+        raise ValueError("model: its attention is Native Sparse Attention, trained into the weights, so it is "
+                         "sparse already; sparsa.apply's methods replace dense attention. Run the model as it is")
     config, arch = _architecture(model)
     if backend is not None and backend not in BACKENDS:
         raise ValueError(f"backend: must be one of {BACKENDS} or None, got {backend!r}")

@@ -1,0 +1,277 @@
+"""Natively sparse vs dense, trained side by side: whole-model speed and the comparison table.
+
+``speed``: for a recipe's model with dense attention and with NSA (random weights: speed does
+not depend on them), one training step (forward + backward, bf16 autocast, batch 1) at each
+``--train-context``, and decoding tokens/s after a prompt of each ``--decode-context``; dense
+and NSA in the same run on the same card.
+
+``summarize``: the dense and NSA training directories (``log.jsonl``, ``card_eval.jsonl``),
+the speed JSON -> ``benchmarks/results/nsa_training.json`` and a plot of the loss curves.
+
+    sparsa bench nsa-train speed --recipe recipes/sparsa-tiny-nsa.toml --out speed.json
+    sparsa bench nsa-train summarize --dense RUN_D --nsa RUN_N --speed speed.json \\
+        --out benchmarks/results/nsa_training.json --plot benchmarks/results/nsa_training_loss.png
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from ..train.config import TrainConfig, load_recipe
+from ..train.model import build_model, count_parameters
+from .timing import device_info
+
+VOCAB = 8192  # the default tokenizer's size (speed only; no tokenizer is loaded)
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def _median_s(fn: Callable[[], Any], dev: torch.device, reps: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        _sync(dev)
+        t0 = time.perf_counter()
+        fn()
+        _sync(dev)
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def twin_models(cfg: TrainConfig, dev: torch.device) -> dict[str, torch.nn.Module]:
+    """The recipe's model with dense attention and with NSA, both freshly initialised (fp32)."""
+    out = {}
+    for attention in ("dense", "nsa"):
+        m = dataclasses.replace(cfg.model, attention=attention)
+        torch.manual_seed(cfg.seed)
+        out[attention] = build_model(m, VOCAB, 0, 1, 2).to(dev)
+    return out
+
+
+def step_seconds(model: torch.nn.Module, length: int, dev: torch.device, reps: int) -> float:
+    """Seconds of one training step's forward + backward (no optimizer) on (1, length) tokens."""
+    ids = torch.randint(3, VOCAB, (1, length + 1), device=dev)
+    use_bf16 = dev.type == "cuda"
+    model.train()
+
+    def step() -> None:
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
+            logits = model(input_ids=ids[:, :-1], use_cache=False).logits
+        loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), ids[:, 1:].flatten())
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    return _median_s(step, dev, reps)
+
+
+@torch.no_grad()
+def decode_tokens_per_s(model: torch.nn.Module, length: int, batch: int, steps: int, dev: torch.device) -> float:
+    """Greedy decode steps per second x batch after a prompt of ``length`` tokens (prefill not timed)."""
+    from transformers import DynamicCache  # local: loads transformers
+
+    from ..integrations.hf import compat
+
+    model.eval()
+    ids = torch.randint(3, VOCAB, (batch, length), device=dev)
+    kw = {compat.cache_kwarg_name(model): DynamicCache(), "use_cache": True}
+    logits = model(input_ids=ids, logits_to_keep=1, **kw).logits
+    tok = logits[:, -1].argmax(-1, keepdim=True)
+    for _ in range(2):  # warm-up steps (kernel compilation)
+        tok = model(input_ids=tok, **kw).logits[:, -1].argmax(-1, keepdim=True)
+    _sync(dev)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        tok = model(input_ids=tok, **kw).logits[:, -1].argmax(-1, keepdim=True)
+    _sync(dev)
+    return batch * steps / (time.perf_counter() - t0)
+
+
+def run_speed(recipe: str | Path, out: str | Path, *, train_contexts: Sequence[int], decode_contexts: Sequence[int],
+              decode_batch: int, decode_steps: int, reps: int, device: str | None = None) -> dict[str, Any]:
+    """Time both twins; write and return ``{"device": ..., "rows": [...]}``."""
+    cfg, _ = load_recipe(recipe)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    models = twin_models(cfg, dev)
+    rows: list[dict[str, Any]] = []
+    result = {**device_info(), "recipe": str(recipe),
+              "parameters": {a: count_parameters(m)["total"] for a, m in models.items()}, "rows": rows}
+
+    def save() -> None:
+        p = Path(out)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=1) + "\n")
+        os.replace(tmp, p)
+
+    for L in train_contexts:
+        t = {a: step_seconds(m, L, dev, reps) for a, m in models.items()}
+        rows.append({"pass": "train_step", "context": L, "dense_ms": 1e3 * t["dense"], "nsa_ms": 1e3 * t["nsa"],
+                     "speedup": t["dense"] / t["nsa"],
+                     "dense_tokens_per_s": L / t["dense"], "nsa_tokens_per_s": L / t["nsa"]})
+        print(f"train step {L:>6}: dense {1e3 * t['dense']:8.1f} ms  nsa {1e3 * t['nsa']:8.1f} ms  "
+              f"{t['dense'] / t['nsa']:.2f}x", flush=True)
+        save()
+    for model in models.values():
+        model.to(torch.bfloat16 if dev.type == "cuda" else torch.float32)
+    for L in decode_contexts:
+        r = {a: decode_tokens_per_s(m, L, decode_batch, decode_steps, dev) for a, m in models.items()}
+        rows.append({"pass": "decode", "context": L, "batch": decode_batch, "dense_tokens_per_s": r["dense"],
+                     "nsa_tokens_per_s": r["nsa"], "speedup": r["nsa"] / r["dense"]})
+        print(f"decode {L:>6} x{decode_batch}: dense {r['dense']:8.1f} tok/s  nsa {r['nsa']:8.1f} tok/s  "
+              f"{r['nsa'] / r['dense']:.2f}x", flush=True)
+        save()
+    return result
+
+
+# --------------------------------------------------------------------------------------- summary
+
+def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The step rows of a training log (``log.jsonl``), in order."""
+    path = Path(run_dir) / "log.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"dense/nsa: no training log {path}")
+    return [r for r in map(json.loads, path.read_text().splitlines()) if "loss" in r]
+
+
+def card_scores(run_dir: str | Path) -> dict[str, dict[int, float]]:
+    """Mean score per task and length of a run's card evaluation (``card_eval.jsonl``)."""
+    path = Path(run_dir) / "card_eval.jsonl"
+    acc: dict[tuple[str, int], list[float]] = defaultdict(list)
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a torn last line
+            acc[(r["task"], int(r["length"]))].append(float(r["score"]))
+    out: dict[str, dict[int, float]] = defaultdict(dict)
+    for (task, L), v in sorted(acc.items()):
+        out[task][L] = sum(v) / len(v)
+    return dict(out)
+
+
+def _mean_over_tasks(scores: dict[str, dict[int, float]], length: int) -> float | None:
+    vals = [s[length] for s in scores.values() if length in s]
+    return sum(vals) / len(vals) if vals else None
+
+
+def summarize(dense_dir: str | Path, nsa_dir: str | Path, speed: str | Path | None, out: str | Path,
+              plot: str | Path | None = None) -> dict[str, Any]:
+    """Build the comparison (losses, scores per task and length, speeds); write JSON (and the plot)."""
+    runs = {"dense": Path(dense_dir), "nsa": Path(nsa_dir)}
+    logs = {a: read_log(d) for a, d in runs.items()}
+    scores = {a: card_scores(d) for a, d in runs.items()}
+    lengths = sorted({L for s in scores.values() for t in s.values() for L in t})
+    result: dict[str, Any] = {"runs": {}, "speed": None}
+    for a, log in logs.items():
+        last = log[-10:]
+        result["runs"][a] = {
+            "dir": runs[a].name, "steps": log[-1]["step"] if log else 0, "tokens": log[-1]["tokens"] if log else 0,
+            "final_loss": sum(r["loss"] for r in last) / len(last) if last else None,
+            "final_lm_loss": (sum(r["lm_loss"] for r in last if "lm_loss" in r) /
+                              max(1, sum("lm_loss" in r for r in last))) if last else None,
+            "train_tokens_per_s": (sum(r["tokens_per_s"] for r in last) / len(last)) if last else None,
+            "loss_curve": [[r["tokens"], r["loss"]] for r in log],
+            "scores": {t: {str(L): v for L, v in s.items()} for t, s in scores[a].items()},
+            "average": {str(L): _mean_over_tasks(scores[a], L) for L in lengths},
+        }
+    if speed is not None and Path(speed).exists():
+        result["speed"] = json.loads(Path(speed).read_text())
+        result["device"] = result["speed"].get("device")
+    p = Path(out)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(result, indent=1) + "\n")
+    if plot is not None:
+        plot_losses(result, plot)
+    return result
+
+
+def plot_losses(result: dict[str, Any], path: str | Path) -> None:
+    """Training loss against tokens seen, dense and NSA."""
+    import matplotlib  # local: only the plot needs it
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for a, run in result["runs"].items():
+        xs = [t / 1e6 for t, _ in run["loss_curve"]]
+        ys = [v for _, v in run["loss_curve"]]
+        ax.plot(xs, ys, label="NSA" if a == "nsa" else "dense", lw=1.4)
+    ax.set_xlabel("training tokens (M)")
+    ax.set_ylabel("loss (answer tokens weighted)")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    dev = result.get("device")
+    ax.set_title("sparsa-tiny-nsa vs its dense twin" + (f" ({dev})" if dev else ""), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def table(result: dict[str, Any]) -> str:
+    """A markdown table in the style of the NSA paper's (scores per length, speed)."""
+    runs = result["runs"]
+    lengths = sorted({int(L) for r in runs.values() for L in r["average"]})
+    head = "| model | tokens | final loss | " + " | ".join(f"avg score {L // 1024}K" for L in lengths) + \
+           " | train tok/s |"
+    lines = [head, "|" + "---|" * (4 + len(lengths))]
+    for a, r in runs.items():
+        avg = [r["average"].get(str(L)) for L in lengths]
+        cells = " | ".join("" if v is None else f"{v:.2f}" for v in avg)
+        tps = r.get("train_tokens_per_s")
+        loss = r.get("final_loss")
+        lines.append(f"| {a} | {r['tokens'] / 1e6:.0f}M | {'' if loss is None else f'{loss:.3f}'} | {cells} | "
+                     f"{'' if tps is None else f'{tps:,.0f}'} |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="sparsa bench nsa-train", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sp = sub.add_parser("speed", help="training-step and decode speed, dense vs NSA, same run")
+    sp.add_argument("--recipe", default="recipes/sparsa-tiny-nsa.toml")
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--train-context", type=int, action="append", help="repeatable (default 8192, 32768)")
+    sp.add_argument("--decode-context", type=int, action="append", help="repeatable (default 16384, 65536)")
+    sp.add_argument("--decode-batch", type=int, default=1)
+    sp.add_argument("--decode-steps", type=int, default=64)
+    sp.add_argument("--reps", type=int, default=5)
+    sp.add_argument("--device", default=None)
+    sm = sub.add_parser("summarize", help="the comparison JSON, table and loss plot")
+    sm.add_argument("--dense", required=True)
+    sm.add_argument("--nsa", required=True)
+    sm.add_argument("--speed", default=None)
+    sm.add_argument("--out", default="benchmarks/results/nsa_training.json")
+    sm.add_argument("--plot", default=None)
+    a = ap.parse_args(argv)
+    if a.cmd == "speed":
+        for name in ("decode_batch", "decode_steps", "reps"):
+            if getattr(a, name) < 1:
+                ap.error(f"--{name.replace('_', '-')}: must be >= 1")
+        run_speed(a.recipe, a.out, train_contexts=a.train_context or [8192, 32768],
+                  decode_contexts=a.decode_context or [16384, 65536], decode_batch=a.decode_batch,
+                  decode_steps=a.decode_steps, reps=a.reps, device=a.device)
+    else:
+        res = summarize(a.dense, a.nsa, a.speed, a.out, a.plot)
+        print(table(res))
+        if res.get("speed"):
+            for r in res["speed"]["rows"]:
+                print(json.dumps({k: (round(v, 2) if isinstance(v, float) and math.isfinite(v) else v)
+                                  for k, v in r.items()}))

@@ -1,0 +1,178 @@
+"""`sparsa train` with ``model.attention = "nsa"``: trains, resumes, exports, loads, generates; bad recipes."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("tokenizers")
+pytest.importorskip("transformers")
+
+from sparsa.train.config import config_from_dict  # noqa: E402
+from sparsa.train.export import export_hf  # noqa: E402
+from sparsa.train.loop import CHECKPOINT, train  # noqa: E402
+
+from ..test_train import TOY, _assert_same_training, _free_port, _losses, _reduction_order_tol  # noqa: E402
+
+NSA = {"block": 16, "stride": 8, "sel_block": 32, "n_select": 4, "window": 64, "n_forced_init": 1,
+       "n_forced_local": 1}
+
+
+def nsa_recipe(**over) -> dict:
+    d = json.loads(json.dumps(TOY))
+    d["model"].update(attention="nsa", nsa=dict(NSA))
+    for k, v in over.items():
+        d[k] = {**d[k], **v} if isinstance(v, dict) else v
+    return d
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("nsa")
+    return out, train(config_from_dict(nsa_recipe()), out, device="cpu", progress=False)
+
+
+def test_nsa_model_trains_with_falling_loss(trained):
+    out, res = trained
+    from sparsa.integrations.hf.nsa_model import NSADecoderAttention, NSALlamaForCausalLM
+
+    assert isinstance(res.model, NSALlamaForCausalLM)
+    attn = [m for m in res.model.modules() if isinstance(m, NSADecoderAttention)]
+    assert len(attn) == TOY["model"]["num_layers"]
+    assert attn[0].attn.cfg.sel_block == 32 and attn[0].attn.compress_k is not None
+    losses = _losses(out)
+    assert len(losses) == TOY["steps"] and all(math.isfinite(x) for x in losses)
+    assert sum(losses[-2:]) / 2 < losses[0] - 0.3
+    # the learned parts of NSA are trained too: gates and compression maps moved from their init
+    ck = torch.load(out / CHECKPOINT, weights_only=False)
+    init = train(config_from_dict(nsa_recipe()), out.parent / "nsa_init", max_steps=0, device="cpu",
+                 progress=False).model.state_dict()
+    for key in ("model.layers.0.self_attn.attn.gate_proj.weight", "model.layers.1.self_attn.attn.compress_k.w1"):
+        assert (ck["model"][key] - init[key]).abs().mean() > 1e-4, key
+
+
+def _greedy_no_cache(model, ids, n):
+    x = ids.clone()
+    with torch.no_grad():
+        for _ in range(n):
+            x = torch.cat([x, model(x, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return x
+
+
+def test_export_load_generate_identically(trained, tmp_path):
+    _, res = trained
+    from sparsa.eval.models import load_model
+
+    d = export_hf(res.model, "default", tmp_path / "m", rope_theta=TOY["model"].get("rope_theta", 500000.0))
+    cfg = json.loads((d / "config.json").read_text())
+    assert cfg["model_type"] == "sparsa_nsa" and cfg["sparse_attention"]["method"] == "nsa"
+    assert cfg["sparse_attention"]["sel_block"] == 32
+    loaded, tok = load_model(d, device="cpu")
+    # the export stores bfloat16: compare with the trained model rounded the same way
+    ref = res.model.to(torch.bfloat16).to(torch.float32).eval()
+    for (n1, p1), (n2, p2) in zip(sorted(ref.state_dict().items()), sorted(loaded.state_dict().items())):
+        assert n1 == n2 and torch.equal(p1, p2), n1
+    ids = torch.tensor([tok.encode("def main(argv):\n    return sorted(set(argv))\n" * 6)])
+    with torch.no_grad():
+        a = loaded.generate(ids, max_new_tokens=12, do_sample=False, min_new_tokens=12)
+        b = ref.generate(ids, max_new_tokens=12, do_sample=False, min_new_tokens=12)
+        la, lb = loaded(ids).logits, ref(ids).logits
+    assert torch.equal(a, b)
+    assert torch.equal(la, lb)
+    # generate() with its cache (compressed tokens and decode steps) equals recomputing every step
+    assert torch.equal(a, _greedy_no_cache(ref, ids, 12))
+
+
+def test_padded_batch_equals_rows_alone(trained):
+    _, res = trained
+    model = res.model.eval()
+    g = torch.Generator().manual_seed(1)
+    long, short = torch.randint(10, 500, (1, 90), generator=g), torch.randint(10, 500, (1, 61), generator=g)
+    batch = torch.cat([long, torch.cat([torch.zeros(1, 29, dtype=torch.long), short], dim=1)])
+    mask = torch.ones_like(batch)
+    mask[1, :29] = 0
+    with torch.no_grad():
+        both = model.generate(batch, attention_mask=mask, max_new_tokens=5, do_sample=False, min_new_tokens=5,
+                              pad_token_id=0)
+        one = model.generate(short, max_new_tokens=5, do_sample=False, min_new_tokens=5, pad_token_id=0)
+        first = model.generate(long, max_new_tokens=5, do_sample=False, min_new_tokens=5, pad_token_id=0)
+        lb = model(batch, attention_mask=mask).logits[1, 29:]
+        ls = model(short).logits[0]
+    assert torch.equal(both[1, -5:], one[0, -5:]) and torch.equal(both[0, -5:], first[0, -5:])
+    assert torch.allclose(lb, ls, rtol=0, atol=1e-5)  # same math, row alone vs in a batch
+
+
+def test_sparsa_apply_refuses_a_native_nsa_model(trained):
+    import sparsa
+
+    with pytest.raises(ValueError, match="Native Sparse Attention"):
+        sparsa.apply(trained[1].model, "vertical_slash")
+
+
+def test_resuming_with_the_other_attention_is_refused(trained, tmp_path):
+    out, _ = trained
+    dense = json.loads(json.dumps(TOY))
+    with pytest.raises(ValueError, match="model.attention: the checkpoint .* nsa attention .* dense"):
+        train(config_from_dict({**dense, "steps": 9}), out, resume=True, device="cpu", progress=False)
+    d_out = tmp_path / "dense"
+    train(config_from_dict({**dense, "steps": 1}), d_out, device="cpu", progress=False)
+    with pytest.raises(ValueError, match="model.attention: the checkpoint .* dense attention .* nsa"):
+        train(config_from_dict(nsa_recipe(steps=2)), d_out, resume=True, device="cpu", progress=False)
+
+
+@pytest.mark.parametrize("nsa,match", [
+    ({"sel_block": 48, "stride": 16, "block": 16}, r"model.nsa.sel_block: 48 must divide every sequence length"),
+    ({"block": 24, "stride": 8}, r"model.nsa.block: 24 must divide"),
+    ({"window": 512}, r"model.nsa.window: 512 is longer than the longest training sequence \(256"),
+    ({"stride": 5}, r"model.nsa.stride"),
+    ({"compress": "max"}, r"model.nsa.compress"),
+    ({"n_select": 1}, r"model.nsa.n_select"),
+    ({"bogus": 1}, r"model.nsa.bogus: unknown recipe key"),
+])
+def test_bad_nsa_recipes_are_refused_naming_the_key(nsa, match):
+    d = nsa_recipe()
+    d["model"]["nsa"].update(nsa)
+    with pytest.raises(ValueError, match=match):
+        config_from_dict(d)
+
+
+def test_unknown_attention_is_refused():
+    d = nsa_recipe()
+    d["model"]["attention"] = "linear"
+    with pytest.raises(ValueError, match="model.attention: must be one of dense, nsa"):
+        config_from_dict(d)
+
+
+def test_nsa_data_parallel_run_matches_one_process(tmp_path):
+    # 2 processes on the CPU (gloo) with the same global batch as one process: weights agree to
+    # fp32 reduction-order error (see _reduction_order_tol)
+    steps = 3
+    recipe = tmp_path / "nsa.json"
+    recipe.write_text(json.dumps(nsa_recipe(steps=steps)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
+           "-m", "sparsa", "train", "--recipe", str(recipe), "--out", str(tmp_path / "ddp"), "--device", "cpu",
+           "--no-card"]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    cfg = config_from_dict(nsa_recipe(steps=steps))
+    train(cfg, tmp_path / "one", device="cpu", progress=False)
+    one = torch.load(tmp_path / "one" / CHECKPOINT, weights_only=False)
+    ddp = torch.load(tmp_path / "ddp" / CHECKPOINT, weights_only=False)
+    assert ddp["step"] == one["step"] == steps and ddp["devices"] == ["2 x cpu"]
+    init = train(cfg, tmp_path / "init", max_steps=0, device="cpu", progress=False).model.state_dict()
+    _assert_same_training(one["model"], ddp["model"], init, steps=steps, lr=TOY["optim"]["lr"],
+                          n=TOY["data"]["tokens_per_step"])
+    l1, l2 = _losses(tmp_path / "one"), _losses(tmp_path / "ddp")
+    assert l2 == pytest.approx(l1, rel=_reduction_order_tol(steps, TOY["data"]["tokens_per_step"]), abs=1e-5)
