@@ -225,11 +225,15 @@ def plot_losses(result: dict[str, Any], path: str | Path) -> None:
     plt.close(fig)
 
 
+def _fmt_len(L: int) -> str:
+    return f"{L // 1024}K" if L >= 1024 and L % 1024 == 0 else str(L)
+
+
 def table(result: dict[str, Any]) -> str:
     """A markdown table in the style of the NSA paper's (scores per length, speed)."""
     runs = result["runs"]
     lengths = sorted({int(L) for r in runs.values() for L in r["average"]})
-    head = "| model | tokens | final loss | " + " | ".join(f"avg score {L // 1024}K" for L in lengths) + \
+    head = "| model | tokens | final loss | " + " | ".join(f"avg score {_fmt_len(L)}" for L in lengths) + \
            " | train tok/s |"
     lines = [head, "|" + "---|" * (4 + len(lengths))]
     for a, r in runs.items():
@@ -237,7 +241,7 @@ def table(result: dict[str, Any]) -> str:
         cells = " | ".join("" if v is None else f"{v:.2f}" for v in avg)
         tps = r.get("train_tokens_per_s")
         loss = r.get("final_loss")
-        lines.append(f"| {a} | {r['tokens'] / 1e6:.0f}M | {'' if loss is None else f'{loss:.3f}'} | {cells} | "
+        lines.append(f"| {a} | {r['tokens'] / 1e6:.3g}M | {'' if loss is None else f'{loss:.3f}'} | {cells} | "
                      f"{'' if tps is None else f'{tps:,.0f}'} |")
     return "\n".join(lines)
 

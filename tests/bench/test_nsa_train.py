@@ -75,7 +75,7 @@ def test_summary_table_and_plot(tmp_path):
     assert n["scores"]["niah_single"]["4096"] == 0.5 and d["tokens"] == 3000
     assert d["final_loss"] == pytest.approx(6.5 / 3) and n["loss_curve"][-1] == [3000, 1.2]
     text = table(res)
-    assert "| dense | 0M | 2.167 | 0.75 | 500 |" in text and "| nsa |" in text
+    assert "avg score 4K" in text and "| dense | 0.003M | 2.167 | 0.75 | 500 |" in text and "| nsa |" in text
     with pytest.raises(FileNotFoundError, match="no training log"):
         summarize(tmp_path / "d", tmp_path / "missing", None, out)
 
