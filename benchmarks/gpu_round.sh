@@ -14,7 +14,7 @@ cp benchmarks/results/frontier/smollm2/config.json benchmarks/results/frontier/s
 bash benchmarks/frontier_gpu.sh /root/x/SmolLM2-135M-Instruct.Q4_1.gguf "$fr" "$fr_min" \
   -n 4096 -n 8192 -c 2 -c 5 -c 10 -c 20 --samples 16 > "$OUT/frontier.log" 2>&1 &
 fr_pid=$!
-bash benchmarks/nsa_training.sh /root/runs "$nsa_min"
+bash benchmarks/nsa_training.sh /root/runs "$nsa_min" "$OUT/runs"
 for r in /root/runs/*/; do
   n=$(basename "$r"); mkdir -p "$OUT/runs/$n"
   cp "$r"/log.jsonl "$r"/card_eval.jsonl "$OUT/runs/$n/" 2>/dev/null

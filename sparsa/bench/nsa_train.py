@@ -39,8 +39,15 @@ def _sync(dev: torch.device) -> None:
 
 
 def _median_s(fn: Callable[[], Any], dev: torch.device, reps: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
+    """Median seconds of ``reps`` calls after ``warmup`` untimed ones (the first of which is
+    printed: it holds the kernels' compilation)."""
+    for i in range(warmup):
+        _sync(dev)
+        t0 = time.perf_counter()
         fn()
+        _sync(dev)
+        if i == 0:
+            print(f"  first call {time.perf_counter() - t0:.1f} s", flush=True)
     times = []
     for _ in range(reps):
         _sync(dev)
@@ -119,7 +126,10 @@ def run_speed(recipe: str | Path, out: str | Path, *, train_contexts: Sequence[i
         os.replace(tmp, p)
 
     for L in train_contexts:
-        t = {a: step_seconds(m, L, dev, reps) for a, m in models.items()}
+        t = {}
+        for a, m in models.items():
+            print(f"train step {L} {a}", flush=True)
+            t[a] = step_seconds(m, L, dev, reps)
         rows.append({"pass": "train_step", "context": L, "dense_ms": 1e3 * t["dense"], "nsa_ms": 1e3 * t["nsa"],
                      "speedup": t["dense"] / t["nsa"],
                      "dense_tokens_per_s": L / t["dense"], "nsa_tokens_per_s": L / t["nsa"]})
