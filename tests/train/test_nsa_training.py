@@ -15,7 +15,8 @@ from sparsa.train.config import config_from_dict  # noqa: E402
 from sparsa.train.export import export_hf  # noqa: E402
 from sparsa.train.loop import CHECKPOINT, train  # noqa: E402
 
-from ..test_train import TOY, _assert_same_training, _free_port, _losses, _reduction_order_tol  # noqa: E402
+from ..test_train import (TOY, _assert_same_training, _free_port, _losses, _one_thread,  # noqa: E402, F401
+                          _reduction_order_tol)
 
 NSA = {"block": 16, "stride": 8, "sel_block": 32, "n_select": 4, "window": 64, "n_forced_init": 1,
        "n_forced_local": 1}
@@ -27,14 +28,6 @@ def nsa_recipe(**over) -> dict:
     for k, v in over.items():
         d[k] = {**d[k], **v} if isinstance(v, dict) else v
     return d
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
