@@ -169,3 +169,18 @@ def test_nsa_data_parallel_run_matches_one_process(tmp_path):
                           n=TOY["data"]["tokens_per_step"])
     l1, l2 = _losses(tmp_path / "one"), _losses(tmp_path / "ddp")
     assert l2 == pytest.approx(l1, rel=_reduction_order_tol(steps, TOY["data"]["tokens_per_step"]), abs=1e-5)
+
+
+def test_frontier_sweep_runs_a_native_nsa_model_as_its_own_baseline(trained, tmp_path):
+    from sparsa.eval.models import load_model
+    from sparsa.eval.sweep import SweepConfig, read_results, run_sweep
+
+    d = export_hf(trained[1].model, "default", tmp_path / "m", rope_theta=500000.0)
+    model, tok = load_model(d, device="cpu")
+    cfg = SweepConfig(model=str(d), methods=["vertical_slash", "snapkv"], compressions=[2.0], lengths=[160],
+                      tasks=["niah_single"], samples=3, batch_size=3)
+    with pytest.warns(UserWarning, match="only its own attention"):
+        run_sweep(cfg, tmp_path / "out", model=model, tokenizer=tok, progress=False)
+    rows = read_results(tmp_path / "out")
+    assert sorted(r["sample"] for r in rows) == [0, 1, 2]
+    assert {r["method"] for r in rows} == {"dense"} and {r["n_tokens"] for r in rows} != {0}
