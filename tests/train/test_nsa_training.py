@@ -184,3 +184,20 @@ def test_frontier_sweep_runs_a_native_nsa_model_as_its_own_baseline(trained, tmp
     rows = read_results(tmp_path / "out")
     assert sorted(r["sample"] for r in rows) == [0, 1, 2]
     assert {r["method"] for r in rows} == {"dense"} and {r["n_tokens"] for r in rows} != {0}
+
+
+@pytest.mark.parametrize("nsa,dense", [("sparsa-tiny-nsa", "sparsa-tiny-nsa-dense"),
+                                       ("sparsa-tiny-nsa-cpu", "sparsa-tiny-nsa-cpu-dense")])
+def test_recipe_twins_differ_only_in_attention(nsa, dense):
+    from pathlib import Path
+
+    from sparsa.train.config import load_recipe
+
+    root = Path(__file__).resolve().parents[2] / "recipes"
+    a, _ = load_recipe(root / f"{nsa}.toml")
+    b, _ = load_recipe(root / f"{dense}.toml")
+    assert (a.model.attention, b.model.attention) == ("nsa", "dense") and (a.name, b.name) == (nsa, dense)
+    da, db = a.to_dict(), b.to_dict()
+    for d in (da, db):
+        del d["name"], d["model"]["attention"]
+    assert da == db
