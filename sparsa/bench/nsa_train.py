@@ -190,8 +190,14 @@ def summarize(dense_dir: str | Path, nsa_dir: str | Path, speed: str | Path | No
     result: dict[str, Any] = {"runs": {}, "speed": None}
     for a, log in logs.items():
         last = log[-10:]
+        ck_path = runs[a] / "checkpoint.pt"
+        trained_on, params = None, None
+        if ck_path.exists():
+            ck = torch.load(ck_path, map_location="cpu", weights_only=False)
+            trained_on = ck.get("devices")
+            params = sum(t.numel() for k, t in ck["model"].items() if k != "lm_head.weight")
         result["runs"][a] = {
-            "dir": runs[a].name, "steps": log[-1]["step"] if log else 0, "tokens": log[-1]["tokens"] if log else 0,
+            "dir": runs[a].name, "devices": trained_on, "parameters": params, "steps": log[-1]["step"] if log else 0, "tokens": log[-1]["tokens"] if log else 0,
             "final_loss": sum(r["loss"] for r in last) / len(last) if last else None,
             "final_lm_loss": (sum(r["lm_loss"] for r in last if "lm_loss" in r) /
                               max(1, sum("lm_loss" in r for r in last))) if last else None,
@@ -228,8 +234,9 @@ def plot_losses(result: dict[str, Any], path: str | Path) -> None:
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend()
-    dev = result.get("device")
-    ax.set_title("sparsa-tiny-nsa vs its dense twin" + (f" ({dev})" if dev else ""), fontsize=9)
+    runs = result["runs"]
+    dev = result.get("device") or ", ".join(runs["nsa"].get("devices") or [])
+    ax.set_title(f"{runs['nsa']['dir']} vs {runs['dense']['dir']}" + (f" ({dev})" if dev else ""), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
