@@ -444,6 +444,8 @@ def _run_eval(config, out_dir, device, time_limit_s):  # type: ignore[no-untyped
         everyone: list[object] = [None] * dist.get_world_size()
         dist.all_gather_object(everyone, flag)
         res.finished = all(f[0] for f in everyone)  # type: ignore[index]
+        # no rank tears its connections down while another may still be finishing the gather
+        dist.barrier()
         return res if dist.get_rank() == 0 else None
     finally:
         dist.destroy_process_group()
