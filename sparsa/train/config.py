@@ -265,6 +265,12 @@ def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
     return cls(**kwargs)
 
 
+def with_defaults(data: dict[str, Any]) -> dict[str, Any]:
+    """A recipe dict with every key the recipe leaves out set to its default (for comparing a
+    checkpoint's recipe, which may predate a key, with the current one)."""
+    return _from_dict(TrainConfig, data, "").to_dict()
+
+
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:
     """A validated ``TrainConfig`` from nested dicts (unknown keys are errors)."""
     return _from_dict(TrainConfig, data, "").validate()

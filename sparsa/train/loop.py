@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from .._validation import check_device, check_writable_dir
 from ..eval.api import evaluate, get_task, list_tasks, summarize
-from .config import TrainConfig
+from .config import TrainConfig, with_defaults
 from .data import (StreamDataset, lm_tokens, load_train_tokenizer, make_loader, rank_micro_batches, special_token_ids,
                    step_layout)
 from .model import build_model, count_parameters, train_flops_per_token
@@ -247,7 +247,11 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, recipe_text: str | None = No
             raise ValueError(f"model.attention: the checkpoint in {out} was trained with {was} attention and "
                              f"the recipe asks for {cfg.model.attention}; a run cannot change its attention "
                              "(start a new --out)")
-        diff = _recipe_diff(ck["recipe"], cfg.to_dict())
+        try:
+            old = with_defaults(ck["recipe"])
+        except (TypeError, ValueError):
+            old = ck["recipe"]
+        diff = _recipe_diff(old, cfg.to_dict())
         if diff:
             raise ValueError(f"recipe: differs from the checkpoint's in {', '.join(diff)}; a resumed run must "
                              "use the recipe it started with")

@@ -201,3 +201,14 @@ def test_recipe_twins_differ_only_in_attention(nsa, dense):
     for d in (da, db):
         del d["name"], d["model"]["attention"]
     assert da == db
+
+
+def test_a_checkpoint_from_before_the_attention_key_resumes(tmp_path):
+    # a dense run whose saved recipe has no model.attention / model.nsa (as older runs) continues
+    cfg = config_from_dict({**json.loads(json.dumps(TOY)), "steps": 2})
+    train(cfg, tmp_path, max_steps=1, device="cpu", progress=False)
+    ck = torch.load(tmp_path / CHECKPOINT, weights_only=False)
+    del ck["recipe"]["model"]["attention"], ck["recipe"]["model"]["nsa"]
+    torch.save(ck, tmp_path / CHECKPOINT)
+    res = train(cfg, tmp_path, resume=True, device="cpu", progress=False)
+    assert res.finished and res.step == 2
