@@ -19,7 +19,6 @@ import dataclasses
 import json
 import math
 import os
-import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -28,34 +27,16 @@ import torch
 
 from ..train.config import TrainConfig, load_recipe
 from ..train.model import build_model, count_parameters
-from .timing import device_info
+from .timing import device_info, once_ms
 
 VOCAB = 8192  # the default tokenizer's size (speed only; no tokenizer is loaded)
 
 
-def _sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-
-
-def _median_s(fn: Callable[[], Any], dev: torch.device, reps: int, warmup: int = 1) -> float:
-    """Median seconds of ``reps`` calls after ``warmup`` untimed ones (the first of which is
-    printed: it holds the kernels' compilation)."""
-    for i in range(warmup):
-        _sync(dev)
-        t0 = time.perf_counter()
-        fn()
-        _sync(dev)
-        if i == 0:
-            print(f"  first call {time.perf_counter() - t0:.1f} s", flush=True)
-    times = []
-    for _ in range(reps):
-        _sync(dev)
-        t0 = time.perf_counter()
-        fn()
-        _sync(dev)
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
+def _median_s(fn: Callable[[], Any], reps: int) -> float:
+    """Median seconds of ``reps`` calls after one untimed call (whose time is printed: it holds
+    the kernels' compilation)."""
+    print(f"  first call {once_ms(fn) / 1e3:.1f} s", flush=True)
+    return sorted(once_ms(fn) for _ in range(reps))[reps // 2] / 1e3
 
 
 def twin_models(cfg: TrainConfig, dev: torch.device) -> dict[str, torch.nn.Module]:
@@ -81,7 +62,7 @@ def step_seconds(model: torch.nn.Module, length: int, dev: torch.device, reps: i
         loss.backward()
         model.zero_grad(set_to_none=True)
 
-    return _median_s(step, dev, reps)
+    return _median_s(step, reps)
 
 
 @torch.no_grad()
@@ -96,14 +77,14 @@ def decode_tokens_per_s(model: torch.nn.Module, length: int, batch: int, steps: 
     kw = {compat.cache_kwarg_name(model): DynamicCache(), "use_cache": True}
     logits = model(input_ids=ids, logits_to_keep=1, **kw).logits
     tok = logits[:, -1].argmax(-1, keepdim=True)
-    for _ in range(2):  # warm-up steps (kernel compilation)
-        tok = model(input_ids=tok, **kw).logits[:, -1].argmax(-1, keepdim=True)
-    _sync(dev)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        tok = model(input_ids=tok, **kw).logits[:, -1].argmax(-1, keepdim=True)
-    _sync(dev)
-    return batch * steps / (time.perf_counter() - t0)
+
+    def run(n: int) -> None:
+        nonlocal tok
+        for _ in range(n):
+            tok = model(input_ids=tok, **kw).logits[:, -1].argmax(-1, keepdim=True)
+
+    run(2)  # warm-up steps (kernel compilation)
+    return batch * steps / (once_ms(lambda: run(steps)) / 1e3)
 
 
 def run_speed(recipe: str | Path, out: str | Path, *, train_contexts: Sequence[int], decode_contexts: Sequence[int],

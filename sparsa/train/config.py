@@ -218,11 +218,6 @@ def _check_nsa(n: NSAModelConfig, lengths: list[int]) -> None:
     """Refuse an NSA geometry the kernels cannot run or the curriculum's lengths do not fit."""
     from ..ops.nsa import NSAConfig  # local: the recipe reads without torch
 
-    for key in ("block", "stride", "sel_block", "n_select", "window", "n_forced_init", "n_forced_local"):
-        v = getattr(n, key)
-        if isinstance(v, bool) or not isinstance(v, int) or v < (0 if key in ("window", "n_forced_init",
-                                                                              "n_forced_local") else 1):
-            raise ValueError(f"model.nsa.{key}: must be a positive integer, got {v!r}")
     if n.compress_hidden is not None and (isinstance(n.compress_hidden, bool) or not isinstance(n.compress_hidden, int)
                                           or n.compress_hidden < 1):
         raise ValueError(f"model.nsa.compress_hidden: must be a positive integer or unset, got {n.compress_hidden!r}")
@@ -231,7 +226,7 @@ def _check_nsa(n: NSAModelConfig, lengths: list[int]) -> None:
     try:
         NSAConfig(block=n.block, stride=n.stride, sel_block=n.sel_block, n_select=n.n_select, window=n.window,
                   n_forced_init=n.n_forced_init, n_forced_local=n.n_forced_local)
-    except ValueError as e:
+    except (TypeError, ValueError) as e:  # NSAConfig's checks name the field
         raise ValueError(f"model.nsa.{e}") from None
     for key in ("block", "stride", "sel_block"):
         bad = [L for L in lengths if L % getattr(n, key)]
