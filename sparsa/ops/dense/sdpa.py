@@ -1,21 +1,12 @@
-"""Fast executor of masked attention: PyTorch SDPA with a boolean mask, in the inputs' dtype.
+"""SDPA execution of the reference ops: the masked executor and its scope, named here for the
+package, plus the dense causal route.
 
-:func:`~sparsa.ops.dense.reference.masked_attention` is the spec: float32 scores, an explicit
-softmax, any mask. :func:`masked_attention_sdpa` computes the same thing for the same
-``mask_fn`` with :func:`torch.nn.functional.scaled_dot_product_attention` (its fused CPU
-kernel, or whatever SDPA picks on the device), in q's dtype, chunk by chunk of query rows so
-the boolean masks of 8K-16K contexts stay small. Per chunk only the keys some row of the
-chunk may see are passed to SDPA: the span between the first and last visible key, or a
-gathered subset when most of that span is hidden (local windows, sparse blocks), so masked
-work is skipped rather than computed and discarded.
-
-The executor and its scope live in :mod:`sparsa.ops._shared.masked_sdpa`, beside the spec that
-routes to it; this module names them for the rest of the package and adds the causal route.
-
-Every reference op expresses its pattern as a ``mask_fn``; inside :func:`sdpa_masked_scope`
-(set by :meth:`sparsa.methods.base.Method.__call__` when :func:`sparsa.backend.masked_executor`
-says "sdpa") those ops run through this executor, with identical masks and so identical pair
-counts. ``backend="reference"`` keeps the spec.
+The executor (PyTorch SDPA with a boolean mask, in the inputs' dtype, chunk by chunk of query
+rows) is described and implemented in :mod:`sparsa.ops._shared.masked_sdpa`, beside the spec
+:func:`~sparsa.ops.dense.reference.masked_attention`. Inside :func:`sdpa_masked_scope` (set by
+:meth:`sparsa.methods.base.Method.__call__` when :func:`sparsa.backend.masked_executor` says
+"sdpa") every reference op runs through it, with identical masks and so identical pair counts.
+``backend="reference"`` keeps the spec.
 """
 from __future__ import annotations
 
