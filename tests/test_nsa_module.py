@@ -96,3 +96,29 @@ def test_bad_arguments():
         NativeSparseAttention(64, 4, head_dim=15)
     with pytest.raises(ValueError, match="^x"):
         _layer()(torch.randn(1, 5, 32))
+
+
+def test_autocast_hands_the_attention_one_dtype(monkeypatch):
+    """Under autocast q comes out of its projection in bfloat16 while x stays float32: a new cache
+    takes the projections' dtype and an existing float32 cache keeps its own, so q, the keys and
+    the compressed keys always agree (the Triton kernels refuse mixed dtypes)."""
+    import sparsa.nn.nsa as module
+
+    seen = []
+    real = module.nsa_attention
+
+    def spy(q, k, v, gates, cfg, **kw):
+        seen.append({t.dtype for t in (q, k, v, kw["k_cmp"], kw["v_cmp"])})
+        return real(q, k, v, gates, cfg, **kw)
+
+    monkeypatch.setattr(module, "nsa_attention", spy)
+    layer = _layer()
+    x = torch.randn(1, 40, 64, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+        cache = layer.new_cache(1)
+        assert cache.k.dtype == torch.float32
+        layer(x, cache=cache)
+    assert seen == [{torch.bfloat16}, {torch.float32}]
+    out.float().sum().backward()
+    assert x.grad is not None and bool(torch.isfinite(x.grad).all())

@@ -167,18 +167,22 @@ class NativeSparseAttention(nn.Module):
         b, t, hid = x.shape
         if hid != self.hidden:
             raise ValueError(f"x: last dimension must be hidden={self.hidden}, got {hid}")
-        if cache is None:
-            cache = self.new_cache(b, device=x.device, dtype=x.dtype)
-        elif cache.k.shape[0] != b:
+        if cache is not None and cache.k.shape[0] != b:
             raise ValueError(f"cache: batch {cache.k.shape[0]} does not match x's batch {b}")
         h, hkv, d = self.heads, self.kv_heads, self.head_dim
-        start = cache.length
-        cos, sin = rope_cos_sin(torch.arange(start, start + t, device=x.device), d, self.rope_theta, _table_dtype(x))
-
-        q = apply_rope(self.q_proj(x).view(b, t, h, d).transpose(1, 2), cos, sin)
+        q = self.q_proj(x).view(b, t, h, d).transpose(1, 2)
         n_kv = 3 if self.separate_kv else 1
         k = self.k_proj(x).view(b, t, n_kv, hkv, d).permute(2, 0, 3, 1, 4)      # (n_kv, B, Hkv, T, D)
         v = self.v_proj(x).view(b, t, n_kv, hkv, d).permute(2, 0, 3, 1, 4)
+        # Under autocast the projections come out in the autocast dtype, not x's: a new cache takes
+        # theirs, and an existing cache keeps its own (q, k, v follow it), so q and the keys agree.
+        if cache is None:
+            cache = self.new_cache(b, device=x.device, dtype=k.dtype)
+        elif cache.k.dtype != k.dtype:
+            q, k, v = q.to(cache.k.dtype), k.to(cache.k.dtype), v.to(cache.k.dtype)
+        start = cache.length
+        cos, sin = rope_cos_sin(torch.arange(start, start + t, device=x.device), d, self.rope_theta, _table_dtype(q))
+        q = apply_rope(q, cos, sin)
         kb = dict(zip(BRANCHES, (k[i % n_kv] for i in range(3))))
         vb = dict(zip(BRANCHES, (v[i % n_kv] for i in range(3))))
 
