@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.autograd import DeviceType
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.profiler import ProfilerActivity, profile
 
@@ -81,7 +82,31 @@ _ATTN = ("attn", "attention", "fmha", "flash", "cudnn", "_fwd_kernel", "sparse",
 _GEMM = ("gemm", "cutlass", "sm90_xmma", "matmul", "cublas", "nvjet")
 
 
-def profile_split(model: torch.nn.Module, ids: torch.Tensor) -> dict[str, float]:
+def split_device_time(events: Iterable[Any]) -> dict[str, Any]:
+    """GPU ms per kernel kind (attention, gemm, other) from profiler ``key_averages()`` entries.
+
+    Only device-side entries (the kernels themselves) are counted: a CPU operator such as
+    ``aten::mm`` also carries the device time of the kernels it launched, so counting both would
+    count every kernel twice. ``top`` lists the eight longest kernels.
+    """
+    split: dict[str, Any] = {"attention_ms": 0.0, "gemm_ms": 0.0, "other_ms": 0.0}
+    top: list[tuple[float, str]] = []
+    for evt in events:
+        if evt.device_type == DeviceType.CPU:
+            continue
+        t = float(getattr(evt, "self_device_time_total", 0.0) or 0.0) / 1000.0
+        if t <= 0:
+            continue
+        name = evt.key.lower()
+        kind = "attention_ms" if any(s in name for s in _ATTN) else (
+            "gemm_ms" if any(s in name for s in _GEMM) else "other_ms")
+        split[kind] += t
+        top.append((t, evt.key[:80]))
+    split["top"] = [f"{t:.2f} ms {k}" for t, k in sorted(top, reverse=True)[:8]]
+    return split
+
+
+def profile_split(model: torch.nn.Module, ids: torch.Tensor) -> dict[str, Any]:
     """GPU ms of one forward split by kernel kind (attention, gemm, other) and its host ms.
 
     The split is by kernel name, so it is a guide, not an exact account.
@@ -92,19 +117,8 @@ def profile_split(model: torch.nn.Module, ids: torch.Tensor) -> dict[str, float]
         _forward(model, ids)
         host = (time.perf_counter() - t0) * 1000.0
         torch.cuda.synchronize()
-    split = {"attention_ms": 0.0, "gemm_ms": 0.0, "other_ms": 0.0}
-    top: list[tuple[float, str]] = []
-    for evt in prof.key_averages():
-        t = float(getattr(evt, "self_device_time_total", 0.0) or 0.0) / 1000.0
-        if t <= 0:
-            continue
-        name = evt.key.lower()
-        kind = "attention_ms" if any(s in name for s in _ATTN) else (
-            "gemm_ms" if any(s in name for s in _GEMM) else "other_ms")
-        split[kind] += t
-        top.append((t, evt.key[:80]))
+    split = split_device_time(prof.key_averages())
     split["host_ms"] = host
-    split["top"] = [f"{t:.2f} ms {k}" for t, k in sorted(top, reverse=True)[:8]]  # type: ignore[assignment]
     return split
 
 

@@ -5,7 +5,11 @@ import json
 
 import pytest
 
-from sparsa.bench.e2e_real import REAL_METHODS, real_text_ids, run_e2e_real
+from types import SimpleNamespace
+
+from torch.autograd import DeviceType
+
+from sparsa.bench.e2e_real import REAL_METHODS, real_text_ids, run_e2e_real, split_device_time
 from sparsa.bench.timing import PASSES
 
 
@@ -48,3 +52,21 @@ def test_bad_arguments(tmp_path, kw, match):
     with pytest.raises(ValueError, match=match):
         run_e2e_real(**args)
     assert list(REAL_METHODS)
+
+
+def test_profile_split_counts_each_kernel_once():
+    """A CPU operator carries the device time of the kernels it launched: only the kernels count."""
+    def evt(key, us, device=DeviceType.CUDA):
+        return SimpleNamespace(key=key, self_device_time_total=us, device_type=device)
+
+    events = [evt("aten::_cudnn_attention_forward", 82_000.0, DeviceType.CPU),
+              evt("cudnn_generated_fort_native_sdpa_sm90_flash_fprop", 82_000.0),
+              evt("aten::mm", 11_000.0, DeviceType.CPU), evt("nvjet_sm90_tst_256x128", 5_000.0),
+              evt("ampere_sgemm_128x64", 6_000.0), evt("aten::mul", 4_000.0, DeviceType.CPU),
+              evt("elementwise_kernel<mul>", 4_000.0), evt("_block_sparse_fwd_kernel", 1_500.0),
+              evt("idle", 0.0)]
+    split = split_device_time(events)
+    assert split["attention_ms"] == pytest.approx(83.5)
+    assert split["gemm_ms"] == pytest.approx(11.0)
+    assert split["other_ms"] == pytest.approx(4.0)
+    assert split["top"][0].startswith("82.00 ms cudnn") and len(split["top"]) == 5
