@@ -44,7 +44,10 @@ MAX_TOLERABLE_RULE = (
     "the largest achieved compression before that stop, so every lower compression also holds "
     "(monotonic: a lucky pass at a high ratio after a failure at a lower one does not count). "
     "None if the lowest-compression cell is already worse. Cells with no dense-paired sample are "
-    "not tested and are skipped; with no dense baseline at all there is no answer (n/a)."
+    "not tested and are skipped; with no dense baseline at all there is no answer (n/a). A cell "
+    "where dense is exact on so few paired samples that even losing all of them could not reach "
+    "p < alpha (fewer than 6 when alpha is 0.05) cannot show a drop, so it cannot show that compression "
+    "holds either: it is skipped, and a method with only such cells is untestable."
 )
 
 
@@ -328,9 +331,10 @@ def summarize_cells(rows: Iterable[Row], alpha: float = ALPHA, seed: int = 0) ->
 class MaxTolerable:
     """Maximum tolerable compression of one method at one (model, task, length, mode).
 
-    ``compression`` is None when no cell qualifies; ``reason`` then says why ("every tested
-    cell ..." or "no dense baseline"). ``n_cells`` counts the method's cells, ``n_tested`` those
-    with dense-paired samples.
+    ``compression`` is None when no cell qualifies; ``reason`` then says why ("significantly
+    worse from ...", "no dense baseline" or "untestable: ..."). ``n_cells`` counts the method's
+    cells, ``n_tested`` those with dense-paired samples, ``n_powered`` those among them where
+    dense is exact often enough for the test to be able to show a drop (:func:`can_show_drop`).
     """
 
     model: str
@@ -343,10 +347,23 @@ class MaxTolerable:
     n_cells: int
     n_tested: int
     reason: str
+    n_powered: int = 0
 
     @property
     def group(self) -> GroupKey:
         return GroupKey(self.model, self.task, self.length, self.method, self.phase, self.mode)
+
+
+def _dense_exact_count(s: CellSummary) -> int:
+    return round((s.dense_exact_paired or 0.0) * (s.n_paired or 0))
+
+
+def can_show_drop(cell: CellSummary, alpha: float = ALPHA) -> bool:
+    """Whether the paired test of ``cell`` could ever come out significantly worse: the best case
+    for a drop is the method failing every sample dense got right (b = dense's exact count, c = 0),
+    whose exact McNemar p is 2 * 0.5 ** b. With dense exact on 5 samples that is 0.0625, so at
+    alpha 0.05 a cell needs dense exact on at least 6 paired samples."""
+    return bool(cell.n_paired) and mcnemar_exact(_dense_exact_count(cell), 0) < alpha
 
 
 def max_tolerable_compression(cells: Iterable[CellSummary] | Iterable[Row],
@@ -366,18 +383,24 @@ def max_tolerable_compression(cells: Iterable[CellSummary] | Iterable[Row],
     out: dict[GroupKey, MaxTolerable] = {}
     for g, cs in groups.items():
         tested = sorted((s for s in cs if s.n_paired), key=lambda s: s.compression)
+        powered = [s for s in tested if can_show_drop(s, alpha)]
         best: float | None = None
         reason = "no dense baseline" if not tested else "all tested cells hold"
-        for s in tested:
+        if tested and not powered:
+            k = max(tested, key=lambda s: _dense_exact_count(s))
+            reason = (f"untestable: dense is exact on {_dense_exact_count(k)} of {k.n_paired} paired samples, "
+                      f"too few for any drop to reach p < {alpha:g}")
+        for s in powered:
             if s.significantly_worse:
                 reason = (f"significantly worse from compression {s.compression:.3g} "
                           f"(b={s.b}, c={s.c}, p={s.p_value:.3g})")
                 break
             best = s.compression
-        out[g] = MaxTolerable(*g, compression=best, n_cells=len(cs), n_tested=len(tested), reason=reason)
+        out[g] = MaxTolerable(*g, compression=best, n_cells=len(cs), n_tested=len(tested), reason=reason,
+                              n_powered=len(powered))
     return dict(sorted(out.items()))
 
 
 __all__ = ["ALPHA", "CellKey", "CellSummary", "DENSE", "GroupKey", "MAX_TOLERABLE_RULE", "MaxTolerable",
-           "ROW_FIELDS", "cell_key", "dedupe_rows", "load_rows", "max_tolerable_compression", "mcnemar_exact",
+           "ROW_FIELDS", "can_show_drop", "cell_key", "dedupe_rows", "load_rows", "max_tolerable_compression", "mcnemar_exact",
            "mean_interval", "read_jsonl", "result_files", "summarize_cells", "wilson_interval"]

@@ -76,7 +76,9 @@ def _mt_text(m: MaxTolerable | None) -> str:
         return ""
     if m.compression is not None:
         return f"{m.compression:.3g}"
-    return "n/a" if m.n_tested == 0 else "—"
+    if m.n_tested == 0:
+        return "n/a"
+    return "untestable" if m.n_powered == 0 else "—"
 
 
 # --------------------------------------------------------------------------- plots
@@ -295,10 +297,10 @@ def _write_csvs(out: Path, cells: list[CellSummary], maxtol: dict[GroupKey, MaxT
     with open(out / "max_tolerable.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["model", "task", "length", "mode", "method", "phase", "max_tolerable_compression", "n_cells",
-                    "n_tested", "reason"])
+                    "n_tested", "n_powered", "reason"])
         for m in maxtol.values():
             w.writerow([m.model, m.task, m.length, m.mode, m.method, m.phase,
-                        "" if m.compression is None else m.compression, m.n_cells, m.n_tested, m.reason])
+                        "" if m.compression is None else m.compression, m.n_cells, m.n_tested, m.n_powered, m.reason])
 
 
 def _configs(files: list[Path]) -> list[tuple[Path, Any]]:
@@ -359,7 +361,8 @@ def write_report(results: str | Path | Sequence[str | Path], out_dir: str | Path
            "", "**Maximum tolerable compression rule.** "
            + MAX_TOLERABLE_RULE.replace("alpha 0.05", f"alpha {alpha:g}"),
            "", "In the max-tolerable tables: a number is the compression; — means every tested compression "
-           "(from the lowest) is significantly worse; n/a means no dense-paired samples; blank means not run.", ""]
+           "(from the lowest) is significantly worse; n/a means no dense-paired samples; untestable means dense "
+           "itself is exact on too few samples for any drop to be significant; blank means not run.", ""]
 
     iso_lines: list[str] = []
     all_points = 0

@@ -76,9 +76,9 @@ def test_max_tolerable_is_monotonic():
 
 
 def test_max_tolerable_all_hold_and_no_dense():
-    rows = [row("dense", s, 1) for s in range(5)] + [row("m", s, 1, compression=c) for s in range(5) for c in (3.0,)]
-    rows += [row("m", s, 1, compression=9.0, target=9) for s in range(5)]
-    rows += [row("m", s, 1, task="other", compression=3.0) for s in range(5)]  # no dense on this task
+    rows = [row("dense", s, 1) for s in range(8)] + [row("m", s, 1, compression=c) for s in range(8) for c in (3.0,)]
+    rows += [row("m", s, 1, compression=9.0, target=9) for s in range(8)]
+    rows += [row("m", s, 1, task="other", compression=3.0) for s in range(8)]  # no dense on this task
     mt = max_tolerable_compression(summarize_cells(rows))
     assert mt[GroupKey("tiny", "niah", 8192, "m", "prefill", "aware")].compression == 9.0
     other = mt[GroupKey("tiny", "other", 8192, "m", "prefill", "aware")]
@@ -131,3 +131,23 @@ def test_a_results_directory_reads_rows_files_only(tmp_path):
     write_jsonl(tmp_path / "rows.rank0.jsonl", [row("dense", 0, 1), row("m", 0, 1, compression=2.0)])
     (tmp_path / "errors.rank0.jsonl").write_text('{"task": "t", "method": "x", "error": "boom"}\n')
     assert len(load_rows(tmp_path)) == 2
+
+
+def test_weak_dense_makes_a_cell_untestable_not_tolerant():
+    """Dense exact on 5 samples: even a method failing all 5 has p = 0.0625, so "holds" would be
+    vacuous; with 6 the same total failure is significant (p = 0.03125)."""
+    for dense_exact, expect in ((5, None), (6, None)):
+        rows = [row("dense", s, int(s < dense_exact)) for s in range(16)]
+        rows += [row("m", s, 0, compression=c, target=c) for s in range(16) for c in (2.0, 10.0)]
+        (m,) = max_tolerable_compression(rows).values()
+        assert m.compression is expect and m.n_tested == 2
+        if dense_exact == 5:
+            assert m.n_powered == 0 and m.reason.startswith("untestable: dense is exact on 5 of 16")
+        else:
+            assert m.n_powered == 2 and m.reason.startswith("significantly worse from compression 2")
+    # a powered cell after an unpowered one: only the powered one decides
+    rows = [row("dense", s, int(s < 6)) for s in range(16)]
+    rows += [row("m", s, int(s < 6), compression=2.0, target=2) for s in range(16)]
+    rows += [row("m", s, 0, compression=5.0, target=5) for s in range(3)]   # 3 paired, dense exact on 3
+    (m,) = max_tolerable_compression(rows).values()
+    assert (m.compression, m.n_tested, m.n_powered) == (2.0, 2, 1)
