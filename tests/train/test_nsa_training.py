@@ -212,3 +212,11 @@ def test_a_checkpoint_from_before_the_attention_key_resumes(tmp_path):
     torch.save(ck, tmp_path / CHECKPOINT)
     res = train(cfg, tmp_path, resume=True, device="cpu", progress=False)
     assert res.finished and res.step == 2
+
+
+def test_nsa_trains_under_bf16_autocast(tmp_path):
+    """The GPU recipes train under bf16 autocast: the layer's projections then come out in
+    bfloat16 while the residual stream stays float32, and the attention must get one dtype."""
+    res = train(config_from_dict(nsa_recipe(steps=2, precision="bf16")), tmp_path, device="cpu", progress=False)
+    losses = _losses(tmp_path)
+    assert res.model is not None and len(losses) == 2 and all(math.isfinite(x) for x in losses)
