@@ -347,7 +347,7 @@ class MaxTolerable:
     n_cells: int
     n_tested: int
     reason: str
-    n_powered: int = 0
+    n_powered: int
 
     @property
     def group(self) -> GroupKey:
@@ -387,7 +387,7 @@ def max_tolerable_compression(cells: Iterable[CellSummary] | Iterable[Row],
         best: float | None = None
         reason = "no dense baseline" if not tested else "all tested cells hold"
         if tested and not powered:
-            k = max(tested, key=lambda s: _dense_exact_count(s))
+            k = max(tested, key=_dense_exact_count)
             reason = (f"untestable: dense is exact on {_dense_exact_count(k)} of {k.n_paired} paired samples, "
                       f"too few for any drop to reach p < {alpha:g}")
         for s in powered:
@@ -402,5 +402,5 @@ def max_tolerable_compression(cells: Iterable[CellSummary] | Iterable[Row],
 
 
 __all__ = ["ALPHA", "CellKey", "CellSummary", "DENSE", "GroupKey", "MAX_TOLERABLE_RULE", "MaxTolerable",
-           "ROW_FIELDS", "can_show_drop", "cell_key", "dedupe_rows", "load_rows", "max_tolerable_compression", "mcnemar_exact",
-           "mean_interval", "read_jsonl", "result_files", "summarize_cells", "wilson_interval"]
+           "ROW_FIELDS", "can_show_drop", "cell_key", "dedupe_rows", "load_rows", "max_tolerable_compression",
+           "mcnemar_exact", "mean_interval", "read_jsonl", "result_files", "summarize_cells", "wilson_interval"]
