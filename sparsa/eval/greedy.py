@@ -93,7 +93,7 @@ class _Accumulator:
 def greedy_generate(model: torch.nn.Module, prompts: Sequence[Prompt], *, max_new_tokens: int, mode: str = "aware",
                     decode_phase: bool = False, handle: Any = None, eos_id: int | None = None,
                     pad_id: int = 0, stop: Callable[[list[int]], bool] | None = None,
-                    cache: Any = None) -> GenerationResult:
+                    cache: Any = None, row_prefill: bool | None = None) -> GenerationResult:
     """Greedy continuations of ``prompts`` (batched, left-padded) with the chunk/step plan above.
 
     model: a causal LM (sparsa applied or not). handle: the :class:`~sparsa.SparsaHandle` of
@@ -102,6 +102,13 @@ def greedy_generate(model: torch.nn.Module, prompts: Sequence[Prompt], *, max_ne
     returning a fresh cache for the batch (default: the model's own, or ``handle.new_cache()``).
     Question-agnostic batches must have equal context and question lengths per row, so pass
     such prompts one at a time (the sweep does).
+
+    row_prefill: prefill a padded batch one row at a time and stack the caches, so that each
+    row's prefill is plain causal attention with no padding mask (the fused causal kernels
+    take it; a masked batch falls back to a kernel that computes every query-key pair). The
+    decode steps stay batched, and the result is the same. Default (None): on for a padded
+    single-chunk batch of the model's own attention (no ``handle``, no ``cache``, no sliding
+    window); False keeps one masked forward.
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens: must be >= 1, got {max_new_tokens}")
@@ -146,7 +153,13 @@ def greedy_generate(model: torch.nn.Module, prompts: Sequence[Prompt], *, max_ne
         past = compat.output_cache(out) or past
         return out.logits[:, -1].float()
 
-    logits = forward(ids, pos, mask)
+    if row_prefill is None:
+        row_prefill = (padded and handle is None and cache is None and next(iter(n_chunks)) == 1
+                       and not _has_sliding_window(model))
+    if row_prefill and padded:
+        logits, past = _prefill_rows(model, first, width, device, cache_kw)
+    else:
+        logits = forward(ids, pos, mask)
     acc.after_forward("prefill")
     next_pos = pos[:, -1] + 1
     for chunk_i in range(1, next(iter(n_chunks))):
@@ -188,3 +201,30 @@ def greedy_generate(model: torch.nn.Module, prompts: Sequence[Prompt], *, max_ne
             break
         logits = step(nxt)
     return GenerationResult(generated, prefill=acc.get("prefill"), decode=acc.get("decode"))
+
+
+def _has_sliding_window(model: torch.nn.Module) -> bool:
+    from ..integrations.hf import compat  # local: loads transformers
+
+    cfg = compat.text_config(model)
+    types = getattr(cfg, "layer_types", None)
+    if types is not None:
+        return any(t != "full_attention" for t in types)
+    return getattr(cfg, "sliding_window", None) is not None and bool(getattr(cfg, "use_sliding_window", True))
+
+
+def _prefill_rows(model: torch.nn.Module, rows: list[list[int]], width: int, device: torch.device,
+                  cache_kw: str) -> tuple[torch.Tensor, Any]:
+    """Last-position logits (B, V) float32 and the left-padded batched cache of ``rows`` prefilled one by one."""
+    from transformers import DynamicCache  # local: loads transformers
+
+    from ..integrations.hf import compat  # local: loads transformers
+
+    logits, caches = [], []
+    for x in rows:
+        c = DynamicCache()
+        out = model(torch.tensor([x], device=device), **{cache_kw: c, "use_cache": True, "logits_to_keep": 1,
+                                                          "position_ids": torch.arange(len(x), device=device)[None]})
+        logits.append(out.logits[:, -1].float())
+        caches.append(compat.output_cache(out) or c)
+    return torch.cat(logits), compat.stack_left_padded(caches, width)

@@ -275,11 +275,22 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, model: Any = None, to
     def stop(gen: list[int]) -> bool:
         return answer_line_done(counter.decode(gen))
 
+    # every cell of a (task, length) asks for the same samples: render each one once (the grid
+    # runs cell groups of one task and length together, so one group is kept at a time)
+    rendered: dict[tuple[str, int, int], tuple[Any, Prompt]] = {}
+
+    def instance(task: str, length: int, s: int) -> tuple[Any, Prompt]:
+        key = (task, length, s)
+        if key not in rendered:
+            if any(k[:2] != key[:2] for k in rendered):
+                rendered.clear()
+            x = tasks[task].generate(length, instance_seed(config.seed, s), tokenizer, split=config.split)
+            rendered[key] = (x, Prompt(*split_prompt_ids(tokenizer, x, style=style)))
+        return rendered[key]
+
     def run_batch(cell: Cell, chunk: list[int], handle: Any) -> list[str]:
         """JSON lines of one batch; a batch that runs out of GPU memory is split in halves."""
-        insts = [tasks[cell.task].generate(cell.length, instance_seed(config.seed, s), tokenizer,
-                                           split=config.split) for s in chunk]
-        prompts = [Prompt(*split_prompt_ids(tokenizer, x, style=style)) for x in insts]
+        insts, prompts = map(list, zip(*(instance(cell.task, cell.length, s) for s in chunk)))
         t0 = time.perf_counter()
         try:
             res = greedy_generate(model, prompts, max_new_tokens=max(x.max_new_tokens for x in insts),

@@ -239,3 +239,24 @@ def test_a_failing_cell_is_logged_and_skipped(tiny, tmp_path, monkeypatch):
     errors = [json.loads(x) for x in (tmp_path / "errors.rank0.jsonl").read_text().splitlines()]
     assert [e["method"] for e in errors] == ["quest"] and "kernel exploded" in errors[0]["error"]
     assert res.finished
+
+
+def test_each_sample_is_rendered_once_for_all_its_cells(tiny, tmp_path, monkeypatch):
+    model, tok = tiny
+    seen = []
+    real_get = sweep_mod.get_task
+
+    def counting(name):
+        task = real_get(name)
+
+        class Counted:
+            def generate(self, length, seed, *a, **k):
+                seen.append((name, length, seed))
+                return task.generate(length, seed, *a, **k)
+        return Counted()
+
+    monkeypatch.setattr(sweep_mod, "get_task", counting)
+    cfg = _config(methods=["streaming", "snapkv"], compressions=[2.0, 5.0], samples=2)
+    res = run_sweep(cfg, tmp_path / "r", model=model, tokenizer=tok, progress=False)
+    assert res.rows_written == 2 * (1 + 2 * 2 + 2)  # dense, streaming prefill + decode, snapkv
+    assert len(seen) == 2 and len(set(seen)) == 2

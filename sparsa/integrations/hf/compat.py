@@ -18,6 +18,7 @@ versions and is absorbed here:
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from typing import Any, Callable
 
 import torch
@@ -190,6 +191,35 @@ def release_layer_kv(cache: Any, layer_idx: int) -> None:
         store.keys, store.values = empty(keys), empty(values)
     else:
         cache.key_cache[layer_idx], cache.value_cache[layer_idx] = empty(keys), empty(values)
+
+
+def stack_left_padded(caches: Sequence[Any], width: int) -> Any:
+    """One batched ``DynamicCache`` from single-row caches, each row left-padded to ``width``.
+
+    caches: caches of batch 1 holding L_i <= width tokens each (every layer full, no sliding
+    window). Row i's keys and values land at positions ``width - L_i ..``; the padded slots are
+    zeros, which a (B, width) padding mask with zeros there keeps out of attention.
+    """
+    if not caches:
+        raise ValueError("caches: need at least one cache")
+    merged = dynamic_cache_class()()
+    layer = 0
+    while True:
+        kv = [layer_kv(c, layer) for c in caches]
+        if kv[0][0] is None:
+            break
+        if any(k is None or k.shape[0] != 1 or k.shape[-2] > width for k, _ in kv):
+            raise ValueError(f"caches: layer {layer} must hold one row of at most {width} tokens in every cache")
+        k0, v0 = kv[0]
+        keys = k0.new_zeros((len(caches), k0.shape[1], width, k0.shape[-1]))
+        values = v0.new_zeros((len(caches), v0.shape[1], width, v0.shape[-1]))
+        for i, (k, v) in enumerate(kv):
+            n = k.shape[-2]
+            keys[i, :, width - n:] = k[0]
+            values[i, :, width - n:] = v[0]
+        merged.update(keys, values, layer)
+        layer += 1
+    return merged
 
 
 def crop_removes(cache_len: int, arg: int) -> int:
