@@ -59,7 +59,7 @@ def run(model_name: str, out: Path, length: int, samples: int, batches: list[int
             variants += [("dense", None, True), ("dense", None, False)]
         else:
             name, _, c = m.partition(":")
-            variants.append((name, float(c) if c else None, None))
+            variants.append((name, float(c) if c else None, False))
     for name, target, row_prefill in variants:
         handle = None
         if name != "dense":

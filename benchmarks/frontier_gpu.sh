@@ -7,4 +7,4 @@ model=$1; out=$2; minutes=$3; shift 3
 # retrieval tasks at the shorter lengths come first (the sweep orders them so)
 python -m sparsa eval --model "$model" --out "$out" --time-limit "$minutes" \
   -t niah_single -t niah_multikey -t niah_multiquery -t variable_tracking \
-  --batch-size 32 --no-report "$@"
+  --batch-size 64 --no-report "$@"

@@ -93,7 +93,7 @@ class _Accumulator:
 def greedy_generate(model: torch.nn.Module, prompts: Sequence[Prompt], *, max_new_tokens: int, mode: str = "aware",
                     decode_phase: bool = False, handle: Any = None, eos_id: int | None = None,
                     pad_id: int = 0, stop: Callable[[list[int]], bool] | None = None,
-                    cache: Any = None, row_prefill: bool | None = None) -> GenerationResult:
+                    cache: Any = None, row_prefill: bool = False) -> GenerationResult:
     """Greedy continuations of ``prompts`` (batched, left-padded) with the chunk/step plan above.
 
     model: a causal LM (sparsa applied or not). handle: the :class:`~sparsa.SparsaHandle` of
@@ -104,11 +104,11 @@ def greedy_generate(model: torch.nn.Module, prompts: Sequence[Prompt], *, max_ne
     such prompts one at a time (the sweep does).
 
     row_prefill: prefill a padded batch one row at a time and stack the caches, so that each
-    row's prefill is plain causal attention with no padding mask (the fused causal kernels
-    take it; a masked batch falls back to a kernel that computes every query-key pair). The
-    decode steps stay batched, and the result is the same. Default (None): on for a padded
-    single-chunk batch of the model's own attention (no ``handle``, no ``cache``, no sliding
-    window); False keeps one masked forward.
+    row's prefill is plain causal attention with no padding mask; the decode steps stay
+    batched and the result is the same. It applies to a single-chunk batch of the model's own
+    attention (no ``handle``, no ``cache``, no sliding window) and is otherwise ignored. Off by
+    default: on an H100 (SmolLM2-135M, 8K prompts) it gave 22.0 samples/s against the masked
+    forward's 21.0 at batch 64, but 9.4 against 15.6 at batch 16.
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens: must be >= 1, got {max_new_tokens}")
@@ -153,10 +153,8 @@ def greedy_generate(model: torch.nn.Module, prompts: Sequence[Prompt], *, max_ne
         past = compat.output_cache(out) or past
         return out.logits[:, -1].float()
 
-    if row_prefill is None:
-        row_prefill = (padded and handle is None and cache is None and next(iter(n_chunks)) == 1
-                       and not _has_sliding_window(model))
-    if row_prefill and padded:
+    if (row_prefill and padded and handle is None and cache is None and next(iter(n_chunks)) == 1
+            and not _has_sliding_window(model)):
         logits, past = _prefill_rows(model, first, width, device, cache_kw)
     else:
         logits = forward(ids, pos, mask)

@@ -69,13 +69,13 @@ def test_row_prefill_generates_what_the_masked_batch_generates(tiny, prompts, mo
     calls = []
     real = greedy_mod._prefill_rows
     monkeypatch.setattr(greedy_mod, "_prefill_rows", lambda *a, **k: calls.append(1) or real(*a, **k))
-    auto = greedy_generate(model, prompts, max_new_tokens=6)
-    assert calls == [1]  # a padded batch of the model's own attention is prefilled row by row
-    masked = greedy_generate(model, prompts, max_new_tokens=6, row_prefill=False)
+    rows = greedy_generate(model, prompts, max_new_tokens=6, row_prefill=True)
     assert calls == [1]
-    assert auto.ids == masked.ids
+    masked = greedy_generate(model, prompts, max_new_tokens=6)
+    assert calls == [1]  # off by default
+    assert rows.ids == masked.ids
     # an unpadded batch needs no row prefill
-    greedy_generate(model, [prompts[0], prompts[0]], max_new_tokens=2)
+    greedy_generate(model, [prompts[0], prompts[0]], max_new_tokens=2, row_prefill=True)
     assert calls == [1]
 
 
