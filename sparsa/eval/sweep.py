@@ -378,13 +378,29 @@ def _record_error(out: Path, rank: int, cell: Cell, exc: BaseException) -> None:
 
 
 def answer_line_done(text: str) -> bool:
-    """True once ``text`` holds a finished line with an answer on it.
+    """True once more generated text can no longer change what the scorer reads.
 
-    A finished line is one followed by a newline; it holds an answer when it has a letter or
-    digit and does not end with ":" (which introduces a list on the next lines).
+    The scorer (:func:`~sparsa.eval.scoring.answer_text`) reads the first non-empty line, and
+    when that line ends with ":" the list lines after it up to a blank line. So a single-line
+    answer is done once its line is finished (followed by a newline), and a list once a blank
+    line follows at least one item.
     """
-    lines = text.split("\n")[:-1]
-    return any(any(ch.isalnum() for ch in ln) and not ln.rstrip().endswith(":") for ln in lines)
+    lines = text.split("\n")
+    finished = lines[:-1]
+    for i, line in enumerate(finished):
+        if line.strip():
+            break
+    else:
+        return False
+    if not finished[i].rstrip().endswith(":"):
+        return True
+    seen_item = False
+    for line in lines[i + 1:-1]:
+        if line.strip():
+            seen_item = True
+        elif seen_item:
+            return True
+    return False
 
 
 def _exact(inst: Any, prediction: str) -> bool:

@@ -214,11 +214,24 @@ def test_two_ranks_give_the_same_table_as_one(tmp_path):
 
 
 @pytest.mark.parametrize("text,done", [(" 123", False), (" 123.\n", True), (":\n", False), ("Values:\n 1, 2", False),
-                                       ("Values:\n 1, 2\n", True), ("\n\n", False)])
+                                       ("Values:\n 1, 2\n", False), ("Values:\n 1, 2\n\n", True), ("\n\n", False),
+                                       (":\n\n- a: 1\n- b: 2\n", False), (":\n\n- a: 1\n- b: 2\n\nmore", True)])
 def test_answer_line_done(text, done):
     from sparsa.eval.sweep import answer_line_done
 
     assert answer_line_done(text) is done
+
+
+@pytest.mark.parametrize("text", [" 123.\n", "**\n", ":\n\n- a: 1\n- b: 2\n\n", "Values:\n 1\n 2\n\n",
+                                  "\n The numbers are 4, 5.\n"])
+@pytest.mark.parametrize("more", ["", "6\n", "\n- c: 3\n", "The numbers are 7.\n"])
+def test_stopping_when_done_never_changes_what_is_scored(text, more):
+    # a list the model has not closed yet must not be cut after its first line
+    from sparsa.eval.scoring import answer_text
+    from sparsa.eval.sweep import answer_line_done
+
+    assert answer_line_done(text)
+    assert answer_text(text + more) == answer_text(text)
 
 
 def test_a_failing_cell_is_logged_and_skipped(tiny, tmp_path, monkeypatch):

@@ -128,7 +128,9 @@ class MultiValue(Task):
     distractors: int = 2
 
     def max_new_tokens(self, length: int) -> int:
-        return 8 * self.values + 8
+        # room for a chat model's list, one "- key: 1234567" line per value (digits are often
+        # one token each)
+        return 16 * self.values + 16
 
     def _build(self, rng, fitter, split):
         key = _random_keys(rng, 1, set())[0]
@@ -161,7 +163,7 @@ class MultiQuery(Task):
     distractors: int = 4
 
     def max_new_tokens(self, length: int) -> int:
-        return 8 * self.queries + 8
+        return 16 * self.queries + 16  # as MultiValue: a list line per asked key
 
     def _build(self, rng, fitter, split):
         keys = _random_keys(rng, self.queries + self.distractors, set())

@@ -57,7 +57,8 @@ class VariableTracking(Task):
     notation: str = "arrow"
 
     def max_new_tokens(self, length: int) -> int:
-        return 6 * (self.hops + 1) + 8
+        # room for a chat model's list, one "- VAR ABCDE -> VAR FGHIJ" line per name
+        return 12 * (self.hops + 1) + 16
 
     def _build(self, rng, fitter, split):
         if self.chains < 1 or self.hops < 0:
