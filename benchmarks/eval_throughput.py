@@ -4,7 +4,7 @@ cells, batched as `sparsa eval` batches them.
 Per (method, batch size) it renders the samples (timed apart: `sparsa eval` renders each sample
 once per task and length), runs greedy decoding batch by batch with CUDA synchronised around
 each batch, and reports samples/s of generation, the exact-match score, and for dense both
-prefill paths (rows one by one, the default for a padded batch, and one masked forward).
+prefill paths (one masked forward, the default, and rows one by one).
 
     python benchmarks/eval_throughput.py MODEL OUT.json [--length 8192] [--samples 64] \
         [--batch 16 --batch 64] [--method dense --method vertical_slash:10 ...]
@@ -26,11 +26,10 @@ from sparsa.eval.greedy import Prompt, greedy_generate
 from sparsa.eval.models import load_model
 from sparsa.eval.prompts import split_prompt_ids
 from sparsa.eval.run import instance_seed
-from sparsa.eval.sweep import _exact, answer_line_done
+from sparsa.eval.sweep import Cell, _apply, _exact, answer_line_done
 from sparsa.eval.tasks import get_task
 from sparsa.eval.tokenization import TokenCounter, special_ids
-from sparsa.integrations.hf.apply import apply
-from sparsa.methods.registry import get_method, method_class
+from sparsa.methods.registry import method_class
 
 
 def _sync() -> None:
@@ -61,31 +60,25 @@ def run(model_name: str, out: Path, length: int, samples: int, batches: list[int
             name, _, c = m.partition(":")
             variants.append((name, float(c) if c else None, False))
     for name, target, row_prefill in variants:
-        handle = None
-        if name != "dense":
-            meth = get_method(name, **({} if target is None else {"compression": target}))
-            phase = method_class(name).phase
-            decode_phase = phase == "decode"
-            handle = apply(model, prefill=None if decode_phase else meth, decode=meth if decode_phase else None)
-        else:
-            decode_phase = False
+        phase = "dense" if name == "dense" else ("decode" if method_class(name).phase == "decode" else "prefill")
+        handle = _apply(model, Cell(task, length, name, phase, target, "aware"), {})
+
+        def generate(lo: int, hi: int) -> list[list[int]]:
+            return greedy_generate(model, prompts[lo:hi], max_new_tokens=max(x.max_new_tokens for x in insts[lo:hi]),
+                                   handle=handle, decode_phase=phase == "decode", eos_id=eos, pad_id=pad,
+                                   row_prefill=row_prefill, stop=lambda g: answer_line_done(counter.decode(g))).ids
+
         try:
             for bs in batches:
-                # one warm-up batch (kernel selection, autotuning), then the timed pass
-                greedy_generate(model, prompts[:bs], max_new_tokens=insts[0].max_new_tokens, handle=handle,
-                                decode_phase=decode_phase, eos_id=eos, pad_id=pad, row_prefill=row_prefill,
-                                stop=lambda g: answer_line_done(counter.decode(g)))
+                generate(0, bs)  # one warm-up batch (kernel selection, autotuning), then the timed pass
                 _sync()
                 exact, total_s = 0, 0.0
                 for i in range(0, samples, bs):
-                    chunk = prompts[i:i + bs]
                     t = time.perf_counter()
-                    res = greedy_generate(model, chunk, max_new_tokens=max(x.max_new_tokens for x in insts[i:i + bs]),
-                                          handle=handle, decode_phase=decode_phase, eos_id=eos, pad_id=pad,
-                                          row_prefill=row_prefill, stop=lambda g: answer_line_done(counter.decode(g)))
+                    out_ids = generate(i, i + bs)
                     _sync()
                     total_s += time.perf_counter() - t
-                    exact += sum(int(_exact(x, counter.decode(g))) for x, g in zip(insts[i:i + bs], res.ids))
+                    exact += sum(int(_exact(x, counter.decode(g))) for x, g in zip(insts[i:i + bs], out_ids))
                 label = name if target is None else f"{name}:{target:g}"
                 if name == "dense":
                     label += " (rows)" if row_prefill else " (masked)"

@@ -25,8 +25,7 @@ from torch.autograd import DeviceType
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))      # the repository's sparsa, uninstalled too
 
 from sparsa.bench.e2e_real import split_device_time
-from sparsa.bench.nsa_train import VOCAB, twin_models
-from sparsa.integrations.hf import compat
+from sparsa.bench.nsa_train import prefilled_decoder, twin_models
 from sparsa.train.config import load_recipe
 
 
@@ -35,32 +34,18 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
-@torch.no_grad()
 def profile_decode(model: torch.nn.Module, context: int, steps: int, dev: torch.device) -> dict[str, Any]:
     """Per-step figures of ``steps`` greedy decode steps after a random prompt of ``context`` tokens."""
-    from transformers import DynamicCache  # local: loads transformers
-
-    model.eval()
-    kw = {compat.cache_kwarg_name(model): DynamicCache(), "use_cache": True}
-    tok = model(input_ids=torch.randint(3, VOCAB, (1, context), device=dev), logits_to_keep=1,
-                **kw).logits[:, -1].argmax(-1, keepdim=True)
-
-    def step() -> None:
-        nonlocal tok
-        tok = model(input_ids=tok, **kw).logits[:, -1].argmax(-1, keepdim=True)
-
-    for _ in range(2):  # warm-up (kernel compilation)
-        step()
+    run = prefilled_decoder(model, context, 1, dev)
+    run(2)  # warm-up (kernel compilation)
     _sync(dev)
     t = time.perf_counter()
-    for _ in range(steps):
-        step()
+    run(steps)
     _sync(dev)
     wall_ms = (time.perf_counter() - t) * 1e3 / steps
     acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if dev.type == "cuda" else [])
     with torch.profiler.profile(activities=acts) as prof:
-        for _ in range(steps):
-            step()
+        run(steps)
         _sync(dev)
     events = prof.key_averages()
     cpu_ops = sum(e.count for e in events if e.device_type == DeviceType.CPU and e.key.startswith("aten::"))

@@ -66,8 +66,9 @@ def step_seconds(model: torch.nn.Module, length: int, dev: torch.device, reps: i
 
 
 @torch.no_grad()
-def decode_tokens_per_s(model: torch.nn.Module, length: int, batch: int, steps: int, dev: torch.device) -> float:
-    """Greedy decode steps per second x batch after a prompt of ``length`` tokens (prefill not timed)."""
+def prefilled_decoder(model: torch.nn.Module, length: int, batch: int, dev: torch.device) -> Callable[[int], None]:
+    """Prefill a random prompt of (batch, length) tokens; returns ``run(n)``, which makes n greedy
+    decode steps on that cache."""
     from transformers import DynamicCache  # local: loads transformers
 
     from ..integrations.hf import compat
@@ -75,14 +76,20 @@ def decode_tokens_per_s(model: torch.nn.Module, length: int, batch: int, steps: 
     model.eval()
     ids = torch.randint(3, VOCAB, (batch, length), device=dev)
     kw = {compat.cache_kwarg_name(model): DynamicCache(), "use_cache": True}
-    logits = model(input_ids=ids, logits_to_keep=1, **kw).logits
-    tok = logits[:, -1].argmax(-1, keepdim=True)
+    tok = model(input_ids=ids, logits_to_keep=1, **kw).logits[:, -1].argmax(-1, keepdim=True)
 
+    @torch.no_grad()
     def run(n: int) -> None:
         nonlocal tok
         for _ in range(n):
             tok = model(input_ids=tok, **kw).logits[:, -1].argmax(-1, keepdim=True)
 
+    return run
+
+
+def decode_tokens_per_s(model: torch.nn.Module, length: int, batch: int, steps: int, dev: torch.device) -> float:
+    """Greedy decode steps per second x batch after a prompt of ``length`` tokens (prefill not timed)."""
+    run = prefilled_decoder(model, length, batch, dev)
     run(2)  # warm-up steps (kernel compilation)
     return batch * steps / (once_ms(lambda: run(steps)) / 1e3)
 
