@@ -3,8 +3,8 @@
 #   1. the NSA twins' whole-model speed, alone on the card (dense timed with PyTorch's SDPA choice
 #      and pinned to cuDNN) and where a batch-1 decode step spends its time, at 16K;
 #   2. the three 1K learnability trainings of recipes/nsa-1k/ side by side (resumed from
-#      /root/runs on a warm machine), next to a sparsa-tiny frontier sweep continued from
-#      benchmarks/results/frontier/sparsa-tiny-h100 with NPROC ranks.
+#      /root/runs on a warm machine), next to a sparsa-tiny frontier sweep with NPROC ranks, continued
+#      from benchmarks/results/frontier/sparsa-tiny-h100 (then from /root/frontier-tiny while warm).
 # Step 1 runs only when SPEED_S > 0. Everything lands in $OUT as one tarball (a call returns at
 # most 8 files); tokens/s of the trainings are not speed figures (they share the card).
 #   NPROC=2 bash benchmarks/learnability_gpu_call.sh SPEED_S TRAIN_MIN FRONTIER_MIN [sparsa-eval options]
@@ -26,9 +26,13 @@ for r in dense nsa-full nsa-sparse; do
     --time-limit "$train_min" > "$OUT/runs/nsa-1k-$r.log" 2>&1 &
   pids+=($!)
 done
-fr=$OUT/frontier-tiny; mkdir -p "$fr"
-cp benchmarks/results/frontier/sparsa-tiny-h100/config.json benchmarks/results/frontier/sparsa-tiny-h100/rows.*.jsonl "$fr/"
+fr=/root/frontier-tiny   # kept on a warm machine, so the next call continues it
+if [ ! -d "$fr" ]; then
+  mkdir -p "$fr"
+  cp benchmarks/results/frontier/sparsa-tiny-h100/config.json benchmarks/results/frontier/sparsa-tiny-h100/rows.*.jsonl "$fr/"
+fi
 bash benchmarks/frontier_gpu.sh sparsa-tiny "$fr" "$fr_min" "$@" > "$OUT/frontier.log" 2>&1
+cp -r "$fr" "$OUT/frontier-tiny"
 tail -c 300 "$OUT/frontier.log"; echo
 wait "${pids[@]}"
 for r in dense nsa-full nsa-sparse; do
