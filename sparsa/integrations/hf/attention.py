@@ -181,28 +181,46 @@ def _softcapped(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
 
 # ------------------------------------------------------------------------------------ row handling
 
-def _take(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """x (1, heads, L, D) restricted to positions where ``mask`` (L,) is True, along dim 2."""
+def _positions(mask: torch.Tensor, device: torch.device) -> slice | torch.Tensor:
+    """The True positions of a host (L,) bool mask: a slice when they are contiguous (left or
+    right padding), else an index tensor on ``device``."""
     idx = mask.nonzero().flatten()
     first, last = int(idx[0]), int(idx[-1])
     if last - first + 1 == idx.numel():
-        return x[:, :, first:last + 1]
-    return x.index_select(2, idx.to(x.device))
+        return slice(first, last + 1)
+    return idx.to(device)
+
+
+def _take(x: torch.Tensor, where: slice | torch.Tensor) -> torch.Tensor:
+    """x (1, heads, L, D) at positions ``where`` (from :func:`_positions`) along dim 2."""
+    return x[:, :, where] if isinstance(where, slice) else x.index_select(2, where)
+
+
+def _row_positions(padding: torch.Tensor, lq: int, lk: int,
+                   device: torch.device) -> list[tuple[slice | torch.Tensor, slice | torch.Tensor] | None]:
+    """Per batch row, (real query positions, real key positions) as from :func:`_positions`, or
+    None for a row with no real query; padding (B, L_k) bool, True = real. The mask is read back
+    once, so the rows are split without a device synchronisation per row."""
+    host = padding.cpu()
+    out: list[tuple[slice | torch.Tensor, slice | torch.Tensor] | None] = []
+    for b in range(host.shape[0]):
+        real_k = host[b]
+        real_q = real_k[lk - lq:]
+        out.append(None if not bool(real_q.any()) else (_positions(real_q, device), _positions(real_k, device)))
+    return out
 
 
 def _per_row(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, padding: torch.Tensor,
              build: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], Any]) -> list[Any]:
     """``build(q_b, k_b, v_b)`` on each batch row's real tokens (padding (B, L_k) bool, True =
     real); None for a row with no real query. q (B, H, L_q, D), k/v (B, H_kv, L_k, D)."""
-    lq, lk = q.shape[2], k.shape[2]
     rows: list[Any] = []
-    for b in range(q.shape[0]):
-        real_k = padding[b]
-        real_q = real_k[lk - lq:]
-        if not bool(real_q.any()):
+    for b, where in enumerate(_row_positions(padding, q.shape[2], k.shape[2], k.device)):
+        if where is None:
             rows.append(None)
             continue
-        rows.append(build(_take(q[b:b + 1], real_q), _take(k[b:b + 1], real_k), _take(v[b:b + 1], real_k)))
+        wq, wk = where
+        rows.append(build(_take(q[b:b + 1], wq), _take(k[b:b + 1], wk), _take(v[b:b + 1], wk)))
     return rows
 
 
@@ -332,17 +350,18 @@ class SparsaAttention:
             out, stats = method(q, k, v, scale=scale, backend=self.backend)
             self.stats.record(layer, phase, stats)
             return out
-        lq, lk = q.shape[2], k.shape[2]
         out = torch.zeros_like(q)
         parts = []
-        for b in range(q.shape[0]):
-            real_k = padding[b]
-            real_q = real_k[lk - lq:]
-            if not bool(real_q.any()):
+        for b, where in enumerate(_row_positions(padding, q.shape[2], k.shape[2], q.device)):
+            if where is None:
                 continue
-            ob, stats = method(_take(q[b:b + 1], real_q), _take(k[b:b + 1], real_k), _take(v[b:b + 1], real_k),
+            wq, wk = where
+            ob, stats = method(_take(q[b:b + 1], wq), _take(k[b:b + 1], wk), _take(v[b:b + 1], wk),
                                scale=scale, backend=self.backend)
-            out[b:b + 1, :, real_q.nonzero().flatten()] = ob
+            if isinstance(wq, slice):
+                out[b:b + 1, :, wq] = ob
+            else:
+                out[b:b + 1].index_copy_(2, wq, ob)
             parts.append(stats)
         self.stats.record(layer, phase, merge_stats(parts, method.name, phase))
         return out
@@ -404,13 +423,14 @@ class SparsaAttention:
             raise ValueError("attention_mask: the padding of earlier tokens changed since the prompt")
         out = torch.zeros_like(q)
         parts = []
+        host = padding.cpu()  # one read back per step, not one per row
         for b in range(q.shape[0]):
-            if not bool(padding[b, -1]):
+            if not bool(host[b, -1]):
                 continue  # a padding step: the row's output is not used
             if state.rows[b] is None:
                 raise RuntimeError(f"layer {layer}: batch row {b} had no real token in the last prompt chunk, so "
                                    f"{m.name} has no state for it; end every row's prompt in the last chunk")
-            real = padding[b]
+            real = _positions(host[b], k.device)
             kb, vb = _take(k[b:b + 1], real), _take(v[b:b + 1], real)
             ob, new, read = m.decode_step(qt[b:b + 1], kb, vb, state.rows[b], scale=scale)
             state.rows[b] = new
