@@ -88,3 +88,31 @@ def test_merge_stats_weights_rows() -> None:
     assert merged.dense == a.dense + b.dense and merged.computed == a.computed + b.computed
     torch.testing.assert_close(merged.per_head, torch.full((2,), merged.compression, dtype=torch.float64))
     assert merge_stats([], "x", "prefill") is None
+
+
+def test_row_positions_slice_contiguous_rows_and_index_holes() -> None:
+    padding = torch.tensor([[False, False, True, True, True, True],     # left padded
+                            [True, True, True, True, False, False],     # right padded: no real query
+                            [True, False, True, True, False, True],     # holes
+                            [False] * 6])                               # empty
+    rows = hf_attention._row_positions(padding, 2, 6, torch.device("cpu"))
+    assert rows[0] == (slice(0, 2), slice(2, 6))
+    assert rows[1] is None and rows[3] is None
+    wq, wk = rows[2]
+    assert wq == slice(1, 2) and wk.tolist() == [0, 2, 3, 5]
+
+
+def test_per_row_takes_each_rows_real_tokens() -> None:
+    torch.manual_seed(0)
+    q, k = torch.randn(3, 2, 4, 8), torch.randn(3, 1, 6, 8)
+    padding = torch.tensor([[False, False, True, True, True, True],
+                            [True, False, True, True, False, True],
+                            [True, True, False, False, False, False]])
+    rows = hf_attention._per_row(q, k, k, padding, lambda qb, kb, vb: (qb, kb))
+    for b, got in enumerate(rows):
+        real_q = padding[b, 2:]
+        if not real_q.any():
+            assert got is None
+            continue
+        torch.testing.assert_close(got[0], q[b:b + 1][:, :, real_q], rtol=0, atol=0)
+        torch.testing.assert_close(got[1], k[b:b + 1][:, :, padding[b]], rtol=0, atol=0)
