@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU command for the real-model runs once the SmolLM2 GGUF is on the machine (gpu_burst.sh):
 # the planning overhead, the in-model prefill profile at 32K and 128K, then the frontier grid
-# (resumed from the committed rows) for the minutes left. Everything lands in $OUT as written.
+# (smollm2_frontier_tail.sh) for the minutes left; $OUT gets one tarball.
 #   bash benchmarks/real_gpu_call.sh E2E_SECONDS FRONTIER_MINUTES [extra sparsa-eval options]
 set -u
 e2e_s=$1; fr_min=$2; shift 2
@@ -13,7 +13,4 @@ tail -15 "$OUT/plan_overhead.log"
 timeout "$e2e_s" python -m sparsa bench e2e --model "$g" --profile -n 32768 -n 131072 \
   --out "$OUT/e2e_real.json" > "$OUT/e2e.log" 2>&1
 grep -v Warning "$OUT/e2e.log" | tail -30
-fr=$OUT/frontier; mkdir -p "$fr"
-cp benchmarks/results/frontier/smollm2/config.json benchmarks/results/frontier/smollm2/rows.*.jsonl "$fr/"
-bash benchmarks/frontier_gpu.sh "$g" "$fr" "$fr_min" "$@" > "$OUT/frontier.log" 2>&1
-tail -c 400 "$OUT/frontier.log"
+bash benchmarks/smollm2_frontier_tail.sh "$fr_min" "$@"

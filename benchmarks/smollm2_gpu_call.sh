@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # GPU command once the SmolLM2 GGUF is on the machine (gpu_burst.sh joins it): the evaluation
 # throughput at 8K (dense, both prefill paths, batch 16 and 64; three sparse methods at batch 32),
-# then the frontier grid (NPROC, TASKS: see frontier_gpu.sh), resumed from the committed rows (from
-# /root/frontier-smollm2 while the machine is warm), for the minutes left; $OUT gets one tarball.
+# then the frontier grid for the minutes left (smollm2_frontier_tail.sh); $OUT gets one tarball.
 #   bash benchmarks/smollm2_gpu_call.sh THROUGHPUT_SECONDS FRONTIER_MINUTES [extra sparsa-eval options]
 set -u
 tp_s=$1; fr_min=$2; shift 2
@@ -17,13 +16,4 @@ if [ "$tp_s" -gt 0 ]; then
     >> "$OUT/throughput.log" 2>&1
   grep -v -i "warn\|Converting\|Loading" "$OUT/throughput.log" | tail -12
 fi
-fr=/root/frontier-smollm2   # kept on a warm machine, so the next call continues it
-if [ ! -d "$fr" ]; then
-  mkdir -p "$fr"
-  cp benchmarks/results/frontier/smollm2/config.json benchmarks/results/frontier/smollm2/rows.*.jsonl "$fr/"
-fi
-bash benchmarks/frontier_gpu.sh "$g" "$fr" "$fr_min" "$@" > "$OUT/frontier.log" 2>&1
-tail -c 400 "$OUT/frontier.log"
-cp -r "$fr" "$OUT/frontier"
-# a call returns at most 8 files: one tarball
-cd "$OUT" && tar czf /root/out.tgz . && rm -rf "$OUT"/* && mv /root/out.tgz "$OUT/"
+bash benchmarks/smollm2_frontier_tail.sh "$fr_min" "$@"
