@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# One GPU call of under ten minutes for the NSA questions, with a frontier sweep filling the card:
+# One GPU command of under ten minutes for the NSA questions, with a frontier sweep filling the card:
 #   1. the NSA twins' whole-model speed, alone on the card (dense timed with PyTorch's SDPA choice
 #      and pinned to cuDNN) and where a batch-1 decode step spends its time, at 16K;
 #   2. the three 1K learnability trainings of recipes/nsa-1k/ side by side (resumed from
-#      /root/runs on a warm machine), next to a sparsa-tiny frontier sweep with NPROC ranks, continued
-#      from benchmarks/results/frontier/sparsa-tiny-h100 (then from /root/frontier-tiny while warm).
-# Step 1 runs only when SPEED_S > 0. Everything lands in $OUT as one tarball (a call returns at
-# most 8 files); tokens/s of the trainings are not speed figures (they share the card).
+#      /root/runs when that exists), next to a sparsa-tiny frontier sweep with NPROC ranks, continued
+#      from benchmarks/results/frontier/sparsa-tiny-h100 (or from /root/frontier-tiny when that exists).
+# Step 1 runs only when SPEED_S > 0. Everything lands in $OUT as one tarball, so the results
+# travel as a single file; tokens/s of the trainings are not speed figures (they share the card).
 #   NPROC=2 bash benchmarks/learnability_gpu_call.sh SPEED_S TRAIN_MIN FRONTIER_MIN [sparsa-eval options]
 set -u
 speed_s=$1; train_min=$2; fr_min=$3; shift 3
@@ -26,7 +26,7 @@ for r in dense nsa-full nsa-sparse; do
     --time-limit "$train_min" > "$OUT/runs/nsa-1k-$r.log" 2>&1 &
   pids+=($!)
 done
-fr=/root/frontier-tiny   # kept on a warm machine, so the next call continues it
+fr=/root/frontier-tiny   # kept outside $OUT, so a rerun on the same machine continues it
 if [ ! -d "$fr" ]; then
   mkdir -p "$fr"
   cp benchmarks/results/frontier/sparsa-tiny-h100/config.json benchmarks/results/frontier/sparsa-tiny-h100/rows.*.jsonl "$fr/"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Issue-sized GPU call for the NSA comparison, under ten minutes, everything written to $OUT as
+# One GPU command for the NSA comparison, under ten minutes, everything written to $OUT as
 # it happens: the twins' whole-model speed, then the pair's training (dense first: it is the
-# short one) and each run's log, loss rows and card rows. Rerun on the same warm machine to
+# short one) and each run's log, loss rows and card rows. Rerun on the same machine to
 # continue the training (the runs live in /root/runs).
 #   bash benchmarks/nsa_gpu_call.sh SPEED_SECONDS DENSE_MINUTES NSA_MINUTES
 set -u

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The end of a SmolLM2 GPU call (after gpu_burst.sh): the frontier grid for the minutes left,
-# continued from benchmarks/results/frontier/smollm2 (then from /root/frontier-smollm2 while
-# the machine is warm), and everything under $OUT packed into one tarball (a call returns at
-# most 8 files). NPROC and TASKS pass through to frontier_gpu.sh.
+# continued from benchmarks/results/frontier/smollm2 (or from /root/frontier-smollm2 when
+# that exists), and everything under $OUT packed into one tarball (the results travel
+# as a single file). NPROC and TASKS pass through to frontier_gpu.sh.
 #   bash benchmarks/smollm2_frontier_tail.sh MINUTES [sparsa-eval options]
 set -u
 fr_min=$1; shift
