@@ -193,7 +193,7 @@ def _positions(mask: torch.Tensor, device: torch.device) -> slice | torch.Tensor
 
 def _take(x: torch.Tensor, where: slice | torch.Tensor) -> torch.Tensor:
     """x (1, heads, L, D) at positions ``where`` (from :func:`_positions`) along dim 2."""
-    return x[:, :, where] if isinstance(where, slice) else x.index_select(2, where)
+    return x[:, :, where]
 
 
 def _row_positions(padding: torch.Tensor, lq: int, lk: int,
@@ -358,10 +358,7 @@ class SparsaAttention:
             wq, wk = where
             ob, stats = method(_take(q[b:b + 1], wq), _take(k[b:b + 1], wk), _take(v[b:b + 1], wk),
                                scale=scale, backend=self.backend)
-            if isinstance(wq, slice):
-                out[b:b + 1, :, wq] = ob
-            else:
-                out[b:b + 1].index_copy_(2, wq, ob)
+            out[b:b + 1, :, wq] = ob
             parts.append(stats)
         self.stats.record(layer, phase, merge_stats(parts, method.name, phase))
         return out
