@@ -5,7 +5,7 @@
 #   2. the three 1K learnability trainings of recipes/nsa-1k/ side by side (resumed from
 #      /root/runs when that exists), next to a sparsa-tiny frontier sweep with NPROC ranks, continued
 #      from benchmarks/results/frontier/sparsa-tiny-h100 (or from /root/frontier-tiny when that exists).
-# Step 1 runs only when SPEED_S > 0. Everything lands in $OUT as one tarball, so the results
+# Step 1 runs only when SPEED_S > 0, the frontier sweep only when FRONTIER_MIN > 0. Everything lands in $OUT as one tarball, so the results
 # travel as a single file; tokens/s of the trainings are not speed figures (they share the card).
 #   NPROC=2 bash benchmarks/learnability_gpu_call.sh SPEED_S TRAIN_MIN FRONTIER_MIN [sparsa-eval options]
 set -u
@@ -26,14 +26,16 @@ for r in dense nsa-full nsa-sparse; do
     --time-limit "$train_min" > "$OUT/runs/nsa-1k-$r.log" 2>&1 &
   pids+=($!)
 done
-fr=/root/frontier-tiny   # kept outside $OUT, so a rerun on the same machine continues it
-if [ ! -d "$fr" ]; then
-  mkdir -p "$fr"
-  cp benchmarks/results/frontier/sparsa-tiny-h100/config.json benchmarks/results/frontier/sparsa-tiny-h100/rows.*.jsonl "$fr/"
+if [ "$fr_min" != 0 ]; then
+  fr=/root/frontier-tiny   # kept outside $OUT, so a rerun on the same machine continues it
+  if [ ! -d "$fr" ]; then
+    mkdir -p "$fr"
+    cp benchmarks/results/frontier/sparsa-tiny-h100/config.json benchmarks/results/frontier/sparsa-tiny-h100/rows.*.jsonl "$fr/"
+  fi
+  bash benchmarks/frontier_gpu.sh sparsa-tiny "$fr" "$fr_min" "$@" > "$OUT/frontier.log" 2>&1
+  cp -r "$fr" "$OUT/frontier-tiny"
+  tail -c 300 "$OUT/frontier.log"; echo
 fi
-bash benchmarks/frontier_gpu.sh sparsa-tiny "$fr" "$fr_min" "$@" > "$OUT/frontier.log" 2>&1
-cp -r "$fr" "$OUT/frontier-tiny"
-tail -c 300 "$OUT/frontier.log"; echo
 wait "${pids[@]}"
 for r in dense nsa-full nsa-sparse; do
   tail -c 200 "$OUT/runs/nsa-1k-$r.log"; echo
