@@ -134,6 +134,38 @@ def test_lr_schedule_and_recipe_errors(tmp_path):
         load_recipe(p)
 
 
+def test_a_recipe_with_a_base_states_only_its_differences(tmp_path):
+    (tmp_path / "parent.json").write_text(json.dumps(TOY))
+    (tmp_path / "sub").mkdir()
+    child = tmp_path / "sub" / "child.toml"
+    child.write_text('base = "../parent.json"\nname = "child"\n[model]\nnum_layers = 3\n'
+                     '[data.task_weights]\nniah_single = 2.0\n')
+    cfg, text = load_recipe(child)
+    # tables merge key by key: the base's other model and task-weight keys stay
+    assert cfg.name == "child" and cfg.model.num_layers == 3 and cfg.model.hidden_size == 64
+    assert cfg.data.task_weights == {"niah_single": 2.0, "niah_multikey": 1.0}
+    # the text is the resolved recipe, so a run's saved copy does not need the base file
+    assert config_from_dict(json.loads(text)).to_dict() == cfg.to_dict()
+    from sparsa.train.config import recipe_suffix
+    assert recipe_suffix(text, child) == ".json" and recipe_suffix("name = 'x'", child) == ".toml"
+
+
+@pytest.mark.parametrize("base,match", [("self.toml", "inherits from itself"), ("nope.toml", "no such file"),
+                                        (3, "expected the path")])
+def test_bad_recipe_bases_are_refused_naming_the_key(tmp_path, base, match):
+    p = tmp_path / "self.toml"
+    p.write_text(f"base = {json.dumps(base)}\n")
+    with pytest.raises((ValueError, FileNotFoundError), match=f"base: .*{match}"):
+        load_recipe(p)
+
+
+def test_recipe_bases_must_not_form_a_cycle(tmp_path):
+    (tmp_path / "a.toml").write_text('base = "b.toml"\n')
+    (tmp_path / "b.toml").write_text('base = "a.toml"\n')
+    with pytest.raises(ValueError, match="base: .*inherits from itself"):
+        load_recipe(tmp_path / "a.toml")
+
+
 def test_shipped_recipe_fits_the_size_limit():
     from pathlib import Path
 
@@ -165,6 +197,13 @@ def test_cli_train(tmp_path):
     r = CliRunner().invoke(app, ["train", "--recipe", str(recipe), "--out", str(tmp_path / "o")])
     assert r.exit_code == 2 and "--resume" in r.output
     shutil.rmtree(tmp_path / "o")
+    # a recipe with a base: the run and the exported model keep the resolved recipe, as JSON
+    based = tmp_path / "based.toml"
+    based.write_text('base = "toy.json"\nname = "based"\n')
+    r = CliRunner().invoke(app, ["train", "--recipe", str(based), "--out", str(tmp_path / "b"), "--no-card"])
+    assert r.exit_code == 0, r.output
+    for saved in (tmp_path / "b" / "recipe.json", tmp_path / "b" / "model" / "based.json"):
+        assert json.loads(saved.read_text())["name"] == "based"
 
 
 def test_examples_are_deterministic_and_well_formed():

@@ -52,7 +52,7 @@ def model_card(name: str, *, recipe_text: str, recipe_file: str, params: Mapping
     lens = [int(s[1]) for s in data_cfg["curriculum"]]
     default = (" It is sparsa's default model: it ships inside the package and loads offline."
                if name == "sparsa-tiny" else "")
-    lang = "json" if recipe_file.endswith(".json") else "toml"
+    lang = "json" if recipe_text.lstrip().startswith("{") else "toml"  # a based recipe is saved resolved, as JSON
     nsa = m.get("attention", "dense") == "nsa"
     if nsa:
         g = m["nsa"]

@@ -271,9 +271,8 @@ def config_from_dict(data: dict[str, Any]) -> TrainConfig:
     return _from_dict(TrainConfig, data, "").validate()
 
 
-def load_recipe(path: str | Path) -> tuple[TrainConfig, str]:
-    """(config, recipe text) from a ``.toml`` or ``.json`` recipe file."""
-    p = Path(path)
+def _read_table(p: Path) -> dict[str, Any]:
+    """The settings table of one recipe file (no ``base`` resolution)."""
     if not p.is_file():
         raise FileNotFoundError(f"recipe: no such file {p}")
     text = p.read_text()
@@ -299,4 +298,52 @@ def load_recipe(path: str | Path) -> tuple[TrainConfig, str]:
         raise ValueError(f"recipe: expected a .toml or .json file, got {p.name}")
     if not isinstance(data, dict):
         raise ValueError(f"recipe: {p} must hold a table of settings, got {type(data).__name__}")
-    return config_from_dict(data), text
+    return data
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``over``'s keys on top; tables merge key by key, anything else is replaced."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _resolve(p: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    data = _read_table(p)
+    if "base" not in data:
+        return data
+    base = data.pop("base")
+    if not isinstance(base, str) or not base:
+        raise ValueError(f"base: expected the path of another recipe file (relative to {p.name}), got {base!r}")
+    bp = (p.parent / base).resolve()
+    if bp in chain or bp == p.resolve():
+        raise ValueError(f"base: {p.name} inherits from itself through {' -> '.join(c.name for c in (*chain, bp))}")
+    if not bp.is_file():
+        raise FileNotFoundError(f"base: {p.name} names {base!r}, but there is no such file {bp}")
+    return _merge(_resolve(bp, (*chain, p.resolve())), data)
+
+
+def load_recipe(path: str | Path) -> tuple[TrainConfig, str]:
+    """(config, recipe text) from a ``.toml`` or ``.json`` recipe file.
+
+    A recipe may start from another with ``base = "other.toml"`` (a path relative to its own
+    file): the base's settings apply, with this file's keys on top (tables merged key by key),
+    so a family of recipes states each member's differences only. The text returned is then
+    the fully resolved recipe as JSON (what a run saves beside its checkpoint, self-contained);
+    otherwise it is the file's own text.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"recipe: no such file {p}")
+    data = _resolve(p, ())
+    cfg = config_from_dict(data)
+    if "base" in _read_table(p):
+        return cfg, json.dumps(data, indent=2) + "\n"
+    return cfg, p.read_text()
+
+
+def recipe_suffix(text: str, path: str | Path) -> str:
+    """The file suffix that recipe ``text`` (from :func:`load_recipe` on ``path``) is saved under:
+    ``.json`` for a resolved recipe (a TOML file cannot start with ``{``), else the file's own."""
+    return ".json" if text.lstrip().startswith("{") else Path(path).suffix

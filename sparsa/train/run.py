@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import load_recipe
+from .config import load_recipe, recipe_suffix
 from .loop import dist_env, estimate_flops, train
 from .model import count_parameters
 
@@ -39,7 +39,7 @@ def run(recipe: str | Path, out_dir: str | Path, *, resume: bool = False, max_st
     t0 = time.perf_counter()
     recipe = Path(recipe)
     cfg, text = load_recipe(recipe)
-    res = train(cfg, out_dir, recipe_text=text, recipe_suffix=recipe.suffix, resume=resume, max_steps=max_steps,
+    res = train(cfg, out_dir, recipe_text=text, recipe_suffix=recipe_suffix(text, recipe), resume=resume, max_steps=max_steps,
                 time_limit_s=time_limit_s, device=device, progress=progress)
     rank, world, local = dist_env()
     try:
@@ -93,7 +93,7 @@ def _finish(res, cfg, text: str, recipe: Path, t0: float, time_limit_s: float | 
 
         def write(rows):
             return export_hf(res.model, cfg.data.tokenizer, model_dir, rope_theta=cfg.model.rope_theta,
-                             recipe_text=text, recipe_name=recipe.name,
+                             recipe_text=text, recipe_name=recipe.stem + recipe_suffix(text, recipe),
                              card=model_card(cfg.name, rows=rows, samples=cfg.card.samples, **card_kw))
 
         write(read_rows(rows_path) if rows_path.exists() else None)
