@@ -23,6 +23,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaFor
 
 from ...nn import NativeSparseAttention
 from ...nn.nsa import NSACache
+from .attention import _positions
 
 MODEL_TYPE = "sparsa_nsa"
 # NativeSparseAttention arguments a config's ``sparse_attention`` table may set
@@ -65,8 +66,9 @@ class NSADecoderAttention(nn.Module):
 
     hidden_states (batch, seq, hidden) -> ((batch, seq, hidden), None). Positions come from the
     layer's own cache (RoPE at 0, 1, ... of each row's real tokens); the model's rotary
-    tables and 4-D mask are not used. ``pad_mask`` (batch, cached + seq), 1 = real token, is set
-    by :class:`NSALlamaForCausalLM` for each call.
+    tables and 4-D mask are not used. ``pad_mask`` (batch, cached + seq), True = real token, a
+    host bool tensor, is set by :class:`NSALlamaForCausalLM` for each call (read back once per
+    forward, so no layer waits for the device to learn whether its rows are padded).
     """
 
     def __init__(self, config: Any, layer_idx: int) -> None:
@@ -86,7 +88,7 @@ class NSADecoderAttention(nn.Module):
             if self.pad_mask.shape[0] != b or self.pad_mask.shape[1] < t:
                 raise ValueError(f"attention_mask: shape {tuple(self.pad_mask.shape)} does not cover "
                                  f"{b} rows of {t} new tokens")
-            last = self.pad_mask[:, -t:].to(hidden_states.device).bool()
+            last = self.pad_mask[:, -t:]
             new = None if bool(last.all()) else last
         if cache is None:
             state: NSACache | list[NSACache] | None = None
@@ -111,10 +113,10 @@ class NSADecoderAttention(nn.Module):
                              "the padding in the first call")
         out = torch.zeros_like(x)
         for i in range(b):
-            keep = slice(None) if new is None else new[i]
-            xi = x[i:i + 1, keep]
-            if xi.shape[1]:
-                out[i:i + 1, keep] = self.attn(xi, cache=None if state is None else state[i])
+            if new is not None and not bool(new[i].any()):
+                continue
+            keep = slice(None) if new is None else _positions(new[i], x.device)
+            out[i:i + 1, keep] = self.attn(x[i:i + 1, keep], cache=None if state is None else state[i])
         return out
 
 
@@ -133,6 +135,8 @@ class NSALlamaForCausalLM(LlamaForCausalLM):
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 **kwargs: Any) -> Any:
         mask = attention_mask if isinstance(attention_mask, torch.Tensor) and attention_mask.ndim == 2 else None
+        if mask is not None:
+            mask = mask.to("cpu", torch.bool)          # one read-back per forward, shared by the layers
         layers = [layer.self_attn for layer in self.model.layers]
         for attn in layers:
             attn.pad_mask = mask
