@@ -41,7 +41,9 @@ def _code_byte1(x):
     return ((x & 0xFF00) | 0x47000000).to(tl.float32, bitcast=True) - 32896.0        # 2^15 + 128
 
 
-@triton.jit
+# The scored width and the select kernel's page count follow the cache length: not specialised on,
+# or Triton would compile new variants while generating (see sparsa.ops.nsa.triton_decode).
+@triton.jit(do_not_specialize=["width"])
 def _quest_score_kernel(Q, KB, KSCALE, TABLE, SEQ, OUT,
                         stride_qb, stride_qh, stride_bp, stride_bh, stride_table, width,
                         kv_heads, page_size, pages_per_prog,
@@ -118,7 +120,7 @@ def _byte_weights(w, HP: tl.constexpr, D: tl.constexpr):
     return w0, w1, w2, w3
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["width"])
 def _quest_score_heads_kernel(Q, KB, KSCALE, TABLE, SEQ, OUT,
                               stride_qb, stride_qh, stride_bp, stride_bh, stride_table, width,
                               kv_heads, page_size, pages_per_prog,
@@ -266,7 +268,7 @@ def quest_page_scores_triton(q: torch.Tensor, kmin: torch.Tensor, kmax: torch.Te
     return out
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["stride_s", "n_pages"])
 def _quest_select_kernel(SCORES, SEQ, NSEL, PLIST, NLIST, stride_s, n_pages, stride_pl, kv_heads, page_size,
                          NP: tl.constexpr, WP: tl.constexpr):
     r = tl.program_id(0)
