@@ -30,7 +30,11 @@ import triton.language as tl
 from .triton_fwd import LOG2E, _key_block, _pack_keys, _pow2, _sorted_indices, _topk_init, _topk_merge, dot_flags
 
 
-@triton.jit
+# Every decode kernel names its scalar arguments that follow the cache length in
+# do_not_specialize: Triton compiles a kernel variant per pattern of its int arguments (equal to
+# 1, divisible by 16) unless told not to, so these would compile new variants while generating
+# (a position divisible by 16 every 16 steps, and so on), each costing far more than the step.
+@triton.jit(do_not_specialize=["n_cmp", "n_grp", "ngrp_pad", "nsub_all", "nc1", "pos", "window"])
 def _dec_cmp_kernel(
     Q, KC, VC, KW, VW, TBUF, MSUB, WE, MPART, LPART, APART,
     sqb, sqh, skb, skh, skn, svb, svh, svn, swb, swh, swn, sxb, sxh, sxn,
@@ -103,7 +107,7 @@ def _dec_cmp_kernel(
     tl.store(APART + part[:, None] * D + d[None, :], acc)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_grp", "ngrp_pad", "nsub_all", "n_parts1", "nc1", "pos"])
 def _dec_topk_kernel(
     TBUF, MSUB, MPART, LPART, CAND,
     n_grp, ngrp_pad, nsub_all, n_parts1, nc1, pos,
@@ -159,7 +163,7 @@ def _attend(q, k_base, v_base, kpos, k_ok, skn, svn, m_i, l_i, acc, d, qk_scale,
     return m_new, l_i, acc
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_chunks2", "pos"])
 def _dec_sparse_kernel(
     Q, K, V, CAND, IDX, MPART, LPART, APART,
     sqb, sqh, skb, skh, skn, svb, svh, svn, sib, sih,
@@ -225,7 +229,7 @@ def _merge(MPART, LPART, APART, base, lo, hi, row, d, MP: tl.constexpr, D: tl.co
     return acc / tl.where(den > 0.0, den, 1.0)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["nc1", "n_parts1", "n_parts2"])
 def _dec_combine_kernel(
     M1, L1, A1, M2, L2, A2, GATES, OUT,
     sgb, sgh, sgc, sob, soh, nc1, n_parts1, n_parts2, kv_heads, heads,
