@@ -260,6 +260,9 @@ def _dec_combine_kernel(
 DEC_CMP_LAUNCH = (64, 64, 4)
 DEC_SPARSE_WARPS = 1
 DEC_MAX_NSUB = 8
+# partials of the compressed branch, at most: the merges take this fixed width (not the count's
+# power of two), so the kernels do not recompile as the count grows with the cache
+DEC_MAX_CMP_PARTS = 32
 DEC_TOPK_WARPS = 1
 DEC_COMBINE_WARPS = 1
 
@@ -308,7 +311,7 @@ def nsa_decode_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: tor
         v_cmp = k_cmp
 
     # launch 1: compressed tokens in sub-tiles of NGS groups (DEC_CMP_LAUNCH[0] tokens, or R if larger), NSUB
-    # sub-tiles per program: enough programs to fill the GPU, at most 32 partials to merge
+    # sub-tiles per program: enough programs to fill the GPU, at most DEC_MAX_CMP_PARTS partials to merge
     r_, c_ = cfg.sel_block // cfg.stride, cfg.block // cfg.stride
     we = group_weights(r_, c_, dev)
     n_e = we.shape[0]
@@ -319,7 +322,7 @@ def nsa_decode_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: tor
     nsub = 1
     while nsub < DEC_MAX_NSUB and bh * triton.cdiv(need, 2 * nsub) >= target_programs:
         nsub *= 2
-    while triton.cdiv(need, nsub) > 32:
+    while triton.cdiv(need, nsub) > DEC_MAX_CMP_PARTS:
         nsub *= 2
     nc1 = triton.cdiv(need, nsub)
     nsub_all = nc1 * nsub
@@ -352,7 +355,7 @@ def nsa_decode_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: tor
     cand = torch.empty(bh, nc2, nsp, device=dev, dtype=torch.int64)
     _dec_topk_kernel[(nc2, bh)](
         tbuf, msub, m1, l1, cand, n_grp, ngrp_pad, nsub_all, nc1 + nwin, nc1, pos,
-        G=group, MP=mp, NCP=_pow2(nc1), BSD=bsd, NS=cfg.n_select, NSP=nsp, NGS=ngs, E=n_e, SEL=cfg.sel_block,
+        G=group, MP=mp, NCP=DEC_MAX_CMP_PARTS, BSD=bsd, NS=cfg.n_select, NSP=nsp, NGS=ngs, E=n_e, SEL=cfg.sel_block,
         N_INIT=cfg.n_forced_init, N_LOCAL=cfg.n_forced_local, num_warps=DEC_TOPK_WARPS,
     )
 
@@ -378,7 +381,7 @@ def nsa_decode_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: tor
         m1, l1, a1, m2, l2, a2, gates, out,
         gates.stride(0), gates.stride(1), gates.stride(2), out.stride(0), out.stride(1),
         nc1, nc1 + nwin, nspl, hkv, h,
-        G=group, MP=mp, D=d, NP1=_pow2(nc1), NP2=_pow2(nspl), NP3=_pow2(max(nwin, 1)), num_warps=DEC_COMBINE_WARPS,
+        G=group, MP=mp, D=d, NP1=DEC_MAX_CMP_PARTS, NP2=_pow2(nspl), NP3=_pow2(max(nwin, 1)), num_warps=DEC_COMBINE_WARPS,
     )
     return out, idx
 
