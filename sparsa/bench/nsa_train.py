@@ -83,7 +83,8 @@ def prefilled_decoder(model: torch.nn.Module, length: int, batch: int, dev: torc
     model.eval()
     ids = torch.randint(3, VOCAB, (batch, length), device=dev)
     kw = {compat.cache_kwarg_name(model): DynamicCache(), "use_cache": True}
-    tok = model(input_ids=ids, logits_to_keep=1, **kw).logits[:, -1].argmax(-1, keepdim=True)
+    with torch.no_grad():
+        tok = model(input_ids=ids, logits_to_keep=1, **kw).logits[:, -1].argmax(-1, keepdim=True)
 
     @torch.no_grad()
     def run(n: int) -> None:
@@ -96,8 +97,10 @@ def prefilled_decoder(model: torch.nn.Module, length: int, batch: int, dev: torc
 
 def decode_tokens_per_s(model: torch.nn.Module, length: int, batch: int, steps: int, dev: torch.device) -> float:
     """Greedy decode steps per second x batch after a prompt of ``length`` tokens (prefill not timed)."""
+    # warm-up over the very positions that are timed: a kernel variant compiled for one of them
+    # (a launch shape that changes at some length) is then not timed
+    prefilled_decoder(model, length, batch, dev)(steps)
     run = prefilled_decoder(model, length, batch, dev)
-    run(2)  # warm-up steps (kernel compilation)
     return batch * steps / (once_ms(lambda: run(steps)) / 1e3)
 
 
