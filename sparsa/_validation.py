@@ -113,6 +113,16 @@ def check_float(name: str, value: object, low: float, high: float, low_open: boo
     return x
 
 
+def check_duration(name: str, value: object) -> float:
+    """A time limit in seconds: a number >= 0 (infinity = no limit); NaN is rejected."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name}: expected a number of seconds, got {type(value).__name__}")
+    x = float(value)
+    if math.isnan(x) or x < 0:
+        raise ValueError(f"{name}: must be a number of seconds >= 0, got {value}")
+    return x
+
+
 def check_scale(scale: object, head_dim: int) -> float:
     if scale is None:
         return 1.0 / math.sqrt(head_dim)
@@ -140,6 +150,27 @@ def check_device(name: str, spec: object) -> torch.device:
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ValueError(f"{name}: {spec!s} requested but only {torch.cuda.device_count()} CUDA GPU(s) are visible")
     return dev
+
+
+def check_dir_path(name: str, path: str | os.PathLike[str]) -> Path:
+    """Check, without creating anything, that directory ``path`` exists or could be created.
+
+    Raises ``ValueError`` naming ``name`` when the path is a file, lies under a regular file, or
+    its nearest existing ancestor is not writable. :func:`check_writable_dir` creates it later.
+    """
+    p = Path(path)
+    if p.exists():
+        if not p.is_dir():
+            raise ValueError(f"{name}: {p} exists and is not a directory")
+        return p
+    parent = p.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"{name}: {p} lies under a regular file ({parent}), not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{name}: cannot create {p} ({parent} is not writable)")
+    return p
 
 
 def check_writable_dir(name: str, path: str | os.PathLike[str]) -> Path:

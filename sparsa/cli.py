@@ -382,6 +382,14 @@ def eval_sweep(
 
     from .eval.sweep import SweepConfig
 
+    _check_device_option(device)
+    if report:
+        from .eval.report import require_matplotlib
+
+        try:
+            require_matplotlib("--report")
+        except ValueError as e:
+            raise _fail(f"{e}; or pass --no-report and write it later with `sparsa report`") from None
     base: dict[str, object] = {}
     if preset is not None:
         if preset not in PRESETS:
@@ -397,6 +405,8 @@ def eval_sweep(
         base["lengths"] = list(length)
     if task:
         from .eval.tasks import list_tasks
+        if "all" in task and len(task) > 1:
+            raise _fail("--task: 'all' already means every task; give it alone or name the tasks")
         base["tasks"] = list_tasks() if list(task) == ["all"] else list(task)
     if samples is not None:
         base["samples"] = samples
@@ -421,7 +431,12 @@ def eval_sweep(
     elif report:
         from .eval.report import write_report
 
-        path = write_report(out_dir, out_dir / "report")
+        try:
+            path = write_report(out_dir, out_dir / "report")
+        except ValueError as e:
+            failed = sorted(out_dir.glob("errors.rank*.jsonl"))
+            hint = f" (cells that failed are listed in {', '.join(map(str, failed))})" if failed else ""
+            raise _fail(f"report: {e}{hint}") from None
         typer.echo(f"report: {path}")
 
 

@@ -67,6 +67,27 @@ def _read_only_dir(tmp_path):
     pytest.skip("no read-only directory on this machine")
 
 
+def _rows_file(tmp_path) -> str:
+    """A JSON-lines results file of one dense row."""
+    import json
+
+    p = tmp_path / "rows.jsonl"
+    p.write_text(json.dumps({"model": "m", "task": "niah_single", "length": 128, "sample": 0, "method": "dense",
+                             "phase": "dense", "target": None, "compression": 1.0, "mode": "aware", "score": 1.0,
+                             "exact": 1}) + "\n")
+    return str(p)
+
+
+def _pattern_file(folder) -> str:
+    """A valid head-pattern file ``folder/p.json`` (one layer, one head)."""
+    from sparsa.patterns import write_patterns
+
+    folder.mkdir(parents=True, exist_ok=True)
+    spec = {"method": "streaming", "params": {"compression": 2.0}}
+    return str(write_patterns(folder / "p.json", {0: {"heads": [spec]}}, compression=2.0, candidates=[spec],
+                              calibration={}))
+
+
 RECIPE = "recipes/sparsa-tiny.toml"
 NO_CUDA = not torch.cuda.is_available()
 
@@ -87,11 +108,27 @@ CLI_CASES = [
     ("demo-unknown-method", ["demo", "-m", "nope"], "--method: .*unknown method"),
     ("info-unknown-option", ["info", "--nope"], None),
     ("search-missing-model", ["search-patterns", "--out", "{tmp}/p.json", "--model", "{tmp}/nomodel"], "nomodel"),
+    ("eval-device-bogus", ["eval", "--device", "gpu", "--out", "{tmp}/e", "--no-report"], "--device: 'gpu'"),
+    ("eval-device-meta", ["eval", "--device", "meta", "--out", "{tmp}/e", "--no-report"], "--device: the 'meta'"),
+    ("eval-out-under-file", ["eval", "--out", "{file}/sub", "--no-report"], "out: .*lies under a regular file"),
+    ("eval-out-is-file", ["eval", "--out", "{file}", "--no-report"], "out: .*not a directory"),
+    ("eval-out-other-sweep", ["eval", "--out", "{other_sweep}", "--no-report"], "out: .*holds a sweep with other model"),
+    ("eval-out-config-not-object", ["eval", "--out", "{list_sweep}", "--no-report"], "out: .*not a sweep configuration"),
+    ("eval-task-all-and-more", ["eval", "-t", "all", "-t", "niah_single", "--out", "{tmp}/e", "--no-report"],
+     "--task: 'all' already means every task"),
+    ("eval-patterns-not-json", ["eval", "--patterns", "{file}", "--out", "{tmp}/e", "--no-report"],
+     "patterns: .*is not JSON"),
+    ("eval-patterns-same-name", ["eval", "--patterns", "{pat_a}", "--patterns", "{pat_b}", "--out", "{tmp}/e",
+                                 "--no-report"], "patterns: .*have the same name 'p'"),
+    ("report-out-is-file", ["report", "{rows}", "-o", "{file}", "--bench-dir", ""], "out_dir: .*not a directory"),
+    ("report-out-under-file", ["report", "{rows}", "-o", "{file}/sub", "--bench-dir", ""],
+     "out_dir: .*lies under a regular file"),
 ]
 if NO_CUDA:
     CLI_CASES += [
         ("train-device-cuda", ["train", "--recipe", RECIPE, "--out", "{tmp}/o", "--device", "cuda"], "--device: cuda requested"),
         ("search-device-cuda", ["search-patterns", "--out", "{tmp}/p.json", "--device", "cuda"], "--device: cuda requested"),
+        ("eval-device-cuda", ["eval", "--device", "cuda", "--out", "{tmp}/e", "--no-report"], "--device: cuda requested"),
         ("bench-nsa-cpu", ["bench", "nsa"], "bench nsa` needs a CUDA GPU"),
         ("bench-decode-cpu", ["bench", "decode"], "bench decode` needs a CUDA GPU"),
         ("bench-prefill-cpu", ["bench", "prefill"], "needs a CUDA GPU"),
@@ -112,6 +149,15 @@ def test_cli_bad_arguments_exit_2_with_a_message(argv, message, tmp_path):
     bad_toml = tmp_path / "bad.toml"
     bad_toml.write_text("steps = [unclosed\n")
     subs = {"{tmp}": str(tmp_path), "{file}": str(file), "{bad_toml}": str(bad_toml)}
+    if any("{rows}" in a for a in argv):
+        subs["{rows}"] = _rows_file(tmp_path)
+    if any("{other_sweep}" in a or "{list_sweep}" in a for a in argv):
+        for name, text in (("other_sweep", '{"model": "another-model", "seed": 0}'), ("list_sweep", "[1, 2]")):
+            (tmp_path / name).mkdir()
+            (tmp_path / name / "config.json").write_text(text)
+            subs["{" + name + "}"] = str(tmp_path / name)
+    if any("{pat_" in a for a in argv):
+        subs["{pat_a}"], subs["{pat_b}"] = _pattern_file(tmp_path / "a"), _pattern_file(tmp_path / "b")
     if any("{ro}" in a for a in argv):
         subs["{ro}"] = str(_read_only_dir(tmp_path))
     args = []
@@ -267,6 +313,20 @@ BAD_CALLS = [
     ("train-device", lambda t: __import__("sparsa.train.loop").train.loop.train(
         __import__("sparsa.train.config").train.config.config_from_dict({}), t / "o", device="cuda:99"), ValueError,
      "device: cuda:99"),
+    # evaluation: devices, time limits, pattern files, before any model is loaded
+    ("load-model-device", lambda t: __import__("sparsa.eval.models").eval.models.load_model(device="gpu"), ValueError,
+     "device: 'gpu' is not a device"),
+    ("sweep-device-meta", lambda t: __import__("sparsa.eval.sweep").eval.sweep.run_sweep(
+        __import__("sparsa.eval.sweep").eval.sweep.SweepConfig(), t / "o", device="meta"), ValueError, "device: the 'meta'"),
+    ("sweep-time-limit-nan", lambda t: __import__("sparsa.eval.sweep").eval.sweep.run_sweep(
+        __import__("sparsa.eval.sweep").eval.sweep.SweepConfig(), t / "o", time_limit_s=float("nan")), ValueError,
+     "time_limit_s: must be a number of seconds >= 0"),
+    ("sweep-patterns-same-name", lambda t: __import__("sparsa.eval.sweep").eval.sweep.SweepConfig(
+        patterns=[_pattern_file(t / "a"), _pattern_file(t / "b")]), ValueError, "patterns: .* have the same name 'p'"),
+    ("sweep-patterns-wrong-format", lambda t: __import__("sparsa.eval.sweep").eval.sweep.SweepConfig(
+        patterns=[_write(t, "p.json", "[1, 2]")]), ValueError, "patterns: .*not a sparsa head-pattern file"),
+    ("report-out-dir-is-file", lambda t: __import__("sparsa.eval.report").eval.report.write_report(
+        _rows_file(t), _write(t, "f", "x"), bench_dir=None), ValueError, "out_dir: .*not a directory"),
     ("train-device-meta", lambda t: __import__("sparsa.train.loop").train.loop.train(
         __import__("sparsa.train.config").train.config.config_from_dict({}), t / "o", device="meta"), ValueError,
      "device: the 'meta'"),
@@ -277,3 +337,21 @@ BAD_CALLS = [
 def test_public_functions_reject_bad_arguments(call, exc, match, tmp_path):
     with pytest.raises(exc, match="^" + match):
         call(tmp_path)
+
+
+def test_missing_matplotlib_is_named_before_any_work(tmp_path, monkeypatch):
+    import sys
+
+    from typer.testing import CliRunner
+
+    from sparsa.cli import app
+    from sparsa.eval.report import write_report
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    with pytest.raises(ValueError, match="^report: the plots need matplotlib"):
+        write_report(_rows_file(tmp_path), tmp_path / "out", bench_dir=None)
+    assert not (tmp_path / "out").exists()
+    r = CliRunner().invoke(app, ["eval", "--out", str(tmp_path / "e")])
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert "error: --report: the plots need matplotlib" in r.output and "--no-report" in r.output
+    assert not (tmp_path / "e").exists()

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from .._validation import check_device
 from ..assets import DEFAULT_MODEL_DIR, DEFAULT_MODEL_NAME, has_default_model
 
 GGUF_MAGIC = b"GGUF"
@@ -137,6 +138,8 @@ def load_model(name_or_path: str | Path | None = None, *, device: str | None = N
     device: "cpu"/"cuda"/...; default CUDA when available. dtype: torch dtype; default bfloat16
     on CUDA and float32 on CPU (a GGUF's quantized weights are dequantized to it by transformers).
     """
+    if device is not None:
+        check_device("device", device)
     from transformers import AutoModelForCausalLM, AutoTokenizer  # local: defers transformers
 
     from ..integrations.hf import nsa_model  # noqa: F401  local: registers the sparsa_nsa architecture

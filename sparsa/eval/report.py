@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from .._validation import check_dir_path, check_writable_dir
 from ..cost.bench import load_bench_rows, speedup_curves
 from .metrics import (ALPHA, DENSE, MAX_TOLERABLE_RULE, CellSummary, GroupKey, MaxTolerable, load_rows,
                       max_tolerable_compression, result_files, summarize_cells)
@@ -83,7 +84,20 @@ def _mt_text(m: MaxTolerable | None) -> str:
 
 # --------------------------------------------------------------------------- plots
 
+def require_matplotlib(what: str = "report") -> None:
+    """Raise :class:`~sparsa.eval.models.MissingDependencyError` (a ``ValueError``) naming ``what``
+    when matplotlib, which draws the plots, is not installed."""
+    try:
+        import matplotlib  # noqa: F401  local: defers matplotlib
+    except ImportError:
+        from .models import MissingDependencyError
+
+        raise MissingDependencyError(f"{what}: the plots need matplotlib, which is not installed; install it "
+                                     'with pip install "sparsa[eval]"') from None
+
+
 def _plt():
+    require_matplotlib()
     import matplotlib  # local: defers matplotlib
 
     matplotlib.use("Agg")
@@ -326,6 +340,8 @@ def write_report(results: str | Path | Sequence[str | Path], out_dir: str | Path
     ``alpha`` is the significance level of the paired test. ``ValueError`` when no rows are found.
     """
     files = result_files(results)
+    check_dir_path("out_dir", out_dir)
+    require_matplotlib()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         rows = load_rows(files)
@@ -335,8 +351,7 @@ def write_report(results: str | Path | Sequence[str | Path], out_dir: str | Path
     cells = summarize_cells(rows, alpha=alpha)
     maxtol = max_tolerable_compression(cells, alpha=alpha)
     labels = _labels(cells)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_writable_dir("out_dir", out_dir)
     _write_csvs(out, cells, maxtol)
 
     bench_rows: list = []
@@ -439,4 +454,4 @@ def write_report(results: str | Path | Sequence[str | Path], out_dir: str | Path
     return report
 
 
-__all__ = ["max_tolerable_matrix", "write_report"]
+__all__ = ["max_tolerable_matrix", "require_matplotlib", "write_report"]

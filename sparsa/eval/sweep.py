@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from .._validation import check_device, check_dir_path, check_duration, check_writable_dir
 from ..methods.registry import get_method, list_methods, method_class
 from ..patterns import load_head_patterns, read_patterns
 from .greedy import MODES, Prompt, greedy_generate
@@ -108,9 +109,20 @@ class SweepConfig:
         bad = [m for m in self.modes if m not in MODES]
         if not self.modes or bad:
             raise ValueError(f"modes: choose from {MODES}, got {self.modes}")
-        for p in self.patterns:
+        stems: dict[str, str] = {}
+        for p in dict.fromkeys(str(p) for p in self.patterns):
             if not Path(p).is_file():
                 raise FileNotFoundError(f"patterns: no pattern file at {p}")
+            try:
+                read_patterns(p)
+            except ValueError as e:
+                raise ValueError(f"patterns: {str(e).removeprefix('path: ')}") from None
+            stem = Path(p).stem
+            if stem in stems:
+                raise ValueError(f"patterns: {stems[stem]} and {p} have the same name {stem!r}, which names "
+                                 "their method in the results; rename one of them")
+            stems[stem] = p
+        self.patterns = list(stems.values())
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -173,7 +185,11 @@ def read_results(out_dir: str | Path) -> list[dict[str, Any]]:
     return dedupe_rows(r for f in sorted(d.glob("rows.*.jsonl")) for r in read_jsonl(f))
 
 
-def _write_config(out_dir: Path, config: SweepConfig) -> None:
+def _merged_config(out_dir: Path, config: SweepConfig) -> dict[str, Any]:
+    """The configuration to save: ``config`` merged with the one a continued sweep saved before.
+
+    ``ValueError`` naming ``out`` when that one is unreadable or belongs to another sweep
+    (another model, seed, split or prompt style)."""
     path = out_dir / CONFIG_FILE
     new = config.to_json()
     if path.exists():
@@ -181,6 +197,9 @@ def _write_config(out_dir: Path, config: SweepConfig) -> None:
             old = json.loads(path.read_text())
         except json.JSONDecodeError:
             raise ValueError(f"out: {path} is not valid JSON; move it away or choose another --out") from None
+        if not isinstance(old, dict):
+            raise ValueError(f"out: {path} is not a sweep configuration (a JSON object); move it away or "
+                             "choose another --out")
         diff = [k for k in _IDENTITY if old.get(k) != new.get(k)]
         if diff:
             raise ValueError(f"out: {out_dir} holds a sweep with other {', '.join(diff)} "
@@ -189,6 +208,12 @@ def _write_config(out_dir: Path, config: SweepConfig) -> None:
             new[k] = list(dict.fromkeys(list(old.get(k, [])) + list(new[k])))
         new["compressions"] = sorted(set(old.get("compressions", [])) | set(new["compressions"]))
         new["samples"] = max(int(old.get("samples", 0)), new["samples"])
+    return new
+
+
+def _write_config(out_dir: Path, config: SweepConfig) -> None:
+    path = out_dir / CONFIG_FILE
+    new = _merged_config(out_dir, config)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(new, indent=2) + "\n")
     os.replace(tmp, path)
@@ -238,9 +263,12 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, model: Any = None, to
     t_start = time.perf_counter()
     rank = int(os.environ.get("RANK", 0)) if rank is None else rank
     world = int(os.environ.get("WORLD_SIZE", 1)) if world is None else world
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"out: {out} exists and is not a directory")
+    out = check_dir_path("out", out_dir)
+    if device is not None:
+        check_device("device", device)
+    if time_limit_s is not None:
+        check_duration("time_limit_s", time_limit_s)
+    _merged_config(out, config)  # another sweep's directory is refused before the model loads
     if model is None:
 
         if device is None and torch.cuda.is_available() and world > 1:
@@ -249,7 +277,7 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, model: Any = None, to
     elif tokenizer is None:
         raise ValueError("tokenizer: pass the model's tokenizer with model")
     _check_lengths(model, config.lengths)
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable_dir("out", out)
     if rank == 0:
         _write_config(out, config)
 
