@@ -132,7 +132,7 @@ def train(
     try:
         res = run(recipe, out, resume=resume, max_steps=max_steps,
                   time_limit_s=None if time_limit is None else 60.0 * time_limit, device=device, card=card)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     typer.echo(res.message)

@@ -100,6 +100,8 @@ CLI_CASES = [
     ("train-device-index", ["train", "--recipe", RECIPE, "--out", "{tmp}/o", "--device", "cuda:99"], "--device: cuda:99"),
     ("train-recipe-missing", ["train", "--recipe", "{tmp}/none.toml", "--out", "{tmp}/o"], "recipe"),
     ("train-recipe-corrupt", ["train", "--recipe", "{bad_toml}", "--out", "{tmp}/o"], "recipe"),
+    ("train-recipe-not-a-table", ["train", "--recipe", "{scalar_toml}", "--out", "{tmp}/o"],
+     "model: expected a table, got int"),
     ("search-device-index", ["search-patterns", "--out", "{tmp}/p.json", "--device", "cuda:99"], "--device: cuda:99"),
     ("search-dense-candidate", ["search-patterns", "--out", "{tmp}/p.json", "-c", "dense"], "--candidate: dense is the reference"),
     ("search-decode-candidate", ["search-patterns", "--out", "{tmp}/p.json", "-c", "h2o"], "--candidate: h2o is a decode method"),
@@ -148,7 +150,9 @@ def test_cli_bad_arguments_exit_2_with_a_message(argv, message, tmp_path):
     file.write_text("x")
     bad_toml = tmp_path / "bad.toml"
     bad_toml.write_text("steps = [unclosed\n")
-    subs = {"{tmp}": str(tmp_path), "{file}": str(file), "{bad_toml}": str(bad_toml)}
+    scalar_toml = tmp_path / "scalar.toml"
+    scalar_toml.write_text("model = 3\n")
+    subs = {"{tmp}": str(tmp_path), "{file}": str(file), "{bad_toml}": str(bad_toml), "{scalar_toml}": str(scalar_toml)}
     if any("{rows}" in a for a in argv):
         subs["{rows}"] = _rows_file(tmp_path)
     if any("{other_sweep}" in a or "{list_sweep}" in a for a in argv):
@@ -327,6 +331,12 @@ BAD_CALLS = [
         patterns=[_write(t, "p.json", "[1, 2]")]), ValueError, "patterns: .*not a sparsa head-pattern file"),
     ("report-out-dir-is-file", lambda t: __import__("sparsa.eval.report").eval.report.write_report(
         _rows_file(t), _write(t, "f", "x"), bench_dir=None), ValueError, "out_dir: .*not a directory"),
+    ("train-max-steps-zero", lambda t: __import__("sparsa.train.loop").train.loop.train(
+        __import__("sparsa.train.config").train.config.config_from_dict({}), t / "o", max_steps=0), ValueError,
+     "max_steps: must be >= 1"),
+    ("train-time-limit-negative", lambda t: __import__("sparsa.train.loop").train.loop.train(
+        __import__("sparsa.train.config").train.config.config_from_dict({}), t / "o", time_limit_s=-1.0), ValueError,
+     "time_limit_s: must be a number of seconds >= 0"),
     ("train-device-meta", lambda t: __import__("sparsa.train.loop").train.loop.train(
         __import__("sparsa.train.config").train.config.config_from_dict({}), t / "o", device="meta"), ValueError,
      "device: the 'meta'"),

@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .._validation import check_device, check_writable_dir
+from .._validation import check_device, check_duration, check_int, check_writable_dir
 from ..eval.api import evaluate, get_task, list_tasks, summarize
 from .config import TrainConfig, with_defaults
 from .data import (StreamDataset, lm_tokens, load_train_tokenizer, make_loader, rank_micro_batches, special_token_ids,
@@ -217,6 +217,10 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, recipe_text: str | None = No
     Stops the same way on SIGTERM / SIGINT. Returns where it stopped.
     """
     cfg.validate()
+    if max_steps is not None:
+        check_int("max_steps", max_steps, minimum=1)
+    if time_limit_s is not None:
+        check_duration("time_limit_s", time_limit_s)
     dev = _device(device)
     out = check_writable_dir("out", out_dir)
     ckpt_path, log_path = out / CHECKPOINT, out / LOG
