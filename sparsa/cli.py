@@ -495,7 +495,7 @@ def cost(
     method: str = typer.Option(None, "--method", "-m", help="Read the speedup of this method from --bench-dir."),
     context: int = typer.Option(None, "--context", "-n", help="Context length in tokens (with --method)."),
     compression: float = typer.Option(None, "--compression", help="Use benchmark rows near this compression."),
-    batch: int = typer.Option(None, "--batch", help="Use benchmark rows of this batch size."),
+    batch: int = typer.Option(None, "--batch", min=1, help="Use benchmark rows of this batch size."),
     device: str = typer.Option(None, "--device", help="Use benchmark rows of this card (substring)."),
     pass_: str = typer.Option(None, "--pass", help="Benchmark pass (default: e2e_prefill, fwd, e2e_decode, decode)."),
     baseline: str = typer.Option("sdpa_cudnn", "--baseline", help="Dense baseline of the speedups."),
@@ -510,6 +510,8 @@ def cost(
     plot: str = typer.Option(None, "--plot", help="Write a cost-per-day vs context plot from the benchmarks."),
 ) -> None:
     """Dollars per day dense vs sparse, and the monthly saving (30 days/month)."""
+    from pathlib import Path
+
     from . import cost as c
 
     try:
@@ -524,6 +526,14 @@ def cost(
                        compression=compression, params=params or None)
         if speedup is not None and method is not None:
             raise ValueError("speedup, method: give --speedup or --method, not both")
+        if method is None and plot is None:
+            given = [name for name, v in (("--context", context), ("--compression", compression), ("--batch", batch),
+                                          ("--device", device), ("--pass", pass_), ("--param", param)) if v not in (None, [])]
+            if given:
+                raise ValueError(f"{given[0]}: selects benchmark rows, so it needs --method or --plot "
+                                 "(a --speedup given by hand is used as it is)")
+        if (method or plot) and not Path(bench_dir).exists():
+            raise ValueError(f"--bench-dir: {bench_dir} does not exist; pass the directory of the benchmark JSONs")
         rows = c.load_bench_rows(bench_dir) if (method or plot) else []
         if method is not None and (context is not None or plot is None):
             if context is None:
@@ -542,7 +552,11 @@ def cost(
             for line in c.describe_cost(c.estimate_cost(price, speedup, load)):
                 typer.echo(line)
         if plot is not None:
-            path = c.plot_cost_vs_context(rows, price, plot, methods=[method] if method else None, **filters)
+            try:
+                path = c.plot_cost_vs_context(rows, price, plot, methods=[method] if method else None, **filters)
+            except ValueError as e:
+                msg = str(e)
+                raise ValueError("--plot: " + msg.removeprefix("path: ") if msg.startswith("path: ") else msg) from None
             typer.echo(f"wrote {path}")
     except ValueError as e:
         typer.echo(f"error: {e}", err=True)

@@ -117,8 +117,42 @@ def test_cli_from_benchmarks_and_plot(bench, tmp_path):
     (["--gpu-cost-per-day", "5", "-m", "vs"], "context"),
     (["--gpu-cost-per-day", "5", "-m", "vs", "--context", "1000000"], "extrapolate"),
     (["--gpu-cost-per-day", "5", "--speedup", "2", "--dense-seconds-per-request", "1"], "requests_per_day"),
+    # options that pick benchmark rows are not silently ignored next to a hand-given speedup
+    (["--gpu-cost-per-day", "5", "--speedup", "2", "--context", "8192"], "--context: selects benchmark rows"),
+    (["--gpu-cost-per-day", "5", "--speedup", "2", "--compression", "10"], "--compression: selects benchmark rows"),
+    (["--gpu-cost-per-day", "5", "--speedup", "2", "--param", "layers=4"], "--param: selects benchmark rows"),
 ])
 def test_cli_errors(bench, args, msg):
     r = runner.invoke(app, ["cost", *args, "--bench-dir", str(bench)])
     assert r.exit_code == 2, r.output
     assert "error:" in r.output and msg in r.output and "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("case, msg", [
+    ("missing-bench-dir", "--bench-dir: .*does not exist"),
+    ("batch-zero", "'--batch'"),
+    ("plot-under-file", "--plot: .*a-file exists and is not a directory"),
+    ("plot-is-dir", "--plot: .*is a directory"),
+    ("plot-no-matplotlib", "--plot: the plot needs matplotlib"),
+    ("plot-format", "--plot: '.nope' is not an image format"),
+])
+def test_cli_bad_paths_and_bounds(bench, tmp_path, monkeypatch, case, msg):
+    import re
+    import sys
+
+    file = tmp_path / "a-file"
+    file.write_text("x")
+    args = {"missing-bench-dir": ["-m", "vs", "--context", "8192", "--bench-dir", str(tmp_path / "none")],
+            "batch-zero": ["-m", "vs", "--context", "8192", "--batch", "0", "--bench-dir", str(bench)],
+            "plot-under-file": ["--plot", str(file / "cost.png"), "--bench-dir", str(bench)],
+            "plot-is-dir": ["--plot", str(tmp_path), "--bench-dir", str(bench)],
+            "plot-no-matplotlib": ["--plot", str(tmp_path / "cost.png"), "--bench-dir", str(bench)],
+            "plot-format": ["--plot", str(tmp_path / "cost.nope"), "--bench-dir", str(bench)]}[case]
+    if case == "plot-no-matplotlib":
+        monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    if case == "plot-format":
+        pytest.importorskip("matplotlib")
+    r = runner.invoke(app, ["cost", "--gpu-cost-per-day", "5", *args])
+    assert r.exit_code == 2, r.output
+    assert "Traceback" not in r.output
+    assert re.search(msg, r.output), r.output

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .._validation import check_dir_path, check_writable_dir
+
 PASS_PREFERENCE: tuple[str, ...] = ("e2e_prefill", "fwd", "e2e_decode", "decode")
 DEFAULT_BASELINE = "sdpa_cudnn"
 # kernel launch settings: they pick among implementations of one configuration, they do not define it
@@ -293,7 +295,15 @@ def plot_cost_vs_context(rows: Sequence[BenchRow], gpu_cost_per_day: float, path
     """Plot dollars per day against context length (log2 axis), one line per benchmark curve
     (method x configuration), dense at ``gpu_cost_per_day``. Uses one card: ``filters["device"]``
     or the card with the most matching rows. Writes ``path`` (format from its suffix)."""
-    import matplotlib  # local: defers matplotlib
+    out = Path(path)
+    if out.is_dir():
+        raise ValueError(f"path: {out} is a directory; give the name of the image file, e.g. {out / 'cost.png'}")
+    check_dir_path("path", out.parent)
+    try:
+        import matplotlib  # local: defers matplotlib
+    except ImportError:
+        raise ValueError('path: the plot needs matplotlib, which is not installed; install it with '
+                         'pip install "sparsa[eval]"') from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # local: after choosing the Agg backend
@@ -309,6 +319,11 @@ def plot_cost_vs_context(rows: Sequence[BenchRow], gpu_cost_per_day: float, path
         top = max(sorted(count), key=lambda d: count[d])
         curves = [c for c in curves if c.device == top]
     fig, ax = plt.subplots(figsize=(9, 5.5))
+    formats = fig.canvas.get_supported_filetypes()
+    if out.suffix and out.suffix[1:].lower() not in formats:
+        plt.close(fig)
+        raise ValueError(f"path: {out.suffix!r} is not an image format matplotlib writes; use one of "
+                         f"{', '.join('.' + f for f in sorted(formats))}")
     ax.axhline(gpu_cost_per_day, color="black", ls="--", lw=1, label="dense")
     for c in curves:
         ax.plot(c.contexts, [gpu_cost_per_day / s for s in c.speedups], marker="o", ms=3, lw=1,
@@ -320,8 +335,11 @@ def plot_cost_vs_context(rows: Sequence[BenchRow], gpu_cost_per_day: float, path
     ax.set_title(f"Cost per day vs context, {curves[0].device}, vs {curves[0].baseline}")
     ax.legend(fontsize=6, loc="best")
     fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        check_writable_dir("path", out.parent)
+    except ValueError:
+        plt.close(fig)
+        raise
     fig.savefig(out)
     plt.close(fig)
     return out
