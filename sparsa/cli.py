@@ -303,40 +303,63 @@ def bench_e2e(
 
     if phase not in ("prefill", "decode"):
         raise typer.BadParameter(f"{phase!r}: must be prefill or decode", param_hint="--phase")
-    if not torch.cuda.is_available():
-        typer.echo("error: `sparsa bench` needs a CUDA GPU", err=True)
-        raise typer.Exit(2)
+    # every argument is checked before the GPU is asked for
+    if model is not None and phase != "prefill":
+        raise typer.BadParameter("--model runs the prefill phase only", param_hint="--phase")
+    if profile and model is None:
+        raise _fail("--profile: splits a real model's forward time; it needs --model")
+    if compression is not None and (model is not None or phase == "decode"):
+        raise _fail("--compression: sets the target of the random-weight prefill run; "
+                    + ("--model runs the fixed configurations of sparsa.bench.e2e_real.REAL_METHODS"
+                       if model is not None else "decode methods run their own budgets (DECODE_METHODS)"))
     if model is not None:
-        if phase != "prefill":
-            raise typer.BadParameter("--model runs the prefill phase only", param_hint="--phase")
-        from .bench.e2e_real import REAL_METHODS, run_e2e_real
+        from .bench.e2e_real import REAL_METHODS
 
         names = list(method) if method else list(REAL_METHODS)
         bad = [m for m in names if m not in REAL_METHODS]
         if bad:
             raise typer.BadParameter(f"{bad}: choose from {list(REAL_METHODS)}", param_hint="--method")
-        try:
-            run_e2e_real(model, context or [32768, 131072], names, out or "benchmarks/results/e2e_real.json",
-                         reps=reps, profile=profile)
-        except (ValueError, FileNotFoundError) as e:
-            typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(2) from None
-        return
-    out = out or "benchmarks/results/e2e.json"
-    if phase == "decode":
-        from .bench.e2e import DECODE_METHODS, run_e2e_decode_bench
+    elif phase == "decode":
+        from .bench.e2e import DECODE_METHODS
 
         bad = [m for m in method or [] if m not in DECODE_METHODS]
         if bad:
             raise typer.BadParameter(f"{bad}: choose from {list(DECODE_METHODS)}", param_hint="--method")
-        for n in context or [65536]:
-            run_e2e_decode_bench(out, context=n, batch=batch, layers=layers or 4, steps=steps, warmup=warmup,
-                                 methods=list(method) if method else None)
-        return
-    from .bench.e2e import run_e2e_bench
+    else:
+        from .bench.e2e import check_e2e_args
 
-    run_e2e_bench(context or [32768, 131072], method or ["vertical_slash"], out, layers=layers or 32, reps=reps,
-                  compression=compression)
+        try:
+            check_e2e_args(context or [32768, 131072], method or ["vertical_slash"], layers=layers or 32, reps=reps,
+                           compression=compression)
+        except (ValueError, TypeError) as e:
+            name, _, rest = str(e).partition(":")
+            option = {"contexts": "--context", "methods": "--method"}.get(name, f"--{name}")
+            raise _fail(f"{option}:{rest}") from None
+    if not torch.cuda.is_available():
+        typer.echo("error: `sparsa bench` needs a CUDA GPU", err=True)
+        raise typer.Exit(2)
+    try:
+        if model is not None:
+            from .bench.e2e_real import run_e2e_real
+
+            run_e2e_real(model, context or [32768, 131072], names, out or "benchmarks/results/e2e_real.json",
+                         reps=reps, profile=profile)
+            return
+        out = out or "benchmarks/results/e2e.json"
+        if phase == "decode":
+            from .bench.e2e import run_e2e_decode_bench
+
+            for n in context or [65536]:
+                run_e2e_decode_bench(out, context=n, batch=batch, layers=layers or 4, steps=steps, warmup=warmup,
+                                     methods=list(method) if method else None)
+            return
+        from .bench.e2e import run_e2e_bench
+
+        run_e2e_bench(context or [32768, 131072], method or ["vertical_slash"], out, layers=layers or 32, reps=reps,
+                      compression=compression)
+    except (ValueError, FileNotFoundError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
 
 
 PRESETS: dict[str, dict[str, object]] = {

@@ -122,6 +122,11 @@ CLI_CASES = [
      "patterns: .*is not JSON"),
     ("eval-patterns-same-name", ["eval", "--patterns", "{pat_a}", "--patterns", "{pat_b}", "--out", "{tmp}/e",
                                  "--no-report"], "patterns: .*have the same name 'p'"),
+    ("bench-e2e-decode-method", ["bench", "e2e", "-m", "h2o"], r"--method: \['h2o'\]; choose sparse prefill methods"),
+    ("bench-e2e-short-context", ["bench", "e2e", "-n", "8"], "--context: prompt lengths must be ints >= 16"),
+    ("bench-e2e-compression-decode", ["bench", "e2e", "--phase", "decode", "--compression", "5"],
+     "--compression: sets the target of the random-weight prefill run"),
+    ("bench-e2e-profile-without-model", ["bench", "e2e", "--profile"], "--profile: .*needs --model"),
     ("report-out-is-file", ["report", "{rows}", "-o", "{file}", "--bench-dir", ""], "out_dir: .*not a directory"),
     ("report-out-under-file", ["report", "{rows}", "-o", "{file}/sub", "--bench-dir", ""],
      "out_dir: .*lies under a regular file"),
@@ -337,6 +342,13 @@ BAD_CALLS = [
     ("train-time-limit-negative", lambda t: __import__("sparsa.train.loop").train.loop.train(
         __import__("sparsa.train.config").train.config.config_from_dict({}), t / "o", time_limit_s=-1.0), ValueError,
      "time_limit_s: must be a number of seconds >= 0"),
+    # the end-to-end benchmark's arguments, checked without a GPU
+    ("e2e-decode-method", lambda t: __import__("sparsa.bench.e2e").bench.e2e.run_e2e_bench([1024], ["quest"], t / "o.json"),
+     ValueError, r"methods: \['quest'\]"),
+    ("e2e-layers", lambda t: __import__("sparsa.bench.e2e").bench.e2e.run_e2e_bench([1024], ["vertical_slash"], t / "o.json",
+                                                                                      layers=0), ValueError, "layers: must be >= 1"),
+    ("e2e-compression", lambda t: __import__("sparsa.bench.e2e").bench.e2e.run_e2e_bench(
+        [1024], ["vertical_slash"], t / "o.json", compression=0.5), ValueError, "compression: must be a finite number >= 1"),
     ("train-device-meta", lambda t: __import__("sparsa.train.loop").train.loop.train(
         __import__("sparsa.train.config").train.config.config_from_dict({}), t / "o", device="meta"), ValueError,
      "device: the 'meta'"),

@@ -50,6 +50,7 @@ from torch.profiler import ProfilerActivity, profile
 
 import sparsa
 
+from .._validation import check_compression, check_int
 from ..cache import dense_cache_bytes
 from .timing import ResultsFile, rel_err
 
@@ -96,12 +97,26 @@ def _time_forward(model: torch.nn.Module, ids: torch.Tensor, reps: int, ctx: Any
     return statistics.median(times), torch.cuda.max_memory_allocated() / 2**30
 
 
+def check_e2e_args(contexts: Sequence[int], methods: Sequence[str], *, layers: int = 32, reps: int = 2,
+                   compression: float | None = None) -> None:
+    """``ValueError`` / ``TypeError`` naming the first bad argument of :func:`run_e2e_bench` (no GPU needed)."""
+    if not contexts or any(isinstance(n, bool) or not isinstance(n, int) or n < 16 for n in contexts):
+        raise ValueError(f"contexts: prompt lengths must be ints >= 16, got {list(contexts)}")
+    prefill = [m for m in sparsa.list_methods() if m != "dense" and sparsa.get_method(m).phase != "decode"]
+    bad = [m for m in methods if m not in prefill]
+    if not methods or bad:
+        raise ValueError(f"methods: {bad or 'none given'}; choose sparse prefill methods from {prefill}")
+    check_int("layers", layers, minimum=1)
+    check_int("reps", reps, minimum=1)
+    check_compression(compression)
+
+
 def run_e2e_bench(contexts: Sequence[int], methods: Sequence[str], out_path: str | Path, *, layers: int = 32,
                   reps: int = 2, compression: float | None = None, progress: bool = True) -> list[dict[str, Any]]:
     """Time dense and sparse prefill end to end; rows are added to ``out_path`` as they come."""
+    check_e2e_args(contexts, methods, layers=layers, reps=reps, compression=compression)
     if not torch.cuda.is_available():
         raise RuntimeError("run_e2e_bench needs a CUDA GPU")
-
 
     res = ResultsFile(out_path)
     model = build_model(layers, max(contexts))
