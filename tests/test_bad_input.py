@@ -336,9 +336,9 @@ BAD_CALLS = [
         patterns=[_write(t, "p.json", "[1, 2]")]), ValueError, "patterns: .*not a sparsa head-pattern file"),
     ("report-out-dir-is-file", lambda t: __import__("sparsa.eval.report").eval.report.write_report(
         _rows_file(t), _write(t, "f", "x"), bench_dir=None), ValueError, "out_dir: .*not a directory"),
-    ("train-max-steps-zero", lambda t: __import__("sparsa.train.loop").train.loop.train(
-        __import__("sparsa.train.config").train.config.config_from_dict({}), t / "o", max_steps=0), ValueError,
-     "max_steps: must be >= 1"),
+    ("train-max-steps-negative", lambda t: __import__("sparsa.train.loop").train.loop.train(
+        __import__("sparsa.train.config").train.config.config_from_dict({}), t / "o", max_steps=-1), ValueError,
+     "max_steps: must be >= 0"),
     ("train-time-limit-negative", lambda t: __import__("sparsa.train.loop").train.loop.train(
         __import__("sparsa.train.config").train.config.config_from_dict({}), t / "o", time_limit_s=-1.0), ValueError,
      "time_limit_s: must be a number of seconds >= 0"),

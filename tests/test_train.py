@@ -134,6 +134,23 @@ def test_lr_schedule_and_recipe_errors(tmp_path):
         load_recipe(p)
 
 
+@pytest.mark.parametrize("recipe,match", [
+    ({"steps": "ten"}, "steps: expected an integer, got 'ten'"),
+    ({"steps": 2.5}, "steps: expected an integer, got 2.5"),        # would fail only after training began
+    ({"compile": 1}, "compile: expected true or false"),
+    ({"optim": {"lr": True}}, "optim.lr: expected a number"),
+    ({"data": {"tokens_per_step": "x"}}, "data.tokens_per_step: expected an integer"),
+    ({"data": {"curriculum": [[0, "1k"]]}}, r"data.curriculum\[0\]\[1\]: expected a number"),
+    ({"data": {"task_weights": {"niah_single": "high"}}}, "data.task_weights.niah_single: expected a number"),
+    ({"model": {"num_heads": 0}}, "model.num_heads: must be >= 1"),   # not a ZeroDivisionError
+    ({"data": {"micro_batch_tokens": 0}}, "data.micro_batch_tokens: must be >= 1"),
+])
+def test_recipe_values_of_the_wrong_type_are_refused_naming_the_key(recipe, match):
+    with pytest.raises(ValueError, match=match):
+        config_from_dict(recipe)
+    assert config_from_dict({"optim": {"lr": 1}}).optim.lr == 1       # an int is a number
+
+
 def test_a_recipe_with_a_base_states_only_its_differences(tmp_path):
     (tmp_path / "parent.json").write_text(json.dumps(TOY))
     (tmp_path / "sub").mkdir()

@@ -166,6 +166,13 @@ class TrainConfig:
             raise ValueError(f"steps: must be >= 1, got {self.steps}")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"precision: must be auto, bf16 or fp32, got {self.precision!r}")
+        for key in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim", "intermediate_size",
+                    "max_position_embeddings"):
+            if getattr(m, key) < 1:
+                raise ValueError(f"model.{key}: must be >= 1, got {getattr(m, key)}")
+        for key in ("tokens_per_step", "micro_batch_tokens"):
+            if getattr(d, key) < 1:
+                raise ValueError(f"data.{key}: must be >= 1, got {getattr(d, key)}")
         if m.num_heads % m.num_kv_heads:
             raise ValueError(f"model.num_kv_heads ({m.num_kv_heads}) must divide model.num_heads ({m.num_heads})")
         if m.head_dim % 2:
@@ -256,8 +263,45 @@ def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
         if k not in fields:
             raise ValueError(f"{here}: unknown recipe key; allowed: {', '.join(fields)}")
         sub = _TABLES.get((cls, k))
+        if sub is None:
+            _check_value(here, v, str(fields[k].type))
         kwargs[k] = _from_dict(sub, v, here) if sub is not None else v
     return cls(**kwargs)
+
+
+def _check_value(where: str, value: Any, ann: str) -> None:
+    """Refuse a recipe value whose type does not fit the field's annotation (an int field takes
+    no float, bool or string; a float field takes ints too; lists and tables are checked inside)."""
+    ann = ann.replace(" ", "")
+    if ann.endswith("|None"):
+        if value is None:
+            return
+        ann = ann[:-len("|None")]
+    expected = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
+    if ann == "bool":
+        ok = isinstance(value, bool)
+    elif ann == "int":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif ann == "float":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif ann == "str":
+        ok = isinstance(value, str)
+    elif ann.startswith("list[") and ann.endswith("]"):
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where}: expected a list, got {value!r}")
+        for i, x in enumerate(value):
+            _check_value(f"{where}[{i}]", x, ann[len("list["):-1])
+        return
+    elif ann.startswith("dict[str,") and ann.endswith("]"):
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: expected a table, got {value!r}")
+        for k, x in value.items():
+            _check_value(f"{where}.{k}", x, ann[len("dict[str,"):-1])
+        return
+    else:
+        return  # Any, or a type whose own validation decides
+    if not ok:
+        raise ValueError(f"{where}: expected {expected[ann]}, got {value!r}")
 
 
 def with_defaults(data: dict[str, Any]) -> dict[str, Any]:

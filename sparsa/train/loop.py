@@ -212,13 +212,14 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, recipe_text: str | None = No
 
     resume: continue from ``out_dir/checkpoint.pt`` if present (else start fresh). Without it,
         an existing checkpoint is an error.
-    max_steps: stop (with a checkpoint) after this many steps in this call.
+    max_steps: stop (with a checkpoint) after this many steps in this call (0: only build and
+        checkpoint the model).
     time_limit_s: stop (with a checkpoint) once a step ends after this many seconds.
     Stops the same way on SIGTERM / SIGINT. Returns where it stopped.
     """
     cfg.validate()
     if max_steps is not None:
-        check_int("max_steps", max_steps, minimum=1)
+        check_int("max_steps", max_steps, minimum=0)
     if time_limit_s is not None:
         check_duration("time_limit_s", time_limit_s)
     dev = _device(device)
