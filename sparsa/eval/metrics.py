@@ -401,6 +401,72 @@ def max_tolerable_compression(cells: Iterable[CellSummary] | Iterable[Row],
     return dict(sorted(out.items()))
 
 
+# --------------------------------------------------------------------------- question-aware vs question-agnostic
+
+@dataclass(frozen=True)
+class ModeComparison:
+    """One (model, task, length, method, phase, target) run in both modes, on the samples both have.
+
+    ``b`` = exact when the question is in the compressed prompt ("aware") and not when the
+    context is compressed before the question arrives ("agnostic"); ``c`` the reverse; ``p_value``
+    the exact McNemar p; ``agnostic_worse`` = b > c and p < alpha. Scores are fractions in [0, 1]
+    over the paired samples; ``score_drop_ci`` is the 95% paired-bootstrap interval of the mean
+    of (aware - agnostic) partial credit, which also sees drops that exact match cannot (a list
+    task where neither mode gets every item right).
+    """
+
+    model: str
+    task: str
+    length: int
+    method: str
+    phase: str
+    target: float | None
+    n_paired: int
+    exact_aware: float
+    exact_agnostic: float
+    score_aware: float
+    score_agnostic: float
+    score_drop_ci: tuple[float, float]
+    b: int
+    c: int
+    p_value: float
+    agnostic_worse: bool
+
+
+def compare_modes(rows: Iterable[Row], alpha: float = ALPHA, seed: int = 0) -> list[ModeComparison]:
+    """Paired comparison of the question-aware and question-agnostic runs of every cell run in
+    both modes (dense included), sorted by (model, length, task, method, phase, target).
+    ``seed``: the bootstrap seed."""
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha: must be in (0, 1), got {alpha}")
+    by_mode: dict[tuple, dict[str, dict[int, Row]]] = {}
+    for i, r in enumerate(dedupe_rows(_check_row(r, f"row {i}") for i, r in enumerate(rows))):
+        k = cell_key(r)
+        cell = (k.model, k.task, k.length, k.method, k.phase, k.target)
+        by_mode.setdefault(cell, {}).setdefault(k.mode, {})[int(r["sample"])] = r
+    out = []
+    for cell, modes in by_mode.items():
+        aware, agnostic = modes.get("aware", {}), modes.get("agnostic", {})
+        both = sorted(set(aware) & set(agnostic))
+        if not both:
+            continue
+        pairs = [(aware[s], agnostic[s]) for s in both]
+        b = sum(1 for a, g in pairs if int(a["exact"]) == 1 and int(g["exact"]) == 0)
+        c = sum(1 for a, g in pairs if int(a["exact"]) == 0 and int(g["exact"]) == 1)
+        p = mcnemar_exact(b, c)
+        n = len(pairs)
+        out.append(ModeComparison(
+            *cell, n_paired=n, exact_aware=sum(int(a["exact"]) for a, _ in pairs) / n,
+            exact_agnostic=sum(int(g["exact"]) for _, g in pairs) / n,
+            score_aware=float(np.mean([float(a["score"]) for a, _ in pairs])),
+            score_agnostic=float(np.mean([float(g["score"]) for _, g in pairs])),
+            score_drop_ci=mean_interval([float(a["score"]) - float(g["score"]) for a, g in pairs], seed=seed),
+            b=b, c=c, p_value=p, agnostic_worse=b > c and p < alpha))
+    out.sort(key=lambda m: (m.model, m.length, m.task, m.method != DENSE, m.method, m.phase,
+                            -1.0 if m.target is None else m.target))
+    return out
+
+
 __all__ = ["ALPHA", "CellKey", "CellSummary", "DENSE", "GroupKey", "MAX_TOLERABLE_RULE", "MaxTolerable",
-           "ROW_FIELDS", "can_show_drop", "cell_key", "dedupe_rows", "load_rows", "max_tolerable_compression",
+           "ModeComparison", "ROW_FIELDS", "can_show_drop", "cell_key", "compare_modes", "dedupe_rows", "load_rows", "max_tolerable_compression",
            "mcnemar_exact", "mean_interval", "read_jsonl", "result_files", "summarize_cells", "wilson_interval"]

@@ -13,7 +13,9 @@ files merged, duplicates resolved last-wins), summarises each cell, and writes t
   tasks against compression;
 - ``isocost_<slug>.png`` (when benchmark speeds cover the lengths): score against relative
   attention cost (1 / speedup vs dense on one card);
-- ``cells.csv`` and ``max_tolerable.csv``: the numbers behind the tables and the heatmap.
+- ``cells.csv`` and ``max_tolerable.csv``: the numbers behind the tables and the heatmap;
+- where cells ran in both modes, a question-aware vs question-agnostic section (paired McNemar
+  on exact match, paired-bootstrap interval of the partial-credit drop) and ``modes.csv``.
 
 ``<slug>`` is ``<model>_<length>_<mode>`` with unsafe characters replaced by ``_``.
 """
@@ -25,6 +27,7 @@ import math
 import re
 import warnings
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +35,8 @@ import numpy as np
 
 from .._validation import check_dir_path, check_writable_dir
 from ..cost.bench import load_bench_rows, speedup_curves
-from .metrics import (ALPHA, DENSE, MAX_TOLERABLE_RULE, CellSummary, GroupKey, MaxTolerable, load_rows,
-                      max_tolerable_compression, result_files, summarize_cells)
+from .metrics import (ALPHA, DENSE, MAX_TOLERABLE_RULE, CellSummary, GroupKey, MaxTolerable, ModeComparison,
+                      compare_modes, load_rows, max_tolerable_compression, result_files, summarize_cells)
 
 PHASE_PASSES = {"prefill": ("e2e_prefill", "fwd"), "decode": ("e2e_decode", "decode"),
                 "both": ("e2e_prefill", "fwd", "e2e_decode", "decode")}
@@ -297,6 +300,29 @@ def _maxtol_table(tasks: list[str], cols: list[str], grid: list[list[MaxTolerabl
     return out
 
 
+def _modes_section(comps: list[ModeComparison], labels: dict, alpha: float) -> list[str]:
+    out = ["## Question-aware vs question-agnostic", "",
+           "Cells run in both modes, paired on their common samples: aware = the question is in the prompt "
+           "the method compresses; agnostic = the context is compressed before the question arrives (a cache "
+           "compressed once for several questions). b / c: samples exact only when aware / only when "
+           f"agnostic; p: exact two-sided McNemar test, **worse** marks p < {alpha:g} with b > c. Score drop: "
+           "mean aware minus agnostic partial credit with its 95% paired-bootstrap interval (an interval above "
+           "0 is a drop that exact match may not see).", "",
+           "| model | length | task | method | target | paired n | exact aware / agnostic "
+           "| score aware / agnostic | score drop [95% CI] | b / c | p (McNemar) | agnostic |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for m in comps:
+        verdict = ("**worse** (p<α)" if m.agnostic_worse else "lower, n.s." if m.b > m.c
+                   else "higher" if m.c > m.b else "same")
+        label = labels.get((m.method, m.phase), m.method)
+        out.append(f"| {m.model} | {m.length:,} | {m.task} | {label} | {_fmt(m.target, 'g', 'default')} "
+                   f"| {m.n_paired} | {m.exact_aware:.3f} / {m.exact_agnostic:.3f} "
+                   f"| {m.score_aware:.3f} / {m.score_agnostic:.3f} "
+                   f"| {m.score_aware - m.score_agnostic:+.3f} [{m.score_drop_ci[0]:+.3f}, {m.score_drop_ci[1]:+.3f}] "
+                   f"| {m.b} / {m.c} | {_fmt(m.p_value)} | {verdict} |")
+    return out + [""]
+
+
 def _write_csvs(out: Path, cells: list[CellSummary], maxtol: dict[GroupKey, MaxTolerable]) -> None:
     fields = ["model", "task", "length", "mode", "method", "phase", "target", "n", "score", "score_lo",
               "score_hi", "exact", "exact_lo", "exact_hi", "compression", "seconds", "n_paired", "b", "c",
@@ -315,6 +341,17 @@ def _write_csvs(out: Path, cells: list[CellSummary], maxtol: dict[GroupKey, MaxT
         for m in maxtol.values():
             w.writerow([m.model, m.task, m.length, m.mode, m.method, m.phase,
                         "" if m.compression is None else m.compression, m.n_cells, m.n_tested, m.n_powered, m.reason])
+
+
+def _write_modes_csv(out: Path, comps: list[ModeComparison]) -> None:
+    fields = ["model", "task", "length", "method", "phase", "target", "n_paired", "exact_aware", "exact_agnostic",
+              "score_aware", "score_agnostic", "score_drop_lo", "score_drop_hi", "b", "c", "p_value", "agnostic_worse"]
+    with open(out / "modes.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(fields)
+        for m in comps:
+            d = {**asdict(m), "score_drop_lo": m.score_drop_ci[0], "score_drop_hi": m.score_drop_ci[1]}
+            w.writerow(["" if d[k] is None else d[k] for k in fields])
 
 
 def _configs(files: list[Path]) -> list[tuple[Path, Any]]:
@@ -353,6 +390,9 @@ def write_report(results: str | Path | Sequence[str | Path], out_dir: str | Path
     labels = _labels(cells)
     out = check_writable_dir("out_dir", out_dir)
     _write_csvs(out, cells, maxtol)
+    modes = compare_modes(rows, alpha=alpha)
+    if modes:
+        _write_modes_csv(out, modes)
 
     bench_rows: list = []
     if bench_dir is not None:
@@ -440,6 +480,8 @@ def write_report(results: str | Path | Sequence[str | Path], out_dir: str | Path
         if misses:
             iso_lines += ["", "No benchmark speed for: " + "; ".join(misses) + "."]
         iso_lines.append("")
+    if modes:
+        md += _modes_section(modes, labels, alpha)
     if bench_dir is not None:
         md += ["## isoCost view", ""]
         if all_points:

@@ -95,3 +95,43 @@ def test_report_cli(tmp_path):
     r = runner.invoke(app, ["report", str(tmp_path / "empty"), "--out", str(tmp_path / "o")])
     assert r.exit_code == 2
     assert "error: results: no *.jsonl" in r.output and "Traceback" not in r.output
+
+
+def test_modes_are_compared_on_their_common_samples(tmp_path):
+    from sparsa.eval.metrics import compare_modes, mcnemar_exact
+
+    rows = []
+    for mode in ("aware", "agnostic"):
+        rows += [row("dense", s, 1, mode=mode) for s in range(12)]
+    # snap: exact on all 12 when aware, on the last 4 only when agnostic; partial credit 0.9 / 0.1
+    rows += [row("snap", s, 1, phase="decode", target=5, compression=5.0, score=0.9) for s in range(12)]
+    rows += [row("snap", s, int(s >= 8), phase="decode", target=5, compression=5.0, mode="agnostic",
+                 score=0.9 if s >= 8 else 0.1) for s in range(12)]
+    # list: never exact in either mode, but its partial credit drops when agnostic
+    rows += [row("list", s, 0, phase="decode", target=5, compression=5.0, score=0.5) for s in range(12)]
+    rows += [row("list", s, 0, phase="decode", target=5, compression=5.0, mode="agnostic", score=0.2)
+             for s in range(12)]
+    # aware only: no comparison; an agnostic sample without its aware twin is left out of the pairs
+    rows += [row("solo", s, 1, target=5, compression=5.0) for s in range(12)]
+    rows.append(row("snap", 99, 0, phase="decode", target=5, compression=5.0, mode="agnostic"))
+    comps = {m.method: m for m in compare_modes(rows)}
+    assert set(comps) == {"dense", "snap", "list"}
+    snap = comps["snap"]
+    assert (snap.n_paired, snap.b, snap.c) == (12, 8, 0)
+    assert snap.p_value == pytest.approx(mcnemar_exact(8, 0)) and snap.agnostic_worse
+    assert (snap.exact_aware, snap.exact_agnostic) == (1.0, 4 / 12)
+    lst = comps["list"]
+    assert (lst.b, lst.c, lst.agnostic_worse) == (0, 0, False)
+    assert lst.score_aware - lst.score_agnostic == pytest.approx(0.3) and lst.score_drop_ci[0] > 0
+    assert not comps["dense"].agnostic_worse and comps["dense"].score_drop_ci == (0.0, 0.0)
+
+    write_jsonl(tmp_path / "rows.jsonl", rows)
+    text = write_report(tmp_path / "rows.jsonl", tmp_path / "out", bench_dir=None).read_text()
+    assert "## Question-aware vs question-agnostic" in text
+    assert "| tiny | 8,192 | niah | snap | 5 | 12 | 1.000 / 0.333 |" in text
+    with open(tmp_path / "out" / "modes.csv") as f:
+        assert {r["method"] for r in csv.DictReader(f)} == {"dense", "snap", "list"}
+    # one mode only: no such section
+    write_jsonl(tmp_path / "aware.jsonl", [r for r in rows if r["mode"] == "aware"])
+    text = write_report(tmp_path / "aware.jsonl", tmp_path / "out2", bench_dir=None).read_text()
+    assert "question-agnostic" not in text.split("## Reading")[1] and not (tmp_path / "out2" / "modes.csv").exists()
