@@ -320,11 +320,18 @@ def bench_e2e(
         if bad:
             raise typer.BadParameter(f"{bad}: choose from {list(REAL_METHODS)}", param_hint="--method")
     elif phase == "decode":
-        from .bench.e2e import DECODE_METHODS
+        from .bench.e2e import DECODE_METHODS, check_e2e_decode_args
 
         bad = [m for m in method or [] if m not in DECODE_METHODS]
         if bad:
             raise typer.BadParameter(f"{bad}: choose from {list(DECODE_METHODS)}", param_hint="--method")
+        for n in context or [65536]:
+            try:
+                check_e2e_decode_args(context=n, batch=batch, layers=layers or 4, steps=steps, warmup=warmup,
+                                      methods=list(method) if method else None)
+            except ValueError as e:
+                name, _, rest = str(e).partition(":")
+                raise _fail(f"--{name}:{rest}") from None
     else:
         from .bench.e2e import check_e2e_args
 

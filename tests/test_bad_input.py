@@ -127,6 +127,8 @@ CLI_CASES = [
     ("bench-e2e-compression-decode", ["bench", "e2e", "--phase", "decode", "--compression", "5"],
      "--compression: sets the target of the random-weight prefill run"),
     ("bench-e2e-profile-without-model", ["bench", "e2e", "--profile"], "--profile: .*needs --model"),
+    ("bench-e2e-decode-short-context", ["bench", "e2e", "--phase", "decode", "-n", "8"],
+     "--context: must be an int >= "),
     ("report-out-is-file", ["report", "{rows}", "-o", "{file}", "--bench-dir", ""], "out_dir: .*not a directory"),
     ("report-out-under-file", ["report", "{rows}", "-o", "{file}/sub", "--bench-dir", ""],
      "out_dir: .*lies under a regular file"),

@@ -251,6 +251,21 @@ def _time_decode(model: torch.nn.Module, cache: Any, ids: torch.Tensor, steps: i
     return {"ms": ms, "host_ms": host_ms, "gpu_busy_ms": busy, "first_logits": state["first"], "finite": finite}
 
 
+def check_e2e_decode_args(*, context: int, batch: int, layers: int, steps: int, warmup: int,
+                          methods: Sequence[str] | None = None) -> list[str]:
+    """Validate :func:`run_e2e_decode_bench`'s arguments (no GPU needed); returns the method names.
+    ``ValueError`` naming the argument."""
+    names = list(DECODE_METHODS) if methods is None else list(methods)
+    unknown = [n for n in names if n not in DECODE_METHODS]
+    if unknown:
+        raise ValueError(f"methods: unknown {unknown}; choose from {list(DECODE_METHODS)}")
+    for arg, val, lo in (("context", context, 2 * PLAN_QUERIES), ("batch", batch, 1), ("layers", layers, 1),
+                         ("steps", steps, 1), ("warmup", warmup, 1)):
+        if isinstance(val, bool) or not isinstance(val, int) or val < lo:
+            raise ValueError(f"{arg}: must be an int >= {lo}, got {val!r}")
+    return names
+
+
 def run_e2e_decode_bench(out_path: str | Path, *, context: int = 65536, batch: int = 16, layers: int = 4,
                          steps: int = 32, warmup: int = 4, methods: Sequence[str] | None = None,
                          progress: bool = True, model: torch.nn.Module | None = None) -> list[dict[str, Any]]:
@@ -261,16 +276,10 @@ def run_e2e_decode_bench(out_path: str | Path, *, context: int = 65536, batch: i
     a bf16 Llama-family causal LM to use instead of the Llama-3-8B-shaped one (``layers`` is then
     ignored; a CPU model runs the reference ops and times with the wall clock, for checks).
     """
+    names = check_e2e_decode_args(context=context, batch=batch, layers=layers, steps=steps, warmup=warmup,
+                                  methods=methods)
     if model is None and not torch.cuda.is_available():
         raise RuntimeError("run_e2e_decode_bench needs a CUDA GPU")
-    names = list(DECODE_METHODS) if methods is None else list(methods)
-    unknown = [n for n in names if n not in DECODE_METHODS]
-    if unknown:
-        raise ValueError(f"methods: unknown {unknown}; choose from {list(DECODE_METHODS)}")
-    for arg, val, lo in (("context", context, 2 * PLAN_QUERIES), ("batch", batch, 1), ("layers", layers, 1),
-                         ("steps", steps, 1), ("warmup", warmup, 1)):
-        if isinstance(val, bool) or not isinstance(val, int) or val < lo:
-            raise ValueError(f"{arg}: must be an int >= {lo}, got {val!r}")
     from ..integrations.hf import compat  # local: loads transformers
 
     t_start = time.time()
