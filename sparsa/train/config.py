@@ -315,8 +315,8 @@ def config_from_dict(data: dict[str, Any]) -> TrainConfig:
     return _from_dict(TrainConfig, data, "").validate()
 
 
-def _read_table(p: Path) -> dict[str, Any]:
-    """The settings table of one recipe file (no ``base`` resolution)."""
+def _read_table(p: Path) -> tuple[dict[str, Any], str]:
+    """(settings table, text) of one recipe file (no ``base`` resolution)."""
     if not p.is_file():
         raise FileNotFoundError(f"recipe: no such file {p}")
     text = p.read_text()
@@ -342,7 +342,7 @@ def _read_table(p: Path) -> dict[str, Any]:
         raise ValueError(f"recipe: expected a .toml or .json file, got {p.name}")
     if not isinstance(data, dict):
         raise ValueError(f"recipe: {p} must hold a table of settings, got {type(data).__name__}")
-    return data
+    return data, text
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -353,10 +353,11 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _resolve(p: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
-    data = _read_table(p)
+def _resolve(p: Path, data: dict[str, Any], chain: tuple[Path, ...]) -> dict[str, Any]:
+    """Recipe file ``p``'s table ``data`` on top of its ``base`` chain, if it names one."""
     if "base" not in data:
         return data
+    data = dict(data)
     base = data.pop("base")
     if not isinstance(base, str) or not base:
         raise ValueError(f"base: expected the path of another recipe file (relative to {p.name}), got {base!r}")
@@ -365,7 +366,7 @@ def _resolve(p: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
         raise ValueError(f"base: {p.name} inherits from itself through {' -> '.join(c.name for c in (*chain, bp))}")
     if not bp.is_file():
         raise FileNotFoundError(f"base: {p.name} names {base!r}, but there is no such file {bp}")
-    return _merge(_resolve(bp, (*chain, p.resolve())), data)
+    return _merge(_resolve(bp, _read_table(bp)[0], (*chain, p.resolve())), data)
 
 
 def load_recipe(path: str | Path) -> tuple[TrainConfig, str]:
@@ -378,13 +379,10 @@ def load_recipe(path: str | Path) -> tuple[TrainConfig, str]:
     otherwise it is the file's own text.
     """
     p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"recipe: no such file {p}")
-    data = _resolve(p, ())
+    own, text = _read_table(p)
+    data = _resolve(p, own, ())
     cfg = config_from_dict(data)
-    if "base" in _read_table(p):
-        return cfg, json.dumps(data, indent=2) + "\n"
-    return cfg, p.read_text()
+    return cfg, (json.dumps(data, indent=2) + "\n" if "base" in own else text)
 
 
 def recipe_suffix(text: str, path: str | Path) -> str:
