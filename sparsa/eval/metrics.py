@@ -281,6 +281,13 @@ class CellSummary:
         return asdict(self)
 
 
+def _discordant(pairs: Sequence[tuple[Row, Row]]) -> tuple[int, int]:
+    """(b, c) of paired rows (first, second): samples exact only in the first / only in the second."""
+    b = sum(1 for x, y in pairs if int(x["exact"]) == 1 and int(y["exact"]) == 0)
+    c = sum(1 for x, y in pairs if int(x["exact"]) == 0 and int(y["exact"]) == 1)
+    return b, c
+
+
 def summarize_cells(rows: Iterable[Row], alpha: float = ALPHA, seed: int = 0) -> list[CellSummary]:
     """Per-cell summaries of (deduplicated) rows, sorted by (model, length, mode, task, method,
     phase, achieved compression). ``alpha`` is the significance level of the paired test,
@@ -309,8 +316,7 @@ def summarize_cells(rows: Iterable[Row], alpha: float = ALPHA, seed: int = 0) ->
         if k.method != DENSE:
             pairs = [(dense[(k.model, k.task, k.length, k.mode, s)], by_sample[s]) for s in sorted(by_sample)
                      if (k.model, k.task, k.length, k.mode, s) in dense]
-            b = sum(1 for d, m in pairs if int(d["exact"]) == 1 and int(m["exact"]) == 0)
-            c = sum(1 for d, m in pairs if int(d["exact"]) == 0 and int(m["exact"]) == 1)
+            b, c = _discordant(pairs)
             p = mcnemar_exact(b, c)
             np_ = len(pairs)
             fields.update(
@@ -440,7 +446,7 @@ def compare_modes(rows: Iterable[Row], alpha: float = ALPHA, seed: int = 0) -> l
     if not 0 < alpha < 1:
         raise ValueError(f"alpha: must be in (0, 1), got {alpha}")
     by_mode: dict[tuple, dict[str, dict[int, Row]]] = {}
-    for i, r in enumerate(dedupe_rows(_check_row(r, f"row {i}") for i, r in enumerate(rows))):
+    for r in dedupe_rows(_check_row(r, f"row {i}") for i, r in enumerate(rows)):
         k = cell_key(r)
         cell = (k.model, k.task, k.length, k.method, k.phase, k.target)
         by_mode.setdefault(cell, {}).setdefault(k.mode, {})[int(r["sample"])] = r
@@ -451,8 +457,7 @@ def compare_modes(rows: Iterable[Row], alpha: float = ALPHA, seed: int = 0) -> l
         if not both:
             continue
         pairs = [(aware[s], agnostic[s]) for s in both]
-        b = sum(1 for a, g in pairs if int(a["exact"]) == 1 and int(g["exact"]) == 0)
-        c = sum(1 for a, g in pairs if int(a["exact"]) == 0 and int(g["exact"]) == 1)
+        b, c = _discordant(pairs)
         p = mcnemar_exact(b, c)
         n = len(pairs)
         out.append(ModeComparison(
