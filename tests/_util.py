@@ -23,3 +23,31 @@ def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: 
 def causal_mask(lq: int, lk: int) -> torch.Tensor:
     rows = torch.arange(lk - lq, lk)[:, None]
     return torch.arange(lk)[None, :] <= rows
+
+
+class TritonLaunches:
+    """Records every kernel launch under the Triton interpreter (TRITON_INTERPRET=1): ``calls``
+    maps a kernel's name to its launches' {argument: value}, ``kernels`` to the kernel."""
+
+    def __init__(self, monkeypatch) -> None:
+        from triton.runtime import interpreter
+
+        self.calls: dict[str, list[dict]] = {}
+        self.kernels: dict[str, object] = {}
+        run = interpreter.InterpretedFunction.run
+
+        def recording(fn, *args, **kwargs):
+            self.calls.setdefault(fn.fn.__name__, []).append(dict(zip(fn.arg_names, args)))
+            self.kernels[fn.fn.__name__] = fn
+            return run(fn, *args, **kwargs)
+
+        monkeypatch.setattr(interpreter.InterpretedFunction, "run", recording)
+
+    def step_args(self, name: str, ignore: tuple[str, ...] = ()) -> tuple[set[str], set[str]]:
+        """(int arguments of kernel ``name`` that changed between its recorded launches, those of
+        them it specialises on, i.e. not named in its do_not_specialize); names starting with a
+        prefix in ``ignore`` are left out."""
+        calls = self.calls[name]
+        varying = {a for a, x in calls[0].items() if isinstance(x, int) and not isinstance(x, bool)
+                   and any(c[a] != x for c in calls) and not a.startswith(ignore)}
+        return varying, varying - set(self.kernels[name].kwargs.get("do_not_specialize") or ())

@@ -15,6 +15,7 @@ import torch  # noqa: E402
 import sparsa  # noqa: E402
 from sparsa.integrations.hf import compat  # noqa: E402
 
+from ._util import TritonLaunches  # noqa: E402
 from .test_hf_models import _quiet_transformers, greedy, prompt, tiny_model  # noqa: E402,F401
 
 COMPACT = ("h2o", "snapkv", "ada_snapkv", "streaming", "quest")
@@ -61,28 +62,15 @@ def test_decode_kernels_do_not_specialise_on_what_changes_every_step(monkeypatch
     # Triton compiles a kernel variant per pattern of its int arguments (== 1, divisible by 16)
     # unless they are named in do_not_specialize: an argument that follows the cache length
     # would compile new variants while generating
-    from triton.runtime import interpreter
-
-    launches: dict[str, list[dict]] = {}
-    kernels: dict[str, object] = {}
-    run = interpreter.InterpretedFunction.run
-
-    def recording(self, *args, **kwargs):
-        launches.setdefault(self.fn.__name__, []).append(dict(zip(self.arg_names, args)))
-        kernels[self.fn.__name__] = self
-        return run(self, *args, **kwargs)
-
-    monkeypatch.setattr(interpreter.InterpretedFunction, "run", recording)
+    launches = TritonLaunches(monkeypatch)
     ids = prompt(1, 61, seed=4)
     seen = set()
     for name in COMPACT:           # per method: page sizes and capacities differ between methods
-        launches.clear()
+        launches.calls.clear()
         with sparsa.apply(llama32, decode=sparsa.get_method(name, **SMALL[name]), backend="triton") as h:
             greedy(llama32, ids, torch.ones_like(ids), new=20, **{compat.cache_kwarg_name(llama32): h.new_cache()})
-        seen |= set(launches)
-        for fn, calls in launches.items():
-            varying = {a for a, x in calls[0].items() if isinstance(x, int) and not isinstance(x, bool)
-                       and any(c[a] != x for c in calls)}
-            fixed = set(kernels[fn].kwargs.get("do_not_specialize") or ())
-            assert varying <= fixed, f"{name}, {fn}: specialised on {sorted(varying - fixed)}"
+        seen |= set(launches.calls)
+        for fn in launches.calls:
+            _, specialised = launches.step_args(fn)
+            assert not specialised, f"{name}, {fn}: specialised on {sorted(specialised)}"
     assert {"_decode_kernel", "_quest_select_kernel"} <= seen

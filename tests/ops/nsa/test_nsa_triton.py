@@ -26,6 +26,8 @@ from sparsa.ops.nsa.triton_decode import group_weights  # noqa: E402
 from sparsa.ops.nsa import triton_fwd  # noqa: E402
 from sparsa.ops.nsa.triton_fwd import _topk_init, _topk_merge  # noqa: E402
 
+from ..._util import TritonLaunches  # noqa: E402
+
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.detach().double(), b.detach().double()
@@ -482,35 +484,15 @@ def test_decode_kernels_do_not_specialise_on_what_changes_every_step(monkeypatch
     # Triton compiles one variant per pattern of its int arguments (== 1, divisible by 16), so an
     # argument that follows the cache length would compile new variants while generating; the
     # decode kernels must name every such argument in do_not_specialize
-    names = ("_dec_cmp_kernel", "_dec_topk_kernel", "_dec_sparse_kernel", "_dec_combine_kernel")
-    seen: dict[str, list[dict]] = {n: [] for n in names}
-
-    class Recorder:
-        def __init__(self, name, kernel):
-            self.name, self.kernel = name, kernel
-
-        def __getitem__(self, grid):
-            def launch(*args, **kwargs):
-                seen[self.name].append(dict(zip(self.kernel.arg_names, args)))
-                return self.kernel[grid](*args, **kwargs)
-            return launch
-
-    kernels = {n: getattr(triton_decode, n) for n in names}
-    for n, k in kernels.items():
-        monkeypatch.setattr(triton_decode, n, Recorder(n, k))
+    launches = TritonLaunches(monkeypatch)
     # lengths that cross a compression stride, a selection block and the window
     for lk in (60, 63, 64, 65, 96, 129, 160):
         q, k, v, gates = decode_inputs(1, 4, 2, lk, 64, lk)
         nsa_decode_triton(q, k, v, gates, PAPER)
     varied = set()
-    for n, kernel in kernels.items():
-        calls = seen[n]
-        assert len(calls) == 7
-        varying = {a for a, x in calls[0].items()
-                   if isinstance(x, int) and not isinstance(x, bool) and any(c[a] != x for c in calls)
-                   and not a.startswith("s")}                 # strides: multiples of head_dim (64)
-        # compiled: JITFunction.do_not_specialize; interpreted: the decorator's keyword arguments
-        dns = getattr(kernel, "do_not_specialize", None) or getattr(kernel, "kwargs", {}).get("do_not_specialize") or ()
-        assert varying <= set(dns), f"{n}: specialised on {sorted(varying - set(dns))}"
+    for n in ("_dec_cmp_kernel", "_dec_topk_kernel", "_dec_sparse_kernel", "_dec_combine_kernel"):
+        assert len(launches.calls[n]) == 7
+        varying, specialised = launches.step_args(n, ignore=("s",))   # strides: multiples of head_dim (64)
+        assert not specialised, f"{n}: specialised on {sorted(specialised)}"
         varied |= varying
     assert {"pos", "n_cmp", "window"} <= varied
