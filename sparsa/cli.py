@@ -269,6 +269,13 @@ def bench_nsa_train(ctx: typer.Context) -> None:
     main(list(ctx.args))
 
 
+def _bench_option_error(e: Exception) -> typer.Exit:
+    """A bench argument check's ``name: message`` as the CLI option's error."""
+    name, _, rest = str(e).partition(":")
+    option = {"contexts": "--context", "context": "--context", "methods": "--method"}.get(name, f"--{name}")
+    return _fail(f"{option}:{rest}")
+
+
 @bench_app.command("e2e")
 def bench_e2e(
     phase: str = typer.Option("prefill", "--phase", help="prefill (sparse prefill methods) or decode (decode "
@@ -330,8 +337,7 @@ def bench_e2e(
                 check_e2e_decode_args(context=n, batch=batch, layers=layers or 4, steps=steps, warmup=warmup,
                                       methods=list(method) if method else None)
             except ValueError as e:
-                name, _, rest = str(e).partition(":")
-                raise _fail(f"--{name}:{rest}") from None
+                raise _bench_option_error(e) from None
     else:
         from .bench.e2e import check_e2e_args
 
@@ -339,9 +345,7 @@ def bench_e2e(
             check_e2e_args(context or [32768, 131072], method or ["vertical_slash"], layers=layers or 32, reps=reps,
                            compression=compression)
         except (ValueError, TypeError) as e:
-            name, _, rest = str(e).partition(":")
-            option = {"contexts": "--context", "methods": "--method"}.get(name, f"--{name}")
-            raise _fail(f"{option}:{rest}") from None
+            raise _bench_option_error(e) from None
     if not torch.cuda.is_available():
         typer.echo("error: `sparsa bench` needs a CUDA GPU", err=True)
         raise typer.Exit(2)
