@@ -110,6 +110,29 @@ def accuracy(model: torch.nn.Module, tokens: torch.Tensor, targets: torch.Tensor
     return float((logits.argmax(-1)[where] == targets[where]).float().mean())
 
 
+@torch.no_grad()
+def branch_ablations(model: torch.nn.Module, tokens: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+    """Held-out accuracy of an NSA model with one branch switched off in every layer (its gate
+    forced to 0): which branch carries the retrieval."""
+    from sparsa.nn import NativeSparseAttention
+    from sparsa.nn.nsa import BRANCHES
+
+    layers = [m for m in model.modules() if isinstance(m, NativeSparseAttention)]
+    out = {}
+    for i, branch in enumerate(BRANCHES):
+        def off(module, args, logits, i=i):
+            logits = logits.clone()
+            logits[..., i::len(BRANCHES)] = float("-inf")        # gates laid out (head, branch)
+            return logits
+        hooks = [layer.gate_proj.register_forward_hook(off) for layer in layers]
+        try:
+            out[f"without_{branch}"] = round(accuracy(model, tokens, targets), 4)
+        finally:
+            for h in hooks:
+                h.remove()
+    return out
+
+
 def train_one(attention: str, args: argparse.Namespace, out: dict, path: Path) -> None:
     torch.manual_seed(args.seed)
     cfg = model_config(attention, args)
@@ -137,6 +160,9 @@ def train_one(attention: str, args: argparse.Namespace, out: dict, path: Path) -
                                  "seconds": round(time.perf_counter() - t0, 1)})
             print(f"{attention:6s} step {step:5d}  loss {loss.item():.3f}  held-out accuracy {acc:.3f}  "
                   f"{time.perf_counter() - t0:.0f} s", flush=True)
+            if attention == "nsa" and step == args.steps:
+                run["ablations"] = branch_ablations(model, *held)
+                print(f"{attention:6s} held-out accuracy with a branch off: {run['ablations']}", flush=True)
             tmp = path.with_suffix(".tmp")
             tmp.write_text(json.dumps(out, indent=1))
             os.replace(tmp, path)

@@ -52,6 +52,8 @@ def test_short_run_writes_its_curve(tmp_path, monkeypatch, attention, task):
     run = json.loads(out.read_text())["runs"][attention]
     assert [p["step"] for p in run["curve"]] == [1, 2]
     assert all(0.0 <= p["accuracy"] <= 1.0 for p in run["curve"])
+    if attention == "nsa":
+        assert set(run["ablations"]) == {"without_cmp", "without_slc", "without_win"}
 
 
 def test_find_puts_one_value_beyond_the_window_and_asks_for_it():
@@ -63,3 +65,28 @@ def test_find_puts_one_value_beyond_the_window_and_asks_for_it():
         assert int(tokens[b, -1]) == nr.KEY0
         assert int(targets[b, -1]) == int(tokens[b, values[0]])
         assert bool((targets[b, :-1] == -100).all())
+
+
+def test_each_ablation_zeroes_exactly_its_branch_gate(monkeypatch):
+    import argparse
+
+    from sparsa.nn import NativeSparseAttention
+    args = argparse.Namespace(block=16, stride=8, sel_block=16, n_select=4, window=16, hidden=32, layers=2,
+                              length=64)
+    torch.manual_seed(0)
+    model = nr.build_model(nr.model_config("nsa", args), nr.VOCAB, pad_id=nr.FILLER0, bos_id=nr.FILLER0,
+                           eos_id=nr.FILLER0)
+    layers = [m for m in model.modules() if isinstance(m, NativeSparseAttention)]
+    x = torch.randn(1, 5, 32)
+    seen = []
+    # while an ablation is active, record every layer's gates (heads x branches) on some input
+    monkeypatch.setattr(nr, "accuracy", lambda *a: seen.append(
+        [torch.sigmoid(layer.gate_proj(x)).view(1, 5, -1, 3) for layer in layers]) or 0.5)
+    out = nr.branch_ablations(model, None, None)
+    assert out == {"without_cmp": 0.5, "without_slc": 0.5, "without_win": 0.5}
+    for i, gates in enumerate(seen):
+        for g in gates:
+            assert bool((g[..., i] == 0).all())
+            assert bool((g[..., [j for j in range(3) if j != i]] > 0).all())
+    # the hooks are gone afterwards
+    assert bool((torch.sigmoid(layers[0].gate_proj(x)) > 0).all())
