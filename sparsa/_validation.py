@@ -152,13 +152,20 @@ def check_device(name: str, spec: object) -> torch.device:
     return dev
 
 
+def _non_empty(name: str, path: str | os.PathLike[str]) -> Path:
+    if not str(os.fspath(path)).strip():
+        raise ValueError(f"{name}: empty path; name a directory (\".\" for the current one)")
+    return Path(path)
+
+
 def check_dir_path(name: str, path: str | os.PathLike[str]) -> Path:
     """Check, without creating anything, that directory ``path`` exists or could be created.
 
     Raises ``ValueError`` naming ``name`` when the path is a file, lies under a regular file, or
-    its nearest existing ancestor is not writable. :func:`check_writable_dir` creates it later.
+    its nearest existing ancestor is not writable, and for an empty path (which would silently
+    mean the current directory). :func:`check_writable_dir` creates it later.
     """
-    p = Path(path)
+    p = _non_empty(name, path)
     if p.exists():
         if not p.is_dir():
             raise ValueError(f"{name}: {p} exists and is not a directory")
@@ -176,10 +183,10 @@ def check_dir_path(name: str, path: str | os.PathLike[str]) -> Path:
 def check_writable_dir(name: str, path: str | os.PathLike[str]) -> Path:
     """Create directory ``path`` if needed and check a file can be written in it.
 
-    Raises ``ValueError`` naming ``name`` when the path is under a regular file, is a file, or is
-    not writable (read-only file system, permissions).
+    Raises ``ValueError`` naming ``name`` when the path is empty, under a regular file, is a
+    file, or is not writable (read-only file system, permissions).
     """
-    p = Path(path)
+    p = _non_empty(name, path)
     try:
         p.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=p, prefix=".write-test-"):

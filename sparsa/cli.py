@@ -97,13 +97,17 @@ def demo(
     from .demo import format_rows, run_demo
     from .methods.registry import method_class
 
+    import math
+
     if heads % kv_heads:
         raise _fail(f"--kv-heads: {kv_heads} must divide --heads ({heads})")
+    if not math.isfinite(compression):
+        raise _fail(f"--compression: must be a finite number >= 1, got {compression}")
     for m in method or []:
         try:
             method_class(m)
         except ValueError as e:
-            raise _fail(f"--method: {e}") from None
+            raise _fail(f"--method: {str(e).removeprefix('method: ')}") from None
     rows = run_demo(length=length, heads=heads, kv_heads=kv_heads, head_dim=head_dim, compression=compression,
                     seed=seed, methods=list(method) if method else None)
     typer.echo(format_rows(rows))
@@ -267,6 +271,29 @@ def bench_nsa_train(ctx: typer.Context) -> None:
     from .bench.nsa_train import main
 
     main(list(ctx.args))
+
+
+def _option_message(e: Exception, options: dict[str, str]) -> str:
+    """A library check's ``field: message`` (or ``field, field: message``) with each field named
+    as the command-line option that set it; other messages unchanged."""
+    name, sep, rest = str(e).partition(":")
+    names = [n.strip() for n in name.split(",")]
+    if sep and all(n in options for n in names):
+        return ", ".join(options[n] for n in names) + ":" + rest
+    return str(e)
+
+
+EVAL_OPTIONS = {"model": "--model", "methods": "--method", "compressions": "--compression", "lengths": "--length",
+                "tasks": "--task", "samples": "--samples", "modes": "--mode", "patterns": "--patterns",
+                "batch_size": "--batch-size", "seed": "--seed", "out": "--out", "device": "--device",
+                "time_limit_s": "--time-limit"}
+REPORT_OPTIONS = {"out_dir": "--out", "alpha": "--alpha", "bench_dir": "--bench-dir"}
+COST_OPTIONS = {"gpu_cost_per_day": "--gpu-cost-per-day", "gpu_cost_per_hour": "--gpu-cost-per-hour",
+                "speedup": "--speedup", "method": "--method", "context": "--context", "param": "--param",
+                "compression": "--compression", "batch": "--batch", "device": "--device", "baseline": "--baseline",
+                "bench_dir": "--bench-dir", "requests_per_day": "--requests-per-day",
+                "dense_seconds_per_request": "--dense-seconds-per-request", "output_tokens": "--output-tokens",
+                "dense_ms_per_output_token": "--dense-ms-per-token", "path": "--plot"}
 
 
 def _bench_option_error(e: Exception) -> typer.Exit:
@@ -452,11 +479,12 @@ def eval_sweep(
     base["seed"] = seed
     try:
         config = SweepConfig(**base)  # type: ignore[arg-type]
-        out_dir = Path(out) if out else Path("results") / f"frontier-{Path(config.model).stem}"
+        out_dir = Path(out) if out is not None else Path("results") / f"frontier-{Path(config.model).stem}"
+        if out is not None and not out.strip():
+            raise ValueError("out: empty path; name a directory (\".\" for the current one)")
         res = _run_eval(config, out_dir, device, None if time_limit is None else 60.0 * time_limit)
     except (ValueError, FileNotFoundError, TypeError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
+        raise _fail(_option_message(e, EVAL_OPTIONS)) from None
     if res is None:
         return
     typer.echo(f"{res.rows_written} samples written to {out_dir} in {res.seconds:.0f} s")
@@ -505,19 +533,26 @@ def report(
     results: str = typer.Argument(..., help="Results directory (every *.jsonl in it, per-rank files merged) or a "
                                             "JSON-lines file."),
     out: str = typer.Option("report", "--out", "-o", help="Output directory for report.md, plots and CSVs."),
-    bench_dir: str = typer.Option("benchmarks/results", "--bench-dir",
-                                  help="Benchmark JSONs for the isoCost view ('' to skip it)."),
+    bench_dir: str = typer.Option(None, "--bench-dir",
+                                  help="Benchmark JSONs for the isoCost view (default benchmarks/results when it "
+                                       "exists; '' to skip the view)."),
     alpha: float = typer.Option(0.05, "--alpha", help="Significance level of the paired McNemar test."),
 ) -> None:
     """Markdown report of a sweep: per-cell scores with intervals, paired tests against dense, maximum
     tolerable compression per task and method, plots."""
+    from pathlib import Path
+
     from .eval.report import write_report
 
+    if bench_dir is None:
+        bench_dir = "benchmarks/results" if Path("benchmarks/results").is_dir() else ""
+    elif bench_dir and not Path(bench_dir).is_dir():
+        raise _fail(f"--bench-dir: {bench_dir} is not a directory; pass the directory of the benchmark JSONs, "
+                    "or '' to leave the isoCost view out")
     try:
         path = write_report(results, out, bench_dir=bench_dir or None, alpha=alpha)
     except ValueError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
+        raise _fail(_option_message(e, REPORT_OPTIONS)) from None
     typer.echo(f"wrote {path}")
 
 
@@ -552,7 +587,7 @@ def cost(
         price = c.gpu_cost_per_day(gpu_cost_per_day, gpu_cost_per_hour)
         params = {}
         for kv in param or []:
-            if "=" not in kv:
+            if "=" not in kv or not kv.split("=", 1)[0].strip():
                 raise ValueError(f"param: {kv!r} is not KEY=VALUE")
             k, v = kv.split("=", 1)
             params[k] = v
@@ -593,8 +628,7 @@ def cost(
                 raise ValueError("--plot: " + msg.removeprefix("path: ") if msg.startswith("path: ") else msg) from None
             typer.echo(f"wrote {path}")
     except ValueError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
+        raise _fail(_option_message(e, COST_OPTIONS)) from None
 
 
 if __name__ == "__main__":  # pragma: no cover

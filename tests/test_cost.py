@@ -110,13 +110,13 @@ def test_cli_from_benchmarks_and_plot(bench, tmp_path):
 
 
 @pytest.mark.parametrize("args, msg", [
-    (["--gpu-cost-per-day", "-5", "--speedup", "2"], "gpu_cost_per_day"),
+    (["--gpu-cost-per-day", "-5", "--speedup", "2"], "--gpu-cost-per-day:"),
     (["--gpu-cost-per-day", "5", "--speedup", "0"], "speedup"),
     (["--gpu-cost-per-day", "5"], "speedup"),
     (["--gpu-cost-per-day", "5", "-m", "nope", "--context", "8192"], "available: bs, nsa, vs"),
     (["--gpu-cost-per-day", "5", "-m", "vs"], "context"),
     (["--gpu-cost-per-day", "5", "-m", "vs", "--context", "1000000"], "extrapolate"),
-    (["--gpu-cost-per-day", "5", "--speedup", "2", "--dense-seconds-per-request", "1"], "requests_per_day"),
+    (["--gpu-cost-per-day", "5", "--speedup", "2", "--dense-seconds-per-request", "1"], "--requests-per-day:"),
     # options that pick benchmark rows are not silently ignored next to a hand-given speedup
     (["--gpu-cost-per-day", "5", "--speedup", "2", "--context", "8192"], "--context: selects benchmark rows"),
     (["--gpu-cost-per-day", "5", "--speedup", "2", "--compression", "10"], "--compression: selects benchmark rows"),

@@ -87,6 +87,11 @@ class SweepConfig:
     prompt_style: str = "auto"
 
     def __post_init__(self) -> None:
+        # a value given twice is one cell, not two runs of it
+        for name in ("methods", "lengths", "tasks", "modes"):
+            value = getattr(self, name)
+            if isinstance(value, (list, tuple)):
+                setattr(self, name, list(dict.fromkeys(value)))
         known = [m for m in list_methods() if m != "dense"]
         if not self.methods:
             self.methods = list(known)
@@ -211,6 +216,26 @@ def _merged_config(out_dir: Path, config: SweepConfig) -> dict[str, Any]:
     return new
 
 
+def _check_rows(out_dir: Path, config: SweepConfig, rows: list[dict[str, Any]]) -> None:
+    """Refuse to continue rows that this sweep did not write: rows without a saved configuration
+    (what they measured is unknown), or of another model or seed (they would count as done)."""
+    if not rows:
+        return
+    if not (out_dir / CONFIG_FILE).exists():
+        raise ValueError(f"out: {out_dir} holds result rows but no {CONFIG_FILE}, so it is unknown which model "
+                         "and seed they measured; choose another --out")
+    label = model_label(config.model)
+    for r in rows:
+        if r.get("model") != label:
+            raise ValueError(f"out: {out_dir} holds rows of model {r.get('model')!r}, not {label!r}; "
+                             "choose another --out")
+        s = r.get("sample")
+        if isinstance(s, int) and r.get("seed") != instance_seed(config.seed, s):
+            raise ValueError(f"out: {out_dir} holds rows of another --seed (sample {s} was generated with "
+                             f"seed {r.get('seed')!r}, --seed {config.seed} gives {instance_seed(config.seed, s)}); "
+                             "choose another --out")
+
+
 def _write_config(out_dir: Path, config: SweepConfig) -> None:
     path = out_dir / CONFIG_FILE
     new = _merged_config(out_dir, config)
@@ -269,6 +294,8 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, model: Any = None, to
     if time_limit_s is not None:
         check_duration("time_limit_s", time_limit_s)
     _merged_config(out, config)  # another sweep's directory is refused before the model loads
+    previous = read_results(out) if out.is_dir() and any(out.glob("rows.*.jsonl")) else []
+    _check_rows(out, config, previous)
     if model is None:
 
         if device is None and torch.cuda.is_available() and world > 1:
@@ -289,7 +316,7 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, model: Any = None, to
                           "attention (the 'dense' rows) is evaluated", stacklevel=2)
         grid = [c for c in grid if c.method == "dense"]
     grid = shard(grid, config.samples, rank, world)
-    done = {row_key(r) for r in read_results(out)} if any(out.glob("rows.*.jsonl")) else set()
+    done = {row_key(r) for r in previous}
     todo = [(c, s) for c in grid for s in range(config.samples) if (*c.key, s) not in done]
     total = len(grid) * config.samples
     patterns = {f"patterns:{Path(p).stem}": p for p in config.patterns}

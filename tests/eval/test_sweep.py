@@ -163,6 +163,37 @@ def test_config_of_another_model_is_refused(tmp_path, tiny):
         run_sweep(_config(model="other", samples=1), tmp_path, model=model, tokenizer=tok, progress=False)
 
 
+def _rows_then(tmp_path, tiny, change):
+    """A finished one-sample sweep in tmp_path/src, its rows copied to tmp_path/dst after ``change``."""
+    model, tok = tiny
+    cfg = _config(samples=1, methods=["quest"], compressions=[5.0])
+    run_sweep(cfg, tmp_path / "src", model=model, tokenizer=tok, progress=False)
+    (tmp_path / "dst").mkdir()
+    for f in (tmp_path / "src").glob("rows.*.jsonl"):
+        rows = [change(json.loads(line)) for line in f.read_text().splitlines()]
+        (tmp_path / "dst" / f.name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return cfg
+
+
+def test_rows_without_their_config_are_not_taken_as_done(tmp_path, tiny):
+    model, tok = tiny
+    cfg = _rows_then(tmp_path, tiny, lambda r: r)
+    before = sorted(p.name for p in (tmp_path / "dst").iterdir())
+    with pytest.raises(ValueError, match="out: .*rows but no config.json"):
+        run_sweep(cfg, tmp_path / "dst", model=model, tokenizer=tok, progress=False)
+    assert sorted(p.name for p in (tmp_path / "dst").iterdir()) == before       # nothing written
+
+
+@pytest.mark.parametrize("field,value,match", [("model", "Llama-3-8B", "rows of model 'Llama-3-8B'"),
+                                               ("seed", 7_000_021, "rows of another --seed")])
+def test_rows_of_another_model_or_seed_are_refused(tmp_path, tiny, field, value, match):
+    model, tok = tiny
+    cfg = _rows_then(tmp_path, tiny, lambda r: {**r, field: value})
+    (tmp_path / "dst" / "config.json").write_text((tmp_path / "src" / "config.json").read_text())
+    with pytest.raises(ValueError, match=match):
+        run_sweep(cfg, tmp_path / "dst", model=model, tokenizer=tok, progress=False)
+
+
 @pytest.mark.parametrize("kw,match", [({"methods": ["nope"]}, "methods"), ({"compressions": [0.5]}, "compressions"),
                                       ({"lengths": [10]}, "lengths"), ({"tasks": ["x"]}, "tasks"),
                                       ({"samples": 0}, "samples"), ({"modes": ["both"]}, "modes")])
@@ -273,3 +304,11 @@ def test_each_sample_is_rendered_once_for_all_its_cells(tiny, tmp_path, monkeypa
     res = run_sweep(cfg, tmp_path / "r", model=model, tokenizer=tok, progress=False)
     assert res.rows_written == 2 * (1 + 2 * 2 + 2)  # dense, streaming prefill + decode, snapkv
     assert len(seen) == 2 and len(set(seen)) == 2
+
+
+def test_values_given_twice_are_one_cell():
+    cfg = SweepConfig(methods=["quest", "quest"], lengths=[512, 512], tasks=["niah_single", "niah_single"],
+                      modes=["aware", "aware"], compressions=[5.0, 5.0], samples=1)
+    assert (cfg.methods, cfg.lengths, cfg.tasks, cfg.modes, cfg.compressions) == (
+        ["quest"], [512], ["niah_single"], ["aware"], [5.0])
+    assert len(cells(cfg)) == len(set(cells(cfg)))
