@@ -6,7 +6,8 @@ not depend on them), one training step (forward + backward, bf16 autocast, batch
 and NSA in the same run on the same card.
 
 ``summarize``: the dense and NSA training directories (``log.jsonl``, ``card_eval.jsonl``),
-the speed JSON -> ``benchmarks/results/nsa_training.json`` and a plot of the loss curves.
+the speed JSON -> the comparison JSON at ``--out`` (required; the published one is
+``benchmarks/results/nsa_training.json``) and a plot of the loss curves.
 
     sparsa bench nsa-train speed --recipe recipes/sparsa-tiny-nsa.toml --out speed.json
     sparsa bench nsa-train summarize --dense RUN_D --nsa RUN_N --speed speed.json \\
@@ -27,6 +28,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from .._validation import check_device, check_writable_dir
 from ..train.config import TrainConfig, load_recipe
 from ..train.model import build_model, count_parameters
 from .timing import device_info, once_ms
@@ -261,17 +263,80 @@ def table(result: dict[str, Any]) -> str:
     """A markdown table in the style of the NSA paper's (scores per length, speed)."""
     runs = result["runs"]
     lengths = sorted({int(L) for r in runs.values() for L in r["average"]})
-    head = "| model | tokens | final loss | " + " | ".join(f"avg score {_fmt_len(L)}" for L in lengths) + \
-           " | train tok/s |"
-    lines = [head, "|" + "---|" * (4 + len(lengths))]
+    head = ["model", "tokens", "final loss", *(f"avg score {_fmt_len(L)}" for L in lengths), "train tok/s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for a, r in runs.items():
         avg = [r["average"].get(str(L)) for L in lengths]
-        cells = " | ".join("" if v is None else f"{v:.2f}" for v in avg)
         tps = r.get("train_tokens_per_s")
         loss = r.get("final_loss")
-        lines.append(f"| {a} | {r['tokens'] / 1e6:.3g}M | {'' if loss is None else f'{loss:.3f}'} | {cells} | "
-                     f"{'' if tps is None else f'{tps:,.0f}'} |")
+        cells = [a, f"{r['tokens'] / 1e6:.3g}M", "" if loss is None else f"{loss:.3f}",
+                 *("" if v is None else f"{v:.2f}" for v in avg), "" if tps is None else f"{tps:,.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _check_out_file(parser: argparse.ArgumentParser, option: str, path: str | Path) -> None:
+    """``parser.error`` unless file ``path`` can be written: not a directory, and its directory
+    exists or can be created and takes a file (that directory is created here, as the write would)."""
+    p = Path(path)
+    if p.is_dir():
+        parser.error(f"{option}: {p} is a directory; give a file path")
+    try:
+        check_writable_dir(option, p.parent)
+    except ValueError as e:
+        parser.error(f"{option}: {p}: {str(e).partition(': ')[2]}")
+
+
+def _check_speed_args(sp: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    """Every ``speed`` option checked before any model is built or timed."""
+    for name in ("decode_batch", "decode_steps", "reps"):
+        if getattr(a, name) < 1:
+            sp.error(f"--{name.replace('_', '-')}: must be >= 1")
+    for name in ("train_context", "decode_context"):
+        bad = [L for L in getattr(a, name) or [] if L < 1]
+        if bad:
+            sp.error(f"--{name.replace('_', '-')}: must be >= 1 tokens, got {bad[0]}")
+    if a.device is not None:
+        try:
+            check_device("--device", a.device)
+        except ValueError as e:
+            sp.error(str(e))
+    try:
+        load_recipe(a.recipe)
+    except (OSError, ValueError, TypeError) as e:
+        msg = str(e)  # the loader's own messages start "recipe: ..." or "base: ..."
+        sp.error(f"--{msg}" if msg.startswith("recipe:") else f"--recipe: {a.recipe}: {msg}")
+    _check_out_file(sp, "--out", a.out)
+
+
+def _check_summarize_args(sm: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    """Every ``summarize`` option checked before anything is read in full or written."""
+    for option, d in (("--dense", a.dense), ("--nsa", a.nsa)):
+        p = Path(d)
+        if not p.is_dir():
+            sm.error(f"{option}: no such directory {p} (expected a training run's directory, with log.jsonl)")
+        if not (p / "log.jsonl").is_file():
+            sm.error(f"{option}: no training log {p / 'log.jsonl'} (expected a training run's directory)")
+    if Path(a.dense).resolve() == Path(a.nsa).resolve():
+        sm.error(f"--nsa: {a.nsa} is the same directory as --dense; give the NSA run's directory")
+    if a.speed is not None:
+        p = Path(a.speed)
+        if not p.is_file():
+            sm.error(f"--speed: no such file {p}")
+        try:
+            data = json.loads(p.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            sm.error(f"--speed: {p} is not a JSON file ({e})")
+        if not (isinstance(data, dict) and isinstance(data.get("rows"), list)
+                and all(isinstance(r, dict) for r in data["rows"])):
+            sm.error(f"--speed: {p} is not the output of `sparsa bench nsa-train speed` (no list of rows)")
+    _check_out_file(sm, "--out", a.out)
+    if a.plot is not None:
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is None:
+            sm.error("--plot: needs matplotlib (pip install matplotlib)")
+        _check_out_file(sm, "--plot", a.plot)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -290,17 +355,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     sm.add_argument("--dense", required=True)
     sm.add_argument("--nsa", required=True)
     sm.add_argument("--speed", default=None)
-    sm.add_argument("--out", default="benchmarks/results/nsa_training.json")
+    sm.add_argument("--out", required=True, help="the comparison JSON (e.g. benchmarks/results/nsa_training.json)")
     sm.add_argument("--plot", default=None)
     a = ap.parse_args(argv)
     if a.cmd == "speed":
-        for name in ("decode_batch", "decode_steps", "reps"):
-            if getattr(a, name) < 1:
-                ap.error(f"--{name.replace('_', '-')}: must be >= 1")
+        _check_speed_args(sp, a)
         run_speed(a.recipe, a.out, train_contexts=a.train_context or [8192, 32768],
                   decode_contexts=a.decode_context or [16384, 65536], decode_batch=a.decode_batch,
                   decode_steps=a.decode_steps, reps=a.reps, device=a.device)
     else:
+        _check_summarize_args(sm, a)
         res = summarize(a.dense, a.nsa, a.speed, a.out, a.plot)
         print(table(res))
         if res.get("speed"):
