@@ -180,6 +180,29 @@ def check_dir_path(name: str, path: str | os.PathLike[str]) -> Path:
     return p
 
 
+def check_out_file(name: str, path: str | os.PathLike[str], *, overwrite: bool = True) -> Path:
+    """Check, without creating anything, that file ``path`` could be written: not empty, not a
+    directory, its folder exists or could be created (see :func:`check_dir_path`); with
+    ``overwrite=False`` an existing file is refused too. Raises ``ValueError`` naming ``name``."""
+    p = _non_empty(name, path)
+    if p.is_dir():
+        raise ValueError(f"{name}: {p} is a directory; name the file to write")
+    if p.exists() and not overwrite:
+        raise ValueError(f"{name}: {p} exists; move it away or choose another path")
+    parent = p.absolute().parent
+    if parent.exists():
+        if not parent.is_dir():
+            raise ValueError(f"{name}: {p} lies under a regular file ({parent}), not a directory")
+        try:  # a real write: root passes os.access on a read-only mount
+            with tempfile.NamedTemporaryFile(dir=parent, prefix=".write-test-"):
+                pass
+        except OSError as e:
+            raise ValueError(f"{name}: cannot create {p} ({parent}: {e.strerror or e})") from None
+    else:
+        check_dir_path(name, parent)
+    return p
+
+
 def check_writable_dir(name: str, path: str | os.PathLike[str]) -> Path:
     """Create directory ``path`` if needed and check a file can be written in it.
 

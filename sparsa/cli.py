@@ -159,13 +159,21 @@ def search_patterns(
 
     Use the file with sparsa.apply(model, layers=sparsa.load_head_patterns(FILE)).
     """
-    from .eval.models import load_model, resolve_model_path
+    from pathlib import Path
+
+    from .eval.models import load_model, model_context_length, resolve_model_path
     from .eval.tasks import generate, list_tasks
     from .integrations.hf.search import search_head_patterns
     from .methods.registry import method_class
     from .patterns import DEFAULT_CANDIDATES, summary, write_patterns
 
-    names = list(candidate) if candidate else list(DEFAULT_CANDIDATES)
+    from ._validation import check_out_file
+
+    try:
+        check_out_file("--out", out, overwrite=False)
+    except ValueError as e:
+        raise _fail(str(e)) from None
+    names = list(dict.fromkeys(candidate)) if candidate else list(DEFAULT_CANDIDATES)
     for n in names:
         try:
             phase = method_class(n).phase
@@ -182,6 +190,9 @@ def search_patterns(
     try:
         path = resolve_model_path(model)
         lm, tok = load_model(path, device=device)
+        ctx = model_context_length(lm)
+        if ctx is not None and length > ctx:
+            raise ValueError(f"--length: {length} exceeds the model's context of {ctx} tokens")
         inst = generate(task, length, seed, tok, split="train")
         ids = tok(inst.prompt, return_tensors="pt").input_ids
         layers, specs = search_head_patterns(lm, ids, compression=compression, candidates=names)
@@ -190,6 +201,7 @@ def search_patterns(
         raise typer.Exit(2) from None
     calib = {"model": str(model or "sparsa-tiny"), "task": task, "length": length, "tokens": int(ids.shape[1]),
              "seed": seed}
+    Path(out).absolute().parent.mkdir(parents=True, exist_ok=True)
     write_patterns(out, layers, compression=compression, candidates=specs, calibration=calib)
     counts = summary(layers)
     typer.echo(f"wrote {out}: {len(layers)} layers; heads per method: "

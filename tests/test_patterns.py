@@ -168,5 +168,9 @@ def test_cli_search_patterns(tmp_path):
     assert r.exit_code == 0, r.output
     assert "wrote" in r.output and sum(summary(read_patterns(out)["layers"]).values()) == 8 * 4
     assert len(load_head_patterns(out)) == 8
-    r = CliRunner().invoke(app, ["search-patterns", "--out", str(out), "--candidate", "nope"])
+    r = CliRunner().invoke(app, ["search-patterns", "--out", str(out.with_name("q.json")), "--candidate", "nope"])
     assert r.exit_code == 2 and "--candidate" in r.output
+    # a finished pattern file is never overwritten
+    before = out.read_bytes()
+    r = CliRunner().invoke(app, ["search-patterns", "--out", str(out)])
+    assert r.exit_code == 2 and "exists" in r.output and out.read_bytes() == before
