@@ -1,15 +1,40 @@
 """The model card: what the model is, how it was trained, and its dense scores per task and length."""
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..eval.api import describe_tasks, half_score_length, summarize
+from ..eval.api import describe_tasks, evaluate, half_score_length, summarize
 
 #: Dense-model targets at 4K tokens (the suite's acceptance bar for the shipped model).
 TARGETS_4K = {"niah_single": 0.95, "niah_multikey": 0.85, "niah_multiquery": 0.80, "variable_tracking": 0.70}
 #: A task whose 4K score is below this is listed as one the model cannot do.
 CANNOT_DO = 0.2
+
+
+def card_grid(tasks: Sequence[str], lengths: Sequence[int]) -> list[tuple[list[str], list[int]]]:
+    """The card's evaluation grid: each task at the lengths of at least its minimum length, as
+    (tasks, lengths) groups of the tasks evaluated at the same lengths (a task fitting none is left out)."""
+    need = describe_tasks()
+    groups: dict[tuple[int, ...], list[str]] = {}
+    for task in tasks:
+        fits = tuple(L for L in lengths if L >= need[task]["min_length"])
+        if fits:
+            groups.setdefault(fits, []).append(task)
+    return [(names, list(fits)) for fits, names in groups.items()]
+
+
+def evaluate_card(model: Any, tokenizer: Any, grid: Sequence[tuple[Sequence[str], Sequence[int]]], samples: int, *,
+                  time_limit_s: float | None = None, **kw: Any) -> list[dict[str, Any]]:
+    """Rows of the card's evaluation: :func:`sparsa.eval.api.evaluate` over each group of ``grid``
+    (:func:`card_grid`), the time limit shared by all; ``kw`` go to every call."""
+    t0 = time.perf_counter()
+    rows: list[dict[str, Any]] = []
+    for tasks, lengths in grid:
+        left = None if time_limit_s is None else max(0.0, time_limit_s - (time.perf_counter() - t0))
+        rows += evaluate(model, tokenizer, list(tasks), list(lengths), samples, time_limit_s=left, **kw)
+    return rows
 
 
 def scores_table(rows: Sequence[Mapping[str, Any]], reference: int = 4096) -> str:

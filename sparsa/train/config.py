@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,7 +123,10 @@ class OptimConfig:
 
 @dataclass
 class EvalConfig:
-    """Quick evaluation during training (greedy generation on fresh eval-split instances)."""
+    """Quick evaluation during training (greedy generation on fresh eval-split instances).
+
+    Every ``every`` steps (0: never) at the current sequence length less 64 tokens.
+    """
 
     every: int = 500
     tasks: list[str] = field(default_factory=lambda: ["niah_single", "niah_multikey", "niah_multiquery",
@@ -131,12 +135,21 @@ class EvalConfig:
     batch_size: int = 8
 
 
+#: The model card's prompt lengths when ``card.lengths`` is unset (those within the model's context).
+CARD_LENGTHS = (1024, 2048, 4096, 8192, 16384)
+
+
 @dataclass
 class CardConfig:
-    """The final evaluation written into the model card."""
+    """The final evaluation written into the model card.
+
+    ``tasks``: unset = every registered task. ``lengths``: unset = those of ``CARD_LENGTHS``
+    within ``model.max_position_embeddings``. Each task is evaluated at the lengths of at least
+    its minimum length.
+    """
 
     tasks: list[str] | None = None
-    lengths: list[int] = field(default_factory=lambda: [1024, 2048, 4096, 8192, 16384])
+    lengths: list[int] | None = None
     samples: int = 40
     batch_size: int = 8
     seed: int = 1234
@@ -159,7 +172,7 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         """Check ranges and cross-field rules; returns self."""
-        from ..eval.api import get_task   # local: sparsa.eval loads torch, and the recipe reads without it
+        from ..eval.api import get_task, list_tasks   # local: sparsa.eval loads torch, and the recipe reads without it
 
         m, d, o = self.model, self.data, self.optim
         if self.steps < 1:
@@ -170,21 +183,36 @@ class TrainConfig:
                     "max_position_embeddings"):
             if getattr(m, key) < 1:
                 raise ValueError(f"model.{key}: must be >= 1, got {getattr(m, key)}")
+        for key in ("rope_theta", "rms_norm_eps", "init_std"):
+            _check_number(f"model.{key}", getattr(m, key), 0.0, low_open=True)
         for key in ("tokens_per_step", "micro_batch_tokens"):
             if getattr(d, key) < 1:
                 raise ValueError(f"data.{key}: must be >= 1, got {getattr(d, key)}")
+        if d.num_workers < 0:
+            raise ValueError(f"data.num_workers: must be >= 0 (0: load in the training process), got {d.num_workers}")
+        if d.lm_max_files is not None and d.lm_max_files < 1:
+            raise ValueError(f"data.lm_max_files: must be >= 1 or unset (every file), got {d.lm_max_files}")
         if m.num_heads % m.num_kv_heads:
             raise ValueError(f"model.num_kv_heads ({m.num_kv_heads}) must divide model.num_heads ({m.num_heads})")
         if m.head_dim % 2:
             raise ValueError(f"model.head_dim: must be even for RoPE, got {m.head_dim}")
         if m.attention not in ATTENTIONS:
             raise ValueError(f"model.attention: must be one of {', '.join(ATTENTIONS)}, got {m.attention!r}")
+        lengths = _check_curriculum(d, m.max_position_embeddings)
         if m.attention == "nsa":
-            _check_nsa(m.nsa, [int(L) for _, L in d.curriculum])
+            _check_nsa(m.nsa, lengths)
         if not 0.0 <= d.lm_fraction <= 1.0:
             raise ValueError(f"data.lm_fraction: must be in [0, 1], got {d.lm_fraction}")
         if not 0.0 <= d.lm_repeat_fraction <= 1.0:
             raise ValueError(f"data.lm_repeat_fraction: must be in [0, 1], got {d.lm_repeat_fraction}")
+        _check_number("data.answer_weight", d.answer_weight, 0.0)
+        known = list_tasks()
+        for table in ("task_weights", "task_params"):
+            for name in getattr(d, table):
+                if name not in known:
+                    raise ValueError(f"data.{table}.{name}: unknown task {name!r}; available: {', '.join(known)}")
+        for name, w in d.task_weights.items():
+            _check_number(f"data.task_weights.{name}", w, 0.0)
         if d.lm_fraction < 1.0 and not any(w > 0 for w in d.task_weights.values()):
             raise ValueError("data.task_weights: needs a positive weight unless data.lm_fraction is 1")
         for name in list(d.task_weights) + list(d.task_params):
@@ -197,28 +225,135 @@ class TrainConfig:
                                          f"with low <= high, got {value}")
             for params in param_extremes(d.task_params.get(name, {})):
                 get_task(name, **params)
-        lo, hi = d.length_fraction
-        if not 0.0 < lo <= hi <= 1.0:
-            raise ValueError(f"data.length_fraction: need 0 < low <= high <= 1, got {d.length_fraction}")
-        if not d.curriculum or d.curriculum[0][0] != 0:
-            raise ValueError("data.curriculum: must start with a stage at fraction 0")
-        fr = [s[0] for s in d.curriculum]
-        if fr != sorted(fr) or any(not 0 <= f < 1 for f in fr):
-            raise ValueError(f"data.curriculum: stage fractions must increase within [0, 1), got {fr}")
-        for _, L in d.curriculum:
-            if int(L) < 16 or int(L) > m.max_position_embeddings:
-                raise ValueError(f"data.curriculum: sequence length {L} must be in [16, "
-                                 f"model.max_position_embeddings={m.max_position_embeddings}]")
-            if d.tokens_per_step < L:
-                raise ValueError(f"data.tokens_per_step ({d.tokens_per_step}) must be >= every sequence length ({L})")
-        if o.lr <= 0 or o.warmup_steps < 0 or not 0 <= o.min_lr_ratio <= 1:
-            raise ValueError("optim: need lr > 0, warmup_steps >= 0 and 0 <= min_lr_ratio <= 1")
+        lf = d.length_fraction
+        if not (isinstance(lf, (list, tuple)) and len(lf) == 2 and all(_is_number(x) for x in lf)
+                and 0.0 < lf[0] <= lf[1] <= 1.0):
+            raise ValueError(f"data.length_fraction: must be [low, high] with 0 < low <= high <= 1, got {lf!r}")
+        _check_number("optim.lr", o.lr, 0.0, low_open=True)
+        _check_number("optim.min_lr_ratio", o.min_lr_ratio, 0.0, 1.0)
+        if o.warmup_steps < 0:
+            raise ValueError(f"optim.warmup_steps: must be >= 0, got {o.warmup_steps}")
+        _check_number("optim.weight_decay", o.weight_decay, 0.0)
+        _check_number("optim.beta1", o.beta1, 0.0, 1.0, high_open=True)
+        _check_number("optim.beta2", o.beta2, 0.0, 1.0, high_open=True)
+        _check_number("optim.eps", o.eps, 0.0, low_open=True)
+        _check_number("optim.grad_clip", o.grad_clip, 0.0, low_open=True,
+                      why=" (the largest gradient norm; 0 would zero every update)")
         if self.log_every < 1 or self.ckpt_every < 1:
             raise ValueError("log_every, ckpt_every: must be >= 1")
+        _check_eval(self.eval, known)
+        _check_card(self.card, self.card_lengths(), known, m.max_position_embeddings)
         return self
+
+    def card_lengths(self) -> list[int]:
+        """The model card's prompt lengths: ``card.lengths``, or by default those of ``CARD_LENGTHS``
+        within ``model.max_position_embeddings``."""
+        if self.card.lengths is not None:
+            return list(self.card.lengths)
+        return [L for L in CARD_LENGTHS if L <= self.model.max_position_embeddings]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _check_number(key: str, value: Any, low: float, high: float = math.inf, *, low_open: bool = False,
+                  high_open: bool = False, why: str = "") -> None:
+    """Refuse a value that is not a finite number within [low, high] (ends open as asked)."""
+    ok = (_is_number(value) and math.isfinite(value) and (value > low if low_open else value >= low)
+          and (value < high if high_open else value <= high))
+    if ok:
+        return
+    if high == math.inf:
+        want = f"a finite number {'>' if low_open else '>='} {low:g}"
+    else:
+        want = f"a number in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    raise ValueError(f"{key}: must be {want}{why}, got {value!r}")
+
+
+def _check_curriculum(d: DataConfig, max_positions: int) -> list[int]:
+    """Refuse a malformed ``data.curriculum``; returns its sequence lengths."""
+    cur = d.curriculum
+    if not isinstance(cur, (list, tuple)) or not cur:
+        raise ValueError(f"data.curriculum: must be a list of [start_fraction, seq_len] stages, got {cur!r}")
+    for i, stage in enumerate(cur):
+        if not (isinstance(stage, (list, tuple)) and len(stage) == 2 and all(_is_number(x) for x in stage)):
+            raise ValueError(f"data.curriculum[{i}]: a stage must be [start_fraction, seq_len], got {stage!r}")
+        if not float(stage[1]).is_integer():
+            raise ValueError(f"data.curriculum[{i}]: the sequence length must be a whole number, got {stage[1]!r}")
+    if cur[0][0] != 0:
+        raise ValueError("data.curriculum: must start with a stage at fraction 0")
+    fr = [s[0] for s in cur]
+    if fr != sorted(fr) or any(not 0 <= f < 1 for f in fr):
+        raise ValueError(f"data.curriculum: stage fractions must increase within [0, 1), got {fr}")
+    for _, L in cur:
+        if int(L) < 16 or int(L) > max_positions:
+            raise ValueError(f"data.curriculum: sequence length {L} must be in [16, "
+                             f"model.max_position_embeddings={max_positions}]")
+        if d.tokens_per_step < L:
+            raise ValueError(f"data.tokens_per_step ({d.tokens_per_step}) must be >= every sequence length ({L})")
+    return [int(L) for _, L in cur]
+
+
+def _check_task_names(key: str, names: Any, known: list[str]) -> None:
+    """Refuse a task list that is not a list of distinct registered task names."""
+    if not isinstance(names, (list, tuple)):
+        raise ValueError(f"{key}: expected a list of task names, got {names!r}")
+    for name in names:
+        if name not in known:
+            raise ValueError(f"{key}: unknown task {name!r}; available: {', '.join(known)}")
+    if len(set(names)) < len(names):
+        raise ValueError(f"{key}: lists a task twice, got {list(names)}")
+
+
+def _check_eval(e: EvalConfig, known: list[str]) -> None:
+    """Refuse ``[eval]`` settings the quick evaluation cannot run with."""
+    if e.every < 0:
+        raise ValueError(f"eval.every: must be >= 0 (0: no evaluation during training), got {e.every}")
+    for key in ("samples", "batch_size"):
+        if getattr(e, key) < 1:
+            raise ValueError(f"eval.{key}: must be >= 1, got {getattr(e, key)}")
+    _check_task_names("eval.tasks", e.tasks, known)
+
+
+def _check_card(c: CardConfig, lengths: list[int], known: list[str], max_positions: int) -> None:
+    """Refuse ``[card]`` settings the card evaluation after training cannot run with; ``lengths``
+    are the card's (``TrainConfig.card_lengths``)."""
+    from ..eval.tasks import describe_tasks  # local: loads the task registry (torch)
+
+    for key in ("samples", "batch_size"):
+        if getattr(c, key) < 1:
+            raise ValueError(f"card.{key}: must be >= 1, got {getattr(c, key)}")
+    if c.tasks is not None:
+        if not c.tasks:
+            raise ValueError("card.tasks: is empty; list the tasks to evaluate, or leave it out for every task")
+        _check_task_names("card.tasks", c.tasks, known)
+    if c.lengths is None:
+        if not lengths:
+            raise ValueError(f"card.lengths: unset, and none of the default lengths {list(CARD_LENGTHS)} is within "
+                             f"model.max_position_embeddings ({max_positions}); set card.lengths")
+    else:
+        if not c.lengths:
+            raise ValueError("card.lengths: is empty; list the prompt lengths to evaluate (run with --no-card "
+                             "for no card evaluation)")
+        if len(set(c.lengths)) < len(c.lengths):
+            raise ValueError(f"card.lengths: lists a length twice, got {list(c.lengths)}")
+        too_long = [L for L in c.lengths if L > max_positions]
+        if too_long:
+            raise ValueError(f"card.lengths: {too_long} exceed model.max_position_embeddings ({max_positions})")
+    need = {t: d["min_length"] for t, d in describe_tasks().items() if c.tasks is None or t in c.tasks}
+    for task, n in need.items():
+        if n > max(lengths):
+            which = "card.tasks" if c.tasks is not None else "card.tasks (unset: every task)"
+            raise ValueError(f"{which}: task {task!r} needs at least {n} tokens, more than every card length "
+                             f"{lengths}; add a longer card length or leave the task out")
+    for L in lengths:
+        if L < min(need.values()):
+            raise ValueError(f"card.lengths: {L} is shorter than every card task needs "
+                             f"(at least {min(need.values())} tokens)")
 
 
 def _check_nsa(n: NSAModelConfig, lengths: list[int]) -> None:

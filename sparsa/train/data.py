@@ -104,6 +104,9 @@ class StreamDataset(torch.utils.data.Dataset):
     """Map-style dataset indexed by (step, index_in_step); see ``make_example``."""
 
     def __init__(self, cfg: TrainConfig, tok, lm: np.ndarray):
+        if len(lm) == 0:
+            raise ValueError("data.lm_max_files: the language-modelling corpus holds no tokens (no standard-library "
+                             "source files were found)")
         self.cfg, self.tok, self.lm = cfg, tok, lm
         d = cfg.data
         self.pad, self.bos, self.eos = special_token_ids(tok)

@@ -37,6 +37,8 @@ def run(recipe: str | Path, out_dir: str | Path, *, resume: bool = False, max_st
     """Train ``recipe`` into ``out_dir``; when training is complete, export ``out_dir/model`` and
     (``card=True``) evaluate it and write its model card."""
     t0 = time.perf_counter()
+    if isinstance(out_dir, str) and not out_dir.strip():
+        raise ValueError('--out: empty path; name a directory ("." for the current one)')
     recipe = Path(recipe)
     cfg, text = load_recipe(recipe)
     res = train(cfg, out_dir, recipe_text=text, recipe_suffix=recipe_suffix(text, recipe), resume=resume, max_steps=max_steps,
@@ -64,8 +66,8 @@ def _finish(res, cfg, text: str, recipe: Path, t0: float, time_limit_s: float | 
 
     import torch
 
-    from ..eval.api import drop_partial_line, evaluate, list_tasks, load_model, read_rows
-    from .card import model_card
+    from ..eval.api import drop_partial_line, list_tasks, load_model, read_rows
+    from .card import card_grid, evaluate_card, model_card
     from .export import export_hf
 
     def barrier() -> None:
@@ -107,16 +109,16 @@ def _finish(res, cfg, text: str, recipe: Path, t0: float, time_limit_s: float | 
         device = f"cuda:{local}"
     model, tok = load_model(model_dir, device=device)
     left = None if time_limit_s is None else max(0.0, time_limit_s - (time.perf_counter() - t0))
-    tasks = c.tasks or list_tasks()
+    grid = card_grid(c.tasks or list_tasks(), cfg.card_lengths())
     kw = dict(seed=c.seed, out=rows_path, batch_size=c.batch_size)
-    rows = evaluate(model, tok, tasks, c.lengths, c.samples, progress=progress and rank == 0, time_limit_s=left,
-                    shard=(rank, world) if world > 1 else None, **kw)
+    rows = evaluate_card(model, tok, grid, c.samples, progress=progress and rank == 0, time_limit_s=left,
+                         shard=(rank, world) if world > 1 else None, **kw)
     barrier()  # every share is in the file
     if rank != 0:
         return RunResult(out, res.step, True, model_dir, False, f"process {rank}: evaluated its share")
     if world > 1:  # the rows all processes wrote (time limit 0: reads them, starts no new batch)
-        rows = evaluate(model, tok, tasks, c.lengths, c.samples, progress=False, time_limit_s=0.0, **kw)
-    complete = len(rows) == len(tasks) * len(c.lengths) * c.samples
+        rows = evaluate_card(model, tok, grid, c.samples, progress=False, time_limit_s=0.0, **kw)
+    complete = len(rows) == sum(len(tasks) * len(lengths) for tasks, lengths in grid) * c.samples
     write(rows)
     msg = f"exported {model_dir}; model card " + ("complete" if complete else
                                                   "evaluation incomplete: continue with --resume")
