@@ -500,6 +500,9 @@ def eval_sweep(
     if res is None:
         return
     typer.echo(f"{res.rows_written} samples written to {out_dir} in {res.seconds:.0f} s")
+    if res.failed_cells:
+        failed = ", ".join(str(p) for p in sorted(out_dir.glob("errors.rank*.jsonl")))
+        raise _fail(f"{res.failed_cells} cell(s) failed and have no rows; their errors are in {failed}")
     if not res.finished:
         typer.echo("stopped at the time limit; run the same command again to continue")
     elif report:
@@ -529,10 +532,11 @@ def _run_eval(config, out_dir, device, time_limit_s):  # type: ignore[no-untyped
     try:
         res = run_sweep(config, out_dir, device=device, time_limit_s=time_limit_s,
                         rank=dist.get_rank(), world=dist.get_world_size())
-        flag = [res.finished]
+        flag = [res.finished, res.failed_cells]
         everyone: list[object] = [None] * dist.get_world_size()
         dist.all_gather_object(everyone, flag)
         res.finished = all(f[0] for f in everyone)  # type: ignore[index]
+        res.failed_cells = sum(f[1] for f in everyone)  # type: ignore[index]
         # no rank tears its connections down while another may still be finishing the gather
         dist.barrier()
         return res if dist.get_rank() == 0 else None

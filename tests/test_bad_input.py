@@ -78,18 +78,21 @@ def _rows_file(tmp_path) -> str:
     return str(p)
 
 
-def _pattern_file(folder) -> str:
-    """A valid head-pattern file ``folder/p.json`` (one layer, one head)."""
+def _pattern_file(folder, heads: int = 4, layer: int = 0, method: str = "streaming") -> str:
+    """A head-pattern file ``folder/p.json``: one layer of ``heads`` heads (sparsa-tiny has 4)."""
     from sparsa.patterns import write_patterns
 
     folder.mkdir(parents=True, exist_ok=True)
-    spec = {"method": "streaming", "params": {"compression": 2.0}}
-    return str(write_patterns(folder / "p.json", {0: {"heads": [spec]}}, compression=2.0, candidates=[spec],
-                              calibration={}))
+    spec = {"method": method, "compression": 2.0}
+    return str(write_patterns(folder / "p.json", {layer: {"heads": [spec] * heads}}, compression=2.0,
+                              candidates=[spec], calibration={}))
 
 
 RECIPE = "recipes/sparsa-tiny.toml"
 NO_CUDA = not torch.cuda.is_available()
+
+_SMALL_EVAL = ["-m", "streaming", "-c", "2", "-n", "512", "-t", "niah_single", "--samples", "1", "--out", "{tmp}/e",
+               "--no-report"]
 
 CLI_CASES = [
     # (id, argv with {tmp} / {file} / {ro} placeholders, text the message must hold)
@@ -120,6 +123,12 @@ CLI_CASES = [
      "--task: 'all' already means every task"),
     ("eval-patterns-not-json", ["eval", "--patterns", "{file}", "--out", "{tmp}/e", "--no-report"],
      "patterns: .*is not JSON"),
+    ("eval-patterns-unknown-method", ["eval", "--patterns", "{pat_nope}", *_SMALL_EVAL], "--patterns: .*unknown method 'nope'"),
+    ("eval-patterns-decode-method", ["eval", "--patterns", "{pat_h2o}", *_SMALL_EVAL], "--patterns: .*h2o is a decode"),
+    ("eval-patterns-head-count", ["eval", "--patterns", "{pat_2heads}", *_SMALL_EVAL],
+     "--patterns: .*layer 0 has 2 head entries; the model has 4 query heads"),
+    ("eval-patterns-layer-range", ["eval", "--patterns", "{pat_layer99}", *_SMALL_EVAL],
+     "--patterns: .*layer index 99 is out of range"),
     ("eval-patterns-same-name", ["eval", "--patterns", "{pat_a}", "--patterns", "{pat_b}", "--out", "{tmp}/e",
                                  "--no-report"], "patterns: .*have the same name 'p'"),
     ("bench-e2e-decode-method", ["bench", "e2e", "-m", "h2o"], r"--method: \['h2o'\]; choose sparse prefill methods"),
@@ -192,6 +201,10 @@ def test_cli_bad_arguments_exit_2_with_a_message(argv, message, tmp_path):
             subs["{" + name + "}"] = str(tmp_path / name)
     if any("{pat_" in a for a in argv):
         subs["{pat_a}"], subs["{pat_b}"] = _pattern_file(tmp_path / "a"), _pattern_file(tmp_path / "b")
+        subs["{pat_nope}"] = _pattern_file(tmp_path / "nope", method="nope")
+        subs["{pat_h2o}"] = _pattern_file(tmp_path / "h2o", method="h2o")
+        subs["{pat_2heads}"] = _pattern_file(tmp_path / "2heads", heads=2)
+        subs["{pat_layer99}"] = _pattern_file(tmp_path / "layer99", layer=99)
     if any("{ro}" in a for a in argv):
         subs["{ro}"] = str(_read_only_dir(tmp_path))
     args = []
@@ -402,3 +415,21 @@ def test_missing_matplotlib_is_named_before_any_work(tmp_path, monkeypatch):
     assert r.exit_code == 2 and "Traceback" not in r.output
     assert "error: --report: the plots need matplotlib" in r.output and "--no-report" in r.output
     assert not (tmp_path / "e").exists()
+
+
+def test_eval_exits_non_zero_when_cells_failed(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from sparsa.cli import app
+    from sparsa.eval import sweep as sweep_mod
+
+    def broken(*a, **k):
+        raise RuntimeError("kernel exploded")
+
+    monkeypatch.setattr(sweep_mod, "greedy_generate", broken)
+    args = [a.replace("{tmp}", str(tmp_path)) for a in _SMALL_EVAL]
+    r = CliRunner().invoke(app, ["eval", *args])
+    assert r.exit_code == 2, r.output
+    # dense and streaming in both phases
+    assert "3 cell(s) failed and have no rows" in r.output and "errors.rank0.jsonl" in r.output
+    assert "kernel exploded" in (tmp_path / "e" / "errors.rank0.jsonl").read_text()

@@ -120,8 +120,9 @@ class SweepConfig:
                 raise FileNotFoundError(f"patterns: no pattern file at {p}")
             try:
                 read_patterns(p)
-            except ValueError as e:
-                raise ValueError(f"patterns: {str(e).removeprefix('path: ')}") from None
+                load_head_patterns(p)       # every head's method and parameters are checked here
+            except (ValueError, TypeError) as e:
+                raise ValueError(f"patterns: {p}: {str(e).removeprefix('path: ')}") from None
             stem = Path(p).stem
             if stem in stems:
                 raise ValueError(f"patterns: {stems[stem]} and {p} have the same name {stem!r}, which names "
@@ -253,6 +254,7 @@ class SweepResult:
     rows_total: int
     seconds: float
     finished: bool
+    failed_cells: int = 0
 
 
 def _build(cell: Cell) -> tuple[Any, Any]:
@@ -304,6 +306,7 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, model: Any = None, to
     elif tokenizer is None:
         raise ValueError("tokenizer: pass the model's tokenizer with model")
     _check_lengths(model, config.lengths)
+    _check_patterns_fit(model, config.patterns)
     check_writable_dir("out", out)
     if rank == 0:
         _write_config(out, config)
@@ -374,7 +377,7 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, model: Any = None, to
     drop_partial_line(path)
     bar = tqdm(total=total, initial=total - len(todo), desc=f"eval r{rank}" if world > 1 else "eval",
                unit="ex", disable=not progress, dynamic_ncols=True)
-    written = 0
+    written = failed = 0
     stopped = False
     by_cell: dict[Cell, list[int]] = {}
     for c, s in todo:
@@ -390,6 +393,7 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, model: Any = None, to
                     handle = _apply(model, cell, patterns)
                 except (ValueError, TypeError) as e:
                     _record_error(out, rank, cell, e)
+                    failed += 1
                     bar.update(len(samples))
                     continue
                 try:
@@ -403,6 +407,7 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, model: Any = None, to
                             lines = run_batch(cell, chunk, handle)
                         except Exception as e:  # noqa: BLE001 - one failing cell must not end the sweep
                             _record_error(out, rank, cell, e)
+                            failed += 1
                             bar.update(len(samples) - i)
                             break
                         fh.write("".join(lines))
@@ -415,7 +420,7 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, model: Any = None, to
                         handle.remove()
     finally:
         bar.close()
-    return SweepResult(out, written, total, time.perf_counter() - t_start, finished=not stopped)
+    return SweepResult(out, written, total, time.perf_counter() - t_start, finished=not stopped, failed_cells=failed)
 
 
 def model_label(model: str) -> str:
@@ -475,6 +480,22 @@ def _achieved(cell: Cell, res: Any) -> float | None:
         return None
     dense, computed = work
     return float("inf") if computed <= 0 else round(dense / computed, 4)
+
+
+def _check_patterns_fit(model: Any, paths: Sequence[str]) -> None:
+    """Refuse a pattern file whose layers or head counts do not fit ``model`` (before any cell runs)."""
+    from ..integrations.hf.apply import apply  # local: loads transformers
+
+    heads = getattr(getattr(model, "config", None), "num_attention_heads", None)
+    for p in paths:
+        for key, entry in read_patterns(p)["layers"].items():
+            if isinstance(heads, int) and len(entry["heads"]) != heads:
+                raise ValueError(f"patterns: {p}: layer {key} has {len(entry['heads'])} head entries; the model "
+                                 f"has {heads} query heads")
+        try:
+            apply(model, prefill=None, decode=None, layers=load_head_patterns(p)).remove()
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"patterns: {p}: {e}") from None
 
 
 def _check_lengths(model: Any, lengths: Sequence[int]) -> None:
