@@ -94,7 +94,7 @@ def batch_for(args: argparse.Namespace, batch: int, gen: torch.Generator) -> tup
 
 def model_config(attention: str, args: argparse.Namespace) -> ModelConfig:
     nsa = NSAModelConfig(block=args.block, stride=args.stride, sel_block=args.sel_block, n_select=args.n_select,
-                         window=args.window, n_forced_init=1, n_forced_local=1, compress="mlp",
+                         window=args.model_window or args.window, n_forced_init=1, n_forced_local=1, compress="mlp",
                          compress_hidden=32)
     return ModelConfig(hidden_size=args.hidden, num_layers=args.layers, num_heads=4, num_kv_heads=2,
                        head_dim=args.hidden // 4, intermediate_size=2 * args.hidden, rope_theta=10000.0,
@@ -186,7 +186,9 @@ def main() -> None:
     p.add_argument("--stride", type=int, default=8)
     p.add_argument("--sel-block", type=int, default=16)
     p.add_argument("--n-select", type=int, default=4, help="selected blocks (1 first + 1 most recent forced)")
-    p.add_argument("--window", type=int, default=32)
+    p.add_argument("--window", type=int, default=32, help="NSA's window; the data puts every answer beyond it")
+    p.add_argument("--model-window", type=int, default=None,
+                   help="a different window for the model only (a control: a window covering the whole sequence)")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
