@@ -13,6 +13,18 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="sparsa: sparse attention for long-context LLMs.")
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:  # type: ignore[no-untyped-def]
+    return f"warning: {message}\n"
+
+
+@app.callback()
+def _setup() -> None:
+    # warnings reach a command-line user as one line, not with the library's source line
+    import warnings
+
+    warnings.formatwarning = _format_warning
+
+
 @app.command()
 def info(as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON.")) -> None:
     """Version, device, the Triton kernels usable here, and the methods."""
@@ -546,8 +558,8 @@ def _run_eval(config, out_dir, device, time_limit_s):  # type: ignore[no-untyped
 
 @app.command("report")
 def report(
-    results: str = typer.Argument(..., help="Results directory (every *.jsonl in it, per-rank files merged) or a "
-                                            "JSON-lines file."),
+    results: str = typer.Argument(..., help="Results directory (every rows*.jsonl in it, per-rank files merged) "
+                                            "or a JSON-lines file."),
     out: str = typer.Option("report", "--out", "-o", help="Output directory for report.md, plots and CSVs."),
     bench_dir: str = typer.Option(None, "--bench-dir",
                                   help="Benchmark JSONs for the isoCost view (default benchmarks/results when it "
@@ -617,8 +629,18 @@ def cost(
             if given:
                 raise ValueError(f"{given[0]}: selects benchmark rows, so it needs --method or --plot "
                                  "(a --speedup given by hand is used as it is)")
-        if (method or plot) and not Path(bench_dir).exists():
-            raise ValueError(f"--bench-dir: {bench_dir} does not exist; pass the directory of the benchmark JSONs")
+        if (method or plot) and not Path(bench_dir).is_dir():
+            raise ValueError(f"--bench-dir: {bench_dir} is not a directory; pass the directory of the benchmark JSONs")
+        if plot is not None and method is None and speedup is None:
+            if context is not None:
+                raise ValueError("context: the plot spans every measured context; add --method for the speed-up "
+                                 "at this one")
+            given = [o for o, v in (("--requests-per-day", requests_per_day), ("--output-tokens", output_tokens),
+                                    ("--dense-seconds-per-request", dense_seconds_per_request),
+                                    ("--dense-ms-per-token", dense_ms_per_token)) if v is not None]
+            if given:
+                raise ValueError(f"{given[0]}: a workload needs a speed-up (--speedup, or --method with --context); "
+                                 "the plot alone shows the cost per GPU-day")
         rows = c.load_bench_rows(bench_dir) if (method or plot) else []
         if method is not None and (context is not None or plot is None):
             if context is None:

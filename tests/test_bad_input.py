@@ -161,6 +161,17 @@ CLI_CASES = [
     ("cost-workload-options-named", ["cost", "--gpu-cost-per-day", "5", "--speedup", "2", "--requests-per-day", "100",
                                      "--dense-seconds-per-request", "1", "--output-tokens", "10"],
      "--output-tokens, --dense-ms-per-token: "),
+    ("cost-plot-with-context", ["cost", "--gpu-cost-per-day", "5", "--plot", "{tmp}/c.png", "-n", "8192"],
+     "--context: the plot spans every measured context"),
+    ("cost-plot-with-workload", ["cost", "--gpu-cost-per-day", "5", "--plot", "{tmp}/c.png", "--requests-per-day", "5"],
+     "--requests-per-day: a workload needs a speed-up"),
+    ("cost-plot-read-only", ["cost", "--gpu-cost-per-day", "5", "--plot", "{ro}/c.png"], "--plot: cannot create"),
+    ("cost-bench-dir-is-file", ["cost", "--gpu-cost-per-day", "5", "-m", "vertical_slash", "-n", "8192",
+                                "--bench-dir", "{file}"], "--bench-dir: .*is not a directory"),
+    ("cost-baseline-unknown", ["cost", "--gpu-cost-per-day", "5", "-m", "vertical_slash", "-n", "8192",
+                               "--baseline", "nope"], "--baseline: no complete benchmark rows against 'nope'; the results hold"),
+    ("eval-out-model-config", ["eval", "--out", "{model_cfg}", "--no-report"], "--out: .*is not a sweep configuration"),
+    ("train-recipe-is-dir", ["train", "--recipe", "{tmp}", "--out", "{tmp}/o"], "recipe: .*is a directory"),
     ("report-out-is-file", ["report", "{rows}", "-o", "{file}", "--bench-dir", ""], "--out: .*not a directory"),
     ("report-out-under-file", ["report", "{rows}", "-o", "{file}/sub", "--bench-dir", ""],
      "--out: .*lies under a regular file"),
@@ -194,8 +205,8 @@ def test_cli_bad_arguments_exit_2_with_a_message(argv, message, tmp_path):
     subs = {"{tmp}": str(tmp_path), "{file}": str(file), "{bad_toml}": str(bad_toml), "{scalar_toml}": str(scalar_toml)}
     if any("{rows}" in a for a in argv):
         subs["{rows}"] = _rows_file(tmp_path)
-    if any("{other_sweep}" in a or "{list_sweep}" in a for a in argv):
-        for name, text in (("other_sweep", '{"model": "another-model", "seed": 0}'), ("list_sweep", "[1, 2]")):
+    if any("{other_sweep}" in a or "{list_sweep}" in a or "{model_cfg}" in a for a in argv):
+        for name, text in (("model_cfg", '{"model_type": "llama", "hidden_size": 64}'), ("other_sweep", '{"model": "another-model", "seed": 0, "methods": []}'), ("list_sweep", "[1, 2]")):
             (tmp_path / name).mkdir()
             (tmp_path / name / "config.json").write_text(text)
             subs["{" + name + "}"] = str(tmp_path / name)
@@ -433,3 +444,26 @@ def test_eval_exits_non_zero_when_cells_failed(tmp_path, monkeypatch):
     # dense and streaming in both phases
     assert "3 cell(s) failed and have no rows" in r.output and "errors.rank0.jsonl" in r.output
     assert "kernel exploded" in (tmp_path / "e" / "errors.rank0.jsonl").read_text()
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"\x83\x84\n", "not a text file of JSON lines"),
+    (b"x\n", r"no result rows in .*line 1 is incomplete"),
+    (None, "positive finite compression.*compression=-5"),
+    ("null-length", "length=None"),
+])
+def test_report_rows_that_cannot_be_read_are_named(tmp_path, content, message):
+    import json
+
+    from sparsa.eval.metrics import load_rows
+
+    good = json.loads(open(_rows_file(tmp_path)).read().splitlines()[0])
+    f = tmp_path / "bad" / "rows.jsonl"
+    f.parent.mkdir()
+    if content is None:
+        content = (json.dumps({**good, "compression": -5}) + "\n").encode()
+    elif content == "null-length":
+        content = (json.dumps({**good, "length": None}) + "\n").encode()
+    f.write_bytes(content)
+    with pytest.raises(ValueError, match=message):
+        load_rows(f.parent)

@@ -129,9 +129,9 @@ def test_cli_errors(bench, args, msg):
 
 
 @pytest.mark.parametrize("case, msg", [
-    ("missing-bench-dir", "--bench-dir: .*does not exist"),
+    ("missing-bench-dir", "--bench-dir: .*is not a directory"),
     ("batch-zero", "'--batch'"),
-    ("plot-under-file", "--plot: .*a-file exists and is not a directory"),
+    ("plot-under-file", "--plot: .*lies under a regular file"),
     ("plot-is-dir", "--plot: .*is a directory"),
     ("plot-no-matplotlib", "--plot: the plot needs matplotlib"),
     ("plot-format", "--plot: '.nope' is not an image format"),

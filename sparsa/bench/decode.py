@@ -438,7 +438,7 @@ def run_decode_bench(*, contexts: Sequence[int] = CONTEXTS, batches: Sequence[in
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description="Decode benchmark: sparse methods on compact caches vs dense decode.")
+    ap = argparse.ArgumentParser(prog="sparsa bench decode", description="Decode benchmark: sparse methods on compact caches vs dense decode.")
     ap.add_argument("--contexts", type=int, nargs="+", default=list(CONTEXTS))
     ap.add_argument("--batches", type=int, nargs="+", default=list(BATCHES))
     ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))

@@ -679,7 +679,7 @@ __all__ = ["FLA_CFG", "PAPER_CFG", "SHAPES", "bench_decode", "bench_fla", "bench
 
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry of the NSA benchmark (`sparsa bench nsa`, `python benchmarks/nsa.py`)."""
-    ap = argparse.ArgumentParser(description="NSA kernels vs SDPA cuDNN / FA2 (and fla-core) on one GPU.", formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="sparsa bench nsa", description="NSA kernels vs SDPA cuDNN / FA2 (and fla-core) on one GPU.", formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--contexts", type=int, nargs="+", default=[65536])
     ap.add_argument("--shapes", nargs="+", default=["paper"], choices=sorted(SHAPES))
     ap.add_argument("--passes", nargs="+", default=["fwd", "bwd", "decode"], choices=["fwd", "bwd", "decode"])

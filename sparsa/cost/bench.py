@@ -26,12 +26,13 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .._validation import check_dir_path, check_writable_dir
+from .._validation import check_out_file, check_writable_dir
 
 PASS_PREFERENCE: tuple[str, ...] = ("e2e_prefill", "fwd", "e2e_decode", "decode")
 DEFAULT_BASELINE = "sdpa_cudnn"
@@ -245,9 +246,15 @@ def lookup_speedup(rows: Sequence[BenchRow], method: str, context: int, **filter
         raise ValueError(f"context: must be a positive token count, got {context!r}")
     baseline = filters.get("baseline", DEFAULT_BASELINE)
     known = available_methods(rows, baseline)
+    if not rows:
+        raise ValueError("bench_dir: no benchmark rows found (no results JSON with speed-up rows)")
+    if not known:
+        others = sorted({r.baseline for r in rows if r.baseline})
+        raise ValueError(f"baseline: no complete benchmark rows against {baseline!r}; the results hold "
+                         f"{', '.join(others) or 'none'}")
     if method not in known:
         raise ValueError(f"method: no complete benchmark rows for {method!r} against {baseline}; available: "
-                         f"{', '.join(known) or 'none (no results files found?)'}")
+                         f"{', '.join(known)}")
     curves = speedup_curves(rows, method, **filters)
     if not curves:
         raise ValueError(f"method: no benchmark rows for {method!r} match the filters "
@@ -298,7 +305,7 @@ def plot_cost_vs_context(rows: Sequence[BenchRow], gpu_cost_per_day: float, path
     out = Path(path)
     if out.is_dir():
         raise ValueError(f"path: {out} is a directory; give the name of the image file, e.g. {out / 'cost.png'}")
-    check_dir_path("path", out.parent)
+    check_out_file("path", out)
     try:
         import matplotlib  # local: defers matplotlib
     except ImportError:
@@ -334,7 +341,9 @@ def plot_cost_vs_context(rows: Sequence[BenchRow], gpu_cost_per_day: float, path
     ax.set_ylabel("$ per day (dense = GPU cost per day)")
     ax.set_title(f"Cost per day vs context, {curves[0].device}, vs {curves[0].baseline}")
     ax.legend(fontsize=6, loc="best")
-    fig.tight_layout()
+    with warnings.catch_warnings():  # a crowded legend only keeps the default layout
+        warnings.filterwarnings("ignore", message=".*[Tt]ight layout.*")
+        fig.tight_layout()
     try:
         check_writable_dir("path", out.parent)
     except ValueError:

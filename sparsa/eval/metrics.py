@@ -147,12 +147,15 @@ def _check_row(row: Any, where: str) -> Row:
         exact = row["exact"]
         if exact not in (0, 1) or not (0.0 <= score <= 1.0):
             raise ValueError
-        float(row["compression"])
+        compression = float(row["compression"])
+        if not (math.isfinite(compression) and compression > 0):
+            raise ValueError
         int(row["length"]), int(row["sample"])
     except (TypeError, ValueError):
-        raise ValueError(f"{where}: need score in [0, 1], exact 0 or 1, numeric compression, integer "
+        raise ValueError(f"{where}: need score in [0, 1], exact 0 or 1, a positive finite compression, integer "
                          f"length and sample; got score={row.get('score')!r}, exact={row.get('exact')!r}, "
-                         f"compression={row.get('compression')!r}") from None
+                         f"compression={row.get('compression')!r}, length={row.get('length')!r}, "
+                         f"sample={row.get('sample')!r}") from None
     return row
 
 
@@ -164,7 +167,10 @@ def read_jsonl(path: str | Path) -> list[Row]:
     Rows lacking ``ROW_FIELDS`` are a ``ValueError`` too.
     """
     p = Path(path)
-    lines = p.read_text(encoding="utf-8").splitlines()
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise ValueError(f"{p}: not a text file of JSON lines (it is not UTF-8)") from None
     last = max((i for i, ln in enumerate(lines) if ln.strip()), default=-1)
     rows = []
     for i, line in enumerate(lines):
@@ -225,10 +231,17 @@ def load_rows(source: str | Path | Sequence[str | Path]) -> list[Row]:
     """
     rows: list[Row] = []
     files = result_files(source)
+    skipped: list[str] = []
     for f in files:
-        rows.extend(read_jsonl(f))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            rows.extend(read_jsonl(f))
+        for w in caught:
+            skipped.append(str(w.message))
+            warnings.warn(w.message, w.category, stacklevel=2)
     if not rows:
-        raise ValueError(f"results: no result rows in {', '.join(str(f) for f in files)}")
+        why = f" ({'; '.join(skipped)})" if skipped else ""
+        raise ValueError(f"results: no result rows in {', '.join(str(f) for f in files)}{why}")
     return dedupe_rows(rows)
 
 

@@ -203,9 +203,9 @@ def _merged_config(out_dir: Path, config: SweepConfig) -> dict[str, Any]:
             old = json.loads(path.read_text())
         except json.JSONDecodeError:
             raise ValueError(f"out: {path} is not valid JSON; move it away or choose another --out") from None
-        if not isinstance(old, dict):
-            raise ValueError(f"out: {path} is not a sweep configuration (a JSON object); move it away or "
-                             "choose another --out")
+        if not isinstance(old, dict) or not {"model", "seed", "methods"} <= old.keys():
+            raise ValueError(f"out: {path} is not a sweep configuration (a JSON object with model, seed, "
+                             "methods, ...); move it away or choose another --out")
         diff = [k for k in _IDENTITY if old.get(k) != new.get(k)]
         if diff:
             raise ValueError(f"out: {out_dir} holds a sweep with other {', '.join(diff)} "

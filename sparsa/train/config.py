@@ -452,6 +452,8 @@ def config_from_dict(data: dict[str, Any]) -> TrainConfig:
 
 def _read_table(p: Path) -> tuple[dict[str, Any], str]:
     """(settings table, text) of one recipe file (no ``base`` resolution)."""
+    if p.is_dir():
+        raise FileNotFoundError(f"recipe: {p} is a directory; name a recipe file (.toml or .json) in it")
     if not p.is_file():
         raise FileNotFoundError(f"recipe: no such file {p}")
     text = p.read_text()
