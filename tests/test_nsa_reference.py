@@ -152,6 +152,27 @@ def test_selection_alone_at_full_budget_is_dense():
     assert rel_err(out, dense_attention(q, k, v)) < 1e-5
 
 
+@pytest.mark.parametrize("branch, cfg", [
+    (1, NSAConfig(block=16, stride=8, sel_block=16, n_select=8, window=32, n_forced_init=1, n_forced_local=1)),
+    (2, NSAConfig(block=16, stride=8, sel_block=16, n_select=2, window=128, n_forced_init=1, n_forced_local=1)),
+])
+def test_a_branch_covering_the_context_trains_as_causal_attention(branch, cfg):
+    """Selection with every block chosen, or a window as long as the sequence, alone in the gate:
+    the output and the gradients of q, k, v are causal attention's (float64, so to rounding)."""
+    from sparsa.ops.nsa import nsa_attention
+
+    q, k, v, _ = _inputs(2, 4, 2, 128, 128, 16, seed=5)
+    for t in (q, k, v):
+        t.requires_grad_(True)
+    gates = torch.zeros(2, 4, 128, 3, dtype=torch.float64)
+    gates[..., branch] = 1.0
+    w = torch.randn(2, 4, 128, 16, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    got = torch.autograd.grad((nsa_attention(q, k, v, gates, cfg) * w).sum(), (q, k, v))
+    want = torch.autograd.grad((dense_attention(q, k, v) * w).sum(), (q, k, v))
+    for a, b in zip(got, want):
+        assert rel_err(a, b) < 1e-10
+
+
 def test_short_sequence_has_no_compressed_token_and_no_nan():
     q, k, v, gates = _inputs(2, 4, 1, 5, 5, 64, dtype=torch.float32)
     q.requires_grad_(True)
