@@ -10,29 +10,7 @@ import torch
 from sparsa.bench import nsa_train
 from sparsa.bench.nsa_train import main, table
 
-RECIPE = """
-name = "t"
-steps = 4
-[model]
-hidden_size = 64
-num_layers = 1
-num_heads = 2
-num_kv_heads = 1
-head_dim = 32
-intermediate_size = 128
-max_position_embeddings = 1024
-attention = "nsa"
-[model.nsa]
-block = 16
-stride = 8
-sel_block = 32
-n_select = 4
-window = 64
-[data]
-curriculum = [[0.0, 128]]
-tokens_per_step = 256
-micro_batch_tokens = 256
-"""
+from .test_nsa_train import RECIPE   # the same tiny NSA recipe
 
 
 @pytest.fixture(autouse=True)
