@@ -71,8 +71,8 @@ def test_each_ablation_zeroes_exactly_its_branch_gate(monkeypatch):
     import argparse
 
     from sparsa.nn import NativeSparseAttention
-    args = argparse.Namespace(block=16, stride=8, sel_block=16, n_select=4, window=16, hidden=32, layers=2,
-                              length=64)
+    args = argparse.Namespace(block=16, stride=8, sel_block=16, n_select=4, window=16, model_window=None, hidden=32,
+                              layers=2, length=64)
     torch.manual_seed(0)
     model = nr.build_model(nr.model_config("nsa", args), nr.VOCAB, pad_id=nr.FILLER0, bos_id=nr.FILLER0,
                            eos_id=nr.FILLER0)
