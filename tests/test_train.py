@@ -473,3 +473,9 @@ def test_cpu_recipe_is_small():
     assert count_parameters(m)["total"] < 1_000_000
     assert max(L for _, L in cfg.data.curriculum) <= 512 and cfg.data.tokens_per_step <= 1024
     assert cfg.data.num_workers == 0 and cfg.precision == "fp32" and cfg.eval.every == 0
+
+
+def test_resume_without_a_checkpoint_says_it_starts_over(tmp_path):
+    with pytest.warns(UserWarning, match="resume: no checkpoint in .* training starts at step 0"):
+        res = train(toy(), tmp_path / "fresh", resume=True, max_steps=1, progress=False)
+    assert res.step == 1

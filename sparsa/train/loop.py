@@ -22,6 +22,7 @@ import math
 import os
 import signal
 import time
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -272,8 +273,11 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, recipe_text: str | None = No
         _set_rng_state(ck["rng"])
         if main:
             _truncate_log(log_path, step)
-    elif log_path.exists() and main:
-        log_path.unlink()  # a run that never reached its first checkpoint starts over
+    else:
+        if resume and main:
+            warnings.warn(f"resume: no checkpoint in {out} yet; training starts at step 0", stacklevel=2)
+        if log_path.exists() and main:
+            log_path.unlink()  # a run that never reached its first checkpoint starts over
     if main and recipe_text is not None and not (out / f"recipe{recipe_suffix}").exists():
         (out / f"recipe{recipe_suffix}").write_text(recipe_text)
 
