@@ -111,6 +111,16 @@ def accuracy(model: torch.nn.Module, tokens: torch.Tensor, targets: torch.Tensor
 
 
 @torch.no_grad()
+def set_gate_bias(model: torch.nn.Module, bias: list[float]) -> None:
+    """Start every NSA layer's gate logits at ``bias`` (compression, selection, window) for every head."""
+    from sparsa.nn import NativeSparseAttention
+
+    for layer in model.modules():
+        if isinstance(layer, NativeSparseAttention):
+            layer.gate_proj.bias.copy_(torch.tensor(bias).repeat(layer.heads))
+
+
+@torch.no_grad()
 def branch_ablations(model: torch.nn.Module, tokens: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
     """Held-out accuracy of an NSA model with one branch switched off in every layer (its gate
     forced to 0): which branch carries the retrieval."""
@@ -137,6 +147,8 @@ def train_one(attention: str, args: argparse.Namespace, out: dict, path: Path) -
     torch.manual_seed(args.seed)
     cfg = model_config(attention, args)
     model = build_model(cfg, VOCAB, pad_id=FILLER0, bos_id=FILLER0, eos_id=FILLER0)
+    if attention == "nsa" and args.gate_bias is not None:
+        set_gate_bias(model, args.gate_bias)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50))
     data_gen = torch.Generator().manual_seed(args.seed)          # the same batches for every attention
@@ -189,6 +201,8 @@ def main() -> None:
     p.add_argument("--window", type=int, default=32, help="NSA's window; the data puts every answer beyond it")
     p.add_argument("--model-window", type=int, default=None,
                    help="a different window for the model only (a control: a window covering the whole sequence)")
+    p.add_argument("--gate-bias", type=float, nargs=3, metavar=("CMP", "SLC", "WIN"), default=None,
+                   help="initial gate logits of the three NSA branches (default: the layer's own init)")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
