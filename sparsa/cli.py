@@ -297,13 +297,14 @@ def bench_nsa_train(ctx: typer.Context) -> None:
     main(list(ctx.args))
 
 
-def _option_message(e: Exception, options: dict[str, str]) -> str:
+def _option_message(e: Exception, options: dict[str, str], *, others_as_options: bool = False) -> str:
     """A library check's ``field: message`` (or ``field, field: message``) with each field named
-    as the command-line option that set it; other messages unchanged."""
+    as the command-line option that set it; other messages unchanged, or with
+    ``others_as_options`` every other field read as ``--field``."""
     name, sep, rest = str(e).partition(":")
     names = [n.strip() for n in name.split(",")]
-    if sep and all(n in options for n in names):
-        return ", ".join(options[n] for n in names) + ":" + rest
+    if sep and (others_as_options or all(n in options for n in names)):
+        return ", ".join(options.get(n, f"--{n}") for n in names) + ":" + rest
     return str(e)
 
 
@@ -320,11 +321,12 @@ COST_OPTIONS = {"gpu_cost_per_day": "--gpu-cost-per-day", "gpu_cost_per_hour": "
                 "dense_ms_per_output_token": "--dense-ms-per-token", "path": "--plot"}
 
 
+BENCH_OPTIONS = {"contexts": "--context", "context": "--context", "methods": "--method"}
+
+
 def _bench_option_error(e: Exception) -> typer.Exit:
     """A bench argument check's ``name: message`` as the CLI option's error."""
-    name, _, rest = str(e).partition(":")
-    option = {"contexts": "--context", "context": "--context", "methods": "--method"}.get(name, f"--{name}")
-    return _fail(f"{option}:{rest}")
+    return _fail(_option_message(e, BENCH_OPTIONS, others_as_options=True))
 
 
 @bench_app.command("e2e")

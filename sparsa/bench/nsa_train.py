@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .._validation import check_device, check_writable_dir
+from .._validation import check_device, check_out_file
 from ..train.config import TrainConfig, load_recipe
 from ..train.model import build_model, count_parameters
 from .timing import device_info, once_ms
@@ -276,15 +276,13 @@ def table(result: dict[str, Any]) -> str:
 
 
 def _check_out_file(parser: argparse.ArgumentParser, option: str, path: str | Path) -> None:
-    """``parser.error`` unless file ``path`` can be written: not a directory, and its directory
-    exists or can be created and takes a file (that directory is created here, as the write would)."""
-    p = Path(path)
-    if p.is_dir():
-        parser.error(f"{option}: {p} is a directory; give a file path")
+    """``parser.error`` unless file ``path`` can be written (:func:`check_out_file`); its directory
+    is created here, as the write would."""
     try:
-        check_writable_dir(option, p.parent)
+        p = check_out_file(option, path)
     except ValueError as e:
-        parser.error(f"{option}: {p}: {str(e).partition(': ')[2]}")
+        parser.error(str(e))
+    p.absolute().parent.mkdir(parents=True, exist_ok=True)
 
 
 def _check_speed_args(sp: argparse.ArgumentParser, a: argparse.Namespace) -> None:

@@ -119,8 +119,7 @@ class SweepConfig:
             if not Path(p).is_file():
                 raise FileNotFoundError(f"patterns: no pattern file at {p}")
             try:
-                read_patterns(p)
-                load_head_patterns(p)       # every head's method and parameters are checked here
+                load_head_patterns(p)       # reads the file and checks every head's method and parameters
             except (ValueError, TypeError) as e:
                 raise ValueError(f"patterns: {p}: {str(e).removeprefix('path: ')}") from None
             stem = Path(p).stem
@@ -488,12 +487,13 @@ def _check_patterns_fit(model: Any, paths: Sequence[str]) -> None:
 
     heads = getattr(getattr(model, "config", None), "num_attention_heads", None)
     for p in paths:
-        for key, entry in read_patterns(p)["layers"].items():
-            if isinstance(heads, int) and len(entry["heads"]) != heads:
-                raise ValueError(f"patterns: {p}: layer {key} has {len(entry['heads'])} head entries; the model "
+        layers = load_head_patterns(p)
+        for key, per_head in layers.items():
+            if isinstance(heads, int) and len(per_head.heads) != heads:
+                raise ValueError(f"patterns: {p}: layer {key} has {len(per_head.heads)} head entries; the model "
                                  f"has {heads} query heads")
         try:
-            apply(model, prefill=None, decode=None, layers=load_head_patterns(p)).remove()
+            apply(model, prefill=None, decode=None, layers=layers).remove()
         except (ValueError, TypeError) as e:
             raise ValueError(f"patterns: {p}: {e}") from None
 

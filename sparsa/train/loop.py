@@ -223,8 +223,6 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, recipe_text: str | None = No
         check_int("max_steps", max_steps, minimum=0)
     if time_limit_s is not None:
         check_duration("time_limit_s", time_limit_s)
-    if isinstance(out_dir, str) and not out_dir.strip():
-        raise ValueError('out: empty path; name a directory ("." for the current one)')
     dev = _device(device)
     out = check_writable_dir("out", out_dir)
     ckpt_path, log_path = out / CHECKPOINT, out / LOG
