@@ -106,7 +106,7 @@ def demo(
     seed: int = typer.Option(0, help="Seed of the synthetic input."),
 ) -> None:
     """Run every method on a long synthetic input on the CPU: achieved compression, error vs dense, time."""
-    from .demo import format_rows, run_demo
+    from .demo import check_demo_size, format_rows, run_demo
     from .methods.registry import method_class
 
     import math
@@ -120,6 +120,11 @@ def demo(
             method_class(m)
         except ValueError as e:
             raise _fail(f"--method: {str(e).removeprefix('method: ')}") from None
+    try:
+        check_demo_size(length, heads, kv_heads, head_dim)
+    except ValueError as e:
+        msg = str(e).split(": ", 1)[1]
+        raise _fail(f"--length/--heads/--kv-heads/--head-dim: {msg}") from None
     rows = run_demo(length=length, heads=heads, kv_heads=kv_heads, head_dim=head_dim, compression=compression,
                     seed=seed, methods=list(method) if method else None)
     typer.echo(format_rows(rows))

@@ -6,6 +6,7 @@ attention on the same rows: relative Frobenius error ‖out − dense‖ / ‖de
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 
@@ -14,6 +15,29 @@ import torch
 from .api import attention
 from .methods.registry import list_methods, method_class
 from .synthetic import synthetic_qkv
+
+
+# float32 tensors of the input's size alive at once (q, k, v, dense's output and a method's
+# output, plus room for its working buffers); a measured run of every method stays below this
+_WORKING_COPIES = 8
+
+
+def physical_memory_bytes() -> int | None:
+    """This machine's RAM in bytes, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_demo_size(length: int, heads: int, kv_heads: int, head_dim: int) -> None:
+    """Refuse, naming the options, a demo whose tensors alone would not fit this machine's RAM."""
+    need = _WORKING_COPIES * 4 * length * head_dim * (heads + 2 * kv_heads)
+    have = physical_memory_bytes()
+    if have is not None and need > have:
+        raise ValueError(f"length/heads/kv_heads/head_dim: {length} tokens x ({heads} + 2 x {kv_heads}) heads x "
+                         f"{head_dim} needs about {need / 2**30:.0f} GiB of float32 tensors, more than this "
+                         f"machine's {have / 2**30:.0f} GiB; lower them")
 
 
 @dataclass
@@ -31,6 +55,8 @@ def run_demo(length: int = 8192, heads: int = 8, kv_heads: int = 2, head_dim: in
              progress: bool = True) -> list[DemoRow]:
     """Run each method once; returns one row per method."""
     from tqdm.auto import tqdm
+
+    check_demo_size(length, heads, kv_heads, head_dim)
 
     names = methods or list_methods()
     q, k, v = synthetic_qkv(1, heads, kv_heads, length, head_dim, seed=seed)
