@@ -95,7 +95,7 @@ def batch_for(args: argparse.Namespace, batch: int, gen: torch.Generator) -> tup
 def model_config(attention: str, args: argparse.Namespace) -> ModelConfig:
     nsa = NSAModelConfig(block=args.block, stride=args.stride, sel_block=args.sel_block, n_select=args.n_select,
                          window=args.model_window or args.window, n_forced_init=1, n_forced_local=1, compress="mlp",
-                         compress_hidden=32)
+                         compress_hidden=32, gate_bias=getattr(args, "gate_bias", None))
     return ModelConfig(hidden_size=args.hidden, num_layers=args.layers, num_heads=4, num_kv_heads=2,
                        head_dim=args.hidden // 4, intermediate_size=2 * args.hidden, rope_theta=10000.0,
                        max_position_embeddings=args.length, attention=attention, nsa=nsa)
@@ -108,16 +108,6 @@ def accuracy(model: torch.nn.Module, tokens: torch.Tensor, targets: torch.Tensor
     model.train()
     where = targets != -100
     return float((logits.argmax(-1)[where] == targets[where]).float().mean())
-
-
-@torch.no_grad()
-def set_gate_bias(model: torch.nn.Module, bias: list[float]) -> None:
-    """Start every NSA layer's gate logits at ``bias`` (compression, selection, window) for every head."""
-    from sparsa.nn import NativeSparseAttention
-
-    for layer in model.modules():
-        if isinstance(layer, NativeSparseAttention):
-            layer.gate_proj.bias.copy_(torch.tensor(bias).repeat(layer.heads))
 
 
 @torch.no_grad()
@@ -147,8 +137,6 @@ def train_one(attention: str, args: argparse.Namespace, out: dict, path: Path) -
     torch.manual_seed(args.seed)
     cfg = model_config(attention, args)
     model = build_model(cfg, VOCAB, pad_id=FILLER0, bos_id=FILLER0, eos_id=FILLER0)
-    if attention == "nsa" and args.gate_bias is not None:
-        set_gate_bias(model, args.gate_bias)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50))
     data_gen = torch.Generator().manual_seed(args.seed)          # the same batches for every attention

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -12,6 +13,21 @@ from ..ops.nsa import CompressionParams, NSAConfig, compress_blocks, nsa_attenti
 from .rope import apply_rope, rope_cos_sin
 
 BRANCHES = ("cmp", "slc", "win")
+
+
+def check_gate_bias(name: str, value: Sequence[float] | None) -> tuple[float, float, float] | None:
+    """None, or three finite numbers (the compression, selection and window gates' starting logits)."""
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != 3:
+        raise ValueError(f"{name}: expected three numbers (compression, selection, window gate logits), "
+                         f"got {value!r}")
+    out = []
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ValueError(f"{name}: expected three finite numbers, got {list(value)!r}")
+        out.append(float(v))
+    return (out[0], out[1], out[2])
 
 
 def _table_dtype(x: torch.Tensor) -> torch.dtype:
@@ -78,6 +94,10 @@ class NativeSparseAttention(nn.Module):
     last token, ``i * stride + block - 1``: the first query that sees it is at relative
     distance 0 and every later one at a positive distance. Values are not rotated.
 
+    ``gate_bias``: the gate logits' starting bias per branch (compression, selection, window),
+    the same for every head; default 0 for all three (each branch starts at weight 0.5).
+    :meth:`reset_gate_bias` sets it again (a model's weight initialisation zeroes biases).
+
     ``compress="mlp"`` learns the block maps (:class:`BlockCompressor`, hidden size
     ``compress_hidden``, default 4 * head_dim); ``"mean"`` mean-pools. With
     ``separate_kv=True`` each branch has its own key and value projections.
@@ -91,7 +111,7 @@ class NativeSparseAttention(nn.Module):
                  block: int = 32, stride: int = 16, sel_block: int = 64, n_select: int = 16, window: int = 512,
                  n_forced_init: int = 1, n_forced_local: int = 2, compress: str = "mlp",
                  compress_hidden: int | None = None, rope_theta: float = 10000.0, separate_kv: bool = False,
-                 bias: bool = False) -> None:
+                 bias: bool = False, gate_bias: Sequence[float] | None = None) -> None:
         super().__init__()
         check_int("hidden", hidden, minimum=1)
         check_int("heads", heads, minimum=1)
@@ -118,12 +138,20 @@ class NativeSparseAttention(nn.Module):
         self.v_proj = nn.Linear(hidden, n_kv * kv_heads * head_dim, bias=bias)
         self.o_proj = nn.Linear(heads * head_dim, hidden, bias=bias)
         self.gate_proj = nn.Linear(hidden, 3 * heads)
+        self.gate_bias = check_gate_bias("gate_bias", gate_bias)
+        self.reset_gate_bias()
         self.compress_k: BlockCompressor | None = None
         self.compress_v: BlockCompressor | None = None
         if compress == "mlp":
             c_hidden = 4 * head_dim if compress_hidden is None else check_int("compress_hidden", compress_hidden, 1)
             self.compress_k = BlockCompressor(block, head_dim, c_hidden)
             self.compress_v = BlockCompressor(block, head_dim, c_hidden)
+
+    @torch.no_grad()
+    def reset_gate_bias(self) -> None:
+        """Set the gate projection's bias to ``gate_bias`` (zeros when unset) for every head."""
+        start = torch.tensor(self.gate_bias or (0.0, 0.0, 0.0), dtype=self.gate_proj.bias.dtype)
+        self.gate_proj.bias.copy_(start.repeat(self.heads).to(self.gate_proj.bias.device))
 
     def extra_repr(self) -> str:
         return (f"hidden={self.hidden}, heads={self.heads}, kv_heads={self.kv_heads}, head_dim={self.head_dim}, "

@@ -25,7 +25,9 @@ class NSAModelConfig:
     Compressed tokens summarise ``block`` keys every ``stride``; each query reads ``n_select``
     blocks of ``sel_block`` keys (the first ``n_forced_init`` and the ``n_forced_local`` most
     recent always among them) and its last ``window`` keys; ``compress`` is "mlp" (learned, hidden
-    width ``compress_hidden``, default 4 * head_dim) or "mean". Defaults: the NSA paper's.
+    width ``compress_hidden``, default 4 * head_dim) or "mean". ``gate_bias``: the three gates'
+    starting logits [compression, selection, window] (unset: 0, each gate at 0.5). Defaults: the
+    NSA paper's.
     """
 
     block: int = 32
@@ -37,6 +39,7 @@ class NSAModelConfig:
     n_forced_local: int = 2
     compress: str = "mlp"
     compress_hidden: int | None = None
+    gate_bias: list[float] | None = None
 
 
 @dataclass
@@ -365,6 +368,10 @@ def _check_nsa(n: NSAModelConfig, lengths: list[int]) -> None:
         raise ValueError(f"model.nsa.compress_hidden: must be a positive integer or unset, got {n.compress_hidden!r}")
     if n.compress not in ("mlp", "mean"):
         raise ValueError(f"model.nsa.compress: must be 'mlp' or 'mean', got {n.compress!r}")
+    if n.gate_bias is not None:
+        from ..nn.nsa import check_gate_bias  # local: the recipe reads without torch
+
+        check_gate_bias("model.nsa.gate_bias", n.gate_bias)
     try:
         NSAConfig(block=n.block, stride=n.stride, sel_block=n.sel_block, n_select=n.n_select, window=n.window,
                   n_forced_init=n.n_forced_init, n_forced_local=n.n_forced_local)

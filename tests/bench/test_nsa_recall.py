@@ -97,9 +97,8 @@ def test_gate_bias_sets_every_heads_starting_gates():
 
     from sparsa.nn import NativeSparseAttention
     args = argparse.Namespace(block=16, stride=8, sel_block=16, n_select=4, window=16, model_window=None, hidden=32,
-                              layers=2, length=64)
+                              layers=2, length=64, gate_bias=[-4.0, 0.0, 1.0])
     model = nr.build_model(nr.model_config("nsa", args), nr.VOCAB, pad_id=nr.FILLER0, bos_id=nr.FILLER0,
                            eos_id=nr.FILLER0)
-    nr.set_gate_bias(model, [-4.0, 0.0, 1.0])
     for layer in [m for m in model.modules() if isinstance(m, NativeSparseAttention)]:
         assert layer.gate_proj.bias.view(layer.heads, 3).tolist() == [[-4.0, 0.0, 1.0]] * layer.heads

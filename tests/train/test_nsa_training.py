@@ -132,12 +132,34 @@ def test_resuming_with_the_other_attention_is_refused(trained, tmp_path):
     ({"compress": "max"}, r"model.nsa.compress"),
     ({"n_select": 1}, r"model.nsa.n_select"),
     ({"bogus": 1}, r"model.nsa.bogus: unknown recipe key"),
+    ({"gate_bias": [0.0, 1.0]}, r"model.nsa.gate_bias: expected three numbers"),
+    ({"gate_bias": [0.0, 1.0, float("nan")]}, r"model.nsa.gate_bias: expected three finite numbers"),
+    ({"gate_bias": "high"}, r"model.nsa.gate_bias: expected a list"),
 ])
 def test_bad_nsa_recipes_are_refused_naming_the_key(nsa, match):
     d = nsa_recipe()
     d["model"]["nsa"].update(nsa)
     with pytest.raises(ValueError, match=match):
         config_from_dict(d)
+
+
+def test_gate_bias_sets_every_layers_starting_gates_and_survives_export(tmp_path):
+    from sparsa.nn import NativeSparseAttention
+    from sparsa.train.model import build_model
+
+    cfg = config_from_dict(nsa_recipe(model={"nsa": {**NSA, "gate_bias": [-4.0, 2.0, 0.5]}}))
+    model = build_model(cfg.model, 300, 0, 1, 2)
+    layers = [m for m in model.modules() if isinstance(m, NativeSparseAttention)]
+    assert len(layers) == cfg.model.num_layers
+    for layer in layers:      # (head, branch) layout: the three logits repeated per head
+        assert layer.gate_proj.bias.tolist() == [-4.0, 2.0, 0.5] * layer.heads
+    # a trained bias, not the starting one, is what a saved model loads with
+    with torch.no_grad():
+        layers[0].gate_proj.bias.add_(1.0)
+    model.save_pretrained(tmp_path / "m")
+    loaded = type(model).from_pretrained(tmp_path / "m")
+    got = [m for m in loaded.modules() if isinstance(m, NativeSparseAttention)][0].gate_proj.bias
+    assert torch.equal(got, layers[0].gate_proj.bias)
 
 
 def test_unknown_attention_is_refused():

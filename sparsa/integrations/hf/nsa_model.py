@@ -28,7 +28,7 @@ from .attention import _positions
 MODEL_TYPE = "sparsa_nsa"
 # NativeSparseAttention arguments a config's ``sparse_attention`` table may set
 NSA_KEYS = ("block", "stride", "sel_block", "n_select", "window", "n_forced_init", "n_forced_local", "compress",
-            "compress_hidden")
+            "compress_hidden", "gate_bias")
 
 
 class NSALlamaConfig(LlamaConfig):
@@ -131,6 +131,8 @@ class NSALlamaForCausalLM(LlamaForCausalLM):
         for i, layer in enumerate(self.model.layers):
             layer.self_attn = NSADecoderAttention(config, i)
         self.post_init()
+        for layer in self.model.layers:      # post_init zeroes every bias, the gates' starting logits too
+            layer.self_attn.attn.reset_gate_bias()
 
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 **kwargs: Any) -> Any:
