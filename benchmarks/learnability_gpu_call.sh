@@ -2,7 +2,7 @@
 # One GPU command of under ten minutes for the NSA questions, with a frontier sweep filling the card:
 #   1. the NSA twins' whole-model speed, alone on the card (dense timed with PyTorch's SDPA choice
 #      and pinned to cuDNN) and where a batch-1 decode step spends its time, at 16K;
-#   2. the three 1K learnability trainings of recipes/nsa-1k/ side by side (resumed from
+#   2. the four 1K learnability trainings of recipes/nsa-1k/ side by side (resumed from
 #      /root/runs when that exists), next to a sparsa-tiny frontier sweep with NPROC ranks, continued
 #      from benchmarks/results/frontier/sparsa-tiny-h100 (or from /root/frontier-tiny when that exists).
 # Step 1 runs only when SPEED_S > 0, the frontier sweep only when FRONTIER_MIN > 0. Everything lands in $OUT as one tarball, so the results
@@ -21,7 +21,7 @@ if [ "$speed_s" -gt 0 ]; then
   tail -20 "$OUT/nsa_profile.log"
 fi
 pids=()
-for r in dense nsa-full nsa-sparse; do
+for r in dense nsa-full nsa-sparse nsa-sparse-gated; do
   python -m sparsa train --recipe "recipes/nsa-1k/$r.toml" --out "/root/runs/nsa-1k-$r" --resume \
     --time-limit "$train_min" > "$OUT/runs/nsa-1k-$r.log" 2>&1 &
   pids+=($!)
@@ -37,7 +37,7 @@ if [ "$fr_min" != 0 ]; then
   tail -c 300 "$OUT/frontier.log"; echo
 fi
 wait "${pids[@]}"
-for r in dense nsa-full nsa-sparse; do
+for r in dense nsa-full nsa-sparse nsa-sparse-gated; do
   tail -c 200 "$OUT/runs/nsa-1k-$r.log"; echo
   cp "/root/runs/nsa-1k-$r/log.jsonl" "$OUT/runs/nsa-1k-$r.log.jsonl" 2>/dev/null
   grep quick_eval "/root/runs/nsa-1k-$r/log.jsonl" | tail -3
