@@ -95,7 +95,8 @@ def batch_for(args: argparse.Namespace, batch: int, gen: torch.Generator) -> tup
 def model_config(attention: str, args: argparse.Namespace) -> ModelConfig:
     nsa = NSAModelConfig(block=args.block, stride=args.stride, sel_block=args.sel_block, n_select=args.n_select,
                          window=args.model_window or args.window, n_forced_init=1, n_forced_local=1, compress="mlp",
-                         compress_hidden=32, gate_bias=getattr(args, "gate_bias", None))
+                         compress_hidden=32, gate_bias=getattr(args, "gate_bias", None),
+                         separate_kv=getattr(args, "separate_kv", False))
     return ModelConfig(hidden_size=args.hidden, num_layers=args.layers, num_heads=4, num_kv_heads=2,
                        head_dim=args.hidden // 4, intermediate_size=2 * args.hidden, rope_theta=10000.0,
                        max_position_embeddings=args.length, attention=attention, nsa=nsa)
@@ -191,6 +192,7 @@ def main() -> None:
                    help="a different window for the model only (a control: a window covering the whole sequence)")
     p.add_argument("--gate-bias", type=float, nargs=3, metavar=("CMP", "SLC", "WIN"), default=None,
                    help="initial gate logits of the three NSA branches (default: the layer's own init)")
+    p.add_argument("--separate-kv", action="store_true", help="NSA: each branch its own key/value projections")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")

@@ -26,8 +26,10 @@ class NSAModelConfig:
     blocks of ``sel_block`` keys (the first ``n_forced_init`` and the ``n_forced_local`` most
     recent always among them) and its last ``window`` keys; ``compress`` is "mlp" (learned, hidden
     width ``compress_hidden``, default 4 * head_dim) or "mean". ``gate_bias``: the three gates'
-    starting logits [compression, selection, window] (unset: 0, each gate at 0.5). Defaults: the
-    NSA paper's.
+    starting logits [compression, selection, window] (unset: 0, each gate at 0.5).
+    ``separate_kv``: each branch projects its own keys and values (the NSA paper's choice, against
+    one branch learning a shortcut the others then share); default one projection for all three.
+    Defaults otherwise: the NSA paper's.
     """
 
     block: int = 32
@@ -40,6 +42,7 @@ class NSAModelConfig:
     compress: str = "mlp"
     compress_hidden: int | None = None
     gate_bias: list[float] | None = None
+    separate_kv: bool = False
 
 
 @dataclass
@@ -368,6 +371,8 @@ def _check_nsa(n: NSAModelConfig, lengths: list[int]) -> None:
         raise ValueError(f"model.nsa.compress_hidden: must be a positive integer or unset, got {n.compress_hidden!r}")
     if n.compress not in ("mlp", "mean"):
         raise ValueError(f"model.nsa.compress: must be 'mlp' or 'mean', got {n.compress!r}")
+    if not isinstance(n.separate_kv, bool):
+        raise ValueError(f"model.nsa.separate_kv: must be true or false, got {n.separate_kv!r}")
     if n.gate_bias is not None:
         from ..nn.nsa import check_gate_bias  # local: the recipe reads without torch
 

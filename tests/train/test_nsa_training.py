@@ -135,6 +135,7 @@ def test_resuming_with_the_other_attention_is_refused(trained, tmp_path):
     ({"gate_bias": [0.0, 1.0]}, r"model.nsa.gate_bias: expected three numbers"),
     ({"gate_bias": [0.0, 1.0, float("nan")]}, r"model.nsa.gate_bias: expected three finite numbers"),
     ({"gate_bias": "high"}, r"model.nsa.gate_bias: expected a list"),
+    ({"separate_kv": "yes"}, r"model.nsa.separate_kv"),
 ])
 def test_bad_nsa_recipes_are_refused_naming_the_key(nsa, match):
     d = nsa_recipe()
@@ -160,6 +161,20 @@ def test_gate_bias_sets_every_layers_starting_gates_and_survives_export(tmp_path
     loaded = type(model).from_pretrained(tmp_path / "m")
     got = [m for m in loaded.modules() if isinstance(m, NativeSparseAttention)][0].gate_proj.bias
     assert torch.equal(got, layers[0].gate_proj.bias)
+
+
+def test_separate_kv_gives_each_branch_its_own_projections(tmp_path):
+    from sparsa.nn import NativeSparseAttention
+    from sparsa.train.model import build_model
+
+    cfg = config_from_dict(nsa_recipe(model={"nsa": {**NSA, "separate_kv": True}}))
+    model = build_model(cfg.model, 300, 0, 1, 2)
+    layer = next(m for m in model.modules() if isinstance(m, NativeSparseAttention))
+    m = cfg.model
+    assert layer.separate_kv and layer.k_proj.out_features == 3 * m.num_kv_heads * m.head_dim
+    model.save_pretrained(tmp_path / "m")
+    assert next(x for x in type(model).from_pretrained(tmp_path / "m").modules()
+                if isinstance(x, NativeSparseAttention)).separate_kv
 
 
 def test_unknown_attention_is_refused():

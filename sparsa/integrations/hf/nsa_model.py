@@ -28,7 +28,7 @@ from .attention import _positions
 MODEL_TYPE = "sparsa_nsa"
 # NativeSparseAttention arguments a config's ``sparse_attention`` table may set
 NSA_KEYS = ("block", "stride", "sel_block", "n_select", "window", "n_forced_init", "n_forced_local", "compress",
-            "compress_hidden", "gate_bias")
+            "compress_hidden", "gate_bias", "separate_kv")
 
 
 class NSALlamaConfig(LlamaConfig):
