@@ -13,7 +13,7 @@ Work compression bounds the kernel's speed-up over a dense pass that runs at the
 throughput per element; where it sits far below the pair compression, the pattern's pairs are
 scattered over tiles that are mostly masked.
 
-  python benchmarks/vs_tile_work.py MODEL.gguf OUT.json [--length 8192] [-c 10 ...]
+  python benchmarks/vs_tile_work.py MODEL.gguf OUT.json [--length 8192] [-c 10 ...] [--only superset ...]
 """
 from __future__ import annotations
 
@@ -72,12 +72,16 @@ def bs_counts(m: BlockSparse, q: torch.Tensor, k: torch.Tensor, scale: float) ->
     return {"pair_compression": stats.compression, "work_compression": stats.compression}
 
 
+KINDS = ("exact", "superset", "block_sparse")   # vertical-slash's two semantics, and block-sparse
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model")
     p.add_argument("out", type=Path)
     p.add_argument("--length", type=int, default=8192)
     p.add_argument("-c", "--compression", type=float, action="append", help="default: 5, 10, 20")
+    p.add_argument("--only", action="append", choices=KINDS, help="count only these settings (default: all)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = p.parse_args()
     if args.threads:
@@ -87,10 +91,14 @@ def main() -> None:
     layers = capture_qk(model, tok, args.length)
     print(f"captured {len(layers)} layers at {layers[0][0].shape[2]} tokens in {time.perf_counter() - t0:.0f} s")
     settings: dict[str, object] = {}
+    kinds = args.only or KINDS
     for c in args.compression or [10.0, 20.0, 5.0]:
-        settings[f"vertical_slash c{c:g} exact"] = sparsa.VerticalSlash(compression=c)
-        settings[f"vertical_slash c{c:g} superset"] = sparsa.VerticalSlash(compression=c, exact=False)
-        settings[f"block_sparse c{c:g}"] = BlockSparse(compression=c)
+        if "exact" in kinds:
+            settings[f"vertical_slash c{c:g} exact"] = sparsa.VerticalSlash(compression=c)
+        if "superset" in kinds:
+            settings[f"vertical_slash c{c:g} superset"] = sparsa.VerticalSlash(compression=c, exact=False)
+        if "block_sparse" in kinds:
+            settings[f"block_sparse c{c:g}"] = BlockSparse(compression=c)
     rows = []
     for name, m in settings.items():
         per_layer = [(vs_counts if isinstance(m, sparsa.VerticalSlash) else bs_counts)(m, q, k, s)

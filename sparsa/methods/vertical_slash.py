@@ -9,7 +9,8 @@ import torch
 
 from .._validation import check_int
 from ..ops.dense.reference import causal_pairs
-from ..ops.vertical_slash.convert import BLOCK_Q_CHOICES
+from ..backend import use_kernel
+from ..ops.vertical_slash.convert import BLOCK_Q_CHOICES, prepare_vertical_slash, superset_pairs
 from ._estimate import (candidate_ways, last_q_line_mass, line_pairs, ranks, selection_order, solve_budget_tensor,
                         take_prefix, top_lines)
 from ._lines import LinePattern
@@ -17,6 +18,8 @@ from .registry import register
 
 VERTICAL_DEFAULT = 1000
 SLASH_DEFAULT = 6096
+SUPERSET_ROUNDS = 4          # line searches at most, superset semantics with a compression target
+SUPERSET_TOLERANCE = 0.03    # stop once the attended pairs' compression is this close to the target
 
 
 @register
@@ -50,10 +53,13 @@ class VerticalSlash(LinePattern):
     the diagonals (per block of ``block_q`` query rows) is attended too, and when those tiles
     would compute at least 70% of a dense causal pass, dense causal attention runs instead
     (see :mod:`sparsa.ops.vertical_slash.convert`); the reported compression counts the
-    pairs actually attended (the ``compression`` search still counts the lines' exact pairs,
-    so superset runs land below the target). ``block_q`` (64 or 128; default: the op's choice
-    for the semantics) sets the tile geometry, so with ``exact=False`` it is part of the
-    result.
+    pairs actually attended. With a ``compression`` target the search aims at those attended
+    pairs too: the tiles add pairs the lines do not hold (on SmolLM2 at 8K a line search for 10
+    attends a 2.8th), so the line target is raised by the inflation the tiles showed and
+    searched again, up to ``SUPERSET_ROUNDS`` times, keeping the closest result (each round
+    builds the tile layout once more; the host reads one number per round). ``block_q`` (64 or
+    128; default: the op's choice for the semantics) sets the tile geometry, so with
+    ``exact=False`` it is part of the result.
 
     Planning with fixed budgets picks the lines with one ``topk`` per head; the chosen lines
     equal the full sort's except where float rounding of the estimate reorders near-equal
@@ -109,8 +115,9 @@ class VerticalSlash(LinePattern):
         return None
 
     def _budgets(self, v_order: torch.Tensor, s_order: torch.Tensor, q_len: int,
-                 kv_len: int) -> tuple[torch.Tensor, torch.Tensor, int, int]:
-        """(vertical, slash) budgets for a compression target, forced lines included.
+                 kv_len: int, compression: float | None = None) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+        """(vertical, slash) budgets for a compression target (default ``self.compression``) of
+        the lines' exact pairs, forced lines included.
 
         The search runs on the device (:func:`solve_budget_tensor`, no host read). Returns the
         budgets as 0-dim int64 tensors and their host-known upper bounds (each <= kv_len).
@@ -134,7 +141,8 @@ class VerticalSlash(LinePattern):
             shape = (-1,) + (1,) * v_rank.dim()
             return line_pairs(v_rank < nv.view(shape), s_rank < ns.view(shape), q_len, kv_len).flatten(1).sum(1)
 
-        target = causal_pairs(q_len, kv_len) * v_order.shape[0] * v_order.shape[1] / self.compression
+        compression = self.compression if compression is None else compression
+        target = causal_pairs(q_len, kv_len) * v_order.shape[0] * v_order.shape[1] / compression
         # t is the slash budget; its range lets the vertical budget alone reach kv_len too
         hi = math.ceil(kv_len * SLASH_DEFAULT / VERTICAL_DEFAULT)
         t = solve_budget_tensor(count, target, 0, hi, ways=candidate_ways(v_rank.numel()), device=v_order.device)
@@ -156,7 +164,43 @@ class VerticalSlash(LinePattern):
             return top_lines(col_mass, init, nv), top_lines(diag_mass, local, ns), info
         v_order = selection_order(col_mass, init)
         s_order = selection_order(diag_mass, local)
+        if not self.exact:
+            return self._superset_lines(v_order, s_order, lq, lk, backend, info)
         nv, ns, v_width, s_width = self._budgets(v_order, s_order, lq, lk)
         # budgets stay on the device (the stats read them when read); the lists take the host bounds
         info.update(vertical=nv, slash=ns)
         return take_prefix(v_order, nv, v_width), take_prefix(s_order, ns, s_width), info
+
+    def _superset_lines(self, v_order: torch.Tensor, s_order: torch.Tensor, lq: int, lk: int,
+                        backend: str | None, info: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+        """Lines whose superset layout attends the pairs closest to the compression target."""
+        assert self.compression is not None
+        b, h = v_order.shape[:2]
+        dense = float(causal_pairs(lq, lk)) * b * h
+        use_triton = use_kernel(backend, v_order.device, lambda: None)
+        goal, line_target, best = self.compression, self.compression, None
+        below = above = None                 # line targets known to attend fewer / enough pairs' worth
+        for _ in range(SUPERSET_ROUNDS):
+            nv, ns, v_width, s_width = self._budgets(v_order, s_order, lq, lk, line_target)
+            vi, si = take_prefix(v_order, nv, v_width), take_prefix(s_order, ns, s_width)
+            layout = prepare_vertical_slash(vi, si, lq, lk, use_triton=use_triton, block_q=self.block_q, exact=False,
+                                            check_indices=False)
+            attended = dense / max(float(superset_pairs(layout, h).sum()), 1.0)
+            miss = abs(math.log(attended / goal))
+            if best is None or miss < best[0]:
+                best = (miss, vi, si, nv, ns, attended)
+            if miss <= math.log1p(SUPERSET_TOLERANCE):
+                break
+            if attended < goal:
+                below = line_target
+            else:
+                above = line_target
+            if below is not None and above is not None:
+                line_target = math.sqrt(below * above)        # bisect the bracket, geometrically
+            else:
+                # the line target that would give the goal, were the tiles to inflate the pairs alike
+                line_target = line_target * goal / attended
+            line_target = min(max(line_target, 1.0), float(causal_pairs(lq, lk)))
+        _, vi, si, nv, ns, attended = best
+        info.update(vertical=nv, slash=ns, superset_planned=attended)
+        return vi, si, info
