@@ -166,3 +166,13 @@ def test_shipped_cpu_recipe_trains_exports_and_writes_its_card(tmp_path):
     assert ("story_retrieval", 512) in cells and ("story_retrieval", 256) not in cells
     assert ("niah_single", 256) in cells and ("niah_single", 512) in cells
     assert "| story_retrieval |" in (tmp_path / "o" / "model" / "README.md").read_text()
+
+
+@pytest.mark.parametrize("path", sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "recipes").rglob("*.toml")))
+def test_every_shipped_recipe_loads_and_passes_its_checks(path):
+    cfg, text = load_recipe(ROOT / path)
+    assert cfg.name and text
+    if cfg.model.attention == "nsa":
+        from sparsa.train.model import nsa_table
+
+        assert nsa_table(cfg.model)["method"] == "nsa"
