@@ -67,7 +67,8 @@ class VerticalSlash(LinePattern):
     in float32).
 
     ``stats.info`` holds ``vertical`` and ``slash`` (the budgets used, forced lines
-    included), ``last_q`` (estimate rows used) and the forced counts.
+    included), ``last_q`` (estimate rows used) and the forced counts; with ``exact=False`` and
+    a target, ``superset_planned``: the compression of the attended pairs the search settled on.
     """
 
     name = "vertical_slash"
