@@ -18,7 +18,7 @@ from .registry import register
 
 VERTICAL_DEFAULT = 1000
 SLASH_DEFAULT = 6096
-SUPERSET_ROUNDS = 4          # line searches at most, superset semantics with a compression target
+SUPERSET_ROUNDS = 8          # line searches at most, superset semantics with a compression target
 SUPERSET_TOLERANCE = 0.03    # stop once the attended pairs' compression is this close to the target
 
 
