@@ -123,8 +123,7 @@ def demo(
     try:
         check_demo_size(length, heads, kv_heads, head_dim)
     except ValueError as e:
-        msg = str(e).split(": ", 1)[1]
-        raise _fail(f"--length/--heads/--kv-heads/--head-dim: {msg}") from None
+        raise _fail(_option_message(e, DEMO_OPTIONS)) from None
     rows = run_demo(length=length, heads=heads, kv_heads=kv_heads, head_dim=head_dim, compression=compression,
                     seed=seed, methods=list(method) if method else None)
     typer.echo(format_rows(rows))
@@ -324,6 +323,9 @@ COST_OPTIONS = {"gpu_cost_per_day": "--gpu-cost-per-day", "gpu_cost_per_hour": "
                 "bench_dir": "--bench-dir", "requests_per_day": "--requests-per-day",
                 "dense_seconds_per_request": "--dense-seconds-per-request", "output_tokens": "--output-tokens",
                 "dense_ms_per_output_token": "--dense-ms-per-token", "path": "--plot"}
+
+
+DEMO_OPTIONS = {"length": "--length", "heads": "--heads", "kv_heads": "--kv-heads", "head_dim": "--head-dim"}
 
 
 BENCH_OPTIONS = {"contexts": "--context", "context": "--context", "methods": "--method"}

@@ -35,7 +35,7 @@ def check_demo_size(length: int, heads: int, kv_heads: int, head_dim: int) -> No
     need = _WORKING_COPIES * 4 * length * head_dim * (heads + 2 * kv_heads)
     have = physical_memory_bytes()
     if have is not None and need > have:
-        raise ValueError(f"length/heads/kv_heads/head_dim: {length} tokens x ({heads} + 2 x {kv_heads}) heads x "
+        raise ValueError(f"length, heads, kv_heads, head_dim: {length} tokens x ({heads} + 2 x {kv_heads}) heads x "
                          f"{head_dim} needs about {need / 2**30:.0f} GiB of float32 tensors, more than this "
                          f"machine's {have / 2**30:.0f} GiB; lower them")
 

@@ -111,7 +111,7 @@ CLI_CASES = [
     ("search-unknown-candidate", ["search-patterns", "--out", "{tmp}/p.json", "-c", "nope"], "--candidate: .*unknown method"),
     ("demo-kv-heads", ["demo", "--heads", "8", "--kv-heads", "3"], "--kv-heads: 3 must divide --heads"),
     ("demo-unknown-method", ["demo", "-m", "nope"], "--method: .*unknown method"),
-    ("demo-too-large", ["demo", "--heads", "1000000"], "--length/--heads/--kv-heads/--head-dim: .* GiB"),
+    ("demo-too-large", ["demo", "--heads", "1000000"], "--length, --heads, --kv-heads, --head-dim: .* GiB"),
     ("info-unknown-option", ["info", "--nope"], None),
     ("search-missing-model", ["search-patterns", "--out", "{tmp}/p.json", "--model", "{tmp}/nomodel"], "nomodel"),
     ("eval-device-bogus", ["eval", "--device", "gpu", "--out", "{tmp}/e", "--no-report"], "--device: 'gpu'"),
