@@ -54,9 +54,10 @@ class LinePattern(Method):
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float,
                 backend: str | None) -> tuple[torch.Tensor, AttentionStats]:
         vi, si, info = self._plan(q, k, scale, backend)
+        layout = info.pop("layout", None)      # a superset planner's layout of these lines, if it built one
         # the planner's lists are in range: no host read-back to check them
         out, pairs = vertical_slash_attention(q, k, v, vi, si, scale=scale, backend=backend, exact=self.exact,
-                                              block_q=self.block_q, check_indices=False)
+                                              block_q=self.block_q, check_indices=False, layout=layout)
         lq, lk = q.shape[2], k.shape[2]
         # the superset route is all-or-nothing per call and counts every causal pair
         info["dense_fallback"] = not self.exact and bool((pairs == float(causal_pairs(lq, lk))).all())

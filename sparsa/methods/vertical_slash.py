@@ -189,7 +189,7 @@ class VerticalSlash(LinePattern):
             attended = dense / max(float(superset_pairs(layout, h).sum()), 1.0)
             miss = abs(math.log(attended / goal))
             if best is None or miss < best[0]:
-                best = (miss, vi, si, nv, ns, attended)
+                best = (miss, vi, si, nv, ns, attended, layout)
             if miss <= math.log1p(SUPERSET_TOLERANCE):
                 break
             if attended < goal:
@@ -202,6 +202,7 @@ class VerticalSlash(LinePattern):
                 # the line target that would give the goal, were the tiles to inflate the pairs alike
                 line_target = line_target * goal / attended
             line_target = min(max(line_target, 1.0), float(causal_pairs(lq, lk)))
-        _, vi, si, nv, ns, attended = best
-        info.update(vertical=nv, slash=ns, superset_planned=attended)
+        _, vi, si, nv, ns, attended, layout = best
+        # the layout goes to the op with the lines (LinePattern.forward), which then need not build it again
+        info.update(vertical=nv, slash=ns, superset_planned=attended, layout=layout)
         return vi, si, info

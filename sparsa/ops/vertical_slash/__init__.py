@@ -8,7 +8,7 @@ from ..._validation import check_qkv, check_scale
 from ...backend import use_kernel
 from .._shared.kernel_inputs import HEAD_DIMS, KERNEL_DTYPES
 from .._shared.masked import dense_attention
-from .convert import (BLOCK_Q_CHOICES, dense_causal_pairs, prepare_vertical_slash, superset_pairs,
+from .convert import (BLOCK_Q_CHOICES, VSLayout, dense_causal_pairs, prepare_vertical_slash, superset_pairs,
                       superset_routes_dense, vertical_slash_pairs, vertical_slash_superset_ref)
 from .reference import check_vs_indices, check_vs_pair, vertical_slash_attention_ref
 
@@ -48,6 +48,7 @@ def vertical_slash_attention(
     exact: bool = True,
     block_q: int | None = None,
     check_indices: bool = True,
+    layout: VSLayout | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Causal attention over the union of the listed key columns and diagonals.
 
@@ -71,6 +72,9 @@ def vertical_slash_attention(
             when ``exact`` is False.
         check_indices: False skips the range check of the index entries (a read-back to the
             host); only for lists known to be in range.
+        layout: with ``exact=False``, the superset layout of these very lists, already built
+            (:func:`~sparsa.ops.vertical_slash.convert.prepare_vertical_slash` with the same
+            ``block_q``), so it is not built again.
 
     Returns:
         (out like q, pairs (batch, heads) float64: query-key pairs attended per head).
@@ -89,8 +93,9 @@ def vertical_slash_attention(
 
     if use_kernel(backend, q.device, unsupported):
         from .triton import vertical_slash_attention_triton, vertical_slash_layout   # triton: optional
-        layout = vertical_slash_layout(q, k, vertical_indices, slash_indices, block_q=block_q, exact=exact,
-                                       check_indices=check_indices)
+        if layout is None or exact:
+            layout = vertical_slash_layout(q, k, vertical_indices, slash_indices, block_q=block_q, exact=exact,
+                                           check_indices=check_indices)
         if superset_routes_dense(layout):
             return dense_causal_sdpa(q, k, v, scale), dense_causal_pairs(b, h, lq, lk, q.device)
         out = vertical_slash_attention_triton(q, k, v, scale=scale, layout=layout)
@@ -98,8 +103,9 @@ def vertical_slash_attention(
     if exact:
         return vertical_slash_attention_ref(q, k, v, vertical_indices, slash_indices, scale=scale)
     check_vs_pair(vertical_indices, slash_indices, b, h, hkv)
-    layout = prepare_vertical_slash(vertical_indices, slash_indices, lq, lk, use_triton=False, block_q=block_q,
-                                    exact=False, check_indices=check_indices)
+    if layout is None:
+        layout = prepare_vertical_slash(vertical_indices, slash_indices, lq, lk, use_triton=False,
+                                        block_q=block_q, exact=False, check_indices=check_indices)
     if superset_routes_dense(layout):
         return dense_attention(q, k, v, scale=scale), dense_causal_pairs(b, h, lq, lk, q.device)
     return vertical_slash_superset_ref(q, k, v, layout, scale=scale)
